@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine with Python 3.11 and pip:
+#   make demo   set up, simulate the demo campaign, run the workflow
+#   make test   set up, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+DEMO   ?= demo
+
+# The stamp depends on the pins: a second call installs nothing unless they changed.
+INSTALLED := $(VENV)/.installed-base
+PEER_INSTALLED := $(VENV)/.installed-peer
+
+.PHONY: setup demo test test-fast lint peer-test clean-demo
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test]"
+	touch $@
+
+$(PEER_INSTALLED): $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test,peer]"
+	touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/python scripts/simulate.py campaign --config config/demo_campaign.yaml --out $(DEMO)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
+	    --directory $(DEMO) --snakefile Snakefile --configfile config/config.yaml $(DEMO)/demo.yaml
+	@$(BIN)/python scripts/list_products.py $(DEMO)/results
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check scripts tests
+	$(BIN)/snakemake --lint --snakefile Snakefile --configfile config/config.yaml -n
+
+peer-test: $(PEER_INSTALLED)
+	$(BIN)/python -m pytest -m peer
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,1 @@
+"""Shared plumbing of the Roman WFI workflow: model I/O, DQ flags, naming, parameters, CRDS."""

@@ -1,0 +1,187 @@
+"""Step parameters: one spec (the workflow's config schema), four sources, one precedence.
+
+Each step's parameters, their types, bounds and defaults are the step's block in
+``workflow/schemas/config.schema.yaml``; Snakemake validates the config against
+the same file, so the workflow and the scripts cannot disagree. A value comes
+from, most significant first (the seed's "Parameter Precedence", with the
+workflow config between the parameter file and the step default):
+
+1. the command line (``--n-pix-grow-sat 2``),
+2. a parameter file (``--parameter-file``): YAML or the seed's ASDF form, a step
+   file (``class``, ``name``, ``parameters``) or a pipeline file (``steps``),
+3. the workflow config, passed by the rule as ``--workflow-params JSON``,
+4. the step default in the schema.
+
+An unknown parameter is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ParameterError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+# stpipe's universal parameters: present in every parameter file romancal exports,
+# meaningless here (Snakemake decides names and folders), so accepted and ignored.
+STPIPE_UNIVERSAL = frozenset({
+    "pre_hooks", "post_hooks", "output_file", "output_dir", "output_ext", "output_use_model",
+    "output_use_index", "save_results", "suffix", "search_output_file", "input_dir",
+    "update_version", "save_calibrated_ramp",
+})
+
+# romancal's names for steps inside a pipeline parameter file, where they differ from ours.
+ROMANCAL_STEP_NAMES = {"rampfit": "ramp_fit", "flatfield": "flat_field",
+                       "source_catalog": "source_detection"}
+
+
+@cache
+def config_schema() -> dict:
+    with open(SCHEMA_PATH) as stream:
+        return yaml.safe_load(stream)
+
+
+def step_schema(step: str) -> dict:
+    """The JSON-schema block of one step."""
+    try:
+        return config_schema()["properties"][step]
+    except KeyError:
+        raise ParameterError(f"no parameter spec for step {step!r} in {SCHEMA_PATH}") from None
+
+
+def step_defaults(step: str) -> dict[str, Any]:
+    return {name: prop.get("default") for name, prop in step_schema(step)["properties"].items()}
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, step: str) -> None:
+    """Add one ``--kebab-case`` option per schema parameter plus the shared options."""
+    group = parser.add_argument_group(f"{step} parameters (defaults from the workflow schema)")
+    for name, prop in step_schema(step)["properties"].items():
+        group.add_argument(
+            "--" + name.replace("_", "-"), dest=f"param_{name}", default=argparse.SUPPRESS,
+            type=_converter(name, prop), metavar=_metavar(prop),
+            help=f"{prop.get('description', '')} [default: {prop.get('default')!r}]",
+        )
+    parser.add_argument("--parameter-file", type=Path,
+                        help="YAML or ASDF parameter file (step or pipeline form)")
+    parser.add_argument("--workflow-params", default="{}",
+                        help="JSON object of this step's workflow-config values")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log DEBUG messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def resolve_parameters(step: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the four sources in precedence order and validate the result."""
+    values = step_defaults(step)
+    workflow = json.loads(args.workflow_params)
+    values.update(_checked(step, workflow, "the workflow config"))
+    if args.parameter_file is not None:
+        values.update(_checked(step, read_parameter_file(args.parameter_file, step),
+                               str(args.parameter_file)))
+    values.update({key[len("param_"):]: value for key, value in vars(args).items()
+                   if key.startswith("param_")})
+    try:
+        jsonschema.validate(values, step_schema(step))
+    except jsonschema.ValidationError as err:
+        where = ".".join(map(str, err.absolute_path)) or step
+        raise ParameterError(f"{step}: parameter {where}: {err.message}") from None
+    return values
+
+
+def read_parameter_file(path: Path, step: str) -> dict[str, Any]:
+    """Parameters for ``step`` from a step or pipeline parameter file (YAML or ASDF)."""
+    tree = _load_tree(path)
+    if "steps" in tree:
+        for entry in tree.get("steps") or []:
+            name = ROMANCAL_STEP_NAMES.get(entry.get("name"), entry.get("name"))
+            if name == step:
+                return _step_entry_parameters(entry, path.parent)
+        return {}
+    if "parameters" not in tree:
+        raise ParameterError(f"{path}: a parameter file needs 'parameters' or 'steps'")
+    return _step_entry_parameters(tree, path.parent)
+
+
+def _step_entry_parameters(entry: dict, base_dir: Path) -> dict[str, Any]:
+    parameters = dict(entry.get("parameters") or {})
+    # A step entry may point at its own file; local values override it (seed).
+    nested = parameters.pop("config_file", None)
+    if nested:
+        nested_path = Path(nested) if Path(nested).is_absolute() else base_dir / nested
+        parameters = {**_step_entry_parameters(_load_tree(nested_path), nested_path.parent),
+                      **parameters}
+    return parameters
+
+
+def _load_tree(path: Path) -> dict:
+    if not path.is_file():
+        raise ParameterError(f"{path}: parameter file not found")
+    try:
+        if path.suffix.lower() == ".asdf":
+            import asdf
+
+            with asdf.open(path, lazy_load=False) as af:
+                tree = {k: v for k, v in af.tree.items()
+                        if k not in ("asdf_library", "history")}
+        else:
+            with open(path) as stream:
+                tree = yaml.safe_load(stream) or {}
+    except Exception as err:  # yaml and asdf raise many types
+        raise ParameterError(f"{path}: unreadable parameter file ({type(err).__name__})") from None
+    if not isinstance(tree, dict):
+        raise ParameterError(f"{path}: a parameter file must hold a mapping")
+    return tree
+
+
+def _checked(step: str, values: dict[str, Any], source: str) -> dict[str, Any]:
+    known = step_schema(step)["properties"]
+    unknown = sorted(set(values) - set(known) - STPIPE_UNIVERSAL)
+    if unknown:
+        raise ParameterError(f"{source}: unknown parameter(s) for step {step}: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+    return {name: value for name, value in values.items() if name in known}
+
+
+def _types(prop: dict) -> list[str]:
+    kind = prop.get("type", "string")
+    return kind if isinstance(kind, list) else [kind]
+
+
+def _converter(name: str, prop: dict):
+    types = _types(prop)
+
+    def convert(text: str):
+        if "null" in types and text.strip().lower() in ("none", "null"):
+            return None
+        if "boolean" in types:
+            lowered = text.strip().lower()
+            if lowered in ("true", "yes", "1"):
+                return True
+            if lowered in ("false", "no", "0"):
+                return False
+            raise argparse.ArgumentTypeError(f"--{name}: expected true or false, got {text!r}")
+        if "integer" in types:
+            return int(text)
+        if "number" in types:
+            return float(text)
+        return text
+
+    convert.__name__ = "/".join(t for t in types if t != "null")
+    return convert
+
+
+def _metavar(prop: dict) -> str:
+    if "enum" in prop:
+        return "{" + ",".join(str(v) for v in prop["enum"] if v is not None) + "}"
+    return "/".join(t.upper() for t in _types(prop) if t != "null")

@@ -1,0 +1,119 @@
+"""Reading and writing Roman products with roman_datamodels.
+
+Every file we write is a roman_datamodels model, validated on write, that
+``roman_datamodels.open`` reads back. A product appears under its final name only
+when it is complete: it is written to a hidden temporary name in the same folder
+and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import roman_datamodels as rdm
+from roman_datamodels import datamodels
+
+from .errors import InputFileError
+
+log = logging.getLogger(__name__)
+
+LEVEL1_MODELS = (datamodels.ScienceRawModel, datamodels.TvacModel)
+
+# meta.cal_step values (seed "Tracking Pipeline Progress").
+COMPLETE, SKIPPED, INCOMPLETE = "COMPLETE", "SKIPPED", "INCOMPLETE"
+
+
+def open_model(path: str | Path, expected: tuple[type, ...] | None = None, *, memmap: bool = True):
+    """Open a Roman product, turning every failure into one line naming the file.
+
+    ``memmap`` keeps large arrays on disk until they are touched, so a step reads
+    a ramp once instead of holding the file's bytes and a converted copy.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            # asdf warns about unknown tags of other software versions; a bad
+            # file fails below anyway, with a clearer message.
+            warnings.simplefilter("ignore")
+            model = rdm.open(path, memmap=memmap)
+    except Exception as err:  # asdf/yaml/validation raise many types
+        # roman_datamodels re-raises asdf's precise error as a vague TypeError.
+        cause = err.__context__ if isinstance(err, TypeError) and err.__context__ else err
+        raise InputFileError(path, f"not a readable Roman ASDF file ({type(cause).__name__}: "
+                                   f"{_first_line(cause)})") from None
+    if expected and not isinstance(model, expected):
+        model.close()
+        names = " or ".join(t.__name__ for t in expected)
+        raise InputFileError(path, f"is a {type(model).__name__}, expected {names}")
+    return model
+
+
+def open_level1(path: str | Path):
+    """Open a Level 1 exposure: a ScienceRawModel or a ground-test TvacModel."""
+    model = open_model(path, LEVEL1_MODELS)
+    data = plain_array(model.data)
+    if data.ndim != 3 or 0 in data.shape:
+        raise InputFileError(path, f"data has shape {data.shape}, expected (nresultants, nrows, ncols)")
+    return model
+
+
+def plain_array(array) -> np.ndarray:
+    """The ndarray behind a value; ground-test models still carry astropy Quantities."""
+    return np.asarray(getattr(array, "value", array))
+
+
+def write_atomic(model, path: str | Path) -> Path:
+    """Validate and write ``model`` so that ``path`` only ever holds a complete product."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.meta.filename = path.name
+    # The file keeps its final name inside a private folder (the name is also
+    # recorded in meta.filename), then moves into place in one rename.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.to_asdf(staging / path.name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", path)
+    return path
+
+
+@cache
+def level2_cal_steps() -> tuple[str, ...]:
+    """The cal_step entries the Level 2 schema requires (read from the schema, not listed here)."""
+    return tuple(datamodels.RampModel.create_fake_data(shape=(1, 1, 1)).meta.cal_step.keys())
+
+
+# Where the schema's cal_step key differs from the step's name.
+CAL_STEP_KEY = {"dark_current": "dark", "source_detection": "source_catalog"}
+
+
+def set_cal_step(model, step: str, status: str) -> None:
+    """Record a step's status; creates the full cal_step record on first use."""
+    if "cal_step" not in model.meta:
+        model.meta.cal_step = dict.fromkeys(level2_cal_steps(), INCOMPLETE)
+    model.meta.cal_step[CAL_STEP_KEY.get(step, step)] = status
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else "no detail"

@@ -1,0 +1,101 @@
+"""Parameter precedence: command line > parameter file > workflow config > step default."""
+
+import argparse
+import json
+
+import asdf
+import pytest
+import yaml
+
+from romanpipe import params
+from romanpipe.errors import ParameterError
+
+
+def resolve(argv, step="saturation"):
+    parser = argparse.ArgumentParser()
+    params.add_step_arguments(parser, step)
+    return params.resolve_parameters(step, parser.parse_args(argv))
+
+
+def write_yaml(path, tree):
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_defaults_come_from_the_schema():
+    values = resolve([])
+    assert values == {"skip": False, "override_saturation": None, "n_pix_grow_sat": 0, "backup": 0}
+
+
+def test_workflow_config_overrides_default():
+    assert resolve(["--workflow-params", json.dumps({"n_pix_grow_sat": 2})])["n_pix_grow_sat"] == 2
+
+
+def test_parameter_file_overrides_workflow_config(tmp_path):
+    pfile = write_yaml(tmp_path / "sat.yaml", {"class": "romancal.saturation.SaturationStep",
+                                               "name": "saturation",
+                                               "parameters": {"n_pix_grow_sat": 3}})
+    values = resolve(["--workflow-params", '{"n_pix_grow_sat": 2, "backup": 1}',
+                      "--parameter-file", str(pfile)])
+    assert values["n_pix_grow_sat"] == 3
+    assert values["backup"] == 1
+
+
+def test_command_line_overrides_everything(tmp_path):
+    pfile = write_yaml(tmp_path / "sat.yaml", {"parameters": {"n_pix_grow_sat": 3}})
+    values = resolve(["--workflow-params", '{"n_pix_grow_sat": 2}', "--parameter-file", str(pfile),
+                      "--n-pix-grow-sat", "4"])
+    assert values["n_pix_grow_sat"] == 4
+
+
+def test_asdf_pipeline_parameter_file_with_stpipe_universal_keys(tmp_path):
+    path = tmp_path / "pipeline.asdf"
+    tree = {
+        "class": "romancal.pipeline.exposure_pipeline.ExposurePipeline",
+        "name": "ExposurePipeline",
+        "parameters": {"save_results": True},
+        "steps": [
+            {"class": "romancal.dq_init.dq_init_step.DQInitStep", "name": "dq_init",
+             "parameters": {"output_dir": None, "skip": False}},
+            {"class": "romancal.saturation.saturation_step.SaturationStep", "name": "saturation",
+             "parameters": {"input_dir": "", "pre_hooks": [], "n_pix_grow_sat": 1}},
+        ],
+    }
+    asdf.AsdfFile(tree).write_to(path)
+    assert resolve(["--parameter-file", str(path)])["n_pix_grow_sat"] == 1
+
+
+def test_pipeline_step_entry_may_point_at_its_own_file(tmp_path):
+    write_yaml(tmp_path / "mysat.yaml", {"class": "x", "name": "saturation",
+                                         "parameters": {"n_pix_grow_sat": 5, "backup": 2}})
+    pipeline = write_yaml(tmp_path / "pipe.yaml", {"class": "p", "steps": [
+        {"name": "saturation", "parameters": {"config_file": "mysat.yaml", "backup": 1}}]})
+    values = resolve(["--parameter-file", str(pipeline)])
+    assert (values["n_pix_grow_sat"], values["backup"]) == (5, 1)  # local values win
+
+
+def test_unknown_parameter_in_file_is_named(tmp_path):
+    pfile = write_yaml(tmp_path / "sat.yaml", {"parameters": {"n_pix_grow": 1}})
+    with pytest.raises(ParameterError, match="n_pix_grow") as err:
+        resolve(["--parameter-file", str(pfile)])
+    assert str(pfile) in str(err.value)
+
+
+def test_unknown_parameter_in_workflow_config_is_named():
+    with pytest.raises(ParameterError, match="threshold"):
+        resolve(["--workflow-params", '{"threshold": 1}'])
+
+
+def test_out_of_bounds_value_is_rejected():
+    with pytest.raises(ParameterError, match="n_pix_grow_sat"):
+        resolve(["--n-pix-grow-sat", "-1"])
+
+
+def test_missing_parameter_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ParameterError, match="not found"):
+        resolve(["--parameter-file", str(tmp_path / "nope.yaml")])
+
+
+def test_nullable_override_from_command_line():
+    assert resolve(["--override-saturation", "none"])["override_saturation"] is None
+    assert resolve(["--override-saturation", "ref.asdf"])["override_saturation"] == "ref.asdf"
