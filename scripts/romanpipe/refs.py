@@ -1,0 +1,197 @@
+"""Reference file selection through CRDS: offline from a local cache, or from a CRDS server.
+
+The mode is decided by :func:`configure_crds` from the environment:
+
+``CRDS_SERVER_URL``
+    Set: selection follows that server (e.g. the Roman CRDS); crds caches the mappings
+    and references it downloads under ``CRDS_PATH`` (``CRDS_MODE`` defaults to
+    ``auto``). Unset: offline, ``CRDS_MODE=local`` on the cache at ``CRDS_PATH``, which
+    :mod:`romanpipe.crds_cache` builds; crds is pointed at its serverless sentinel, so
+    it never opens a connection and cannot hang on an unreachable host.
+``CRDS_PATH``
+    The CRDS cache directory; wins over the ``cache_dir`` argument.
+``CRDS_CONTEXT``
+    Pins the context (a ``roman_NNNN.pmap`` name, or a crds symbolic name) instead of
+    the operational one.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import crds
+from astropy.time import Time
+from crds.client import api as crds_api
+from crds.core import heavy_client, timestamp
+from crds.core import utils as crds_utils
+
+from romanpipe import crds_cache
+from romanpipe.errors import InputFileError, PipelineError
+
+log = logging.getLogger(__name__)
+
+# crds' own "no server" URL: its JSON-RPC proxy refuses every call to it without networking.
+_SERVERLESS_URL = "https://crds-serverless-mode.stsci.edu"
+_CRDS_PREFIX = "ROMAN.META."
+# Columns of the exposure pool table and the datamodel metadata they hold.
+_POOL_COLUMNS = {
+    "detector": "instrument.detector",
+    "optical_element": "instrument.optical_element",
+    "start_time": "exposure.start_time",
+    "exposure_type": "exposure.type",
+}
+_SELECTION_METADATA = ("instrument.name", *_POOL_COLUMNS.values())
+
+
+class ReferenceNotFoundError(PipelineError, LookupError):
+    """CRDS has no reference of the requested type for the given keyword values."""
+
+
+@dataclass(frozen=True)
+class CrdsSettings:
+    """Where references come from: a CRDS server (``server_url``) or only the local cache."""
+
+    cache_dir: Path | None
+    server_url: str | None
+
+
+_settings: CrdsSettings | None = None
+
+
+def configure_crds(cache_dir=None) -> CrdsSettings:
+    """Configure crds for this process from the environment (see the module docstring).
+
+    Selection calls it on first use; call it again only after changing the environment.
+    """
+    global _settings
+    server_url = os.environ.get("CRDS_SERVER_URL") or None
+    cache = os.environ.get("CRDS_PATH") or cache_dir
+    if server_url:
+        os.environ.setdefault("CRDS_MODE", "auto")
+        crds_api.set_crds_server(server_url)
+    else:
+        os.environ["CRDS_MODE"] = "local"
+        crds_api.set_crds_server(_SERVERLESS_URL)
+    if cache is not None:
+        cache = Path(cache).resolve()
+        os.environ["CRDS_PATH"] = str(cache)
+    settings = CrdsSettings(cache_dir=cache, server_url=server_url)
+    if settings != _settings:
+        # crds memoises mappings by file name and its server configuration per
+        # process: after a switch those memos would describe the previous cache.
+        crds_utils.clear_function_caches()
+        log.info("CRDS: %s, cache %s", server_url or "offline", cache)
+    _settings = settings
+    return settings
+
+
+def current_context() -> str | None:
+    """Name of the pmap that selections use when given no context.
+
+    None when offline without a built cache: then no reference can be selected.
+    """
+    settings = _settings or configure_crds()
+    pinned = os.environ.get("CRDS_CONTEXT")
+    if pinned:
+        return heavy_client.translate_date_based_context(pinned, crds_cache.OBSERVATORY)
+    if settings.server_url:
+        return crds.get_context_name(crds_cache.OBSERVATORY)
+    if settings.cache_dir is None:
+        return None
+    # Read from the cache each time: a delivery in this process makes a new context.
+    return crds_cache.current_context(settings.cache_dir)
+
+
+def selection_parameters(meta) -> dict[str, str]:
+    """CRDS matching parameters (``ROMAN.META.…``) of an exposure.
+
+    `meta` is a roman_datamodels ``meta`` node, or a row of the exposure pool table
+    (a mapping with ``detector``, ``optical_element``, ``start_time``, ``exposure_type``).
+    Missing values are left out; a reference type that needs one then finds no match.
+    """
+    if "detector" in meta:
+        values = {path: meta[column] for column, path in _POOL_COLUMNS.items() if column in meta}
+        values["instrument.name"] = crds_cache.INSTRUMENT.upper()
+    else:
+        values = {path: _metadata_value(meta, path) for path in _SELECTION_METADATA}
+    parameters = {}
+    for path, value in values.items():
+        if _is_missing(value):
+            continue
+        if path == "exposure.start_time":
+            # USEAFTER matching takes crds' date form, as crds writes it for ASDF metadata.
+            value = timestamp.reformat_date(Time(value), sep="T")
+        parameters[_CRDS_PREFIX + path.upper()] = str(value)
+    return parameters
+
+
+def best_references(parameters, reftypes, *, context=None) -> dict[str, str]:
+    """Absolute local paths of the best references of `reftypes` for `parameters`.
+
+    Keys are the reftypes in lower case. With a server, missing files are downloaded
+    into the cache. Raises :class:`ReferenceNotFoundError` when a type has no match.
+    """
+    settings = _settings or configure_crds()
+    reftypes = [reftype.lower() for reftype in reftypes]
+    context = context or current_context()
+    if context is None:
+        where = f"cache {settings.cache_dir}" if settings.cache_dir else "offline without a cache"
+        raise ReferenceNotFoundError(
+            f"no {', '.join(reftypes).upper()} reference: no CRDS context ({where}; set "
+            "CRDS_PATH to a cache built with scripts/crds_deliver.py)"
+        )
+    parameters = dict(parameters)
+    recommended = crds.getrecommendations(
+        parameters, reftypes=reftypes, context=context, observatory=crds_cache.OBSERVATORY
+    )
+    for reftype in reftypes:
+        choice = recommended.get(reftype, "NOT FOUND: omitted by the context")
+        if choice.startswith("NOT FOUND"):
+            reason = choice.removeprefix("NOT FOUND").strip(" :")
+            raise ReferenceNotFoundError(
+                f"no {reftype.upper()} reference for {_describe(parameters, context, reftype)}: "
+                f"{reason} (context {context})"
+            )
+    best = {reftype: recommended[reftype] for reftype in reftypes}
+    paths = crds_api.cache_references(context, best)
+    return {reftype: str(Path(path).resolve()) for reftype, path in paths.items()}
+
+
+def reference_path(reftype: str, meta, *, override=None) -> str:
+    """Absolute path of the `reftype` reference for exposure `meta`; `override` wins."""
+    if override is not None:
+        path = Path(override)
+        if not path.is_file():
+            raise InputFileError(
+                path, f"override for the {reftype.upper()} reference does not exist"
+            )
+        return str(path.resolve())
+    return best_references(selection_parameters(meta), [reftype])[reftype.lower()]
+
+
+def _metadata_value(meta, path: str):
+    node = meta
+    for name in path.split("."):
+        node = getattr(node, name, None)
+        if node is None:
+            return None
+    return node
+
+
+def _is_missing(value) -> bool:
+    # Pool tables hold NaN where a column does not apply to an exposure.
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _describe(parameters: dict, context: str, reftype: str) -> str:
+    """``name=value`` of the keywords the reftype's rmap matches on (all, if unknown)."""
+    try:
+        imap = crds.get_symbolic_mapping(context).get_imap(crds_cache.INSTRUMENT)
+        rmapping = imap.get_rmap(reftype)
+        keys = [key for group in rmapping.parkey for key in group]
+    except crds.CrdsError:
+        keys = list(parameters)
+    names = {_CRDS_PREFIX + path.upper(): column for column, path in _POOL_COLUMNS.items()}
+    return ", ".join(f"{names.get(key, key)}={parameters.get(key, 'UNDEFINED')}" for key in keys)
