@@ -7,7 +7,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from .errors import EXIT_ERROR, EXIT_NO_SCIENCE_DATA, EXIT_SUCCESS, NoScienceDataError, PipelineError
+from .errors import (
+    EXIT_ERROR,
+    EXIT_NO_SCIENCE_DATA,
+    EXIT_SUCCESS,
+    NoScienceDataError,
+    PipelineError,
+)
 
 log = logging.getLogger(__name__)
 

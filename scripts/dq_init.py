@@ -1,0 +1,108 @@
+"""dq_init: turn a Level 1 exposure into a RampModel and initialize its data quality.
+
+Seed, "Data Quality (DQ) Initialization": the MASK reference's flags are OR-ed
+into PIXELDQ (into DQ for guide-star exposures), missing data flagged in the
+optional resultant DQ are carried into GROUPDQ, the data become float32, and the
+4-pixel reference border is copied into the border_ref_pix_* arrays with their
+DQ. The border pixels are also flagged REFERENCE_PIXEL.
+
+    python scripts/dq_init.py r..._uncal.asdf r..._dqinit.asdf [--override-mask FILE]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+from roman_datamodels import datamodels
+from romanpipe import cli, dqflags
+from romanpipe.products import open_level1, open_model, plain_array
+from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+log = logging.getLogger("dq_init")
+
+STEP = "dq_init"
+BORDER = 4  # width of the reference-pixel border on every side (pixels)
+
+# Seed: guide-star data carry the MASK flags in "dq" instead of "pixeldq".
+GUIDE_STAR_EXPOSURE_TYPES = frozenset(
+    {"WFI_WIM_ACQ", "WFI_WIM_TRACK", "WFI_WSM_ACQ1", "WFI_WSM_ACQ2", "WFI_WSM_TRACK"}
+)
+
+
+def initialize_dq(mask_dq, resultant_dq, shape, *, flags=dqflags.pixel):
+    """PIXELDQ and GROUPDQ of a new ramp. Pure: inputs are never modified.
+
+    mask_dq       (nrows, ncols) uint32 MASK flags, or None for no mask.
+    resultant_dq  (nresultants, nrows, ncols) missing-data flags from data
+                  formatting, or None when the Level 1 file has none.
+    shape         (nresultants, nrows, ncols) of the ramp.
+    """
+    _, nrows, ncols = shape
+    pixeldq = np.zeros((nrows, ncols), dtype=np.uint32)
+    if mask_dq is not None:
+        if mask_dq.shape != (nrows, ncols):
+            raise ValueError(f"MASK dq has shape {mask_dq.shape}, the data {(nrows, ncols)}")
+        pixeldq |= mask_dq.astype(np.uint32, copy=False)
+    border = np.ones((nrows, ncols), dtype=bool)
+    border[BORDER:-BORDER, BORDER:-BORDER] = False
+    pixeldq[border] |= np.uint32(flags["REFERENCE_PIXEL"])
+
+    if resultant_dq is None:
+        groupdq = np.zeros(shape, dtype=np.uint8)
+    else:
+        if resultant_dq.shape != tuple(shape):
+            raise ValueError(f"resultantdq has shape {resultant_dq.shape}, the data {tuple(shape)}")
+        groupdq = resultant_dq.astype(np.uint8, copy=True)
+    return pixeldq, groupdq
+
+
+def to_ramp_model(level1, mask_dq):
+    """A RampModel with the Level 1 metadata, float32 data and initialized DQ."""
+    raw = plain_array(level1.data)
+    exposure_type = str(level1.meta.exposure.type)
+    resultant_dq = plain_array(level1.resultantdq) if "resultantdq" in level1 else None
+    is_guide_star = exposure_type in GUIDE_STAR_EXPOSURE_TYPES
+
+    pixeldq, groupdq = initialize_dq(None if is_guide_star else mask_dq, resultant_dq, raw.shape)
+
+    ramp = datamodels.RampModel.create_from_model(
+        {key: value for key, value in level1.items()
+         if key not in ("data", "amp33", "resultantdq", "guidewindow")}
+        if isinstance(level1, datamodels.TvacModel) else {**level1, "data": None}
+    )
+    ramp.meta.model_type = "RampModel"
+    data = raw.astype(np.float32)
+    offset = level1.meta.instrument.get("data_encoding_offset", 0) or 0
+    if offset:  # an encoding offset added on board is not signal
+        data -= np.float32(offset)
+    ramp.data = data
+    ramp.pixeldq = pixeldq
+    ramp.groupdq = groupdq
+    ramp.amp33 = plain_array(level1.amp33).astype(np.uint16, copy=True)
+    if is_guide_star:
+        ramp["dq"] = mask_dq.astype(np.uint32, copy=True)
+    ramp.border_ref_pix_left = data[:, :, :BORDER].copy()
+    ramp.border_ref_pix_right = data[:, :, -BORDER:].copy()
+    ramp.border_ref_pix_top = data[:, :BORDER, :].copy()
+    ramp.border_ref_pix_bottom = data[:, -BORDER:, :].copy()
+    ramp.dq_border_ref_pix_left = pixeldq[:, :BORDER].copy()
+    ramp.dq_border_ref_pix_right = pixeldq[:, -BORDER:].copy()
+    ramp.dq_border_ref_pix_top = pixeldq[:BORDER, :].copy()
+    ramp.dq_border_ref_pix_bottom = pixeldq[-BORDER:, :].copy()
+    return ramp
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    level1 = open_level1(args.input)
+    mask_path = reference_file("mask", parameters, level1)
+    with open_model(mask_path, (datamodels.MaskRefModel,)) as mask:
+        mask_dq = np.asarray(mask.dq)
+        ramp = to_ramp_model(level1, mask_dq)
+    write_product(ramp, args.output, STEP, args, parameters, {"mask": mask_path})
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,100 @@
+"""saturation: flag saturated and A/D-floor resultants.
+
+Seed, "Saturation Detection": a resultant is SATURATED when it reaches the
+pixel's threshold times the resultant's dilution factor <t>/max(t) over the reads
+averaged into it (later reads can saturate while the average stays below the
+threshold); that resultant and every later one are flagged. Values <= 0 DN are
+flagged AD_FLOOR|DO_NOT_USE. NaN or NO_SAT_CHECK thresholds become the 16-bit A/D
+limit 65535 (not diluted: it is a hard limit on any resultant) and NO_SAT_CHECK
+goes into PIXELDQ, with the rest of the reference's DQ.
+
+    python scripts/saturation.py r..._dqinit.asdf r..._saturation.asdf [--n-pix-grow-sat N]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+from roman_datamodels import datamodels
+from romanpipe import cli, dqflags
+from romanpipe.errors import InputFileError
+from romanpipe.products import open_model
+from romanpipe.steprun import parse_step_args, reference_file, write_product
+from scipy.ndimage import binary_dilation
+
+log = logging.getLogger("saturation")
+
+STEP = "saturation"
+ATOD_LIMIT = 65535.0
+
+
+def dilution_factors(read_pattern) -> np.ndarray:
+    """<t>/max(t) for each resultant; read numbers stand in for times (frame time cancels)."""
+    if not read_pattern:
+        raise ValueError("meta.exposure.read_pattern is empty: cannot compute dilution factors")
+    return np.array([np.mean(reads) / np.max(reads) for reads in read_pattern], dtype=np.float64)
+
+
+def flag_saturation(data, groupdq, pixeldq, sat_thresh, sat_dq, read_pattern, *,
+                    n_pix_grow_sat=0, backup=0, flags=dqflags.pixel):
+    """New GROUPDQ and PIXELDQ with saturation and A/D-floor flags. Inputs are not modified.
+
+    data (nres, ny, nx) DN; groupdq (nres, ny, nx); pixeldq, sat_thresh, sat_dq (ny, nx);
+    read_pattern: list of the read numbers in each resultant.
+    """
+    nresultants = data.shape[0]
+    if len(read_pattern) != nresultants:
+        raise ValueError(f"read_pattern has {len(read_pattern)} resultants, the data {nresultants}")
+    if sat_thresh.shape != data.shape[1:]:
+        raise ValueError(f"SATURATION data has shape {sat_thresh.shape}, the ramp {data.shape[1:]}")
+    saturated = np.uint8(flags["SATURATED"])
+    floor = np.uint8(flags["AD_FLOOR"] | flags["DO_NOT_USE"])
+    no_sat_check = np.uint32(flags["NO_SAT_CHECK"])
+
+    unchecked = np.isnan(sat_thresh) | ((sat_dq & no_sat_check) != 0)
+    threshold = np.where(unchecked, ATOD_LIMIT, sat_thresh).astype(np.float32)
+    dilution = dilution_factors(read_pattern)
+
+    new_groupdq = groupdq.copy()
+    reached = np.zeros(data.shape[1:], dtype=bool)
+    grow = np.ones((2 * n_pix_grow_sat + 1,) * 2, dtype=bool) if n_pix_grow_sat else None
+    for k in range(nresultants):
+        plane = data[k]
+        diluted = np.where(unchecked, threshold, threshold * np.float32(dilution[k]))
+        reached |= plane >= diluted
+        flagged = binary_dilation(reached, structure=grow) if grow is not None else reached
+        new_groupdq[k][flagged] |= saturated
+        new_groupdq[k][plane <= 0] |= floor
+
+    # "backup": also flag the multi-read resultant before each saturated one.
+    for _ in range(backup):
+        for k in range(nresultants - 1):
+            if len(read_pattern[k]) > 1:
+                new_groupdq[k] |= new_groupdq[k + 1] & saturated
+
+    new_pixeldq = pixeldq | sat_dq.astype(np.uint32) | np.where(unchecked, no_sat_check, 0).astype(np.uint32)
+    return new_groupdq, new_pixeldq
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    ramp = open_model(args.input, (datamodels.RampModel,))
+    sat_path = reference_file("saturation", parameters, ramp)
+    with open_model(sat_path, (datamodels.SaturationRefModel,)) as reference:
+        try:
+            ramp.groupdq, ramp.pixeldq = flag_saturation(
+                np.asarray(ramp.data), np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq),
+                np.asarray(reference.data, dtype=np.float32), np.asarray(reference.dq),
+                [list(reads) for reads in ramp.meta.exposure.read_pattern],
+                n_pix_grow_sat=parameters["n_pix_grow_sat"], backup=parameters["backup"])
+        except ValueError as err:
+            raise InputFileError(args.input, str(err)) from None
+    log.info("%d pixels saturated in the last resultant",
+             int(np.count_nonzero(ramp.groupdq[-1] & dqflags.pixel.SATURATED)))
+    write_product(ramp, args.output, STEP, args, parameters, {"saturation": sat_path})
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
