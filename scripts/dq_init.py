@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 from roman_datamodels import datamodels
+
 from romanpipe import cli, dqflags
 from romanpipe.products import open_level1, open_model, plain_array
 from romanpipe.steprun import parse_step_args, reference_file, write_product

@@ -7,7 +7,6 @@ tests are independent of each other and of the order xdist runs them in.
 import math
 from pathlib import Path
 
-import crds_deliver
 import pytest
 import roman_datamodels.datamodels as rdd
 from astropy.time import Time
@@ -15,6 +14,8 @@ from crds.client import api as crds_api
 from crds.core import exceptions as crds_exceptions
 from crds.core import rmap
 from crds.refactoring import checksum
+
+import crds_deliver
 from romanpipe import crds_cache, refs
 from romanpipe.errors import InputFileError, PipelineError
 

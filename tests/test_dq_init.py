@@ -1,11 +1,12 @@
 """dq_init: kernel on hand-made arrays, and the script on tiny Roman files."""
 
-import dq_init
 import numpy as np
 import pytest
 import roman_datamodels as rdm
-from conftest import EXPO, make_level1
 from roman_datamodels import datamodels
+
+import dq_init
+from conftest import EXPO, make_level1
 from romanpipe.dqflags import pixel
 
 REF = int(pixel.REFERENCE_PIXEL)

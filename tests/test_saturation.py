@@ -2,6 +2,11 @@
 
 import numpy as np
 import pytest
+import roman_datamodels as rdm
+
+import dq_init
+import saturation
+from conftest import EXPO
 from saturation import dilution_factors, flag_saturation
 
 SAT = 2
