@@ -1,0 +1,24 @@
+"""Roman WFI calibration: Level 1 ramps -> Level 2 images -> Level 3 mosaics.
+
+Run:  snakemake --profile profiles/local --configfile my_campaign.yaml
+The defaults of every setting are in config/config.yaml (validated against
+workflow/schemas/config.schema.yaml); a --configfile or --config overrides them.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/pool.smk"
+include: "workflow/rules/detector.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_products,

@@ -1,0 +1,46 @@
+"""list_products: say where a workflow run put its products, grouped by suffix.
+
+    python scripts/list_products.py demo/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from romanpipe.naming import split_suffix
+
+
+def summary(results: Path) -> str:
+    by_suffix: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(results.rglob("*.asdf")):
+        by_suffix[split_suffix(path)[1] or "other"].append(path)
+    lines = [f"Products under {results}:"]
+    for suffix, paths in sorted(by_suffix.items()):
+        folders = sorted({str(p.parent) for p in paths})
+        lines.append(f"  _{suffix}.asdf: {len(paths):4d} file(s) in {', '.join(folders)}")
+    quarantine = results / "quarantine.csv"
+    if quarantine.is_file():
+        rejected = pd.read_csv(quarantine)
+        lines.append(f"  quarantined inputs: {len(rejected)} (see {quarantine})")
+        lines += [f"    {row.exposure}: {row.reason}" for row in rejected.itertuples()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path)
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        sys.stderr.write(f"{args.results}: no such folder\n")
+        return 1
+    sys.stdout.write(summary(args.results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""pool: one table of every Level 1 exposure's metadata and selected references.
+
+The workflow's checkpoint runs this once per campaign (again when inputs or the
+CRDS context change) so that the Snakefile never opens thousands of files at
+parse time. Each input is validated; a bad one goes to the quarantine table with
+a one-line reason and the campaign continues without it.
+
+    python scripts/pool.py --uncal-dir uncal --reftypes mask saturation \
+        --output results/pool.csv --quarantine results/quarantine.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from romanpipe import cli, refs
+from romanpipe.errors import InputFileError, PipelineError
+from romanpipe.naming import split_suffix
+from romanpipe.products import open_level1
+
+log = logging.getLogger("pool")
+
+POOL_COLUMNS = [
+    "exposure", "path", "program", "execution_plan", "pass", "segment", "observation", "visit",
+    "exposure_number", "detector", "optical_element", "exposure_type", "ma_table_name",
+    "nresultants", "start_time", "ra_ref", "dec_ref", "roll_ref",
+]
+
+
+def exposure_record(path: Path) -> dict:
+    """Metadata of one Level 1 file, after checking that it is usable."""
+    model = open_level1(path)
+    with model:
+        meta = model.meta
+        nresultants = model.data.shape[0]
+        read_pattern = meta.exposure.get("read_pattern") or []
+        if len(read_pattern) != nresultants:
+            raise InputFileError(path, f"data has {nresultants} resultants but the MA table's "
+                                       f"read_pattern has {len(read_pattern)}")
+        observation = meta.get("observation", {})
+        return {
+            "exposure": split_suffix(path)[0],
+            "path": str(path),
+            "program": observation.get("program", ""),
+            "execution_plan": observation.get("execution_plan", ""),
+            "pass": observation.get("pass", ""),
+            "segment": observation.get("segment", ""),
+            "observation": observation.get("observation", ""),
+            "visit": observation.get("visit", ""),
+            "exposure_number": observation.get("exposure", ""),
+            "detector": str(meta.instrument.detector),
+            "optical_element": str(meta.instrument.optical_element),
+            "exposure_type": str(meta.exposure.type),
+            "ma_table_name": str(meta.exposure.get("ma_table_name", "")),
+            "nresultants": nresultants,
+            "start_time": meta.exposure.start_time.isot,
+            "ra_ref": meta.get("wcsinfo", {}).get("ra_ref", np.nan),
+            "dec_ref": meta.get("wcsinfo", {}).get("dec_ref", np.nan),
+            "roll_ref": meta.get("wcsinfo", {}).get("roll_ref", np.nan),
+        }
+
+
+def build_pool(paths: list[Path], reftypes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool, quarantine): valid exposures with their references, rejected ones with reasons."""
+    rows, rejected = [], []
+    for path in paths:
+        try:
+            record = exposure_record(path)
+            selection = refs.best_references(refs.selection_parameters(record), reftypes)
+            record.update({f"ref_{reftype}": selection[reftype] for reftype in reftypes})
+            rows.append(record)
+        except (PipelineError, LookupError) as err:
+            log.warning("quarantined %s: %s", path, err)
+            rejected.append({"exposure": split_suffix(path)[0], "path": str(path),
+                             "reason": str(err)})
+    pool = pd.DataFrame(rows, columns=POOL_COLUMNS + [f"ref_{r}" for r in reftypes])
+    pool["crds_context"] = refs.current_context()
+    return pool, pd.DataFrame(rejected, columns=["exposure", "path", "reason"])
+
+
+def input_paths(args: argparse.Namespace) -> list[Path]:
+    if args.exposure_list:
+        table = (pd.read_parquet(args.exposure_list) if args.exposure_list.suffix == ".parquet"
+                 else pd.read_csv(args.exposure_list))
+        return [Path(p) for p in table["path"]]
+    return sorted(args.uncal_dir.glob("*_uncal.asdf"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="pool.py", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--uncal-dir", type=Path)
+    source.add_argument("--exposure-list", type=Path)
+    parser.add_argument("--reftypes", nargs="*", default=[])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--quarantine", type=Path, required=True)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.verbose)
+
+    pool, quarantine = build_pool(input_paths(args), args.reftypes)
+    log.info("%d exposures in the pool, %d quarantined", len(pool), len(quarantine))
+    for table, path in ((quarantine, args.quarantine), (pool, args.output)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

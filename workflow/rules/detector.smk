@@ -1,0 +1,55 @@
+"""
+Detector-level calibration of each exposure: one rule per romancal step.
+
+REQUIRED INPUTS: Level 1 files (common.smk), references selected in the pool
+OUTPUTS:         results/exposures/{expo}_<suffix>.asdf for each step
+"""
+
+
+rule dq_init:
+    """Level 1 -> RampModel with initialized DQ (romancal DQInitStep)."""
+    input:
+        uncal=uncal_path,
+        mask=reference("dq_init", "mask"),
+        parameter_file=parameter_file(),
+        code=step_script("dq_init"),
+    output:
+        product("dq_init"),
+    params:
+        python=PYTHON,
+        values=step_parameters("dq_init"),
+        parameter_file=parameter_file_option,
+    log:
+        os.path.join(LOGS, "dq_init", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "dq_init", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.uncal:q} {output:q} --override-mask {input.mask:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} > {log:q} 2>&1"
+
+
+rule saturation:
+    """Flag saturated and A/D-floor resultants (romancal SaturationStep)."""
+    input:
+        ramp=upstream_product("saturation"),
+        saturation=reference("saturation", "saturation"),
+        parameter_file=parameter_file(),
+        code=step_script("saturation"),
+    output:
+        product("saturation"),
+    params:
+        python=PYTHON,
+        values=step_parameters("saturation"),
+        parameter_file=parameter_file_option,
+        skipped=skipped_before("saturation"),
+    log:
+        os.path.join(LOGS, "saturation", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "saturation", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-saturation {input.saturation:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"

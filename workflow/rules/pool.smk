@@ -1,0 +1,33 @@
+"""
+The exposure pool: every Level 1 input's metadata, read once, and its references.
+
+REQUIRED INPUTS: the Level 1 files found by common.smk; the CRDS context
+OUTPUTS:         results/pool.csv (one row per valid exposure, with ref_<reftype>
+                 columns), results/quarantine.csv (rejected inputs and why)
+"""
+
+
+checkpoint pool:
+    """Validate every input and select each exposure's references through CRDS."""
+    input:
+        uncal=list(EXPOSURES.values()),
+        context=crds_context_file(),
+        code=step_script("pool"),
+    output:
+        pool=os.path.join(RESULTS, "pool.csv"),
+        quarantine=os.path.join(RESULTS, "quarantine.csv"),
+    params:
+        python=PYTHON,
+        reftypes=sorted({r for s in RAMP_STEPS if is_enabled(s) for r in STEP_REFTYPES[s]}),
+        sources=(
+            f"--exposure-list {config['inputs']['exposure_list']}"
+            if config["inputs"]["exposure_list"]
+            else f"--uncal-dir {config['inputs']['uncal_dir']}"
+        ),
+    log:
+        os.path.join(LOGS, "pool.log"),
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {params.sources} --reftypes {params.reftypes} "
+        "--output {output.pool:q} --quarantine {output.quarantine:q} > {log:q} 2>&1"
