@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 from astropy.time import Time
+from crds.client import api as crds_api
 from roman_datamodels import datamodels
+
+from romanpipe import refs
 
 TINY_SHAPE = (3, 16, 16)
 TINY_READ_PATTERN = [[1], [2, 3], [4]]
@@ -49,3 +52,19 @@ def saturation_file(tmp_path):
     path = tmp_path / "roman_wfi_saturation_0001.asdf"
     ref.to_asdf(path)
     return path
+
+
+_CRDS_VARIABLES = ("CRDS_SERVER_URL", "CRDS_PATH", "CRDS_MODE", "CRDS_CONTEXT")
+
+
+@pytest.fixture
+def crds_environment(monkeypatch):
+    """No CRDS_* variable from the caller's shell; whatever the test sets is undone."""
+    for name in _CRDS_VARIABLES:
+        # setenv first so that the deletion, and configure_crds' own writes, are undone.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(refs, "_settings", None)
+    # configure_crds repoints crds' module-level server proxy; restore it afterwards.
+    monkeypatch.setattr(crds_api, "URL", crds_api.URL)
+    monkeypatch.setattr(crds_api, "S", crds_api.S)

@@ -19,22 +19,6 @@ import crds_deliver
 from romanpipe import crds_cache, refs
 from romanpipe.errors import InputFileError, PipelineError
 
-_CRDS_VARIABLES = ("CRDS_SERVER_URL", "CRDS_PATH", "CRDS_MODE", "CRDS_CONTEXT")
-
-
-@pytest.fixture
-def crds_environment(monkeypatch):
-    """No CRDS_* variable from the caller's shell; whatever the test sets is undone."""
-    for name in _CRDS_VARIABLES:
-        # setenv first so that the deletion, and configure_crds' own writes, are undone.
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    monkeypatch.setattr(refs, "_settings", None)
-    # configure_crds repoints crds' module-level server proxy; restore it afterwards.
-    monkeypatch.setattr(crds_api, "URL", crds_api.URL)
-    monkeypatch.setattr(crds_api, "S", crds_api.S)
-
-
 # USEAFTER of the first references; exposures start years later.
 LAUNCH = "2020-01-01T00:00:00"
 
