@@ -1,0 +1,141 @@
+"""The reference-file factory: CRDS-ready reference files that describe a simulated detector.
+
+Each reftype is one :class:`ReferenceKind`: the roman_datamodels model, a
+description, and a builder turning the detector truth into the model's arrays
+(plus any selector metadata CRDS matches on). A new reftype (FLAT, DARK,
+LINEARITY, REFPIX, DISTORTION, PHOTOM) is one more builder in
+:data:`REFERENCE_KINDS`.
+
+Files are named ``roman_wfi_<reftype>_<NNNN>.asdf`` (seed, "Reference File Naming
+Convention"), NNNN one past the highest version of that reftype already present
+in any of the given folders: CRDS files are immutable, so a changed reference
+always gets a new name.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.time import Time
+from roman_datamodels import datamodels
+
+from romanpipe.dqflags import pixel
+from romanpipe.products import write_atomic
+
+from .detector import DetectorModel, detector_key
+
+AUTHOR = "wfisim"
+ORIGIN = "Roman WFI workflow simulator"
+PEDIGREE = "SIMULATION"
+# Pixels per detector whose SATURATION threshold is unknown (NaN) or not to be checked.
+UNCHECKED_SATURATION_FRACTION = 1e-4
+
+Builder = Callable[[DetectorModel, np.random.Generator], dict]
+
+
+@dataclass(frozen=True)
+class ReferenceKind:
+    reftype: str
+    model: type
+    description: str
+    build: Builder  # detector truth -> {model attribute: array}
+    meta: dict = field(default_factory=dict)  # extra metadata, e.g. CRDS selectors
+
+
+def _mask(detector: DetectorModel, rng: np.random.Generator) -> dict:
+    dq = np.zeros(detector.shape, dtype=np.uint32)
+    dq[detector.dead] |= np.uint32(pixel.DEAD | pixel.DO_NOT_USE)
+    dq[detector.hot] |= np.uint32(pixel.HOT | pixel.DO_NOT_USE)
+    return {"dq": dq}
+
+
+def _saturation(detector: DetectorModel, rng: np.random.Generator) -> dict:
+    threshold = detector.saturation_threshold.copy()
+    dq = np.zeros(detector.shape, dtype=np.uint32)
+    light_sensitive = np.flatnonzero(~detector.reference_pixels)
+    count = max(1, round(UNCHECKED_SATURATION_FRACTION * light_sensitive.size))
+    unknown, unchecked = np.split(rng.choice(light_sensitive, 2 * count, replace=False), 2)
+    threshold.flat[unknown] = np.nan
+    dq.flat[unchecked] |= np.uint32(pixel.NO_SAT_CHECK)
+    return {"data": threshold, "dq": dq}
+
+
+def _gain(detector: DetectorModel, rng: np.random.Generator) -> dict:
+    return {"data": detector.gain.astype(np.float32)}
+
+
+def _readnoise(detector: DetectorModel, rng: np.random.Generator) -> dict:
+    return {"data": detector.read_noise.astype(np.float32)}
+
+
+REFERENCE_KINDS: dict[str, ReferenceKind] = {
+    kind.reftype: kind
+    for kind in (
+        ReferenceKind("mask", datamodels.MaskRefModel,
+                      "Simulated bad-pixel mask: DEAD and HOT pixels of the detector truth.", _mask),
+        ReferenceKind("saturation", datamodels.SaturationRefModel,
+                      "Simulated saturation thresholds (DN): bias + full well / gain, a few "
+                      "read-noise sigmas below; some pixels NaN or NO_SAT_CHECK.", _saturation),
+        ReferenceKind("gain", datamodels.GainRefModel, "Simulated gain (e/DN).", _gain),
+        ReferenceKind("readnoise", datamodels.ReadnoiseRefModel,
+                      "Simulated read noise (DN per read).", _readnoise,
+                      meta={"exposure": {"type": "WFI_IMAGE", "p_exptype": "WFI_IMAGE|"}}),
+    )
+}
+DEFAULT_REFTYPES = tuple(REFERENCE_KINDS)
+
+
+def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | str):
+    """The ``reftype`` reference model of ``detector``, valid from ``useafter``."""
+    try:
+        kind = REFERENCE_KINDS[reftype.lower()]
+    except KeyError:
+        raise ValueError(f"no reference factory for {reftype!r}; "
+                         f"known: {', '.join(REFERENCE_KINDS)}") from None
+    # Each reftype has its own stream, so adding a reftype leaves the others unchanged.
+    stream = [detector.seed, detector_key(detector.name), zlib.crc32(kind.reftype.encode())]
+    rng = np.random.default_rng(np.random.SeedSequence(stream))
+    arrays = kind.build(detector, rng)
+
+    model = kind.model.create_fake_data(shape=detector.shape)
+    model.meta.update({
+        "reftype": kind.reftype.upper(),
+        "author": AUTHOR,
+        "description": kind.description,
+        "pedigree": PEDIGREE,
+        "useafter": Time(useafter, format="isot", scale="utc"),
+        "telescope": "ROMAN",
+        "origin": ORIGIN,
+        "instrument": {"name": "WFI", "detector": detector.name},
+        **kind.meta,
+    })
+    for name, array in arrays.items():
+        setattr(model, name, array)
+    return model
+
+
+def write_references(detector: DetectorModel, directory: str | Path, *, useafter: Time | str,
+                     reftypes: Iterable[str] = DEFAULT_REFTYPES,
+                     also_taken: Iterable[str | Path] = ()) -> list[Path]:
+    """Write one reference of each of ``reftypes`` for ``detector``; return their paths.
+
+    ``also_taken``: further folders whose names count as used (e.g. the CRDS cache's).
+    """
+    also_taken = list(also_taken)
+    return [write_atomic(make_reference(reftype, detector, useafter=useafter),
+                         next_reference_path(directory, reftype, *also_taken))
+            for reftype in reftypes]
+
+
+def next_reference_path(directory: str | Path, reftype: str, *also_taken: str | Path) -> Path:
+    """``<directory>/roman_wfi_<reftype>_<NNNN>.asdf`` with a version no folder has used yet."""
+    pattern = re.compile(rf"^roman_wfi_{re.escape(reftype.lower())}_(\d{{4}})\.asdf$")
+    versions = [int(match.group(1))
+                for folder in (directory, *also_taken) if Path(folder).is_dir()
+                for path in Path(folder).iterdir() if (match := pattern.match(path.name))]
+    return Path(directory) / f"roman_wfi_{reftype.lower()}_{max(versions, default=0) + 1:04d}.asdf"
