@@ -28,7 +28,7 @@ $(PEER_INSTALLED): $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/simulate.py campaign --config config/demo_campaign.yaml --out $(DEMO)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
-	    --directory $(DEMO) --snakefile Snakefile --configfile config/config.yaml $(DEMO)/demo.yaml
+	    --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
 	@$(BIN)/python scripts/list_products.py $(DEMO)/results
 
 test: $(INSTALLED)
@@ -36,7 +36,7 @@ test: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check scripts tests
-	$(BIN)/snakemake --lint --snakefile Snakefile --configfile config/config.yaml -n
+	$(BIN)/snakemake --lint --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
 
 peer-test: $(PEER_INSTALLED)
 	$(BIN)/python -m pytest -m peer

@@ -18,7 +18,8 @@ checkpoint pool:
         quarantine=os.path.join(RESULTS, "quarantine.csv"),
     params:
         python=PYTHON,
-        reftypes=sorted({r for s in RAMP_STEPS if is_enabled(s) for r in STEP_REFTYPES[s]}),
+        # Every step's types, skipped or not: toggling a skip must not redo the pool.
+        reftypes=sorted({r for s in RAMP_STEPS for r in STEP_REFTYPES[s]}),
         sources=(
             f"--exposure-list {config['inputs']['exposure_list']}"
             if config["inputs"]["exposure_list"]

@@ -1,0 +1,148 @@
+"""End to end at tiny size: simulate a campaign, run the Snakemake workflow, check against truth."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asdf
+import numpy as np
+import pytest
+import roman_datamodels as rdm
+from roman_datamodels import datamodels
+
+from romanpipe.dqflags import pixel
+from wfisim.campaign import CampaignConfig, simulate_campaign
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` the way the README says, with a clean CRDS environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(workdir / "workflow.yaml"),
+               "--cores", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule name -> job count from a dry run's job table."""
+    counts, in_table = {}, False
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if fields[:2] == ["job", "count"]:
+            in_table = True
+        elif in_table and len(fields) == 2 and fields[1].isdigit():
+            if fields[0] != "total":
+                counts[fields[0]] = int(fields[1])
+        elif in_table and fields and not fields[0].startswith("-"):
+            in_table = False
+    return counts
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    out = tmp_path_factory.mktemp("campaign")
+    config = CampaignConfig.from_mapping({
+        "detectors": ["WFI01", "WFI02"], "filters": ["F158", "F087"], "exposures_per_filter": 1,
+        "size": 48, "stars": 6, "saturating_stars": 2, "seed": 7,
+    })
+    simulate_campaign(config, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def partial_run(campaign):
+    """First ask for one exposure's dq_init product only: nothing else may run."""
+    target = sorted((campaign / "uncal").glob("*_uncal.asdf"))[0].name.replace("_uncal", "_dqinit")
+    result = snakemake(campaign, f"results/exposures/{target}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = sorted(p.name for p in (campaign / "results" / "exposures").glob("*.asdf"))
+    return target, made
+
+
+@pytest.fixture(scope="module")
+def full_run(campaign, partial_run):
+    result = snakemake(campaign)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return campaign
+
+
+def test_partial_target_runs_only_the_steps_it_needs(partial_run):
+    target, made = partial_run
+    assert made == [target]
+
+
+def test_every_exposure_gets_a_valid_saturation_product(full_run):
+    uncal = sorted((full_run / "uncal").glob("*_uncal.asdf"))
+    assert len(uncal) == 4
+    for path in uncal:
+        product = full_run / "results" / "exposures" / path.name.replace("_uncal", "_saturation")
+        with rdm.open(product) as model:
+            assert isinstance(model, datamodels.RampModel)
+            model.validate()
+            assert model.meta.cal_step.dq_init == "COMPLETE"
+            assert model.meta.cal_step.saturation == "COMPLETE"
+            assert model.meta.ref_file.mask.startswith("roman_wfi_mask_")
+            assert model.meta.ref_file.saturation.startswith("roman_wfi_saturation_")
+            assert model.meta.ref_file.crds.context == "roman_0001.pmap"
+            assert set(model.meta.provenance) == {"dq_init", "saturation"}
+
+
+def test_saturation_flags_match_the_simulated_truth(full_run):
+    for path in sorted((full_run / "results" / "exposures").glob("*_saturation.asdf")):
+        expo = path.name.replace("_saturation.asdf", "")
+        with rdm.open(path) as model, asdf.open(full_run / "truth" / f"{expo}_truth.asdf") as truth:
+            saturated = (np.asarray(model.groupdq) & pixel.SATURATED) != 0
+            unchecked = (np.asarray(model.pixeldq) & pixel.NO_SAT_CHECK) != 0
+            expected = np.asarray(truth["first_saturated_resultant"])
+            science = ~np.asarray(truth["detector"]["reference_pixels"]) & ~unchecked
+            flagged = np.where(saturated.any(axis=0), saturated.argmax(axis=0), -1)
+            reads_per_resultant = np.array([len(r) for r in model.meta.exposure.read_pattern])
+            truly = science & (expected >= 0)
+            assert truly.any()
+            # Every truly saturated pixel is flagged, at its first saturated resultant or, by
+            # the seed's dilution rule (threshold x <t>/max(t), bias included), one before it.
+            assert (flagged[truly] >= 0).all()
+            assert ((expected[truly] - flagged[truly]) <= 1).all()
+            assert (flagged[truly] <= expected[truly]).all()
+            # An early flag can only come from the dilution of a multi-read resultant.
+            early = science & (flagged >= 0) & ((expected < 0) | (flagged < expected))
+            assert (reads_per_resultant[flagged[early]] > 1).all()
+            assert np.mean(flagged[science] == expected[science]) >= 0.995
+            # and once flagged, every later resultant is flagged too
+            for k in range(1, saturated.shape[0]):
+                assert (saturated[k] | ~saturated[k - 1]).all()
+
+
+def test_second_run_has_nothing_to_do(full_run):
+    result = snakemake(full_run, "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changed_parameter_reruns_that_step_only(full_run):
+    (full_run / "grow.yaml").write_text("saturation:\n  n_pix_grow_sat: 1\n")
+    result = snakemake(full_run, "-n", "--configfile", str(full_run / "workflow.yaml"),
+                       str(full_run / "grow.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result) == {"saturation": 4, "all": 1}
+
+
+def test_skipped_step_is_routed_around(full_run):
+    (full_run / "skip.yaml").write_text("saturation:\n  skip: true\n")
+    result = snakemake(full_run, "-n", "--configfile", str(full_run / "workflow.yaml"),
+                       str(full_run / "skip.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The existing dq_init products are now the targets: nothing runs, nothing reruns.
+    assert planned_jobs(result) == {}
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_workflow_lints_clean(full_run):
+    result = snakemake(full_run, "--lint")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "Congratulations" in result.stdout + result.stderr
