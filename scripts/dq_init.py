@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 
 import numpy as np
+from astropy.time import Time
 from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
@@ -68,11 +70,10 @@ def to_ramp_model(level1, mask_dq):
 
     pixeldq, groupdq = initialize_dq(None if is_guide_star else mask_dq, resultant_dq, raw.shape)
 
-    ramp = datamodels.RampModel.create_from_model(
-        {key: value for key, value in level1.items()
-         if key not in ("data", "amp33", "resultantdq", "guidewindow")}
-        if isinstance(level1, datamodels.TvacModel) else {**level1, "data": None}
-    )
+    if isinstance(level1, datamodels.TvacModel):
+        ramp = _ramp_from_groundtest(level1)
+    else:
+        ramp = datamodels.RampModel.create_from_model({**level1, "data": None})
     ramp.meta.model_type = "RampModel"
     data = raw.astype(np.float32)
     offset = level1.meta.instrument.get("data_encoding_offset", 0) or 0
@@ -93,6 +94,44 @@ def to_ramp_model(level1, mask_dq):
     ramp.dq_border_ref_pix_top = pixeldq[:BORDER, :].copy()
     ramp.dq_border_ref_pix_bottom = pixeldq[-BORDER:, :].copy()
     return ramp
+
+
+def _ramp_from_groundtest(tvac):
+    """A RampModel carrying a ground-test file's selection metadata and its test records.
+
+    TvacModel's meta follows its own schema, so the fields the pipeline uses are
+    copied one by one; the ground-test records (groundtest, gw_meta, hdf5_meta,
+    guidestar) travel along as plain trees for the diagnostics.
+    """
+    ramp = datamodels.RampModel.create_fake_data(shape=(1, 1, 1))
+    source = tvac.meta
+    ramp.meta.instrument.detector = str(source.instrument.detector)
+    ramp.meta.instrument.optical_element = str(source.instrument.optical_element)
+    exposure = ramp.meta.exposure
+    exposure.type = str(source.exposure.type)
+    exposure.start_time = Time(source.exposure.start_time)
+    exposure.frame_time = float(source.exposure.frame_time)
+    exposure.read_pattern = [list(map(int, reads)) for reads in source.exposure.read_pattern]
+    exposure.nresultants = len(exposure.read_pattern)
+    exposure.ma_table_name = str(source.exposure.ma_table_name)
+    exposure.ma_table_number = int(source.exposure.ma_table_number)
+    for record in ("groundtest", "gw_meta", "hdf5_meta", "guidestar"):
+        if record in source:
+            ramp.meta[record] = _plain_tree(source[record])
+    return ramp
+
+
+def _plain_tree(node):
+    """Nested plain dicts and lists: roman_datamodels nodes cannot move between schemas."""
+    if isinstance(node, Mapping):
+        return {key: _plain_tree(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain_tree(value) for value in node]
+    if isinstance(node, Time):
+        return Time(node)
+    if isinstance(node, str):
+        return str(node)  # drops the schema tag of tagged strings
+    return node
 
 
 def main(argv=None) -> None:

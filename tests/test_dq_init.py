@@ -1,5 +1,6 @@
 """dq_init: kernel on hand-made arrays, and the script on tiny Roman files."""
 
+import astropy.units as u
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -105,3 +106,23 @@ def test_unknown_parameter_fails(tmp_path, level1_file, mask_file):
     status = dq_init.cli.run(dq_init.main, [str(level1_file), str(out), "--override-mask",
                                             str(mask_file), "--no-such-option", "1"])
     assert status == 1 and not out.exists()
+
+
+def test_groundtest_tvac_input_becomes_a_ramp_model(tmp_path, mask_file):
+    tvac = datamodels.TvacModel.create_fake_data(shape=(3, 16, 16))
+    counts = (np.arange(3 * 16 * 16).reshape(3, 16, 16) + 1000).astype(np.uint16)
+    tvac.data = u.Quantity(counts, tvac.data.unit, dtype=np.uint16)
+    tvac.meta.exposure.read_pattern = [[1], [2], [3]]
+    tvac.meta.instrument.detector = "WFI11"
+    tvac.meta.groundtest.test_name = "WFISAT"
+    path = tmp_path / "TVAC2_TOHOTQUAL_WFISAT_20240506204523_WFI11_uncal.asdf"
+    tvac.to_asdf(path)
+    out = tmp_path / "TVAC2_TOHOTQUAL_WFISAT_20240506204523_WFI11_dqinit.asdf"
+    assert dq_init.cli.run(dq_init.main, [str(path), str(out), "--override-mask", str(mask_file)]) == 0
+    with rdm.open(out) as ramp:
+        ramp.validate()
+        np.testing.assert_array_equal(ramp.data, counts.astype(np.float32))
+        assert ramp.meta.instrument.detector == "WFI11"
+        assert [list(r) for r in ramp.meta.exposure.read_pattern] == [[1], [2], [3]]
+        assert ramp.meta.groundtest["test_name"] == "WFISAT"
+        assert ramp.pixeldq[5, 6] == pixel.DEAD
