@@ -126,3 +126,12 @@ def test_groundtest_tvac_input_becomes_a_ramp_model(tmp_path, mask_file):
         assert [list(r) for r in ramp.meta.exposure.read_pattern] == [[1], [2], [3]]
         assert ramp.meta.groundtest["test_name"] == "WFISAT"
         assert ramp.pixeldq[5, 6] == pixel.DEAD
+
+
+def test_exposure_without_resultants_exits_64_without_output(tmp_path, mask_file):
+    empty = make_level1(shape=(0, 16, 16), read_pattern=[])
+    path = tmp_path / f"{EXPO}_uncal.asdf"
+    empty.to_asdf(path)
+    out = tmp_path / f"{EXPO}_dqinit.asdf"
+    assert dq_init.cli.run(dq_init.main, [str(path), str(out), "--override-mask", str(mask_file)]) == 64
+    assert not out.exists()

@@ -21,7 +21,7 @@ import numpy as np
 import roman_datamodels as rdm
 from roman_datamodels import datamodels
 
-from .errors import InputFileError
+from .errors import InputFileError, NoScienceDataError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ def open_level1(path: str | Path):
     """Open a Level 1 exposure: a ScienceRawModel or a ground-test TvacModel."""
     model = open_model(path, LEVEL1_MODELS)
     data = plain_array(model.data)
-    if data.ndim != 3 or 0 in data.shape:
+    if data.ndim != 3:
         raise InputFileError(path, f"data has shape {data.shape}, expected (nresultants, nrows, ncols)")
+    if 0 in data.shape:
+        raise NoScienceDataError(f"{path}: data has shape {data.shape}: no resultants or no pixels")
     return model
 
 
