@@ -1,0 +1,97 @@
+"""Wall time and peak memory of each ramp step on one simulated exposure, one process per step.
+
+Each step's script runs as the workflow runs it (its own process, the previous
+product as input, references chosen by CRDS from the simulated cache) under
+``/usr/bin/time -v``; the table gives wall and CPU seconds and the peak resident
+set size. Public tools only, so anyone can rerun it:
+
+    python benchmarks/step_resources.py --size 4096 --ma-table EVEN_55 --out bench/ramp55
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from romanpipe.naming import STEP_SUFFIX, product_name  # noqa: E402
+
+# The ramp-level chain in pipeline order (steps whose script exists are run).
+RAMP_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit"]
+
+_TIME_FIELDS = {
+    "wall_s": r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)",
+    "user_s": r"User time \(seconds\): (\S+)",
+    "system_s": r"System time \(seconds\): (\S+)",
+    "max_rss_kb": r"Maximum resident set size \(kbytes\): (\d+)",
+}
+
+
+def parse_time_v(report: str) -> dict[str, float]:
+    values = {}
+    for name, pattern in _TIME_FIELDS.items():
+        text = re.search(pattern, report).group(1)
+        if name == "wall_s":
+            seconds = 0.0
+            for part in text.split(":"):
+                seconds = seconds * 60 + float(part)
+            values[name] = seconds
+        else:
+            values[name] = float(text)
+    return values
+
+
+def run_measured(command: list[str], env: dict[str, str]) -> dict[str, float]:
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return parse_time_v(result.stderr)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--ma-table", default="EVEN_55")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", nargs="+", default=RAMP_CHAIN)
+    args = parser.parse_args(argv)
+
+    env = {**os.environ, "CRDS_PATH": str(args.out / "crds_cache")}
+    env.pop("CRDS_SERVER_URL", None)
+    uncal = sorted((args.out / "uncal").glob("*_uncal.asdf")) if (args.out / "uncal").is_dir() else []
+    if not uncal:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(SCRIPTS / "simulate.py"), "exposure", "--out", str(args.out),
+                        "--size", str(args.size), "--ma-table", args.ma_table, "--stars", "2000",
+                        "--saturating-stars", "20", "-q"], check=True, env=env)
+        print(f"simulated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        uncal = sorted((args.out / "uncal").glob("*_uncal.asdf"))
+    product = uncal[0]
+    rows = []
+    for step in args.steps:
+        script = SCRIPTS / f"{step}.py"
+        if not script.is_file():
+            continue
+        output = product_name(product, STEP_SUFFIX[step], args.out / "products")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figures = run_measured([sys.executable, str(script), str(product), str(output), "-q"], env)
+        rows.append((step, figures))
+        product = output
+    print(f"| step | wall (s) | CPU (s) | peak RSS (GB) |   size {args.size}, MA table {args.ma_table}")
+    print("|---|---|---|---|")
+    for step, f in rows:
+        print(f"| {step} | {f['wall_s']:.1f} | {f['user_s'] + f['system_s']:.1f} | "
+              f"{f['max_rss_kb'] / 1024**2:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
