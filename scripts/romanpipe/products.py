@@ -75,7 +75,13 @@ def plain_array(array) -> np.ndarray:
 
 
 def write_atomic(model, path: str | Path) -> Path:
-    """Validate and write ``model`` so that ``path`` only ever holds a complete product."""
+    """Validate and write ``model`` so that ``path`` only ever holds a complete product.
+
+    Arrays are stored uncompressed (roman_datamodels defaults to lz4): lz4 barely
+    shrinks float data, and an uncompressed file lets the next step memory-map
+    its input instead of decompressing a full copy, and spares the writer a
+    compressed copy of every array.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.meta.filename = path.name
@@ -83,7 +89,7 @@ def write_atomic(model, path: str | Path) -> Path:
     # recorded in meta.filename), then moves into place in one rename.
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        model.to_asdf(staging / path.name)
+        model.to_asdf(staging / path.name, all_array_compression=None)
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
