@@ -23,6 +23,7 @@ from wfisim.matables import (
     mean_read_times,
     read_pattern_from_counts,
 )
+from wfisim.nonlinearity import nonlinear_response, saturation_threshold
 from wfisim.pointing import DetectorGeometry, Pointing
 from wfisim.ramps import PoissonDraws, RampEffect, simulate_ramp
 from wfisim.references import make_reference, write_references
@@ -317,9 +318,11 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
     det = detector((32, 32))
     paths = write_references(det, tmp_path, useafter="2027-02-28T00:00:00")
     assert [p.name for p in paths] == ["roman_wfi_mask_0001.asdf", "roman_wfi_saturation_0001.asdf",
-                                       "roman_wfi_gain_0001.asdf", "roman_wfi_readnoise_0001.asdf"]
+                                       "roman_wfi_gain_0001.asdf", "roman_wfi_readnoise_0001.asdf",
+                                       "roman_wfi_linearity_0001.asdf", "roman_wfi_dark_0001.asdf"]
     expected = {"mask": datamodels.MaskRefModel, "saturation": datamodels.SaturationRefModel,
-                "gain": datamodels.GainRefModel, "readnoise": datamodels.ReadnoiseRefModel}
+                "gain": datamodels.GainRefModel, "readnoise": datamodels.ReadnoiseRefModel,
+                "linearity": datamodels.LinearityRefModel, "dark": datamodels.DarkRefModel}
     for path, (reftype, model_type) in zip(paths, expected.items(), strict=True):
         with rdm.open(path) as model:
             assert isinstance(model, model_type)
@@ -338,11 +341,17 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
                 data, dq = np.asarray(model.data), np.asarray(model.dq)
                 known = ~np.isnan(data)
                 assert 1 <= np.count_nonzero(~known) and 1 <= np.count_nonzero(dq & pixel.NO_SAT_CHECK)
-                assert np.array_equal(data[known], det.saturation_threshold[known])
-                level = det.bias + det.full_well / det.gain
+                response = nonlinear_response(det)
+                assert np.array_equal(data[known], saturation_threshold(det, response)[known])
+                level = det.bias + response.measured_signal(det.full_well / response.gain)
                 assert np.all((level - data)[known] == pytest.approx(5 * det.read_noise[known], abs=0.01))
             elif reftype == "gain":
                 assert np.array_equal(model.data, det.gain)
+            elif reftype == "linearity":
+                assert model.coeffs.shape == (4, 32, 32)
+            elif reftype == "dark":
+                assert np.array_equal(model.dark_slope, (det.dark_current / det.gain).astype(np.float32))
+                assert meta.exposure.type == "WFI_IMAGE"
             else:
                 assert np.array_equal(model.data, det.read_noise)
                 assert meta.exposure.type == "WFI_IMAGE"
@@ -373,7 +382,7 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert crds_cache.current_context(tmp_path / "crds_cache") == outputs.crds_context
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(
         path.name for path in outputs.references)
-    assert len(outputs.references) == 8
+    assert len(outputs.references) == 12
     for path in outputs.references:
         with rdm.open(path) as model:
             assert model.meta.useafter < Time(config.start_time)

@@ -27,6 +27,7 @@ from romanpipe import crds_cache
 from .detector import DetectorModel, build_detector, detector_key
 from .level1 import ExposureId, make_level1, write_level1
 from .matables import MaTable, ma_table
+from .nonlinearity import nonlinear_response
 from .pointing import DetectorGeometry, Pointing, pointing_metadata
 from .ramps import RampEffect, simulate_ramp
 from .references import DEFAULT_REFTYPES, write_references
@@ -162,6 +163,7 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
     start = Time(config.start_time, format="isot", scale="utc")
     home = Pointing.at(**config.pointing)
     detectors = [build_detector(name, shape, config.seed) for name in config.detectors]
+    responses = {det.name: nonlinear_response(det) for det in detectors}
     stars = {det.name: _field_catalog(config, det, DetectorGeometry(det.name, shape, home), table)
              for det in detectors}
 
@@ -192,7 +194,8 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
                     sky=config.sky_for(optical_element), optical_element=optical_element, table=table,
                     exposure_id=exposure_id, start_time=exposure_start,
                     seed=[config.seed, detector_key(det.name), observation, exposure],
-                    out_dir=out_dir, visit=visit, program={"title": config.title}, workers=workers)
+                    out_dir=out_dir, visit=visit, program={"title": config.title},
+                    effects=[responses[det.name]], workers=workers)
                 uncal.append(paths[0])
                 truth.append(paths[1])
                 log.info("simulated %s in %.1f s", paths[0].name, time.perf_counter() - began)

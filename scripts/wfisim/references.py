@@ -27,7 +27,9 @@ from roman_datamodels import datamodels
 from romanpipe.dqflags import pixel
 from romanpipe.products import write_atomic
 
+from .dark import DARK_REFERENCE_META, dark_reference_arrays
 from .detector import DetectorModel, detector_key
+from .nonlinearity import linearity_reference_arrays, nonlinear_response, saturation_threshold
 
 AUTHOR = "wfisim"
 ORIGIN = "Roman WFI workflow simulator"
@@ -55,7 +57,7 @@ def _mask(detector: DetectorModel, rng: np.random.Generator) -> dict:
 
 
 def _saturation(detector: DetectorModel, rng: np.random.Generator) -> dict:
-    threshold = detector.saturation_threshold.copy()
+    threshold = saturation_threshold(detector, nonlinear_response(detector))
     dq = np.zeros(detector.shape, dtype=np.uint32)
     light_sensitive = np.flatnonzero(~detector.reference_pixels)
     count = max(1, round(UNCHECKED_SATURATION_FRACTION * light_sensitive.size))
@@ -85,6 +87,12 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
         ReferenceKind("readnoise", datamodels.ReadnoiseRefModel,
                       "Simulated read noise (DN per read).", _readnoise,
                       meta={"exposure": {"type": "WFI_IMAGE", "p_exptype": "WFI_IMAGE|"}}),
+        ReferenceKind("linearity", datamodels.LinearityRefModel,
+                      "Simulated classic nonlinearity: bias + P(F - bias) as a polynomial in raw DN F; "
+                      "some pixels NaN or NO_LIN_CORR.", linearity_reference_arrays),
+        ReferenceKind("dark", datamodels.DarkRefModel,
+                      "Simulated dark rate (DN/s): dark current / gain; HOT pixels flagged.",
+                      dark_reference_arrays, meta=DARK_REFERENCE_META),
     )
 }
 DEFAULT_REFTYPES = tuple(REFERENCE_KINDS)
@@ -111,8 +119,8 @@ def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | st
         "useafter": Time(useafter, format="isot", scale="utc"),
         "telescope": "ROMAN",
         "origin": ORIGIN,
-        "instrument": {"name": "WFI", "detector": detector.name},
-        **kind.meta,
+        "instrument": {"name": "WFI", "detector": detector.name, **kind.meta.get("instrument", {})},
+        **{key: value for key, value in kind.meta.items() if key != "instrument"},
     })
     for name, array in arrays.items():
         setattr(model, name, array)
