@@ -76,20 +76,24 @@ def test_partial_target_runs_only_the_steps_it_needs(partial_run):
     assert made == [target]
 
 
-def test_every_exposure_gets_a_valid_saturation_product(full_run):
+def test_every_exposure_gets_a_valid_darkcurrent_product(full_run):
     uncal = sorted((full_run / "uncal").glob("*_uncal.asdf"))
     assert len(uncal) == 4
     for path in uncal:
-        product = full_run / "results" / "exposures" / path.name.replace("_uncal", "_saturation")
+        product = full_run / "results" / "exposures" / path.name.replace("_uncal", "_darkcurrent")
         with rdm.open(product) as model:
             assert isinstance(model, datamodels.RampModel)
             model.validate()
             assert model.meta.cal_step.dq_init == "COMPLETE"
             assert model.meta.cal_step.saturation == "COMPLETE"
+            assert model.meta.cal_step.linearity == "COMPLETE"
+            assert model.meta.cal_step.dark == "COMPLETE"
             assert model.meta.ref_file.mask.startswith("roman_wfi_mask_")
             assert model.meta.ref_file.saturation.startswith("roman_wfi_saturation_")
             assert model.meta.ref_file.crds.context == "roman_0001.pmap"
-            assert set(model.meta.provenance) == {"dq_init", "saturation"}
+            assert model.meta.ref_file.linearity.startswith("roman_wfi_linearity_")
+            assert model.meta.ref_file.dark.startswith("roman_wfi_dark_")
+            assert set(model.meta.provenance) == {"dq_init", "saturation", "linearity", "dark_current"}
 
 
 def test_saturation_flags_match_the_simulated_truth(full_run):
@@ -129,7 +133,8 @@ def test_changed_parameter_reruns_that_step_only(full_run):
     result = snakemake(full_run, "-n", "--configfile", str(full_run / "workflow.yaml"),
                        str(full_run / "grow.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert planned_jobs(result) == {"saturation": 4, "all": 1}
+    # that step and everything downstream of it, for every exposure; nothing upstream
+    assert planned_jobs(result) == {"saturation": 4, "linearity": 4, "dark_current": 4, "all": 1}
 
 
 def test_skipped_step_is_routed_around(full_run):
@@ -137,9 +142,8 @@ def test_skipped_step_is_routed_around(full_run):
     result = snakemake(full_run, "-n", "--configfile", str(full_run / "workflow.yaml"),
                        str(full_run / "skip.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
-    # The existing dq_init products are now the targets: nothing runs, nothing reruns.
-    assert planned_jobs(result) == {}
-    assert "Nothing to be done" in result.stdout + result.stderr
+    # linearity now reads the dq_init product: it and its downstream rerun, dq_init does not
+    assert planned_jobs(result) == {"linearity": 4, "dark_current": 4, "all": 1}
 
 
 def test_workflow_lints_clean(full_run):

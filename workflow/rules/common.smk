@@ -41,8 +41,13 @@ PYTHON = (
 )
 
 # Ramp-level steps in pipeline order, and the reference types each one reads.
-RAMP_STEPS = ["dq_init", "saturation"]
-STEP_REFTYPES = {"dq_init": ["mask"], "saturation": ["saturation"]}
+RAMP_STEPS = ["dq_init", "saturation", "linearity", "dark_current"]
+STEP_REFTYPES = {
+    "dq_init": ["mask"],
+    "saturation": ["saturation"],
+    "linearity": ["linearity"],
+    "dark_current": ["dark"],
+}
 
 
 wildcard_constraints:
@@ -150,6 +155,17 @@ def parameter_file():
 
 def parameter_file_option(wildcards, input):
     return f"--parameter-file {input.parameter_file}" if config["parameter_file"] else ""
+
+
+def dark_output_option(wildcards):
+    """dark_current.dark_output set (to anything): each exposure also keeps its frame-averaged dark.
+
+    One file name in the config cannot serve every exposure, so the workflow names it.
+    """
+    if not config["dark_current"]["dark_output"]:
+        return ""
+    path = os.path.join(RESULTS, "exposures", f"{wildcards.expo}_darkframes.asdf")
+    return f"--dark-output {shlex.quote(path)}"
 
 
 def final_step():

@@ -53,3 +53,55 @@ rule saturation:
     shell:
         "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-saturation {input.saturation:q} "
         "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
+
+
+rule linearity:
+    """Correct the classic non-linearity of each resultant (romancal LinearityStep)."""
+    input:
+        ramp=upstream_product("linearity"),
+        linearity=reference("linearity", "linearity"),
+        parameter_file=parameter_file(),
+        code=step_script("linearity"),
+    output:
+        product("linearity"),
+    params:
+        python=PYTHON,
+        values=step_parameters("linearity"),
+        parameter_file=parameter_file_option,
+        skipped=skipped_before("linearity"),
+    log:
+        os.path.join(LOGS, "linearity", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "linearity", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-linearity {input.linearity:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
+
+
+rule dark_current:
+    """Subtract the dark accumulated by each resultant's mean read time (romancal DarkCurrentStep)."""
+    input:
+        ramp=upstream_product("dark_current"),
+        dark=reference("dark_current", "dark"),
+        parameter_file=parameter_file(),
+        code=step_script("dark_current"),
+    output:
+        product("dark_current"),
+    params:
+        python=PYTHON,
+        values=step_parameters("dark_current"),
+        parameter_file=parameter_file_option,
+        skipped=skipped_before("dark_current"),
+        dark_output=dark_output_option,
+    log:
+        os.path.join(LOGS, "dark_current", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "dark_current", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-dark {input.dark:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} "
+        "{params.dark_output} > {log:q} 2>&1"
