@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     exposure.add_argument("--saturating-stars", type=int, default=defaults.saturating_stars)
     exposure.add_argument("--sky", type=float, default=defaults.sky_e_per_s, help="sky level (e/s per pixel)")
     exposure.add_argument("--start-time", default=defaults.start_time, help="UTC, ISO format")
+    exposure.add_argument("--cosmic-ray-flux", type=float, default=defaults.cosmic_ray_flux_per_cm2_s,
+                          help="cosmic rays per cm^2 per s (about 5 at L2; 0: none)")
     return parser.parse_args(argv)
 
 
@@ -62,7 +64,8 @@ def main(argv=None) -> None:
         config = CampaignConfig(
             detectors=[args.detector.upper()], filters=[args.filter.upper()], size=args.size,
             ma_table=args.ma_table, seed=args.seed, stars=args.stars,
-            saturating_stars=args.saturating_stars, sky_e_per_s=args.sky, start_time=args.start_time)
+            saturating_stars=args.saturating_stars, sky_e_per_s=args.sky, start_time=args.start_time,
+            cosmic_ray_flux_per_cm2_s=args.cosmic_ray_flux)
     outputs = simulate_campaign(config, args.out, workers=args.workers)
     log.info("wrote %d exposures to %s; run the workflow with --directory %s --configfile %s",
              len(outputs.uncal), args.out / "uncal", args.out, outputs.workflow_config)

@@ -150,3 +150,48 @@ def test_workflow_lints_clean(full_run):
     result = snakemake(full_run, "--lint")
     assert result.returncode == 0, result.stdout[-2000:]
     assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def even_campaign(tmp_path_factory):
+    """Even ramps with cosmic rays, run with the two-point jump step instead of ramp-fit detection."""
+    out = tmp_path_factory.mktemp("even_campaign")
+    config = CampaignConfig.from_mapping({
+        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 1, "size": 64,
+        "ma_table": "IMG_EVEN_8", "stars": 6, "saturating_stars": 1, "seed": 11,
+        "cosmic_ray_flux_per_cm2_s": 2000.0,  # many hits on a tiny array
+    })
+    simulate_campaign(config, out)
+    (out / "jump.yaml").write_text("target: jump\nramp_fit:\n  use_ramp_jump_detection: false\n")
+    result = snakemake(out, "--configfile", str(out / "workflow.yaml"), str(out / "jump.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_jump_step_runs_on_even_ramps_and_finds_the_cosmic_rays(even_campaign):
+    (product,) = (even_campaign / "results" / "exposures").glob("*_jump.asdf")
+    expo = product.name.replace("_jump.asdf", "")
+    with rdm.open(product) as model, asdf.open(even_campaign / "truth" / f"{expo}_truth.asdf") as truth:
+        assert model.meta.cal_step.get("jump") == "COMPLETE"
+        jumps = (np.asarray(model.groupdq) & pixel.JUMP_DET) != 0
+        saturated = (np.asarray(model.groupdq) & pixel.SATURATED) != 0
+        hits = truth["cosmic_rays"]
+        read_noise = np.asarray(truth["detector"]["read_noise_dn"])
+        gain = np.asarray(truth["detector"]["gain_e_per_dn"])
+        rate = np.asarray(truth["rate_e_per_s"])
+        reads = [r[0] for r in truth["read_pattern"]]
+        frame_time = truth["frame_time"]
+        found = strong = 0
+        for row, col, read, electrons in zip(hits["row"], hits["col"], hits["read"], hits["electrons"],
+                                             strict=True):
+            if read not in reads[1:]:
+                continue  # a hit before the first resultant only raises the ramp's start
+            k = reads.index(read)
+            kept = electrons * (1 - 4 * hits["ipc_fraction"])
+            sigma = np.sqrt(rate[row, col] * frame_time + 2 * (gain[row, col] * read_noise[row, col]) ** 2)
+            if kept < 10 * sigma or saturated[k, row, col]:
+                continue
+            strong += 1
+            found += bool(jumps[k, row, col])
+        assert strong >= 20
+        assert found / strong >= 0.99

@@ -7,8 +7,11 @@ Modules, in the order a simulation uses them:
 ``scene``       sky + point sources -> photo-electron rate image.
 ``pointing``    ideal WFI geometry: pixel <-> sky, ``meta.wcsinfo`` and ``meta.pointing``.
 ``ramps``       rate image + detector + MA table -> uint16 resultants (with per-read effect hooks).
+``nonlinearity`` per-read non-linear response and the LINEARITY reference that inverts it.
+``cosmic_rays`` cosmic-ray charge deposits with inter-pixel capacitance, recorded in the truth.
+``dark``        the DARK reference (dark rate) from the detector truth.
 ``level1``      the ScienceRawModel (``_uncal``) with its metadata.
 ``truth``       ``_truth.asdf``: what was simulated, for tests.
-``references``  MASK, SATURATION, GAIN, READNOISE reference files from the detector truth.
+``references``  the reference-file factory (MASK, SATURATION, GAIN, READNOISE, LINEARITY, DARK, ...).
 ``campaign``    a YAML-configured campaign: exposures, truth, references, CRDS cache.
 """

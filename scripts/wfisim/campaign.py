@@ -24,6 +24,7 @@ from astropy.time import Time, TimeDelta
 
 from romanpipe import crds_cache
 
+from .cosmic_rays import CosmicRays
 from .detector import DetectorModel, build_detector, detector_key
 from .level1 import ExposureId, make_level1, write_level1
 from .matables import MaTable, ma_table
@@ -66,6 +67,7 @@ class CampaignConfig:
     pointing: dict[str, float] = field(default_factory=lambda: {"ra": 270.0, "dec": 66.0, "pa_v3": 0.0})
     program: int = 1
     title: str = "Simulated WFI imaging campaign"
+    cosmic_ray_flux_per_cm2_s: float = 0.0  # about 5 at L2
 
     @classmethod
     def from_mapping(cls, values: dict) -> CampaignConfig:
@@ -123,10 +125,12 @@ def simulate_exposure(detector: DetectorModel, geometry: DetectorGeometry, stars
                       sky: float, optical_element: str, table: MaTable, exposure_id: ExposureId,
                       start_time: Time, seed: list[int], out_dir: str | Path,
                       visit: dict | None = None, program: dict | None = None,
-                      effects: Sequence[RampEffect] = (), workers: int | None = None) -> tuple[Path, Path]:
+                      effects: Sequence[RampEffect] = (), cosmic_ray_flux: float = 0.0,
+                      workers: int | None = None) -> tuple[Path, Path]:
     """Simulate one exposure of one detector; write its uncal and truth files below ``out_dir``.
 
-    ``visit`` and ``program`` are ``meta.visit`` and ``meta.program`` values to set.
+    ``visit`` and ``program`` are ``meta.visit`` and ``meta.program`` values to set;
+    ``cosmic_ray_flux`` (per cm^2 per s) adds cosmic rays, recorded in the truth.
     """
     out_dir = Path(out_dir)
     x, y = geometry.sky_to_pixel(stars.ra, stars.dec)
@@ -134,8 +138,11 @@ def simulate_exposure(detector: DetectorModel, geometry: DetectorGeometry, stars
     fwhm = psf_fwhm_pixels(optical_element)
     rate = render_rate(detector.shape, catalog, sky, fwhm)
 
+    rays = (CosmicRays.from_flux(cosmic_ray_flux, collecting=detector.photosensitive)
+            if cosmic_ray_flux else None)
+    science_effects = [*effects, rays] if rays else list(effects)
     ramp = simulate_ramp(detector.electron_rate(rate), detector.science_readout(), table, seed,
-                         effects=effects, workers=workers)
+                         effects=science_effects, workers=workers)
     amp33 = simulate_ramp(np.zeros(detector.amp33_bias.shape), detector.amp33_readout(), table, seed,
                           effects=effects, workers=workers)
     wcsinfo = geometry.wcsinfo()
@@ -149,6 +156,7 @@ def simulate_exposure(detector: DetectorModel, geometry: DetectorGeometry, stars
         exposure=name, optical_element=optical_element, table=table, seed=seed, sky=sky,
         psf_fwhm_pixels=fwhm, rate=rate, catalog=catalog, ra=stars.ra, dec=stars.dec, detector=detector,
         first_saturated_resultant=ramp.first_saturated_resultant, wcsinfo=wcsinfo,
+        cosmic_rays={**rays.truth(), "ipc_fraction": rays.ipc_fraction} if rays else None,
     )
     truth_path = truth.write(out_dir / "truth" / f"{name}_truth.asdf")
     return uncal_path, truth_path
@@ -195,7 +203,8 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
                     exposure_id=exposure_id, start_time=exposure_start,
                     seed=[config.seed, detector_key(det.name), observation, exposure],
                     out_dir=out_dir, visit=visit, program={"title": config.title},
-                    effects=[responses[det.name]], workers=workers)
+                    effects=[responses[det.name]], cosmic_ray_flux=config.cosmic_ray_flux_per_cm2_s,
+                    workers=workers)
                 uncal.append(paths[0])
                 truth.append(paths[1])
                 log.info("simulated %s in %.1f s", paths[0].name, time.perf_counter() - began)

@@ -19,6 +19,9 @@ Tree (units in the key names; arrays are (nrows, ncols) of the full readout):
     per pixel, index of the first resultant holding a read at full well; -1 if none.
 ``wcsinfo``
     the ``meta.wcsinfo`` written into the exposure.
+``cosmic_rays`` (when simulated)
+    every hit: ``row``, ``col``, ``read`` number, ``electrons`` deposited, and
+    the ``ipc_fraction`` each of the four neighbours received.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ExposureTruth:
     detector: DetectorModel
     first_saturated_resultant: np.ndarray
     wcsinfo: dict
+    cosmic_rays: dict | None = None  # wfisim.cosmic_rays.CosmicRays.truth() and the IPC fraction
 
     def tree(self) -> dict:
         detector = self.detector
@@ -85,6 +89,7 @@ class ExposureTruth:
             },
             "first_saturated_resultant": self.first_saturated_resultant,
             "wcsinfo": dict(self.wcsinfo),
+            **({"cosmic_rays": self.cosmic_rays} if self.cosmic_rays is not None else {}),
         }
 
     def write(self, path: str | Path) -> Path:

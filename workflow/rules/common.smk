@@ -41,12 +41,13 @@ PYTHON = (
 )
 
 # Ramp-level steps in pipeline order, and the reference types each one reads.
-RAMP_STEPS = ["dq_init", "saturation", "linearity", "dark_current"]
+RAMP_STEPS = ["dq_init", "saturation", "linearity", "dark_current", "jump"]
 STEP_REFTYPES = {
     "dq_init": ["mask"],
     "saturation": ["saturation"],
     "linearity": ["linearity"],
     "dark_current": ["dark"],
+    "jump": ["gain", "readnoise"],
 }
 
 
@@ -85,6 +86,9 @@ def product(step):
 
 
 def is_enabled(step):
+    # The two-point jump step runs only when ramp fitting does not detect jumps itself.
+    if step == "jump":
+        return not config["ramp_fit"]["use_ramp_jump_detection"]
     return not config[step].get("skip", False)
 
 
@@ -166,6 +170,12 @@ def dark_output_option(wildcards):
         return ""
     path = os.path.join(RESULTS, "exposures", f"{wildcards.expo}_darkframes.asdf")
     return f"--dark-output {shlex.quote(path)}"
+
+
+def cores_for(maximum_cores):
+    """Threads for a step's maximum_cores setting (the seed's none/quarter/half/all)."""
+    fraction = {"none": 0.0, "quarter": 0.25, "half": 0.5, "all": 1.0}[maximum_cores]
+    return max(1, int(workflow.cores * fraction))
 
 
 def final_step():

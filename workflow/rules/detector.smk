@@ -105,3 +105,35 @@ rule dark_current:
         "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-dark {input.dark:q} "
         "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} "
         "{params.dark_output} > {log:q} 2>&1"
+
+
+rule jump:
+    """Flag jumps by two-point differences, even ramps only (romancal JumpStep).
+
+    Runs only with ramp_fit.use_ramp_jump_detection false; otherwise ramp fitting
+    finds the jumps itself and this step is recorded as SKIPPED.
+    """
+    input:
+        ramp=upstream_product("jump"),
+        gain=reference("jump", "gain"),
+        readnoise=reference("jump", "readnoise"),
+        parameter_file=parameter_file(),
+        code=step_script("jump"),
+    output:
+        product("jump"),
+    params:
+        python=PYTHON,
+        values=step_parameters("jump"),
+        parameter_file=parameter_file_option,
+        skipped=skipped_before("jump"),
+    threads: cores_for(config["jump"]["maximum_cores"])
+    log:
+        os.path.join(LOGS, "jump", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "jump", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-gain {input.gain:q} "
+        "--override-readnoise {input.readnoise:q} --workflow-params {params.values:q} "
+        "{params.parameter_file} {params.skipped} > {log:q} 2>&1"
