@@ -48,7 +48,7 @@ def campaign(tmp_path_factory):
     out = tmp_path_factory.mktemp("campaign")
     config = CampaignConfig.from_mapping({
         "detectors": ["WFI01", "WFI02"], "filters": ["F158", "F087"], "exposures_per_filter": 1,
-        "size": 48, "stars": 6, "saturating_stars": 2, "seed": 7,
+        "size": 128, "stars": 10, "saturating_stars": 2, "seed": 7,
     })
     simulate_campaign(config, out)
     return out
@@ -91,9 +91,12 @@ def test_every_exposure_gets_a_valid_darkcurrent_product(full_run):
             assert model.meta.ref_file.mask.startswith("roman_wfi_mask_")
             assert model.meta.ref_file.saturation.startswith("roman_wfi_saturation_")
             assert model.meta.ref_file.crds.context == "roman_0001.pmap"
+            assert model.meta.cal_step.refpix == "COMPLETE"
             assert model.meta.ref_file.linearity.startswith("roman_wfi_linearity_")
             assert model.meta.ref_file.dark.startswith("roman_wfi_dark_")
-            assert set(model.meta.provenance) == {"dq_init", "saturation", "linearity", "dark_current"}
+            assert model.meta.ref_file.refpix.startswith("roman_wfi_refpix_")
+            assert set(model.meta.provenance) == {"dq_init", "saturation", "refpix", "linearity",
+                                                  "dark_current"}
 
 
 def test_saturation_flags_match_the_simulated_truth(full_run):
@@ -134,16 +137,24 @@ def test_changed_parameter_reruns_that_step_only(full_run):
                        str(full_run / "grow.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     # that step and everything downstream of it, for every exposure; nothing upstream
-    assert planned_jobs(result) == {"saturation": 4, "linearity": 4, "dark_current": 4, "all": 1}
+    assert planned_jobs(result) == {"saturation": 4, "refpix": 4, "linearity": 4, "dark_current": 4,
+                                    "all": 1}
 
 
-def test_skipped_step_is_routed_around(full_run):
-    (full_run / "skip.yaml").write_text("saturation:\n  skip: true\n")
-    result = snakemake(full_run, "-n", "--configfile", str(full_run / "workflow.yaml"),
-                       str(full_run / "skip.yaml"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    # linearity now reads the dq_init product: it and its downstream rerun, dq_init does not
-    assert planned_jobs(result) == {"linearity": 4, "dark_current": 4, "all": 1}
+def test_skipped_step_is_routed_around_and_recorded(full_run):
+    exposures = full_run / "results" / "exposures"
+    upstream = {p: p.stat().st_mtime_ns for p in exposures.glob("*.asdf")
+                if p.name.endswith(("_dqinit.asdf", "_saturation.asdf", "_refpix.asdf"))}
+    (full_run / "skip.yaml").write_text("linearity:\n  skip: true\n")
+    result = snakemake(full_run, "--configfile", str(full_run / "workflow.yaml"), str(full_run / "skip.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # nothing upstream of the skipped step ran again
+    assert {p: p.stat().st_mtime_ns for p in upstream} == upstream
+    for product in exposures.glob("*_darkcurrent.asdf"):
+        with rdm.open(product) as model:
+            assert model.meta.cal_step.linearity == "SKIPPED"
+            assert model.meta.cal_step.refpix == "COMPLETE"
+            assert "linearity" not in model.meta.provenance
 
 
 def test_workflow_lints_clean(full_run):
@@ -157,7 +168,7 @@ def even_campaign(tmp_path_factory):
     """Even ramps with cosmic rays, run with the two-point jump step instead of ramp-fit detection."""
     out = tmp_path_factory.mktemp("even_campaign")
     config = CampaignConfig.from_mapping({
-        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 1, "size": 64,
+        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 1, "size": 128,
         "ma_table": "IMG_EVEN_8", "stars": 6, "saturating_stars": 1, "seed": 11,
         "cosmic_ray_flux_per_cm2_s": 2000.0,  # many hits on a tiny array
     })

@@ -31,7 +31,8 @@ from .matables import MaTable, ma_table
 from .nonlinearity import nonlinear_response
 from .pointing import DetectorGeometry, Pointing, pointing_metadata
 from .ramps import RampEffect, simulate_ramp
-from .references import DEFAULT_REFTYPES, write_references
+from .references import write_references
+from .refpix_effects import ReferencePixelEffects, fits_readout_layout, readout_electronics
 from .scene import (
     PIXEL_SCALE_ARCSEC,
     Catalog,
@@ -181,8 +182,9 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
     useafter = Time(day_before, format="isot", scale="utc")
     references = [path for det in detectors
                   for path in write_references(det, out_dir / "references", useafter=useafter,
-                                               reftypes=DEFAULT_REFTYPES,
                                                also_taken=[crds_cache.references_dir(cache_dir)])]
+    # Reference-pixel effects need the 32-output readout; smaller test arrays go without.
+    with_refpix = fits_readout_layout(shape)
 
     dithers = config.dither_offsets()
     # One visit per filter; its dither offsets are recorded in the ideal frame (arcsec).
@@ -197,14 +199,14 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
             pointing = home.dithered(dx, dy)
             for det in detectors:
                 began = time.perf_counter()
+                seed = [config.seed, detector_key(det.name), observation, exposure]
                 paths = simulate_exposure(
                     det, DetectorGeometry(det.name, shape, pointing), stars[det.name],
                     sky=config.sky_for(optical_element), optical_element=optical_element, table=table,
-                    exposure_id=exposure_id, start_time=exposure_start,
-                    seed=[config.seed, detector_key(det.name), observation, exposure],
+                    exposure_id=exposure_id, start_time=exposure_start, seed=seed,
                     out_dir=out_dir, visit=visit, program={"title": config.title},
-                    effects=[responses[det.name]], cosmic_ray_flux=config.cosmic_ray_flux_per_cm2_s,
-                    workers=workers)
+                    effects=exposure_effects(det, responses[det.name], seed, with_refpix),
+                    cosmic_ray_flux=config.cosmic_ray_flux_per_cm2_s, workers=workers)
                 uncal.append(paths[0])
                 truth.append(paths[1])
                 log.info("simulated %s in %.1f s", paths[0].name, time.perf_counter() - began)
@@ -213,10 +215,20 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
     context = crds_cache.deliver(cache_dir, references, description=f"wfisim campaign: {config.title}")
     workflow_config = out_dir / "workflow.yaml"
     # Relative paths: the workflow runs with --directory <out>.
-    workflow_config.write_text(yaml.safe_dump({"inputs": {"uncal_dir": "uncal"},
-                                               "crds": {"path": "crds_cache"}}, sort_keys=False))
+    settings = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}}
+    if not with_refpix:  # no REFPIX reference was made for these arrays
+        settings["refpix"] = {"skip": True}
+    workflow_config.write_text(yaml.safe_dump(settings, sort_keys=False))
     log.info("campaign: %d exposures, %d references, CRDS context %s", len(uncal), len(references), context)
     return CampaignOutputs(uncal, truth, references, context, workflow_config)
+
+
+def exposure_effects(detector: DetectorModel, response: RampEffect, seed: list[int],
+                     with_refpix: bool) -> list[RampEffect]:
+    """The per-read effects of one exposure: nonlinearity, and the reference-pixel electronics."""
+    if not with_refpix:
+        return [response]
+    return [response, ReferencePixelEffects(readout_electronics(detector), seed)]
 
 
 def _field_catalog(config: CampaignConfig, detector: DetectorModel, geometry: DetectorGeometry,

@@ -30,6 +30,7 @@ from romanpipe.products import write_atomic
 from .dark import DARK_REFERENCE_META, dark_reference_arrays
 from .detector import DetectorModel, detector_key
 from .nonlinearity import linearity_reference_arrays, nonlinear_response, saturation_threshold
+from .refpix_effects import REFPIX_DESCRIPTION, build_refpix_reference, fits_readout_layout
 
 AUTHOR = "wfisim"
 ORIGIN = "Roman WFI workflow simulator"
@@ -47,6 +48,9 @@ class ReferenceKind:
     description: str
     build: Builder  # detector truth -> {model attribute: array}
     meta: dict = field(default_factory=dict)  # extra metadata, e.g. CRDS selectors
+    # Shape for create_fake_data when the model's arrays are not (nrows, ncols): its
+    # placeholder arrays are replaced anyway, and a full-size one would cost gigabytes.
+    placeholder_shape: tuple[int, ...] | None = None
 
 
 def _mask(detector: DetectorModel, rng: np.random.Generator) -> dict:
@@ -93,9 +97,17 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
         ReferenceKind("dark", datamodels.DarkRefModel,
                       "Simulated dark rate (DN/s): dark current / gain; HOT pixels flagged.",
                       dark_reference_arrays, meta=DARK_REFERENCE_META),
+        ReferenceKind("refpix", datamodels.RefpixRefModel, REFPIX_DESCRIPTION, build_refpix_reference,
+                      placeholder_shape=(1, 1)),
     )
 }
 DEFAULT_REFTYPES = tuple(REFERENCE_KINDS)
+
+
+def reftypes_for(detector: DetectorModel) -> tuple[str, ...]:
+    """The reftypes a detector of this size can have: REFPIX needs the 32-output readout layout."""
+    return tuple(reftype for reftype in DEFAULT_REFTYPES
+                 if reftype != "refpix" or fits_readout_layout(detector.shape))
 
 
 def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | str):
@@ -110,7 +122,7 @@ def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | st
     rng = np.random.default_rng(np.random.SeedSequence(stream))
     arrays = kind.build(detector, rng)
 
-    model = kind.model.create_fake_data(shape=detector.shape)
+    model = kind.model.create_fake_data(shape=kind.placeholder_shape or detector.shape)
     model.meta.update({
         "reftype": kind.reftype.upper(),
         "author": AUTHOR,
@@ -128,13 +140,15 @@ def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | st
 
 
 def write_references(detector: DetectorModel, directory: str | Path, *, useafter: Time | str,
-                     reftypes: Iterable[str] = DEFAULT_REFTYPES,
+                     reftypes: Iterable[str] | None = None,
                      also_taken: Iterable[str | Path] = ()) -> list[Path]:
     """Write one reference of each of ``reftypes`` for ``detector``; return their paths.
 
-    ``also_taken``: further folders whose names count as used (e.g. the CRDS cache's).
+    ``reftypes`` defaults to all the detector's size allows; ``also_taken``: further
+    folders whose names count as used (e.g. the CRDS cache's).
     """
     also_taken = list(also_taken)
+    reftypes = reftypes_for(detector) if reftypes is None else reftypes
     return [write_atomic(make_reference(reftype, detector, useafter=useafter),
                          next_reference_path(directory, reftype, *also_taken))
             for reftype in reftypes]

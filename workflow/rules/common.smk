@@ -41,10 +41,11 @@ PYTHON = (
 )
 
 # Ramp-level steps in pipeline order, and the reference types each one reads.
-RAMP_STEPS = ["dq_init", "saturation", "linearity", "dark_current", "jump"]
+RAMP_STEPS = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump"]
 STEP_REFTYPES = {
     "dq_init": ["mask"],
     "saturation": ["saturation"],
+    "refpix": ["refpix"],
     "linearity": ["linearity"],
     "dark_current": ["dark"],
     "jump": ["gain", "readnoise"],

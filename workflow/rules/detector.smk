@@ -55,6 +55,31 @@ rule saturation:
         "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
 
 
+rule refpix:
+    """Remove offsets, trends and correlated read noise seen by the reference pixels (romancal RefPixStep)."""
+    input:
+        ramp=upstream_product("refpix"),
+        refpix=reference("refpix", "refpix"),
+        parameter_file=parameter_file(),
+        code=step_script("refpix"),
+    output:
+        product("refpix"),
+    params:
+        python=PYTHON,
+        values=step_parameters("refpix"),
+        parameter_file=parameter_file_option,
+        skipped=skipped_before("refpix"),
+    log:
+        os.path.join(LOGS, "refpix", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "refpix", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-refpix {input.refpix:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
+
+
 rule linearity:
     """Correct the classic non-linearity of each resultant (romancal LinearityStep)."""
     input:

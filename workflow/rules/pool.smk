@@ -18,8 +18,9 @@ checkpoint pool:
         quarantine=os.path.join(RESULTS, "quarantine.csv"),
     params:
         python=PYTHON,
-        # Every step's types, skipped or not: toggling a skip must not redo the pool.
-        reftypes=sorted({r for s in RAMP_STEPS for r in STEP_REFTYPES[s]}),
+        # Only the steps that run need references: a skipped step's missing reference
+        # must not quarantine the exposure (toggling a skip reruns this cheap job).
+        reftypes=sorted({r for s in RAMP_STEPS if is_enabled(s) for r in STEP_REFTYPES[s]}),
         sources=(
             f"--exposure-list {config['inputs']['exposure_list']}"
             if config["inputs"]["exposure_list"]
