@@ -11,7 +11,7 @@ DEMO   ?= demo
 INSTALLED := $(VENV)/.installed-base
 PEER_INSTALLED := $(VENV)/.installed-peer
 
-.PHONY: setup demo test test-fast lint peer-test clean-demo
+.PHONY: setup demo test lint peer-test bench clean-demo
 
 setup: $(INSTALLED)
 
@@ -37,6 +37,10 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check scripts tests
 	$(BIN)/snakemake --lint --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
+
+# Full-size figures for the README's performance section (minutes, up to ~10 GB of memory).
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/step_resources.py --size 4096 --ma-table EVEN_55 --out bench/ramp55
 
 peer-test: $(PEER_INSTALLED)
 	$(BIN)/python -m pytest -m peer
