@@ -11,7 +11,7 @@ DEMO   ?= demo
 INSTALLED := $(VENV)/.installed-base
 PEER_INSTALLED := $(VENV)/.installed-peer
 
-.PHONY: setup demo test lint peer-test bench clean-demo
+.PHONY: setup demo test test-slurm lint peer-test bench clean-demo
 
 setup: $(INSTALLED)
 
@@ -33,6 +33,13 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup
+
+# A real one-node SLURM on this machine (root; installs slurm-wlm + munge from Debian if
+# missing), the campaign through profiles/slurm; the cluster is stopped whatever happens.
+test-slurm: $(INSTALLED)
+	@trap '.ci/slurm_cluster.sh stop' EXIT; \
+	.ci/slurm_cluster.sh start && \
+	$(BIN)/python -m pytest tests/slurm -m slurm --durations=10
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check scripts tests
