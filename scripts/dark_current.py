@@ -33,7 +33,7 @@ import numpy as np
 from roman_datamodels import datamodels
 
 from romanpipe import cli
-from romanpipe.blocks import reusable_buffer, rows_per_block
+from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model, write_atomic
 from romanpipe.steprun import parse_step_args, record_provenance, reference_file, write_product
@@ -89,10 +89,7 @@ def subtract_dark(data, pixeldq, dark_slope, dark_dq, times, *, out=None):
     when it is passed as ``out``.
     """
     check_shapes(data.shape, pixeldq, dark_slope, dark_dq, times)
-    subtracted = np.empty(data.shape, dtype=np.float32) if out is None else out
-    if subtracted.shape != data.shape or subtracted.dtype != np.float32:
-        raise ValueError(f"out is a {subtracted.dtype} array of shape {subtracted.shape}, "
-                         f"expected float32 {data.shape}")
+    subtracted = output_array(data, out)
     step = rows_per_block(data.shape)
     for start in range(0, data.shape[1], step):
         rows = slice(start, start + step)

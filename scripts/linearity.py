@@ -25,7 +25,7 @@ import numpy as np
 from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
-from romanpipe.blocks import reusable_buffer, rows_per_block
+from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
@@ -74,10 +74,7 @@ def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.p
     saturated = np.uint8(flags["SATURATED"])
     uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
 
-    corrected = np.empty(data.shape, dtype=np.float32) if out is None else out
-    if corrected.shape != data.shape or corrected.dtype != np.float32:
-        raise ValueError(f"out is a {corrected.dtype} array of shape {corrected.shape}, "
-                         f"expected float32 {data.shape}")
+    corrected = output_array(data, out)
     step = rows_per_block(data.shape)
     for start in range(0, data.shape[1], step):
         rows = slice(start, start + step)

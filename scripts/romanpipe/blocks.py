@@ -27,3 +27,12 @@ def reusable_buffer(data: np.ndarray) -> np.ndarray | None:
     latter is writeable, and overwriting it saves a full copy of the ramp.
     """
     return data if data.flags.writeable and data.dtype == np.float32 else None
+
+
+def output_array(data: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """A float32 array of ``data``'s shape for a step's result: ``out`` when given, checked."""
+    if out is None:
+        return np.empty(data.shape, dtype=np.float32)
+    if out.shape != data.shape or out.dtype != np.float32:
+        raise ValueError(f"out is a {out.dtype} array of shape {out.shape}, expected float32 {data.shape}")
+    return out

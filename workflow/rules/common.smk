@@ -174,9 +174,14 @@ def dark_output_option(wildcards):
 
 
 def cores_for(maximum_cores):
-    """Threads for a step's maximum_cores setting (the seed's none/quarter/half/all)."""
+    """Threads for a step's maximum_cores setting (the seed's none/quarter/half/all).
+
+    A fraction of this machine's cores: Snakemake lowers it to --cores when running
+    locally, and on SLURM it becomes the job's cpus_per_task (workflow.cores does not
+    exist there).
+    """
     fraction = {"none": 0.0, "quarter": 0.25, "half": 0.5, "all": 1.0}[maximum_cores]
-    return max(1, int(workflow.cores * fraction))
+    return max(1, int((os.cpu_count() or 1) * fraction))
 
 
 def final_step():
