@@ -1,0 +1,174 @@
+"""ramp_fit: fit a count rate (DN/s) to every pixel's ramp and trim the reference border.
+
+Seed, "Ramp Fitting": ``algorithm=ols_cas22`` (default) fits uneven ramps after
+Casertano et al. (2022) with the integrated jump detection (``use_ramp_jump_detection``,
+thresholds ``threshold_intercept`` / ``threshold_constant``); ``algorithm=ols`` fits even
+ramps after Fixsen et al. (2000) and can write the per-segment ``_fitopt`` product
+(``save_opt``, ``opt_name``). The formulas are in ``rampfit_kernels.cas22`` and
+``rampfit_kernels.ols``. GAIN (e/DN) turns DN into electrons for the noise model,
+READNOISE is the noise of one read (DN), and the DARK reference's dark_slope (DN/s) is
+added back to the dark-subtracted ramp for its Poisson noise and removed from the slope.
+
+The product is an ImageModel of the 4088 x 4088 science pixels (border_ref_pix_*, their
+DQ and amp33 carried over): data = slope, VAR_POISSON, VAR_RNOISE, ERR = sqrt(VAR_POISSON +
+VAR_RNOISE), DQ = PIXELDQ | every GROUPDQ flag but DO_NOT_USE | JUMP_DET for jumps found |
+DO_NOT_USE (and NaN data and errors) where no slope could be measured. chisq is zero
+(neither algorithm computes one, as in romancal); dumo is the read-noise-weighted slope
+of all resultants minus the fitted one (romancal's definition).
+
+    python scripts/ramp_fit.py r..._darkcurrent.asdf r..._rampfit.asdf \\
+        --override-gain G --override-readnoise R --override-dark D [--algorithm ols]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from asdf.exceptions import ValidationError
+from roman_datamodels import datamodels
+
+from rampfit_kernels.cas22 import fit_ramps_cas22
+from rampfit_kernels.ols import SegmentFits, fit_ramps_ols
+from rampfit_kernels.pixelwise import RampFit, worker_count
+from romanpipe import cli, dqflags
+from romanpipe.errors import InputFileError, NoScienceDataError
+from romanpipe.naming import product_name
+from romanpipe.products import open_model, plain_array, write_atomic
+from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+log = logging.getLogger("ramp_fit")
+
+STEP = "ramp_fit"
+BORDER = 4  # reference pixels on every side of the science array
+REFERENCE_MODELS = {
+    "gain": datamodels.GainRefModel,
+    "readnoise": datamodels.ReadnoiseRefModel,
+    "dark": datamodels.DarkRefModel,
+}
+CARRIED_ARRAYS = ("amp33", "border_ref_pix_left", "border_ref_pix_right", "border_ref_pix_top",
+                  "border_ref_pix_bottom", "dq_border_ref_pix_left", "dq_border_ref_pix_right",
+                  "dq_border_ref_pix_top", "dq_border_ref_pix_bottom")
+PHOTOMETRY_KEYS = ("conversion_megajanskys", "conversion_megajanskys_uncertainty", "pixel_area")
+
+
+def science_pixels(array: np.ndarray) -> np.ndarray:
+    """The view of the last two axes inside the reference border."""
+    return array[..., BORDER:-BORDER, BORDER:-BORDER]
+
+
+def image_model(ramp, fit: RampFit):
+    """The rate ImageModel: the ramp's metadata, the fit's arrays, the ramp's reference pixels."""
+    image = datamodels.ImageModel.create_from_model({"meta": copy.deepcopy(ramp["meta"])})
+    image.meta.model_type = "ImageModel"
+    image.meta.product_type = "l2"
+    # Filled by photom and assign_wcs; required to exist from here on.
+    image.meta.photometry = dict.fromkeys(PHOTOMETRY_KEYS)
+    image.meta.wcs = None
+    image.data = fit.slope
+    image.dq = fit.dq
+    image.err = fit.err.astype(np.float16)
+    image.var_poisson = fit.var_poisson.astype(np.float16)
+    image.var_rnoise = fit.var_rnoise.astype(np.float16)
+    image.chisq = np.zeros(fit.slope.shape, dtype=np.float16)
+    image.dumo = fit.uniform_minus_optimal.astype(np.float16)
+    for name in CARRIED_ARRAYS:
+        image[name] = plain_array(ramp[name]).copy()
+    return image
+
+
+def fitopt_model(ramp, segments: SegmentFits):
+    """The ``_fitopt`` RampFitOutputModel of the per-segment fits.
+
+    roman_datamodels 1.1 still describes this product with an older metadata schema whose
+    enumerations reject placeholders current files carry (e.g. ``?`` for an unknown
+    ephemeris type): such metadata blocks keep that schema's defaults, every other block
+    is copied from the ramp.
+    """
+    probe = datamodels.RampFitOutputModel.create_fake_data(shape=(1, 1, 1))
+    meta = copy.deepcopy(probe["meta"])
+    for key in ramp.meta:
+        probe.meta = {**meta, key: copy.deepcopy(ramp["meta"][key])}
+        try:
+            probe.validate()
+        except ValidationError:
+            log.debug("fitopt: metadata block %s does not fit the RampFitOutputModel schema", key)
+            continue
+        meta[key] = probe.meta[key]
+    model = datamodels.RampFitOutputModel.create_from_model({"meta": meta})
+    model.meta.model_type = "RampFitOutputModel"
+    for name in ("slope", "sigslope", "yint", "sigyint", "weights", "var_poisson", "var_rnoise",
+                 "pedestal", "crmag"):
+        model[name] = getattr(segments, name)
+    return model
+
+
+def fitopt_path(output: Path, opt_name: str | None) -> Path:
+    """``opt_name`` (beside the output when it has no folder), else ``<base>_fitopt.asdf``."""
+    if opt_name is None:
+        return product_name(output, "fitopt")
+    path = Path(opt_name)
+    return path if path.parent != Path(".") else output.parent / path
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    with ExitStack() as open_files:
+        ramp = open_files.enter_context(open_model(args.input, (datamodels.RampModel,)))
+        paths = {reftype: reference_file(reftype, parameters, ramp) for reftype in REFERENCE_MODELS}
+        references = {reftype: open_files.enter_context(open_model(paths[reftype], (model_type,)))
+                      for reftype, model_type in REFERENCE_MODELS.items()}
+        fit, segments = fit_ramp_model(ramp, references, paths, parameters, args.input)
+        if segments is not None:
+            write_atomic(fitopt_model(ramp, segments), fitopt_path(args.output, parameters["opt_name"]))
+        write_product(image_model(ramp, fit), args.output, STEP, args, parameters, paths)
+
+
+def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[RampFit, SegmentFits | None]:
+    """Run the chosen algorithm on the science pixels of an open ramp with open references."""
+    data = plain_array(ramp.data)
+    if data.ndim != 3 or min(data.shape[1:]) <= 2 * BORDER:
+        raise NoScienceDataError(f"{input_path}: data of shape {data.shape} has no pixels inside "
+                                 f"the {BORDER}-pixel reference border")
+    planes = {}
+    for reftype, reference in references.items():
+        plane = plain_array(reference.dark_slope if reftype == "dark" else reference.data)
+        if plane.shape != data.shape[1:]:
+            raise InputFileError(paths[reftype], f"{reftype.upper()} has shape {plane.shape}, "
+                                                 f"the ramp {data.shape[1:]}")
+        planes[reftype] = science_pixels(plane)
+
+    exposure = ramp.meta.exposure
+    algorithm = parameters["algorithm"]
+    if algorithm == "ols_cas22" and (parameters["save_opt"] or parameters["opt_name"]):
+        log.warning("save_opt and opt_name apply to algorithm ols only: no _fitopt product")
+    if algorithm == "ols" and parameters["use_ramp_jump_detection"]:
+        # The parameter's default is True, so this is the normal case for ols: no warning.
+        log.info("use_ramp_jump_detection applies to ols_cas22; ols splits ramps at the "
+                 "JUMP_DET flags of the jump step")
+    inputs = (science_pixels(data), science_pixels(plain_array(ramp.groupdq)),
+              science_pixels(plain_array(ramp.pixeldq)), planes["gain"], planes["readnoise"],
+              planes["dark"], [list(reads) for reads in exposure.read_pattern], float(exposure.frame_time))
+    common = dict(flags=dqflags.pixel, workers=worker_count(parameters["maximum_cores"]))
+    segments = None
+    try:
+        if algorithm == "ols_cas22":
+            fit = fit_ramps_cas22(*inputs, use_jump=parameters["use_ramp_jump_detection"],
+                                  threshold_intercept=parameters["threshold_intercept"],
+                                  threshold_constant=parameters["threshold_constant"], **common)
+        else:
+            fit, segments = fit_ramps_ols(*inputs, save_opt=parameters["save_opt"], **common)
+    except ValueError as err:
+        raise InputFileError(input_path, str(err)) from None
+    log.info("%s: %d pixels fitted, %d without a slope, %d with a jump", algorithm,
+             int(np.count_nonzero(np.isfinite(fit.slope))), int(np.count_nonzero(np.isnan(fit.slope))),
+             int(np.count_nonzero(fit.dq & dqflags.pixel.JUMP_DET)))
+    return fit, segments
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
