@@ -133,10 +133,15 @@ def flat_differences(flat_a: dict, flat_b: dict, path_a: Path, path_b: Path) -> 
     return problems
 
 
+def product_files(run: Path, pattern: str) -> list[Path]:
+    """A run's products, relative to its folder; hidden folders (caches such as numba's) left out."""
+    return sorted(path.relative_to(run) for path in (run / "results").rglob(pattern) if path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(run / "results").parts))
+
+
 def product_differences(run_a: Path, run_b: Path, pattern: str = "*") -> list[str]:
     """Differences between the products (matching ``pattern``) of two runs' results folders."""
-    files_a = sorted(p.relative_to(run_a) for p in (run_a / "results").rglob(pattern) if p.is_file())
-    files_b = sorted(p.relative_to(run_b) for p in (run_b / "results").rglob(pattern) if p.is_file())
+    files_a, files_b = product_files(run_a, pattern), product_files(run_b, pattern)
     if not files_a or files_a != files_b:
         return [f"different products: {sorted(set(files_a) ^ set(files_b))}"]
     problems = []

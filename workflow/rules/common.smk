@@ -30,7 +30,12 @@ BENCHMARKS = os.path.join(LOGS, "benchmarks")
 # CRDS_PATH from the environment wins over the config, as crds users expect; every job
 # (local or on SLURM) then gets the same cache through the shell prefix.
 CRDS_PATH = str(refs.configure_crds(os.path.abspath(config["crds"]["path"])).cache_dir)
-shell.prefix(f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; ")
+# numba's compiled kernels are cached with the results, not next to the scripts.
+NUMBA_CACHE = os.path.abspath(os.path.join(RESULTS, ".cache", "numba"))
+shell.prefix(
+    f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
+    f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
+)
 
 # Under --software-deployment-method conda each rule's env provides `python`; otherwise
 # the scripts run with the interpreter that runs Snakemake (the project's venv).
@@ -41,7 +46,7 @@ PYTHON = (
 )
 
 # Ramp-level steps in pipeline order, and the reference types each one reads.
-RAMP_STEPS = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump"]
+RAMP_STEPS = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit"]
 STEP_REFTYPES = {
     "dq_init": ["mask"],
     "saturation": ["saturation"],
@@ -49,6 +54,7 @@ STEP_REFTYPES = {
     "linearity": ["linearity"],
     "dark_current": ["dark"],
     "jump": ["gain", "readnoise"],
+    "ramp_fit": ["gain", "readnoise", "dark"],
 }
 
 

@@ -2,7 +2,8 @@
 Detector-level calibration of each exposure: one rule per romancal step.
 
 REQUIRED INPUTS: Level 1 files (common.smk), references selected in the pool
-OUTPUTS:         results/exposures/{expo}_<suffix>.asdf for each step
+OUTPUTS:         results/exposures/{expo}_<suffix>.asdf for each step, up to the
+                 count-rate image {expo}_rampfit.asdf
 """
 
 
@@ -162,3 +163,36 @@ rule jump:
         "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-gain {input.gain:q} "
         "--override-readnoise {input.readnoise:q} --workflow-params {params.values:q} "
         "{params.parameter_file} {params.skipped} > {log:q} 2>&1"
+
+
+rule ramp_fit:
+    """Fit each pixel's count rate and trim the reference border (romancal RampFitStep).
+
+    ols_cas22 (default) finds the jumps itself; with save_opt (ols) the script also
+    writes {expo}_fitopt.asdf beside the product.
+    """
+    input:
+        ramp=upstream_product("ramp_fit"),
+        gain=reference("ramp_fit", "gain"),
+        readnoise=reference("ramp_fit", "readnoise"),
+        dark=reference("ramp_fit", "dark"),
+        parameter_file=parameter_file(),
+        code=step_script("ramp_fit"),
+    output:
+        product("ramp_fit"),
+    params:
+        python=PYTHON,
+        values=step_parameters("ramp_fit"),
+        parameter_file=parameter_file_option,
+        skipped=skipped_before("ramp_fit"),
+    threads: cores_for(config["ramp_fit"]["maximum_cores"])
+    log:
+        os.path.join(LOGS, "ramp_fit", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "ramp_fit", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-gain {input.gain:q} "
+        "--override-readnoise {input.readnoise:q} --override-dark {input.dark:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
