@@ -122,7 +122,8 @@ def flat_differences(flat_a: dict, flat_b: dict, path_a: Path, path_b: Path) -> 
     root_a, root_b = path_a.parents[2], path_b.parents[2]  # the two runs' working folders
     for key in sorted(keys_a & keys_b):
         a, b = flat_a[key], flat_b[key]
-        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        # asdf hands arrays over as lazy NDArrayType objects, not ndarray subclasses.
+        if any(hasattr(value, "dtype") and hasattr(value, "shape") for value in (a, b)):
             a, b = np.asarray(a), np.asarray(b)
             same = a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
         else:
