@@ -1,6 +1,7 @@
 """End to end at tiny size: simulate a campaign, run the Snakemake workflow, check against truth."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,36 @@ import pytest
 import roman_datamodels as rdm
 from roman_datamodels import datamodels
 
+from romanpipe import crds_cache
 from romanpipe.dqflags import pixel
+from romanpipe.products import write_atomic
 from wfisim.campaign import CampaignConfig, simulate_campaign
+from wfisim.detector import build_detector
+from wfisim.references import make_reference, next_reference_path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Campaign folder -> the copy of the workflow code it runs with (default: the repository).
+WORKFLOW_CODE: dict[Path, Path] = {}
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
+
+
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory):
+    """The workflow's code copied aside, so that a test may edit a step script."""
+    copy = tmp_path_factory.mktemp("workflow_code")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copy2(ROOT / "Snakefile", copy / "Snakefile")
+    for folder in ("workflow", "scripts", "config", "envs"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=ignore)
+    return copy
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """Run the workflow in ``workdir`` the way the README says, with a clean CRDS environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    code = WORKFLOW_CODE.get(workdir, ROOT)
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(code / "Snakefile"),
                "--directory", str(workdir), "--configfile", str(workdir / "workflow.yaml"),
                "--cores", "2", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -44,8 +63,9 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
+def campaign(tmp_path_factory, workflow_copy):
     out = tmp_path_factory.mktemp("campaign")
+    WORKFLOW_CODE[out] = workflow_copy
     config = CampaignConfig.from_mapping({
         "detectors": ["WFI01", "WFI02"], "filters": ["F158", "F087"], "exposures_per_filter": 1,
         "size": 128, "stars": 10, "saturating_stars": 2, "seed": 7,
@@ -165,6 +185,39 @@ def test_changed_parameter_reruns_that_step_only(full_run):
     # that step and everything downstream of it, for every exposure; nothing upstream
     assert planned_jobs(result) == {"saturation": 4, "refpix": 4, "linearity": 4, "dark_current": 4,
                                     "ramp_fit": 4, "all": 1}
+
+
+def test_edited_step_script_reruns_that_step_and_downstream_only(full_run, workflow_copy):
+    script = workflow_copy / "scripts" / "linearity.py"
+    original = script.read_text()
+    try:
+        # Snakemake compares the checksum of a changed input, so only a real edit counts.
+        script.write_text(original + "# an edit\n")
+        result = snakemake(full_run, "-n")
+    finally:
+        script.write_text(original)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result) == {"linearity": 4, "dark_current": 4, "ramp_fit": 4, "all": 1}
+
+
+def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
+    """A new DARK for one detector, delivered as a new CRDS context: the pool reselects the
+    references, and only that detector's dark_current and ramp_fit jobs rerun."""
+
+    cache = full_run / "crds_cache"
+    detector = build_detector("WFI02", (128, 128), 7)
+    # valid after the campaign's first references (the day before it starts), before its exposures
+    reference = make_reference("dark", detector, useafter="2027-02-28T12:00:00")
+    path = write_atomic(reference, next_reference_path(full_run / "references", "dark",
+                                                       crds_cache.references_dir(cache)))
+    context = crds_cache.deliver(cache, [path], description="new WFI02 dark")
+    assert context == "roman_0002.pmap"
+    pool = snakemake(full_run, "results/pool.csv")  # the checkpoint reruns: its context changed
+    assert pool.returncode == 0, pool.stderr[-2000:]
+    result = snakemake(full_run, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result) == {"dark_current": 2, "ramp_fit": 2, "all": 1}
+    assert "WFI01_darkcurrent" not in result.stdout
 
 
 def test_skipped_step_is_routed_around_and_recorded(full_run):
