@@ -145,3 +145,15 @@ def test_skipped_steps_are_recorded(tmp_path, level1_file, mask_file, saturation
                                                 str(saturation_file), "--mark-skipped", "refpix"]) == 0
     with rdm.open(out) as result:
         assert result.meta.cal_step.refpix == "SKIPPED"
+
+
+def test_skip_passes_the_input_on_unchanged_and_records_it(tmp_path, level1_file, mask_file, saturation_file):
+    ramp_path = tmp_path / "x_dqinit.asdf"
+    dq_init.cli.run(dq_init.main, [str(level1_file), str(ramp_path), "--override-mask", str(mask_file)])
+    out = tmp_path / "x_saturation.asdf"
+    assert saturation.cli.run(saturation.main, [str(ramp_path), str(out), "--override-saturation",
+                                                str(saturation_file), "--skip", "true"]) == 0
+    with rdm.open(out) as result, rdm.open(ramp_path) as ramp:
+        assert result.meta.cal_step.saturation == "SKIPPED"
+        np.testing.assert_array_equal(result.groupdq, ramp.groupdq)
+        np.testing.assert_array_equal(result.data, ramp.data)

@@ -17,8 +17,8 @@ from typing import Any
 from . import params as step_params
 from . import refs
 from .cli import setup_logging
-from .errors import InputFileError
-from .products import COMPLETE, SKIPPED, file_sha256, set_cal_step, write_atomic
+from .errors import InputFileError, StepSkipped
+from .products import COMPLETE, SKIPPED, file_sha256, open_model, set_cal_step, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Na
     setup_logging(args.verbose, args.quiet)
     values = step_params.resolve_parameters(step, args)
     log.info("%s parameters: %s", step, values)
+    if values.get("skip"):
+        # By hand as in a pipeline: the input goes on unchanged and says so in cal_step.
+        write_product(open_model(args.input), args.output, step, args, values, status=SKIPPED)
+        raise StepSkipped(f"{step} skipped: {args.input} passed on as {args.output}")
     return args, values
 
 
