@@ -190,6 +190,21 @@ def cores_for(maximum_cores):
     return max(1, int((os.cpu_count() or 1) * fraction))
 
 
+def ramp_memory_mb(factor):
+    """A ramp step's mem_mb: 1 GB plus ``factor`` times its inputs, doubled on each retry.
+
+    Factors from the full-detector peaks in the README (steps hold about two ramps;
+    dq_init turns 2-byte raw counts into 4-byte floats); a job killed for memory
+    comes back with more.
+    """
+
+    def mem_mb(wildcards, input, attempt):
+        return int((1024 + factor * input.size_mb) * 2 ** (attempt - 1))
+
+    mem_mb.__name__ = f"ramp_memory_mb_x{factor}"
+    return mem_mb
+
+
 def final_step():
     """The step whose product is the configured target, or the last one before it that runs."""
     suffix_step = {STEP_SUFFIX[s]: s for s in RAMP_STEPS}

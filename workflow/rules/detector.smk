@@ -20,6 +20,8 @@ rule dq_init:
         python=PYTHON,
         values=step_parameters("dq_init"),
         parameter_file=parameter_file_option,
+    resources:
+        mem_mb=ramp_memory_mb(3.2),
     log:
         os.path.join(LOGS, "dq_init", "{expo}.log"),
     benchmark:
@@ -45,6 +47,8 @@ rule saturation:
         values=step_parameters("saturation"),
         parameter_file=parameter_file_option,
         skipped=skipped_before("saturation"),
+    resources:
+        mem_mb=ramp_memory_mb(2),
     log:
         os.path.join(LOGS, "saturation", "{expo}.log"),
     benchmark:
@@ -70,6 +74,8 @@ rule refpix:
         values=step_parameters("refpix"),
         parameter_file=parameter_file_option,
         skipped=skipped_before("refpix"),
+    resources:
+        mem_mb=ramp_memory_mb(2.5),
     log:
         os.path.join(LOGS, "refpix", "{expo}.log"),
     benchmark:
@@ -95,6 +101,8 @@ rule linearity:
         values=step_parameters("linearity"),
         parameter_file=parameter_file_option,
         skipped=skipped_before("linearity"),
+    resources:
+        mem_mb=ramp_memory_mb(2.5),
     log:
         os.path.join(LOGS, "linearity", "{expo}.log"),
     benchmark:
@@ -121,6 +129,8 @@ rule dark_current:
         parameter_file=parameter_file_option,
         skipped=skipped_before("dark_current"),
         dark_output=dark_output_option,
+    resources:
+        mem_mb=ramp_memory_mb(2.5),
     log:
         os.path.join(LOGS, "dark_current", "{expo}.log"),
     benchmark:
@@ -153,6 +163,8 @@ rule jump:
         parameter_file=parameter_file_option,
         skipped=skipped_before("jump"),
     threads: cores_for(config["jump"]["maximum_cores"])
+    resources:
+        mem_mb=ramp_memory_mb(2),
     log:
         os.path.join(LOGS, "jump", "{expo}.log"),
     benchmark:
@@ -186,6 +198,8 @@ rule ramp_fit:
         parameter_file=parameter_file_option,
         skipped=skipped_before("ramp_fit"),
     threads: cores_for(config["ramp_fit"]["maximum_cores"])
+    resources:
+        mem_mb=ramp_memory_mb(2),
     log:
         os.path.join(LOGS, "ramp_fit", "{expo}.log"),
     benchmark:
