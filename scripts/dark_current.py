@@ -36,20 +36,12 @@ from romanpipe import cli
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model, write_atomic
+from romanpipe.readpattern import mean_read_times
 from romanpipe.steprun import parse_step_args, record_provenance, reference_file, write_product
 
 log = logging.getLogger("dark_current")
 
 STEP = "dark_current"
-def mean_read_times(read_pattern, frame_time: float) -> np.ndarray:
-    """Mean time (s after the reset) of the reads averaged into each resultant."""
-    if not read_pattern or any(len(reads) == 0 for reads in read_pattern):
-        raise ValueError("meta.exposure.read_pattern has no reads for some resultant")
-    if not frame_time > 0:
-        raise ValueError(f"meta.exposure.frame_time is {frame_time}, expected a positive time")
-    return np.array([frame_time * np.mean(reads) for reads in read_pattern], dtype=np.float64)
-
-
 def frame_averaged_dark(dark_slope: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Dark (DN, float32) of each resultant: rate times mean read time; NaN rates give 0.
 

@@ -18,7 +18,6 @@ averaging several reads) are refused: ramp fitting detects their jumps.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ import numpy as np
 from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
+from romanpipe.cores import worker_count
 from romanpipe.errors import InputFileError
 from romanpipe.products import SKIPPED, open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
@@ -39,7 +39,6 @@ MINIMUM_GROUPS = 3  # two first differences: the fewest the method can compare
 # Values (groups x pixels) of one row chunk: each float32 work array of a worker stays near
 # 32 MB whatever the detector size and ramp length.
 VALUES_PER_CHUNK = 8 * 2**20
-CORE_FRACTIONS = {"none": None, "quarter": 0.25, "half": 0.5, "all": 1.0}
 
 
 @dataclass(frozen=True)
@@ -69,21 +68,6 @@ def check_even_read_pattern(read_pattern, nresultants: int) -> None:
     spacings = set(np.diff([reads[0] for reads in read_pattern]).tolist())
     if len(spacings) > 1:
         raise ValueError(f"uneven ramp: reads {[reads[0] for reads in read_pattern]} are not equally spaced")
-
-
-def available_cores() -> int:
-    """CPUs this process may run on: os.cpu_count() unless a batch scheduler (SLURM) or
-    taskset confined it to fewer, when more threads than CPUs would only compete."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def cores_for(maximum_cores: str, available: int | None = None) -> int:
-    """Worker count for ``maximum_cores`` (none/quarter/half/all of the available cores), at least 1."""
-    available = available or available_cores()
-    fraction = CORE_FRACTIONS[maximum_cores]
-    return 1 if fraction is None else max(1, int(available * fraction))
 
 
 def clipped_median(sorted_values: np.ndarray, usable: np.ndarray) -> np.ndarray:
@@ -269,7 +253,7 @@ def main(argv=None) -> None:
                 flag_4_neighbors=parameters["flag_4_neighbors"],
                 max_jump_to_flag_neighbors=parameters["max_jump_to_flag_neighbors"],
                 min_jump_to_flag_neighbors=parameters["min_jump_to_flag_neighbors"],
-                workers=cores_for(parameters["maximum_cores"]))
+                workers=worker_count(parameters["maximum_cores"]))
         except ValueError as err:
             raise InputFileError(args.input, str(err)) from None
     write_product(ramp, args.output, STEP, args, parameters,

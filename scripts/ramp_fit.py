@@ -34,8 +34,9 @@ from roman_datamodels import datamodels
 
 from rampfit_kernels.cas22 import fit_ramps_cas22
 from rampfit_kernels.ols import SegmentFits, fit_ramps_ols
-from rampfit_kernels.pixelwise import RampFit, worker_count
+from rampfit_kernels.pixelwise import RampFit
 from romanpipe import cli, dqflags
+from romanpipe.cores import worker_count
 from romanpipe.errors import InputFileError, NoScienceDataError
 from romanpipe.naming import product_name
 from romanpipe.products import open_model, plain_array, write_atomic

@@ -13,7 +13,8 @@ from roman_datamodels import datamodels
 import dq_init
 import jump
 from conftest import EXPO, make_level1
-from jump import check_even_read_pattern, cores_for, detect_jumps
+from jump import check_even_read_pattern, detect_jumps
+from romanpipe.cores import worker_count
 from saturation import flag_saturation
 from wfisim.cosmic_rays import CosmicRays
 from wfisim.detector import build_detector
@@ -258,9 +259,9 @@ def test_even_read_patterns_pass_and_uneven_ones_are_named():
 
 
 def test_maximum_cores_fractions():
-    assert [cores_for(name, 8) for name in ("none", "quarter", "half", "all")] == [1, 2, 4, 8]
-    assert [cores_for(name, 2) for name in ("none", "quarter", "half", "all")] == [1, 1, 1, 2]
-    assert cores_for("all") >= 1
+    assert [worker_count(name, 8) for name in ("none", "quarter", "half", "all")] == [1, 2, 4, 8]
+    assert [worker_count(name, 2) for name in ("none", "quarter", "half", "all")] == [1, 1, 1, 2]
+    assert worker_count("all") >= 1
 
 
 # --- cosmic rays (the simulator effect) -----------------------------------------------------------
@@ -365,10 +366,10 @@ def test_jumps_above_10_sigma_are_found(cosmic_ray_exposure):
 
 def test_maximum_cores_all_gives_the_single_core_result(cosmic_ray_exposure):
     det, _, _, _, data, groupdq, pixeldq = cosmic_ray_exposure
-    one = detect_jumps(data, groupdq, pixeldq, det.gain, det.read_noise, workers=cores_for("none"),
+    one = detect_jumps(data, groupdq, pixeldq, det.gain, det.read_noise, workers=worker_count("none"),
                        flags=FLAGS)
     for rows_per_chunk in (None, 7):
-        many = detect_jumps(data, groupdq, pixeldq, det.gain, det.read_noise, workers=cores_for("all"),
+        many = detect_jumps(data, groupdq, pixeldq, det.gain, det.read_noise, workers=worker_count("all"),
                             rows_per_chunk=rows_per_chunk, flags=FLAGS)
         for single, parallel in zip(one, many, strict=True):
             np.testing.assert_array_equal(single, parallel)

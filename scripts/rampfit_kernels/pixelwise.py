@@ -9,7 +9,6 @@ memory, and the kernels are compiled for a single layout whatever the caller pas
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ log = logging.getLogger(__name__)
 # pixel-major copies in cache, large enough that the per-call overhead never shows.
 ROWS_PER_CHUNK = 32
 
-_CORE_FRACTIONS = {"none": None, "quarter": 0.25, "half": 0.5, "all": 1.0}
 
 # The GROUPDQ bits, all in the low byte; DO_NOT_USE marks a single resultant and is not
 # carried into the pixel's DQ (the pixel gets it only when no slope could be measured).
@@ -85,19 +83,6 @@ def plane_rows(plane: np.ndarray | None, rows: slice, dtype, ncols: int) -> np.n
     if plane is None:
         return np.zeros((rows.stop - rows.start, ncols), dtype=dtype)
     return np.ascontiguousarray(plane[rows], dtype=dtype)
-
-
-def worker_count(maximum_cores: str) -> int:
-    """Threads for ``maximum_cores`` (none, quarter, half, all) on the cores this process may use."""
-    try:
-        fraction = _CORE_FRACTIONS[maximum_cores]
-    except KeyError:
-        raise ValueError(f"maximum_cores {maximum_cores!r}: expected one of "
-                         f"{', '.join(_CORE_FRACTIONS)}") from None
-    if fraction is None:
-        return 1
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, int((available or 1) * fraction))
 
 
 def run_row_chunks(fit_rows: Callable[[slice], None], nrows: int, workers: int) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from romanpipe.readpattern import mean_read_times
+
 # numba options of the kernels' row loops and of the helpers they call for every pixel.
 # None of them allocates, so they run without numba's reference counting: with it every
 # array argument of every call costs an atomic increment and decrement, and those alone
@@ -54,15 +56,11 @@ class ResultantTimes:
 
 def resultant_times(read_pattern: Sequence[Sequence[int]], frame_time: float) -> ResultantTimes:
     """t_bar, tau and N of every resultant; ValueError for a pattern no ramp can have."""
-    if not (math.isfinite(frame_time) and frame_time > 0):
-        raise ValueError(f"frame time {frame_time!r} s: must be a positive number")
-    if not read_pattern or any(len(reads) == 0 for reads in read_pattern):
-        raise ValueError("read pattern is empty or has a resultant without reads")
+    mean_time = mean_read_times(read_pattern, frame_time)
     reads = [np.asarray(resultant, dtype=np.float64) for resultant in read_pattern]
     flat = np.concatenate(reads)
     if flat[0] < 1 or np.any(np.diff(flat) <= 0):
         raise ValueError("read numbers must start at 1 or later and increase")
-    mean_time = np.array([frame_time * r.mean() for r in reads])
     poisson_factor = np.array([
         frame_time * np.sum((2 * (r.size - np.arange(r.size)) - 1) * r) / r.size**2 for r in reads
     ])

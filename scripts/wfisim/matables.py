@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-import numpy as np
+from romanpipe.readpattern import mean_read_times
 
 FULL_FRAME_TIME = 3.04  # s, one read of the full 4096 x 4096 array
 
@@ -62,9 +62,6 @@ class MaTable:
         return [list(resultant) for resultant in self.read_pattern]
 
 
-def mean_read_times(read_pattern: Sequence[Sequence[int]], frame_time: float) -> np.ndarray:
-    """Mean time (s after the reset) of the reads averaged into each resultant."""
-    return np.array([frame_time * np.mean(reads) for reads in read_pattern], dtype=np.float64)
 
 
 def read_pattern_from_counts(counts: Sequence[int], first_read: int = 1) -> tuple[tuple[int, ...], ...]:

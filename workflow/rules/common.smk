@@ -20,6 +20,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 from romanpipe.naming import STEP_SUFFIX, split_suffix  # noqa: E402
 from romanpipe import refs  # noqa: E402
+from romanpipe.cores import worker_count  # noqa: E402
 
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
@@ -186,8 +187,7 @@ def cores_for(maximum_cores):
     locally, and on SLURM it becomes the job's cpus_per_task (workflow.cores does not
     exist there).
     """
-    fraction = {"none": 0.0, "quarter": 0.25, "half": 0.5, "all": 1.0}[maximum_cores]
-    return max(1, int((os.cpu_count() or 1) * fraction))
+    return worker_count(maximum_cores, os.cpu_count() or 1)
 
 
 def ramp_memory_mb(factor):

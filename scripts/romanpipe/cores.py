@@ -1,0 +1,27 @@
+"""Threads for a step's ``maximum_cores`` setting: the seed's none / quarter / half / all."""
+
+from __future__ import annotations
+
+import os
+
+CORE_FRACTIONS = {"none": None, "quarter": 0.25, "half": 0.5, "all": 1.0}
+
+
+def available_cores() -> int:
+    """CPUs this process may run on: os.cpu_count() unless a batch scheduler (SLURM) or
+    taskset confined it to fewer, when more threads than CPUs would only compete."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(maximum_cores: str, available: int | None = None) -> int:
+    """Workers for ``maximum_cores`` out of ``available`` cores (default: this process's), at least 1."""
+    try:
+        fraction = CORE_FRACTIONS[maximum_cores]
+    except KeyError:
+        raise ValueError(f"maximum_cores {maximum_cores!r}: expected one of "
+                         f"{', '.join(CORE_FRACTIONS)}") from None
+    if fraction is None:
+        return 1
+    return max(1, int((available or available_cores()) * fraction))
