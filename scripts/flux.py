@@ -1,0 +1,59 @@
+"""flux: scale a count-rate image (DN/s) to surface brightness (MJy/sr).
+
+Seed, "Flux": data and ERR are multiplied by ``meta.photometry.conversion_megajanskys``
+and every variance array by its square. An image whose ``cal_step.flux`` is already
+COMPLETE is in MJy/sr: it is passed on unchanged (no second application). The first
+step of the high-level chain, run on each exposure.
+
+    python scripts/flux.py r..._cal.asdf r..._flux.asdf
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+from roman_datamodels import datamodels
+
+from romanpipe import cli
+from romanpipe.errors import InputFileError
+from romanpipe.products import COMPLETE, open_model
+from romanpipe.steprun import parse_step_args, write_product
+
+log = logging.getLogger("flux")
+
+STEP = "flux"
+VARIANCES = ("var_poisson", "var_rnoise", "var_flat")
+
+
+def scale_to_flux(arrays: dict[str, np.ndarray], conversion: float) -> dict[str, np.ndarray]:
+    """``data`` and ``err`` times ``conversion``, variances times its square (same dtypes)."""
+    scaled = {}
+    for name, array in arrays.items():
+        factor = conversion**2 if name in VARIANCES else conversion
+        scaled[name] = (np.asarray(array, dtype=np.float32) * np.float32(factor)).astype(array.dtype)
+    return scaled
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    image = open_model(args.input, (datamodels.ImageModel,))
+    output = image.copy()
+    if image.meta.get("cal_step", {}).get("flux") == COMPLETE:
+        log.info("%s is already in MJy/sr: flux not applied again", args.input)
+    else:
+        conversion = image.meta.photometry.get("conversion_megajanskys")
+        if conversion is None or not np.isfinite(conversion) or conversion <= 0:
+            raise InputFileError(args.input, f"no valid meta.photometry.conversion_megajanskys "
+                                             f"({conversion!r}): run photom first")
+        names = ["data", "err", *(name for name in VARIANCES if name in image)]
+        for name, array in scale_to_flux({name: np.asarray(image[name]) for name in names},
+                                         float(conversion)).items():
+            output[name] = array
+        log.info("scaled by %g MJy/sr per DN/s", conversion)
+    write_product(output, args.output, STEP, args, parameters)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,81 @@
+"""photom: record the flux calibration of the exposure's optical element (pixels untouched).
+
+Seed, "Photometric Calibration": the PHOTOM reference's ``phot_table`` row for
+``meta.instrument.optical_element`` gives ``photmjsr`` (MJy/sr per DN/s), its
+uncertainty and ``pixelareasr``. They go into ``meta.photometry``: the schema's
+``conversion_megajanskys``, ``conversion_megajanskys_uncertainty`` and
+``pixel_area``, plus the seed's ``conversion_microjanskys`` (+ uncertainty) in
+uJy/arcsec^2 (converted, not copied) and ``pixelarea_steradians`` /
+``pixelarea_arcsecsq``. A row without values (spectral elements, DARK) leaves
+them null; an element missing from the table is an error naming the reference.
+
+    python scripts/photom.py r..._flat.asdf r..._photom.asdf --override-photom P
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+from astropy import units as u
+from roman_datamodels import datamodels
+
+from romanpipe import cli
+from romanpipe.errors import InputFileError
+from romanpipe.products import open_model
+from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+log = logging.getLogger("photom")
+
+STEP = "photom"
+MJY_PER_SR_TO_UJY_PER_ARCSEC2 = float((1.0 * u.MJy / u.sr).to_value(u.uJy / u.arcsec**2))
+SR_TO_ARCSEC2 = float((1.0 * u.sr).to_value(u.arcsec**2))
+
+
+def photometry_keywords(phot_table, optical_element: str) -> dict[str, float | None]:
+    """``meta.photometry`` for ``optical_element`` from a PHOTOM table; KeyError if it has no row."""
+    row = phot_table[optical_element.upper()]
+    conversion, uncertainty, area = (_scalar(row.get(key))
+                                     for key in ("photmjsr", "uncertainty", "pixelareasr"))
+    return {
+        "conversion_megajanskys": conversion,
+        "conversion_megajanskys_uncertainty": uncertainty,
+        "pixel_area": area,
+        "conversion_microjanskys": _scaled(conversion, MJY_PER_SR_TO_UJY_PER_ARCSEC2),
+        "conversion_microjanskys_uncertainty": _scaled(uncertainty, MJY_PER_SR_TO_UJY_PER_ARCSEC2),
+        "pixelarea_steradians": area,
+        "pixelarea_arcsecsq": _scaled(area, SR_TO_ARCSEC2),
+    }
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    image = open_model(args.input, (datamodels.ImageModel,))
+    photom_path = reference_file("photom", parameters, image)
+    element = str(image.meta.instrument.optical_element)
+    with open_model(photom_path, (datamodels.WfiImgPhotomRefModel,), memmap=False) as reference:
+        try:
+            keywords = photometry_keywords(reference.phot_table, element)
+        except KeyError:
+            raise InputFileError(photom_path,
+                                 f"PHOTOM table has no row for optical element {element}") from None
+    output = image.copy()
+    output.meta.photometry = keywords
+    log.info("%s: %s MJy/sr per DN/s, pixel area %s sr", element, keywords["conversion_megajanskys"],
+             keywords["pixel_area"])
+    write_product(output, args.output, STEP, args, parameters, {"photom": photom_path})
+
+
+def _scalar(value) -> float | None:
+    if value is None:
+        return None
+    return float(getattr(value, "value", value))
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else float(np.float64(value) * factor)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
