@@ -16,8 +16,10 @@ from typing import Any
 
 from . import params as step_params
 from . import refs
+from .association import Association, write_association
 from .cli import setup_logging
 from .errors import InputFileError, StepSkipped
+from .naming import product_name
 from .products import COMPLETE, SKIPPED, file_sha256, open_model, set_cal_step, write_atomic
 
 log = logging.getLogger(__name__)
@@ -94,3 +96,24 @@ def write_product(model, output: Path, step: str, args: argparse.Namespace,
     set_cal_step(model, step, status)
     record_provenance(model, step, parameters, references)
     return write_atomic(model, output)
+
+
+def write_association_products(models: list, association: Association, output: Path, step: str,
+                               suffix: str, args: argparse.Namespace, parameters: dict[str, Any],
+                               references: dict[str, Path] | None = None) -> Path:
+    """A high-level step's outputs: one product per member beside ``output``, then ``output``.
+
+    ``models`` are in the order of ``association.members()``; each member's product is
+    named from its input with ``suffix``. The output association, written last, lists
+    them with the input's metadata, so a reader that finds it finds every member.
+    """
+    members = association.members()
+    if len(models) != len(members):
+        raise ValueError(f"{len(models)} products for {len(members)} members")
+    written = [write_product(model, product_name(member, suffix, output.parent), step, args,
+                             parameters, references)
+               for model, member in zip(models, members, strict=True)]
+    tree = dict(association.tree)
+    tree["products"] = [{"name": association.product_name,
+                         "members": [{"expname": path.name, "exptype": "science"} for path in written]}]
+    return write_association(tree, output)

@@ -1,0 +1,77 @@
+"""Associations: the seed's asn_from_list example, the naming rule, reading members back."""
+
+import json
+
+import pytest
+
+import asn_from_list as asn_from_list_cli
+from romanpipe.association import (
+    asn_from_list,
+    association_name,
+    read_association,
+    write_association,
+)
+from romanpipe.errors import InputFileError
+
+SEED_ITEMS = {"r0000101001001001001_01101_0001_WFI01_uncal.asdf": "science",
+              "r0000101001001001001_3_01101_0001_WFI01_uncal.asdf": "guide_window",
+              "c": "somethingelse"}
+
+
+def test_seed_level2_example():
+    asn = asn_from_list(list(SEED_ITEMS.items()), product_name="test_product", with_exptype=True)
+    assert asn["asn_rule"] == "DMS_ELPP_Base"
+    assert asn["products"] == [{"name": "test_product", "members": [
+        {"expname": "r0000101001001001001_01101_0001_WFI01_uncal.asdf", "exptype": "science"},
+        {"expname": "r0000101001001001001_3_01101_0001_WFI01_uncal.asdf", "exptype": "guide_window"},
+        {"expname": "c", "exptype": "somethingelse"}]}]
+
+
+def test_seed_example_keys_in_order():
+    asn = asn_from_list(["img_1.asdf", "img_2.asdf"], product_name="files.asdf")
+    assert list(asn) == ["asn_type", "asn_rule", "version_id", "code_version", "degraded_status", "program",
+                         "constraints", "asn_id", "target", "asn_pool", "products"]
+    assert [m["exptype"] for m in asn["products"][0]["members"]] == ["science", "science"]
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="rule"):
+        asn_from_list(["a"], "p", rule="Asn_Lv3Image")
+
+
+def test_association_name_follows_the_seed_rule():
+    assert association_name(1, "o001", "20270301t000000", "image", 1) == \
+        "r00001-o001_20270301t000000_image_001_asn.json"
+    with pytest.raises(ValueError):
+        association_name(1, "x001", "20270301t000000", "image", 1)
+
+
+def test_cli_writes_members_relative_and_reads_back(tmp_path):
+    output = tmp_path / "detector_asn.json"
+    status = asn_from_list_cli.cli.run(asn_from_list_cli.main, [
+        "-o", str(output), "--product-name", "r0000101001001001001_01101_0001_WFI_cal.asdf",
+        "data/a_cal.asdf", "data/b_cal.asdf"])
+    assert status == 0
+    association = read_association(output)
+    assert association.product_name == "r0000101001001001001_01101_0001_WFI_cal.asdf"
+    assert association.members() == [tmp_path / "data/a_cal.asdf", tmp_path / "data/b_cal.asdf"]
+
+
+def test_only_science_members_by_default(tmp_path):
+    path = write_association(asn_from_list(list(SEED_ITEMS.items()), "p", with_exptype=True),
+                             tmp_path / "x_asn.json")
+    assert [p.name for p in read_association(path).members()] == [
+        "r0000101001001001001_01101_0001_WFI01_uncal.asdf"]
+    assert len(read_association(path).members(exptype=None)) == 3
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", "unreadable"),
+    (json.dumps({"products": []}), "products"),
+    (json.dumps({"products": [{"name": "p", "members": [{"exptype": "science"}]}]}), "expname"),
+])
+def test_bad_association_files_name_the_problem(tmp_path, content, reason):
+    path = tmp_path / "bad_asn.json"
+    path.write_text(content)
+    with pytest.raises(InputFileError, match=reason):
+        read_association(path)
