@@ -1,0 +1,181 @@
+"""associate: group calibrated images into high-level products (the workflow's association checkpoint).
+
+Default rule: images of the same program and optical element whose footprints
+(``meta.wcsinfo.s_region``, after tweakreg) overlap on the sky, directly or through
+a chain of overlaps, make one mosaic. Overlaps are computed with spherical-geometry.
+Association files follow the seed's layout and naming
+``rPPPPP-a3NNN_YYYYMMDDtHHMMSS_image_MMM_asn.json``; the version id is the earliest
+member's start time, so that the same inputs always give the same names.
+With ``--user-dir``, the ``*_asn.json`` files there are used as given instead: only
+their members are re-pointed at this campaign's ``_cal`` products, found by name.
+
+The checkpoint writes one index (a CSV row per association: its name, product and
+tree as JSON); ``write`` then makes one association file from its row, so an
+association whose members did not change is not rewritten and its mosaic not redone.
+
+    python scripts/associate.py index --cal results/exposures/*_cal.asdf \\
+        --output results/associations.csv [--user-dir my_associations]
+    python scripts/associate.py write --tree '{...}' --output results/associations/NAME_asn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.time import Time
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+from spherical_geometry.polygon import SphericalPolygon
+
+from romanpipe import cli
+from romanpipe.association import asn_from_list, association_name, read_association, write_association
+from romanpipe.errors import InputFileError
+from romanpipe.naming import split_suffix
+from romanpipe.products import open_model
+
+log = logging.getLogger("associate")
+
+ASN_TYPE = "image"
+FIRST_CANDIDATE = 3001  # "a3NNN: discovered whole program associations" (seed)
+INDEX_COLUMNS = ["asn", "product", "tree"]
+
+
+@dataclass(frozen=True)
+class CalibratedImage:
+    path: Path
+    program: int
+    optical_element: str
+    start_time: Time
+    footprint: SphericalPolygon
+
+
+def read_image(path: Path) -> CalibratedImage:
+    """The metadata grouping needs, from a _cal product (arrays are not read)."""
+    with open_model(path) as model:
+        meta = model.meta
+        region = str(meta.wcsinfo.get("s_region", ""))
+        try:
+            program = int(meta.observation.program)
+        except (TypeError, ValueError):
+            raise InputFileError(path, f"meta.observation.program {meta.observation.program!r} "
+                                       "is not a number") from None
+        return CalibratedImage(path, program, str(meta.instrument.optical_element).upper(),
+                               Time(meta.exposure.start_time), _polygon(path, region))
+
+
+def group_images(images: list[CalibratedImage]) -> list[list[CalibratedImage]]:
+    """Same program and optical element, linked by overlapping footprints; earliest group first."""
+    groups = []
+    keys = sorted({(image.program, image.optical_element) for image in images})
+    for key in keys:
+        members = [image for image in images if (image.program, image.optical_element) == key]
+        overlaps = np.array([[a.footprint.intersects_poly(b.footprint) for b in members] for a in members])
+        count, labels = connected_components(csr_matrix(overlaps), directed=False)
+        for label in range(count):
+            group = [image for image, own in zip(members, labels, strict=True) if own == label]
+            groups.append(sorted(group, key=lambda im: (im.start_time.isot, im.path.name)))
+    return sorted(groups, key=lambda g: (g[0].start_time.isot, g[0].program, g[0].optical_element))
+
+
+def discovered_associations(images: list[CalibratedImage], index_dir: Path) -> list[dict]:
+    """One index row per group: association name, product name, and the association tree."""
+    rows = []
+    for counter, group in enumerate(group_images(images), start=1):
+        first = group[0]
+        candidate = f"a{FIRST_CANDIDATE + counter - 1}"
+        version_id = first.start_time.strftime("%Y%m%dt%H%M%S")
+        name = association_name(first.program, candidate, version_id, ASN_TYPE, counter)
+        product = f"r{first.program:05d}-{candidate}_{first.optical_element.lower()}"
+        members = [os.path.relpath(image.path, index_dir) for image in group]
+        tree = asn_from_list(members, product, asn_type=ASN_TYPE, asn_id=candidate,
+                             program=f"{first.program:05d}", version_id=version_id,
+                             asn_pool="results/pool.csv",
+                             constraints=f"program={first.program:05d}, optical_element="
+                                         f"{first.optical_element}, overlapping footprints")
+        rows.append({"asn": name.removesuffix("_asn.json"), "product": product, "tree": tree})
+    return rows
+
+
+def user_associations(user_dir: Path, cal_paths: list[Path], index_dir: Path) -> list[dict]:
+    """The user's association files as given, their members re-pointed at our _cal products."""
+    by_exposure = {split_suffix(path)[0]: path for path in cal_paths}
+    rows = []
+    for asn_path in sorted(user_dir.glob("*_asn.json")):
+        association = read_association(asn_path)
+        tree = json.loads(json.dumps(association.tree))
+        for product in tree["products"]:
+            for member in product["members"]:
+                exposure = split_suffix(member["expname"])[0]
+                if exposure not in by_exposure:
+                    raise InputFileError(asn_path, f"member {member['expname']} is not among the "
+                                                   "calibrated exposures of this campaign")
+                member["expname"] = os.path.relpath(by_exposure[exposure], index_dir)
+        product_name = split_suffix(Path(association.product_name).name)[0]
+        rows.append({"asn": asn_path.name.removesuffix("_asn.json"), "product": product_name,
+                     "tree": tree})
+    if not rows:
+        raise InputFileError(user_dir, "no *_asn.json association files in the user folder")
+    return rows
+
+
+def write_index(rows: list[dict], output: Path) -> None:
+    table = pd.DataFrame([{**row, "tree": json.dumps(row["tree"], sort_keys=True)} for row in rows],
+                         columns=INDEX_COLUMNS)
+    duplicated = table["product"][table["product"].duplicated()].tolist()
+    if duplicated:
+        raise InputFileError(output, f"two associations make the same product: {', '.join(duplicated)}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    table.to_csv(staging, index=False)
+    os.replace(staging, output)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="associate.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    index = commands.add_parser("index", help="group _cal products and write the association index")
+    index.add_argument("--cal", type=Path, nargs="*", default=[], help="calibrated imaging products")
+    index.add_argument("--output", type=Path, required=True, help="index CSV to write")
+    index.add_argument("--user-dir", type=Path, help="use the *_asn.json files here as given")
+    write = commands.add_parser("write", help="write one association file from its index tree")
+    write.add_argument("--tree", type=json.loads, required=True, help="the association as JSON")
+    write.add_argument("--output", type=Path, required=True)
+    for sub in (index, write):
+        sub.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.verbose)
+
+    if args.command == "write":
+        write_association(args.tree, args.output)
+        return
+    index_dir = args.output.parent / "associations"
+    if args.user_dir:
+        rows = user_associations(args.user_dir, args.cal, index_dir)
+    else:
+        rows = discovered_associations([read_image(path) for path in args.cal], index_dir)
+    write_index(rows, args.output)
+    log.info("%d association(s) from %d calibrated image(s)", len(rows), len(args.cal))
+
+
+def _polygon(path: Path, s_region: str) -> SphericalPolygon:
+    words = s_region.split()
+    try:
+        if words[:2] != ["POLYGON", "ICRS"] or len(words) < 8 or len(words) % 2:
+            raise ValueError
+        corners = np.array(words[2:], dtype=float).reshape(-1, 2)
+    except ValueError:
+        raise InputFileError(path, f"meta.wcsinfo.s_region {s_region[:60]!r} is not a POLYGON ICRS "
+                                   "footprint: run assign_wcs first") from None
+    return SphericalPolygon.from_radec(corners[:, 0], corners[:, 1])
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
