@@ -3,9 +3,11 @@
 Seed, "Flux": data and ERR are multiplied by ``meta.photometry.conversion_megajanskys``
 and every variance array by its square. An image whose ``cal_step.flux`` is already
 COMPLETE is in MJy/sr: it is passed on unchanged (no second application). The first
-step of the high-level chain, run on each exposure.
+step of the high-level chain: like romancal's, it takes one image or an association, whose
+members are then written as ``<member>_flux.asdf`` beside the output association.
 
     python scripts/flux.py r..._cal.asdf r..._flux.asdf
+    python scripts/flux.py r00001-a3001_..._asn.json mosaics/r00001-a3001_..._flux_asn.json
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 from roman_datamodels import datamodels
 
 from romanpipe import cli
+from romanpipe.association import read_association
 from romanpipe.errors import InputFileError
+from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, open_model
-from romanpipe.steprun import parse_step_args, write_product
+from romanpipe.steprun import parse_step_args, write_association_products, write_product
 
 log = logging.getLogger("flux")
 
@@ -36,23 +40,34 @@ def scale_to_flux(arrays: dict[str, np.ndarray], conversion: float) -> dict[str,
     return scaled
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    image = open_model(args.input, (datamodels.ImageModel,))
+def flux_image(path):
+    """The image at ``path`` in MJy/sr (a new model)."""
+    image = open_model(path, (datamodels.ImageModel,))
     output = image.copy()
     if image.meta.get("cal_step", {}).get("flux") == COMPLETE:
-        log.info("%s is already in MJy/sr: flux not applied again", args.input)
+        log.info("%s is already in MJy/sr: flux not applied again", path)
+        return output
+    conversion = image.meta.photometry.get("conversion_megajanskys")
+    if conversion is None or not np.isfinite(conversion) or conversion <= 0:
+        raise InputFileError(path, f"no valid meta.photometry.conversion_megajanskys "
+                                   f"({conversion!r}): run photom first")
+    names = ["data", "err", *(name for name in VARIANCES if name in image)]
+    for name, array in scale_to_flux({name: np.asarray(image[name]) for name in names},
+                                     float(conversion)).items():
+        output[name] = array
+    log.info("%s scaled by %g MJy/sr per DN/s", path.name, conversion)
+    return output
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    if args.input.suffix == ".json":
+        association = read_association(args.input)
+        models = (flux_image(member) for member in association.members())
+        write_association_products(models, association, args.output, STEP, STEP_SUFFIX[STEP], args,
+                                   parameters)
     else:
-        conversion = image.meta.photometry.get("conversion_megajanskys")
-        if conversion is None or not np.isfinite(conversion) or conversion <= 0:
-            raise InputFileError(args.input, f"no valid meta.photometry.conversion_megajanskys "
-                                             f"({conversion!r}): run photom first")
-        names = ["data", "err", *(name for name in VARIANCES if name in image)]
-        for name, array in scale_to_flux({name: np.asarray(image[name]) for name in names},
-                                         float(conversion)).items():
-            output[name] = array
-        log.info("scaled by %g MJy/sr per DN/s", conversion)
-    write_product(output, args.output, STEP, args, parameters)
+        write_product(flux_image(args.input), args.output, STEP, args, parameters)
 
 
 if __name__ == "__main__":

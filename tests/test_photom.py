@@ -8,6 +8,7 @@ from roman_datamodels import datamodels
 import flux
 import photom
 from conftest import EXPO
+from romanpipe.association import asn_from_list, read_association, write_association
 
 PHOTMJSR, UNCERTAINTY, AREA_SR = 0.75, 0.02, 2.8437e-13
 ARCSEC2_PER_SR = (180 / np.pi * 3600) ** 2
@@ -101,3 +102,30 @@ def test_flux_without_photometry_is_an_error(tmp_path):
     source = image_file(tmp_path / f"{EXPO}_flat.asdf")  # fake photometry is -999999
     output = tmp_path / f"{EXPO}_flux.asdf"
     assert flux.cli.run(flux.main, [str(source), str(output)]) == 1 and not output.exists()
+
+
+def test_flux_on_an_association_writes_every_member_and_the_output_association(tmp_path):
+    reference = photom_reference(tmp_path / "roman_wfi_photom_0001.asdf")
+    members = []
+    for number in (1, 2):
+        source = image_file(tmp_path / f"e{number}_flat.asdf")
+        calibrated = tmp_path / "exposures" / f"e{number}_cal.asdf"
+        photom.cli.run(photom.main, [str(source), str(calibrated), "--override-photom", str(reference)])
+        members.append(f"../exposures/{calibrated.name}")
+    asn = write_association(asn_from_list(members, "mosaic"), tmp_path / "asns" / "m_asn.json")
+    output = tmp_path / "mosaic" / "m_flux_asn.json"
+    assert flux.cli.run(flux.main, [str(asn), str(output)]) == 0
+    written = read_association(output)
+    assert [p.name for p in written.members()] == ["e1_flux.asdf", "e2_flux.asdf"]
+    assert written.product_name == "mosaic"
+    for path in written.members():
+        with rdm.open(path) as product:
+            assert product.data[0, 0] == pytest.approx(2.0 * PHOTMJSR)
+            assert product.meta.cal_step.flux == "COMPLETE"
+
+
+def test_flux_on_an_association_with_a_missing_member_writes_nothing(tmp_path):
+    asn = write_association(asn_from_list(["nothing_cal.asdf"], "mosaic"), tmp_path / "m_asn.json")
+    output = tmp_path / "out" / "m_flux_asn.json"
+    assert flux.cli.run(flux.main, [str(asn), str(output)]) == 1
+    assert not output.parent.exists() or not any(output.parent.iterdir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -98,18 +99,17 @@ def write_product(model, output: Path, step: str, args: argparse.Namespace,
     return write_atomic(model, output)
 
 
-def write_association_products(models: list, association: Association, output: Path, step: str,
+def write_association_products(models: Iterable, association: Association, output: Path, step: str,
                                suffix: str, args: argparse.Namespace, parameters: dict[str, Any],
                                references: dict[str, Path] | None = None) -> Path:
     """A high-level step's outputs: one product per member beside ``output``, then ``output``.
 
-    ``models`` are in the order of ``association.members()``; each member's product is
-    named from its input with ``suffix``. The output association, written last, lists
-    them with the input's metadata, so a reader that finds it finds every member.
+    ``models`` (a list, or a generator so that one member at a time is in memory) are in
+    the order of ``association.members()``; each member's product is named from its input
+    with ``suffix``. The output association, written last, lists them with the input's
+    metadata, so a reader that finds it finds every member.
     """
     members = association.members()
-    if len(models) != len(members):
-        raise ValueError(f"{len(models)} products for {len(members)} members")
     written = [write_product(model, product_name(member, suffix, output.parent), step, args,
                              parameters, references)
                for model, member in zip(models, members, strict=True)]
