@@ -4,8 +4,8 @@
     python scripts/simulate.py exposure --out sim --detector WFI01 --filter F158 --size 64 \\
         --ma-table IMG_UNEVEN_6 --seed 1
 
-Both write <out>/uncal, <out>/truth, <out>/references, <out>/crds_cache and
-<out>/workflow.yaml (the workflow then runs with ``--directory <out>``).
+Both write <out>/uncal, <out>/truth, <out>/catalogs (the Gaia-like catalog), <out>/references,
+<out>/crds_cache and <out>/workflow.yaml (the workflow then runs with ``--directory <out>``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from romanpipe import cli
 from wfisim.campaign import CampaignConfig, simulate_campaign
 from wfisim.matables import MA_TABLES
+from wfisim.psf import PSF_MODELS
 
 log = logging.getLogger("simulate")
 
@@ -52,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     exposure.add_argument("--start-time", default=defaults.start_time, help="UTC, ISO format")
     exposure.add_argument("--cosmic-ray-flux", type=float, default=defaults.cosmic_ray_flux_per_cm2_s,
                           help="cosmic rays per cm^2 per s (about 5 at L2; 0: none)")
+    exposure.add_argument("--psf", choices=PSF_MODELS, default=defaults.psf,
+                          help="gaussian, or roman: GalSim's Roman optical PSF of the detector and filter")
     return parser.parse_args(argv)
 
 
@@ -65,7 +68,7 @@ def main(argv=None) -> None:
             detectors=[args.detector.upper()], filters=[args.filter.upper()], size=args.size,
             ma_table=args.ma_table, seed=args.seed, stars=args.stars,
             saturating_stars=args.saturating_stars, sky_e_per_s=args.sky, start_time=args.start_time,
-            cosmic_ray_flux_per_cm2_s=args.cosmic_ray_flux)
+            cosmic_ray_flux_per_cm2_s=args.cosmic_ray_flux, psf=args.psf)
     outputs = simulate_campaign(config, args.out, workers=args.workers)
     log.info("wrote %d exposures to %s; run the workflow with --directory %s --configfile %s",
              len(outputs.uncal), args.out / "uncal", args.out, outputs.workflow_config)

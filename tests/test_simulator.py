@@ -254,7 +254,18 @@ def test_pointing_round_trips_and_dithers_shift_the_sky():
     ra, dec = geometry.pixel_to_sky(x, y)
     np.testing.assert_allclose(geometry.sky_to_pixel(ra, dec), (x, y), atol=1e-6)
     dithered = DetectorGeometry("WFI07", (4096, 4096), home.dithered(2.5, -1.5))
-    np.testing.assert_allclose(dithered.sky_to_pixel(ra, dec), (x - 2.5, y + 1.5), atol=1e-3)
+    # The slew moves the sky by minus the step in WFI_CEN's ideal frame (0.11" nominal pixels):
+    # ideal x is -V2 rotated by 60 deg (V3IdlYAngle -60, VIdlParity -1).
+    angle = np.radians(-60.0)
+    step_v2 = -2.5 * 0.11 * np.cos(angle) + -1.5 * 0.11 * np.sin(angle)
+    step_v3 = 2.5 * 0.11 * np.sin(angle) + -1.5 * 0.11 * np.cos(angle)
+    v2, v3 = geometry.pointing.sky_to_v2v3(ra, dec)
+    v2_after, v3_after = dithered.pointing.sky_to_v2v3(ra, dec)
+    # (A slew is a rotation, not a shift of V2/V3: 0.1 mas apart a quarter degree from WFI_CEN.)
+    np.testing.assert_allclose((v2_after - v2, v3_after - v3), ([-step_v2] * 2, [-step_v3] * 2), atol=1e-4)
+    # In WFI07's pixels that is the nominal step to within its scale and distortion (a few per cent).
+    shift = np.array(dithered.sky_to_pixel(ra, dec)) - (x, y)
+    np.testing.assert_allclose(shift, [[-2.5, -2.5], [1.5, 1.5]], atol=0.08)
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -285,7 +296,9 @@ def test_exposure_files_open_validate_and_carry_the_metadata(tmp_path):
     assert truth["read_pattern"] == UNEVEN_6.read_pattern_lists()
     assert truth["catalog"]["x"] == pytest.approx([11.2]) and truth["catalog"]["y"] == pytest.approx([12.7])
     assert truth["catalog"]["flux_e_per_s"] == pytest.approx([500.0])
-    assert truth["rate_e_per_s"].sum() == pytest.approx(1.0 * 24 * 24 + 500.0, rel=1e-3)
+    # The pixels collect the scene times the true flat.
+    scene = truth["rate_e_per_s"] / truth["flat"]
+    assert scene.sum() == pytest.approx(1.0 * 24 * 24 + 500.0, rel=1e-3)
     assert np.array_equal(truth["detector"]["bias_dn"], det.bias)
     assert np.array_equal(truth["detector"]["dead"], det.dead)
     assert truth["first_saturated_resultant"].shape == (24, 24)
@@ -319,10 +332,12 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
     paths = write_references(det, tmp_path, useafter="2027-02-28T00:00:00")
     assert [p.name for p in paths] == ["roman_wfi_mask_0001.asdf", "roman_wfi_saturation_0001.asdf",
                                        "roman_wfi_gain_0001.asdf", "roman_wfi_readnoise_0001.asdf",
-                                       "roman_wfi_linearity_0001.asdf", "roman_wfi_dark_0001.asdf"]
+                                       "roman_wfi_linearity_0001.asdf", "roman_wfi_dark_0001.asdf",
+                                       "roman_wfi_photom_0001.asdf"]
     expected = {"mask": datamodels.MaskRefModel, "saturation": datamodels.SaturationRefModel,
                 "gain": datamodels.GainRefModel, "readnoise": datamodels.ReadnoiseRefModel,
-                "linearity": datamodels.LinearityRefModel, "dark": datamodels.DarkRefModel}
+                "linearity": datamodels.LinearityRefModel, "dark": datamodels.DarkRefModel,
+                "photom": datamodels.WfiImgPhotomRefModel}
     for path, (reftype, model_type) in zip(paths, expected.items(), strict=True):
         with rdm.open(path) as model:
             assert isinstance(model, model_type)
@@ -352,9 +367,13 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
             elif reftype == "dark":
                 assert np.array_equal(model.dark_slope, (det.dark_current / det.gain).astype(np.float32))
                 assert meta.exposure.type == "WFI_IMAGE"
+            elif reftype == "photom":
+                table = model.phot_table
+                assert table["F158"]["photmjsr"] > 0 and table["PRISM"]["photmjsr"] is None
             else:
                 assert np.array_equal(model.data, det.read_noise)
                 assert meta.exposure.type == "WFI_IMAGE"
+                assert meta.exposure.p_exptype == "WFI_IMAGE|WFI_SPECTRAL|"
     # A second delivery gets new names.
     assert write_references(det, tmp_path, useafter="2027-02-28T00:00:00", reftypes=["gain"])[0].name == \
         "roman_wfi_gain_0002.asdf"
@@ -362,7 +381,16 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
 
 def test_unknown_reftype_is_refused():
     with pytest.raises(ValueError, match="no reference factory"):
+        make_reference("area", detector(), useafter="2027-01-01T00:00:00")
+
+
+def test_optical_element_is_required_exactly_where_crds_selects_on_it():
+    with pytest.raises(ValueError, match="optical element is required"):
         make_reference("flat", detector(), useafter="2027-01-01T00:00:00")
+    with pytest.raises(ValueError, match="no optical element"):
+        make_reference("gain", detector(), useafter="2027-01-01T00:00:00", optical_element="F158")
+    with pytest.raises(ValueError, match="no reference for optical element"):
+        make_reference("flat", detector(), useafter="2027-01-01T00:00:00", optical_element="PRISM")
 
 
 # --- campaign --------------------------------------------------------------------------------
@@ -383,7 +411,8 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert crds_cache.current_context(tmp_path / "crds_cache") == outputs.crds_context
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(
         path.name for path in outputs.references)
-    assert len(outputs.references) == 12
+    # Per detector: MASK SATURATION GAIN READNOISE LINEARITY DARK PHOTOM, and DISTORTION and FLAT of F087.
+    assert len(outputs.references) == 2 * 9
     for path in outputs.references:
         with rdm.open(path) as model:
             assert model.meta.useafter < Time(config.start_time)
@@ -391,8 +420,12 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     # The dither moves every star by minus the offset on the detector.
     first, second = (read_truth(tmp_path / "truth" / f"r0000101001001001001_01101_000{e}_WFI01_truth.asdf")
                      for e in (1, 2))
-    assert second["catalog"]["x"] == pytest.approx(first["catalog"]["x"] - 2.5, abs=1e-3)
-    assert second["catalog"]["y"] == pytest.approx(first["catalog"]["y"] - 1.5, abs=1e-3)
+    _, in_first, in_second = np.intersect1d(first["catalog"]["source_id"], second["catalog"]["source_id"],
+                                            return_indices=True)
+    assert in_first.size >= 3
+    # Within the local pixel scale (< 2 % off the nominal 0.11") and the stars' motion in 2.6 min.
+    assert second["catalog"]["x"][in_second] == pytest.approx(first["catalog"]["x"][in_first] - 2.5, abs=0.05)
+    assert second["catalog"]["y"][in_second] == pytest.approx(first["catalog"]["y"][in_first] - 1.5, abs=0.05)
 
 
 def test_campaign_config_rejects_unknown_settings():
@@ -403,4 +436,21 @@ def test_campaign_config_rejects_unknown_settings():
 def test_demo_config_is_valid():
     config = CampaignConfig.from_yaml(Path(__file__).parents[1] / "config" / "demo_campaign.yaml")
     assert config.detectors == ["WFI01", "WFI02"] and config.filters == ["F158", "F087"]
-    assert len(ma_table(config.ma_table).read_pattern) == 6
+    assert len(ma_table(config.ma_table).read_pattern) == 6 and config.size == 256
+    # A mosaic needs sub-pixel phases: the dithers' fractional parts visit all four half-pixel phases.
+    phases = {(dx % 1, dy % 1) for dx, dy in config.dither_offsets()}
+    assert len(config.dither_offsets()) >= 4 and phases == {(0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)}
+    assert config.pointing_error["offset_arcsec"] > 0 and config.pointing_error["roll_deg"] > 0
+    assert config.spectral_exposures == {"PRISM": 1} and config.cosmic_ray_flux_per_cm2_s == 5.0
+    assert [element for element, _ in config.observations()] == ["F158", "F087", "PRISM"]
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"filters": ["F999"]}, "unknown imaging filter"),
+    ({"spectral_exposures": {"F158": 1}}, "unknown spectral element"),
+    ({"psf": "airy"}, "unknown psf"),
+    ({"pointing_error": {"offset_arcsec": 1.0}}, "offset_arcsec and roll_deg"),
+])
+def test_campaign_config_rejects_bad_values(setting, message):
+    with pytest.raises(ValueError, match=message):
+        CampaignConfig.from_mapping(setting)

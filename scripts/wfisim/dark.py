@@ -30,8 +30,10 @@ MASTER_DARK_READS = 55
 
 # Selector metadata: the DARK rmap matches meta.exposure.type (through p_exptype), and the
 # DarkRefModel schema requires an optical element; darks are taken behind the DARK element.
+# Science exposures of both modes take the same dark (and read noise) reference.
+SCIENCE_EXPOSURE_TYPES = "WFI_IMAGE|WFI_SPECTRAL|"
 DARK_REFERENCE_META = {
-    "exposure": {"type": "WFI_IMAGE", "p_exptype": "WFI_IMAGE|"},
+    "exposure": {"type": "WFI_IMAGE", "p_exptype": SCIENCE_EXPOSURE_TYPES},
     "instrument": {"optical_element": "DARK"},
 }
 

@@ -73,6 +73,8 @@ class DetectorModel:
     amp33_bias: np.ndarray  # DN, (nrows, amp33 width)
     amp33_read_noise: np.ndarray  # DN per read
     border: int = BORDER
+    # The one gain (e/DN) the flat-fielded, photometrically calibrated data refer to (wfisim.flat).
+    nominal_gain: float = DetectorParameters.gain_e_per_dn
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -161,6 +163,7 @@ def build_detector(name: str, shape: tuple[int, int], seed: int,
         read_noise=read_noise.astype(f32), dark_current=dark_current.astype(f32),
         full_well=full_well.astype(f32), dead=dead, hot=hot, ad_floor=ad_floor,
         amp33_bias=amp33_bias.astype(f32), amp33_read_noise=amp33_read_noise.astype(f32),
+        nominal_gain=p.gain_e_per_dn,
     )
 
 

@@ -18,7 +18,9 @@ from romanpipe.products import write_atomic
 
 from .matables import MaTable
 
-EXPOSURE_TYPE = "WFI_IMAGE"
+IMAGING_EXPOSURE_TYPE = "WFI_IMAGE"
+# rad 1.1's exposure-type enum has one spectroscopic mode; the optical element (GRISM or PRISM) tells which.
+SPECTRAL_EXPOSURE_TYPE = "WFI_SPECTRAL"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class ExposureId:
 
 def make_level1(resultants: np.ndarray, amp33: np.ndarray, *, exposure_id: ExposureId, detector: str,
                 optical_element: str, table: MaTable, start_time: Time, wcsinfo: dict,
-                pointing: dict, visit: dict | None = None, program: dict | None = None):
+                pointing: dict, visit: dict | None = None, program: dict | None = None,
+                exposure_type: str = IMAGING_EXPOSURE_TYPE):
     """A ScienceRawModel of one exposure; ``resultants`` and ``amp33`` are uint16 cubes."""
     if resultants.dtype != np.uint16 or amp33.dtype != np.uint16:
         raise TypeError("Level 1 data and amp33 are uint16")
@@ -77,7 +80,7 @@ def make_level1(resultants: np.ndarray, amp33: np.ndarray, *, exposure_id: Expos
     meta.instrument.update({"name": "WFI", "detector": detector.upper(),
                             "optical_element": optical_element.upper()})
     meta.exposure.update({
-        "type": EXPOSURE_TYPE,
+        "type": exposure_type,
         "start_time": start_time,
         "end_time": end_time,
         "engineering_quality": "OK",

@@ -2,9 +2,23 @@
 
 Each reftype is one :class:`ReferenceKind`: the roman_datamodels model, a
 description, and a builder turning the detector truth into the model's arrays
-(plus any selector metadata CRDS matches on). A new reftype (FLAT, DARK,
-LINEARITY, REFPIX, DISTORTION, PHOTOM) is one more builder in
-:data:`REFERENCE_KINDS`.
+(plus any selector metadata CRDS matches on). A new reftype is one more builder
+in :data:`REFERENCE_KINDS`. Kinds that CRDS selects by optical element as well
+as detector (DISTORTION, FLAT: their rmaps' parkeys are DETECTOR and
+OPTICAL_ELEMENT) are made once per optical element of the campaign; PHOTOM
+(parkey DETECTOR) holds every element in one table. DARK and READNOISE (parkeys
+DETECTOR and EXPOSURE.TYPE) match both WFI_IMAGE and WFI_SPECTRAL exposures
+(``p_exptype``).
+
+Contents of the image-calibration references (units in the model's schema):
+
+DISTORTION  ``coordinate_distortion_transform``: ``wfisim.pointing.distortion_model``,
+            Level 2 pixel (0-based, of the simulated (N-8)^2 image) -> (v2, v3) arcsec
+            from the SIAF, with ``.inverse``; ``meta.input_units`` "pixel",
+            ``meta.output_units`` "arcsec"; the same transform for every optical element.
+FLAT        ``data``/``err``/``dq`` from ``wfisim.flat`` (true flat x nominal gain / gain,
+            a few NaN and 0 pixels), per imaging filter.
+PHOTOM      ``phot_table`` from ``wfisim.photometry``.
 
 Files are named ``roman_wfi_<reftype>_<NNNN>.asdf`` (seed, "Reference File Naming
 Convention"), NNNN one past the highest version of that reftype already present
@@ -27,10 +41,14 @@ from roman_datamodels import datamodels
 from romanpipe.dqflags import pixel
 from romanpipe.products import write_atomic
 
-from .dark import DARK_REFERENCE_META, dark_reference_arrays
+from .dark import DARK_REFERENCE_META, SCIENCE_EXPOSURE_TYPES, dark_reference_arrays
 from .detector import DetectorModel, detector_key
+from .flat import flat_reference_arrays
 from .nonlinearity import linearity_reference_arrays, nonlinear_response, saturation_threshold
+from .photometry import photom_reference_arrays
+from .pointing import distortion_model
 from .refpix_effects import REFPIX_DESCRIPTION, build_refpix_reference, fits_readout_layout
+from .scene import PIVOT_WAVELENGTH_UM
 
 AUTHOR = "wfisim"
 ORIGIN = "Roman WFI workflow simulator"
@@ -38,7 +56,9 @@ PEDIGREE = "SIMULATION"
 # Pixels per detector whose SATURATION threshold is unknown (NaN) or not to be checked.
 UNCHECKED_SATURATION_FRACTION = 1e-4
 
-Builder = Callable[[DetectorModel, np.random.Generator], dict]
+Builder = Callable[..., dict]  # (detector, rng) or, per optical element, (detector, rng, element)
+IMAGING_ELEMENTS = frozenset(PIVOT_WAVELENGTH_UM)
+SPECTRAL_ELEMENTS = frozenset({"GRISM", "PRISM"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,11 @@ class ReferenceKind:
     # Shape for create_fake_data when the model's arrays are not (nrows, ncols): its
     # placeholder arrays are replaced anyway, and a full-size one would cost gigabytes.
     placeholder_shape: tuple[int, ...] | None = None
+    # Kinds selected by optical element: the elements they are made for; None: one per detector.
+    optical_elements: frozenset[str] | None = None
+
+    def made_for(self, optical_element: str) -> bool:
+        return self.optical_elements is not None and optical_element.upper() in self.optical_elements
 
 
 def _mask(detector: DetectorModel, rng: np.random.Generator) -> dict:
@@ -79,6 +104,10 @@ def _readnoise(detector: DetectorModel, rng: np.random.Generator) -> dict:
     return {"data": detector.read_noise.astype(np.float32)}
 
 
+def _distortion(detector: DetectorModel, rng: np.random.Generator, optical_element: str) -> dict:
+    return {"coordinate_distortion_transform": distortion_model(detector.name, detector.shape).copy()}
+
+
 REFERENCE_KINDS: dict[str, ReferenceKind] = {
     kind.reftype: kind
     for kind in (
@@ -90,7 +119,7 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
         ReferenceKind("gain", datamodels.GainRefModel, "Simulated gain (e/DN).", _gain),
         ReferenceKind("readnoise", datamodels.ReadnoiseRefModel,
                       "Simulated read noise (DN per read).", _readnoise,
-                      meta={"exposure": {"type": "WFI_IMAGE", "p_exptype": "WFI_IMAGE|"}}),
+                      meta={"exposure": {"type": "WFI_IMAGE", "p_exptype": SCIENCE_EXPOSURE_TYPES}}),
         ReferenceKind("linearity", datamodels.LinearityRefModel,
                       "Simulated classic nonlinearity: bias + P(F - bias) as a polynomial in raw DN F; "
                       "some pixels NaN or NO_LIN_CORR.", linearity_reference_arrays),
@@ -99,6 +128,17 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
                       dark_reference_arrays, meta=DARK_REFERENCE_META),
         ReferenceKind("refpix", datamodels.RefpixRefModel, REFPIX_DESCRIPTION, build_refpix_reference,
                       placeholder_shape=(1, 1)),
+        ReferenceKind("distortion", datamodels.DistortionRefModel,
+                      "Roman SIAF (pysiaf) distortion of the simulated cutout: "
+                      "Level 2 pixel -> V2/V3 (arcsec).",
+                      _distortion, meta={"input_units": "pixel", "output_units": "arcsec"},
+                      placeholder_shape=(1, 1), optical_elements=IMAGING_ELEMENTS | SPECTRAL_ELEMENTS),
+        ReferenceKind("flat", datamodels.FlatRefModel,
+                      "Simulated flat: true response x nominal gain / pixel gain; a few NaN and 0 pixels.",
+                      flat_reference_arrays, optical_elements=IMAGING_ELEMENTS),
+        ReferenceKind("photom", datamodels.WfiImgPhotomRefModel,
+                      "Simulated photometric calibration: MJy/sr per DN/s of the flat-fielded data.",
+                      photom_reference_arrays, placeholder_shape=(1, 1)),
     )
 }
 DEFAULT_REFTYPES = tuple(REFERENCE_KINDS)
@@ -110,17 +150,33 @@ def reftypes_for(detector: DetectorModel) -> tuple[str, ...]:
                  if reftype != "refpix" or fits_readout_layout(detector.shape))
 
 
-def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | str):
-    """The ``reftype`` reference model of ``detector``, valid from ``useafter``."""
+def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | str,
+                   optical_element: str | None = None):
+    """The ``reftype`` reference model of ``detector``, valid from ``useafter``.
+
+    ``optical_element``: required by (and only by) the kinds selected by optical element.
+    """
     try:
         kind = REFERENCE_KINDS[reftype.lower()]
     except KeyError:
         raise ValueError(f"no reference factory for {reftype!r}; "
                          f"known: {', '.join(REFERENCE_KINDS)}") from None
-    # Each reftype has its own stream, so adding a reftype leaves the others unchanged.
+    if (kind.optical_elements is None) != (optical_element is None):
+        raise ValueError(f"{kind.reftype}: " + ("no optical element" if kind.optical_elements is None
+                                                 else "an optical element is required"))
+    if optical_element is not None and not kind.made_for(optical_element):
+        raise ValueError(f"{kind.reftype}: no reference for optical element {optical_element!r}")
+    # Each reftype (and optical element) has its own stream, so adding one leaves the others unchanged.
     stream = [detector.seed, detector_key(detector.name), zlib.crc32(kind.reftype.encode())]
+    if optical_element is not None:
+        stream.append(zlib.crc32(optical_element.upper().encode()))
     rng = np.random.default_rng(np.random.SeedSequence(stream))
-    arrays = kind.build(detector, rng)
+    if optical_element is None:
+        arrays = kind.build(detector, rng)
+        instrument = kind.meta.get("instrument", {})
+    else:
+        arrays = kind.build(detector, rng, optical_element.upper())
+        instrument = {**kind.meta.get("instrument", {}), "optical_element": optical_element.upper()}
 
     model = kind.model.create_fake_data(shape=kind.placeholder_shape or detector.shape)
     model.meta.update({
@@ -131,7 +187,7 @@ def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | st
         "useafter": Time(useafter, format="isot", scale="utc"),
         "telescope": "ROMAN",
         "origin": ORIGIN,
-        "instrument": {"name": "WFI", "detector": detector.name, **kind.meta.get("instrument", {})},
+        "instrument": {"name": "WFI", "detector": detector.name, **instrument},
         **{key: value for key, value in kind.meta.items() if key != "instrument"},
     })
     for name, array in arrays.items():
@@ -140,18 +196,26 @@ def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | st
 
 
 def write_references(detector: DetectorModel, directory: str | Path, *, useafter: Time | str,
-                     reftypes: Iterable[str] | None = None,
+                     reftypes: Iterable[str] | None = None, optical_elements: Iterable[str] = (),
                      also_taken: Iterable[str | Path] = ()) -> list[Path]:
-    """Write one reference of each of ``reftypes`` for ``detector``; return their paths.
+    """Write the references of ``reftypes`` for ``detector``; return their paths.
 
-    ``reftypes`` defaults to all the detector's size allows; ``also_taken``: further
-    folders whose names count as used (e.g. the CRDS cache's).
+    ``reftypes`` defaults to all the detector's size allows. A kind selected by
+    optical element gets one file per element of ``optical_elements`` it is made
+    for (none if there are none); ``also_taken``: further folders whose names count
+    as used (e.g. the CRDS cache's).
     """
     also_taken = list(also_taken)
+    elements = [element.upper() for element in optical_elements]
     reftypes = reftypes_for(detector) if reftypes is None else reftypes
-    return [write_atomic(make_reference(reftype, detector, useafter=useafter),
-                         next_reference_path(directory, reftype, *also_taken))
-            for reftype in reftypes]
+    paths = []
+    for reftype in reftypes:
+        kind = REFERENCE_KINDS[reftype.lower()]
+        for element in ([None] if kind.optical_elements is None
+                        else [element for element in elements if kind.made_for(element)]):
+            model = make_reference(reftype, detector, useafter=useafter, optical_element=element)
+            paths.append(write_atomic(model, next_reference_path(directory, reftype, *also_taken)))
+    return paths
 
 
 def next_reference_path(directory: str | Path, reftype: str, *also_taken: str | Path) -> Path:

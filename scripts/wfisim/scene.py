@@ -116,3 +116,15 @@ def saturating_flux_range(full_well: float, exposure_time: float, fwhm_pixels: f
 def _log_uniform(rng: np.random.Generator, limits, size: int) -> np.ndarray:
     low, high = limits
     return np.exp(rng.uniform(math.log(low), math.log(high), size))
+
+
+def dispersed_catalog(catalog: Catalog, first_pixel: float, last_pixel: float,
+                      step_pixels: float = 0.25) -> Catalog:
+    """Each star of ``catalog`` as a row of points from ``y + first_pixel`` to ``y + last_pixel``.
+
+    The star's flux is shared evenly among the points: a short spectrum of flat
+    spectral density, dispersed along the columns.
+    """
+    offsets = np.arange(first_pixel, last_pixel + step_pixels / 2, step_pixels)
+    return Catalog(np.repeat(catalog.x, offsets.size), (catalog.y[:, None] + offsets).ravel(),
+                   np.repeat(catalog.flux / offsets.size, offsets.size))
