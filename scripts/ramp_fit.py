@@ -2,7 +2,8 @@
 
 Seed, "Ramp Fitting": ``algorithm=ols_cas22`` (default) fits uneven ramps after
 Casertano et al. (2022) with the integrated jump detection (``use_ramp_jump_detection``,
-thresholds ``threshold_intercept`` / ``threshold_constant``); ``algorithm=ols`` fits even
+thresholds ``threshold_intercept`` / ``threshold_constant``; the documented queue and
+threshold, each candidate's significance from exact variances); ``algorithm=ols`` fits even
 ramps after Fixsen et al. (2000) and can write the per-segment ``_fitopt`` product
 (``save_opt``, ``opt_name``). The formulas are in ``rampfit_kernels.cas22`` and
 ``rampfit_kernels.ols``. GAIN (e/DN) turns DN into electrons for the noise model,
@@ -37,6 +38,7 @@ from rampfit_kernels.ols import SegmentFits, fit_ramps_ols
 from rampfit_kernels.pixelwise import RampFit
 from romanpipe import cli, dqflags
 from romanpipe.cores import worker_count
+from romanpipe.detector import BORDER, science_pixels
 from romanpipe.errors import InputFileError, NoScienceDataError
 from romanpipe.naming import product_name
 from romanpipe.products import open_model, plain_array, write_atomic
@@ -45,7 +47,6 @@ from romanpipe.steprun import parse_step_args, reference_file, write_product
 log = logging.getLogger("ramp_fit")
 
 STEP = "ramp_fit"
-BORDER = 4  # reference pixels on every side of the science array
 REFERENCE_MODELS = {
     "gain": datamodels.GainRefModel,
     "readnoise": datamodels.ReadnoiseRefModel,
@@ -55,11 +56,6 @@ CARRIED_ARRAYS = ("amp33", "border_ref_pix_left", "border_ref_pix_right", "borde
                   "border_ref_pix_bottom", "dq_border_ref_pix_left", "dq_border_ref_pix_right",
                   "dq_border_ref_pix_top", "dq_border_ref_pix_bottom")
 PHOTOMETRY_KEYS = ("conversion_megajanskys", "conversion_megajanskys_uncertainty", "pixel_area")
-
-
-def science_pixels(array: np.ndarray) -> np.ndarray:
-    """The view of the last two axes inside the reference border."""
-    return array[..., BORDER:-BORDER, BORDER:-BORDER]
 
 
 def image_model(ramp, fit: RampFit):

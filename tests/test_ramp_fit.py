@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import roman_datamodels as rdm
 from roman_datamodels import datamodels
+from scipy.stats import norm
 
 import dq_init
 import ramp_fit
@@ -84,9 +85,12 @@ def column(*values):
 
 
 def bracketing_noise(rates, table, jump_read):
-    """Noise (e) of the resultant difference that contains a jump at ``jump_read``.
+    """The "sigma" of a jump at ``jump_read`` (e): the noise of the resultant difference holding all of it.
 
-    The jump lands in resultant k; R_{k+1} - R_{k-1} (clipped to the ramp) holds all of it.
+    The jump lands in resultant k, and R_k holds all of it or a part, depending on the read;
+    R_{k+1} - R_{k-1} (R_k - R_{k-1} for the last resultant) holds all of it wherever it
+    lands. Its noise at the pixel's true rate F: sqrt(sigma^2 (1/N_{k-1} + 1/N_{k+1}) +
+    F (tau_{k-1} + tau_{k+1} - 2 t_{k-1})), the read noise sigma in electrons.
     """
     times = resultant_times(table.read_pattern_lists(), table.frame_time)
     last_reads = np.array([reads[-1] for reads in table.read_pattern])
@@ -95,6 +99,39 @@ def bracketing_noise(rates, table, jump_read):
     n, tau, t = times.read_count, times.poisson_factor, times.mean_time
     read_variance = (READ_NOISE * GAIN) ** 2 * (1 / n[before] + 1 / n[after])
     return np.sqrt(read_variance + rates * (tau[before] + tau[after] - 2 * t[before]))
+
+
+def resultant_covariance(rates, table):
+    """(npix, n, n) covariance of the resultants in e^2: sigma^2/N_i + F tau_i, F t_min off the diagonal."""
+    times = resultant_times(table.read_pattern_lists(), table.frame_time)
+    covariance = rates[:, None, None] * np.minimum.outer(times.mean_time, times.mean_time)
+    diagonal = np.arange(table.nresultants)
+    covariance[:, diagonal, diagonal] = rates[:, None] * times.poisson_factor + (READ_NOISE * GAIN) ** 2 / (
+        times.read_count)
+    return covariance
+
+
+def known_position_detection(rates, table, jump_read, charge):
+    """Mean chance that a jump is found by the best test that knows its read and the true rate.
+
+    That test (generalised least squares of a step of known shape g on top of a free
+    pedestal and slope) sees the jump at charge sqrt(g' P g) sigma, P = C^-1 - C^-1 X
+    (X' C^-1 X)^-1 X' C^-1 with X = [1, t]; g_i is the fraction of the reads of R_i at or
+    after ``jump_read``. It finds it with probability Phi(that - threshold(F)), the
+    documented threshold at the true rate. No detector can do much better.
+    """
+    times = resultant_times(table.read_pattern_lists(), table.frame_time)
+    inverse = np.linalg.inv(resultant_covariance(rates, table))
+    design = np.stack([np.ones(table.nresultants), times.mean_time], axis=1)
+    projected = inverse @ design
+    nuisance = projected @ np.linalg.inv(design.T @ projected) @ projected.transpose(0, 2, 1)
+    share_after = np.array([[np.mean(np.asarray(reads) >= read) for reads in table.read_pattern]
+                            for read in range(table.last_read + 1)])
+    shape = share_after[jump_read]
+    information = np.einsum("pi,pij,pj->p", shape, inverse - nuisance, shape)
+    thresholds = cas22.DEFAULT_THRESHOLD_INTERCEPT - cas22.DEFAULT_THRESHOLD_CONSTANT * np.log10(
+        np.clip(rates, *cas22.THRESHOLD_RATE_RANGE))
+    return float(np.mean(norm.cdf(charge * np.sqrt(information) - thresholds)))
 
 
 SMALL_TABLE = MaTable("SMALL", 1, ((1,), (2, 3), (4, 5, 6, 7), (8,)), frame_time=2.0)
@@ -198,32 +235,120 @@ def test_end_point_power_choice_is_biased_where_our_default_is_not():
         assert low <= residual.mean() / residual.std() <= high, power_signal
 
 
-# The documented statistic compares local slopes with the fit of the whole ramp, which
-# absorbs part of a jump: on 6 resultants a jump in the middle of a 4- or 8-read resultant
-# must be ~30 sigma to be found at low flux (at 10 sigma 61 % are, at 0.1-1 e/s; stcal
-# finds the same). 16 resultants reach 99 % from 10 sigma.
-JUMP_SIGMAS = {"IMG_UNEVEN_6": 30.0, "IMG_UNEVEN_16": 10.0}
+# Share of 10-sigma jumps flagged, per flux decade of FLUX_DECADES (measured: 0.760, 0.855,
+# 0.980, 0.999, 1.000 on IMG_UNEVEN_6; >= 0.9999 on IMG_UNEVEN_16). Below 99 % only where
+# even a test knowing the jump's read and the rate finds fewer than 99 %: on 6 resultants a
+# jump in the middle of the 8-read R_3 looks like a steeper slope (at 0.3 e/s the best
+# possible test sees a "10-sigma" jump at read 12 at 2.6 sigma).
+JUMP_DETECTION_FLOORS = {"IMG_UNEVEN_6": (0.75, 0.845, 0.975, 0.99, 0.99), "IMG_UNEVEN_16": (0.99,) * 5}
 
 
 @pytest.mark.parametrize("table_name", UNEVEN_TABLES)
 def test_jumps_are_flagged_and_hit_pixels_stay_unbiased(table_name):
+    """>= 10-sigma cosmic rays (sigma: ``bracketing_noise``) at a random read after R_0, 0.1-10^4 e/s.
+
+    Per flux decade: the share flagged JUMP_DET reaches JUMP_DETECTION_FLOORS, 99 % wherever
+    a test knowing where the jump is could reach 99 %, and is within 3 points of that test
+    elsewhere; fewer than 0.1 % lose all their resultants; where >= 99 % are flagged the slopes of
+    the hit pixels are unbiased within 0.05 of their scatter. On IMG_UNEVEN_6 jumps of 30
+    sigma are flagged >= 99 % in every decade, with the same bound on the bias.
+    """
     table = MA_TABLES[table_name]
     rng = np.random.default_rng(77)
     first_read_after_r0 = table.read_pattern[0][-1] + 1  # a jump before R_1 is part of the pedestal
-    pulls = []
-    for decade in FLUX_DECADES:
-        rates = 10.0 ** rng.uniform(decade, decade + 1, 10_000)
-        jump_read = rng.integers(first_read_after_r0, table.last_read + 1, rates.size)
-        charge = JUMP_SIGMAS[table_name] * bracketing_noise(rates, table, jump_read)
-        fit = cas22_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge),
-                        table)
-        flagged = (fit.dq[0] & JUMP) != 0
-        assert flagged.mean() >= 0.99, f"{flagged.mean():.4f} flagged at 10^{decade} e/s"
-        fitted = np.isfinite(fit.slope[0])
-        assert fitted.mean() >= 0.98  # a jump next to a bright ramp's end can leave too little
-        residual = fit.slope[0][fitted] * GAIN - rates[fitted]
-        pulls.append(residual / residual.std())
-    assert abs(np.concatenate(pulls).mean()) <= 0.05
+    for sigmas in (10.0, 30.0) if table_name == "IMG_UNEVEN_6" else (10.0,):
+        for decade, floor in zip(FLUX_DECADES, JUMP_DETECTION_FLOORS[table_name], strict=True):
+            rates = 10.0 ** rng.uniform(decade, decade + 1, 40_000)
+            jump_read = rng.integers(first_read_after_r0, table.last_read + 1, rates.size)
+            charge = sigmas * bracketing_noise(rates, table, jump_read)
+            fit = cas22_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge),
+                            table)
+            where = f"{sigmas:.0f} sigma, 10^{decade} e/s"
+            flagged = np.mean((fit.dq[0] & JUMP) != 0)
+            best_possible = known_position_detection(rates, table, jump_read, charge)
+            log.info("%s %s: %.4f flagged, a test knowing the read: %.4f", table_name, where, flagged,
+                     best_possible)
+            required = floor if sigmas == 10.0 else 0.99
+            assert flagged >= required, f"{flagged:.4f} flagged, {where}"
+            assert required >= 0.99 or best_possible < 0.99, f"99 % is within reach, {where}"
+            assert flagged >= min(0.99, best_possible - 0.03), f"{flagged:.4f} / {best_possible:.4f}, {where}"
+            # A genuine threshold-level fluctuation in a short sub-ramp left by the jump can
+            # still take the rest (2 in 10^5 above 10^3 e/s; with the documented statistic's
+            # variance 0.5-1.3 % above 10 e/s on IMG_UNEVEN_6).
+            assert np.mean(np.isfinite(fit.slope[0])) >= 0.999, f"hit pixels without a slope, {where}"
+            if flagged >= 0.99:
+                fitted = np.isfinite(fit.slope[0])
+                residual = fit.slope[0][fitted] * GAIN - rates[fitted]
+                log.info("%s %s: bias %.4f of the scatter", table_name, where,
+                         residual.mean() / residual.std())
+                assert abs(residual.mean()) <= 0.05 * residual.std(), f"bias, {where}"
+
+
+def test_exact_jump_statistic_matches_a_direct_computation():
+    """The kernel's statistic against c' R / sqrt(c' C c) built from full covariance matrices.
+
+    For every local slope (single and double differences) the contrast c is u - K, u the
+    local slope's coefficients and K the segment's (tabulated) fit; at the most significant
+    one also u - K', K' the read-noise-weighted (P = 0) fits of the resultants on either
+    side with a common slope. C at F = max(slope, 0) of the slope subtracted. Segments of
+    four or more resultants: no contrast is zero.
+    """
+    table = MA_TABLES["IMG_UNEVEN_16"]
+    tables = build_tables(table.read_pattern_lists(), table.frame_time)
+    t, count = tables.mean_time, tables.read_count
+    n = t.size
+    read_variance = (READ_NOISE * GAIN) ** 2
+    rng = np.random.default_rng(21)
+
+    def signed_square(contrast, electrons, flux):
+        covariance = resultant_covariance(np.array([flux]), table)[0]
+        return (contrast @ electrons) * abs(contrast @ electrons) / (contrast @ covariance @ contrast)
+
+    def side_coefficients(first, last):
+        coefficients = np.zeros(n)
+        if last > first:
+            kept = np.arange(first, last + 1)
+            centred = t[kept] - np.sum(count[kept] * t[kept]) / count[kept].sum()
+            coefficients[kept] = count[kept] * centred  # w K of a P = 0 fit, w = sum N (t - t_bar)^2
+        return coefficients, np.sum(coefficients * t)
+
+    for _ in range(40):
+        first = int(rng.integers(0, n - 3))
+        last = int(rng.integers(first + 3, n))
+        power = int(rng.integers(0, cas22.WEIGHT_POWERS.size))
+        electrons = 500.0 + 10 ** rng.uniform(-1, 4) * t + rng.normal(0.0, 40.0, n)
+        electrons[int(rng.integers(first + 1, last + 1)):] += rng.uniform(0.0, 300.0)
+        fit = np.zeros(n)
+        offset = tables.segment_offset[first, last]
+        fit[first:last + 1] = tables.coefficients[power, offset:offset + last - first + 1]
+        slope = fit @ electrons
+        statistics = {}
+        for i in range(first, last):
+            for j in range(i + 1, min(i + 3, last + 1)):
+                local = np.zeros(n)
+                local[[i, j]] = np.array([-1.0, 1.0]) / (t[j] - t[i])
+                statistics[i, j] = signed_square(local - fit, electrons, max(slope, 0.0))
+        best_at = max(range(first, last), key=lambda i: max(statistics[i, j] for j in (i + 1, i + 2)
+                                                              if (i, j) in statistics))
+        best = max(statistics.values())
+        for j in range(best_at + 1, min(best_at + 3, last + 1)):
+            left, left_weight = side_coefficients(first, best_at)
+            right, right_weight = side_coefficients(j, last)
+            if left_weight + right_weight == 0.0:
+                continue
+            sides = (left + right) / (left_weight + right_weight)
+            local = np.zeros(n)
+            local[[best_at, j]] = np.array([-1.0, 1.0]) / (t[j] - t[best_at])
+            best = max(best, signed_square(local - sides, electrons, max(sides @ electrons, 0.0)))
+        at, statistic = cas22._largest_exact_excess(electrons, first, last, slope, power, read_variance,
+                                                    tables, np.empty((2, n)))
+        assert at == best_at
+        assert statistic == pytest.approx(best, rel=1e-8)
+
+
+def test_unknown_jump_statistic_is_an_error():
+    with pytest.raises(ValueError, match="jump_statistic"):
+        cas22_fit(column(1.0, 2.0, 3.0, 4.0), SMALL_TABLE, jump_statistic="median")
 
 
 def test_workers_do_not_change_the_result():
@@ -580,8 +705,11 @@ class CosmicRays(RampEffect):
 def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment):
     """Same ramp, same GAIN/READNOISE: romancal 1.1 RampFitStep(ols_cas22) against ours.
 
-    Ours with the documented power choice must match; our default differs where the
-    choice of P does (a 1 e/s sky on IMG_UNEVEN_6 sits on a table edge, see cas22).
+    Ours with the documented power choice and jump statistic must match; our default
+    differs where the choice of P does (a 1 e/s sky on IMG_UNEVEN_6 sits on a table edge,
+    see cas22) and where its exact jump statistic finds cosmic rays the documented one
+    misses: against the injected truth it must flag at least as many hit pixels as the
+    peer and no more pixels without a hit.
     """
     pytest.importorskip("romancal")
     from romancal.ramp_fitting import RampFitStep
@@ -591,8 +719,9 @@ def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment)
     rng = np.random.default_rng(4)
     bright = rng.random(detector.shape) < 0.05  # 5 % of the pixels 10-3000 e/s, the rest a 1 e/s sky
     sky_and_stars = np.where(bright, 10 ** rng.uniform(1, 3.5, detector.shape), 1.0)
+    cosmic_rays = CosmicRays(detector.shape, table.last_read, rng)
     ramp = simulate_ramp(detector.electron_rate(sky_and_stars), detector.science_readout(), table, seed=4,
-                         effects=[CosmicRays(detector.shape, table.last_read, rng)])
+                         effects=[cosmic_rays])
     level1 = make_level1(shape=ramp.resultants.shape, read_pattern=table.read_pattern_lists())
     level1.data = ramp.resultants
     level1.meta.exposure.frame_time = table.frame_time
@@ -620,7 +749,7 @@ def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment)
     documented = fit_ramps_cas22(np.asarray(ramp_model.data)[inner], ramp_model.groupdq[inner],
                                  np.asarray(ramp_model.pixeldq)[inner], detector.gain[inner],
                                  detector.read_noise[inner], None, table.read_pattern_lists(),
-                                 table.frame_time, power_signal="endpoints")
+                                 table.frame_time, power_signal="endpoints", jump_statistic="documented")
 
     cache = tmp_path / "crds_cache"  # romancal asks CRDS for a context even with overrides
     crds_cache.deliver(cache, [references["gain"], references["readnoise"]])
@@ -636,13 +765,22 @@ def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment)
     with rdm.open(ours_path) as ours:
         good = ((ours.dq & DNU) == 0) & ((peer.dq & DNU) == 0)
         default = np.abs(ours.data - peer.data)[good] / ours.err.astype(np.float32)[good]
-        default_jumps_agree = np.mean(((ours.dq & JUMP) != 0) == peer_jump)
+        ours_jump = (ours.dq & JUMP) != 0
+        same_flags = (ours_jump == peer_jump)[good]
+        default_jumps_agree = np.mean(ours_jump == peer_jump)
+    hit = cosmic_rays.charge[inner] > 0
+    log.info("jumps: %d hit pixels; ours flag %d of them and %d others, the peer %d and %d",
+             hit.sum(), (ours_jump & hit).sum(), (ours_jump & ~hit).sum(), (peer_jump & hit).sum(),
+             (peer_jump & ~hit).sum())
     same = np.abs(documented.slope - peer.data)[good] / documented.err[good]
     same_jumps_agree = np.mean(((documented.dq & JUMP) != 0) == peer_jump)
-    log.info("parity, documented power choice: median %.2e, 99.9 %% %.3f, jumps agree on %.5f",
+    log.info("parity, documented power choice and statistic: median %.2e, 99.9 %% %.3f, jumps agree on %.5f",
              np.median(same), np.percentile(same, 99.9), same_jumps_agree)
-    log.info("parity, default power choice: median %.2e, 99.9 %% %.3f, jumps agree on %.5f",
-             np.median(default), np.percentile(default, 99.9), default_jumps_agree)
+    log.info("parity, our defaults: median %.2e, 99.9 %% %.3f (%.3f where the jump flags agree), "
+             "jumps agree on %.5f", np.median(default), np.percentile(default, 99.9),
+             np.percentile(default[same_flags], 99.9), default_jumps_agree)
     assert good.mean() > 0.95 and peer_jump.mean() > 0.01  # fitted, and the cosmic rays are there
     assert np.median(same) <= 0.01 and np.percentile(same, 99.9) <= 0.1 and same_jumps_agree >= 0.995
     assert np.median(default) <= 0.01 and default_jumps_agree >= 0.995
+    assert (ours_jump & hit).sum() >= (peer_jump & hit).sum()
+    assert (ours_jump & ~hit).sum() <= (peer_jump & ~hit).sum()
