@@ -20,13 +20,13 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
+from romanpipe.detector import BORDER
 from romanpipe.products import open_level1, open_model, plain_array
 from romanpipe.steprun import parse_step_args, reference_file, write_product
 
 log = logging.getLogger("dq_init")
 
 STEP = "dq_init"
-BORDER = 4  # width of the reference-pixel border on every side (pixels)
 
 # Seed: guide-star data carry the MASK flags in "dq" instead of "pixeldq".
 GUIDE_STAR_EXPOSURE_TYPES = frozenset(

@@ -5,7 +5,9 @@ and the value 1.0 (as does any pixel the reference already flags NO_FLAT_FIELD);
 data and ERR are divided by the flat; VAR_POISSON and VAR_RNOISE by its square;
 VAR_FLAT = data_flattened^2 * (flat_err / flat)^2 (the seed's lost formula, as in
 romancal: the relative error of the flat applied to the corrected signal); ERR
-becomes sqrt(VAR_POISSON + VAR_RNOISE + VAR_FLAT); the flat's DQ is OR-ed in.
+becomes sqrt(VAR_POISSON + VAR_RNOISE + VAR_FLAT); the flat's DQ is OR-ed in. A FLAT
+covering the whole readout (4096 x 4096, as the seed describes it) loses its
+reference border to match the image.
 ``include_var_flat=False`` leaves VAR_FLAT zero and ERR without it (romancal's
 default; ours follows the seed).
 
@@ -22,6 +24,7 @@ import numpy as np
 from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
+from romanpipe.detector import matching_science_area
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
@@ -70,11 +73,13 @@ def main(argv=None) -> None:
     image = open_model(args.input, (datamodels.ImageModel,))
     flat_path = reference_file("flat", parameters, image)
     with open_model(flat_path, (datamodels.FlatRefModel,)) as reference:
+        shape = np.shape(image.data)
         try:
+            flat, flat_err, flat_dq = (matching_science_area(np.asarray(reference[name]), shape)
+                                       for name in ("data", "err", "dq"))
             result = apply_flat(np.asarray(image.data), np.asarray(image.dq),
                                 np.asarray(image.var_poisson), np.asarray(image.var_rnoise),
-                                np.asarray(reference.data), np.asarray(reference.err),
-                                np.asarray(reference.dq), include_var_flat=parameters["include_var_flat"])
+                                flat, flat_err, flat_dq, include_var_flat=parameters["include_var_flat"])
         except ValueError as err:
             raise InputFileError(flat_path, str(err)) from None
     output = image.copy()

@@ -57,6 +57,7 @@ from asdf.tags.core.ndarray import NDArrayType
 from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
+from romanpipe.detector import BORDER
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
@@ -65,7 +66,6 @@ log = logging.getLogger("refpix")
 
 STEP = "refpix"
 N_AMPLIFIERS = 32  # science outputs; amp33 is read in step with them
-BORDER = 4  # reference-pixel border width: reference rows at top and bottom, columns left and right
 ROW_OVERHEAD = 12  # idle pixel times at the end of every row, as romancal models the readout
 COSINE_HALF_WIDTH = N_AMPLIFIERS // 2  # romancal's interpolation kernel is as long as the amplifier count
 FOURIER_FILL_ROUNDS = 3  # romancal's number of low-pass rounds

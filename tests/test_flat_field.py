@@ -8,6 +8,7 @@ from roman_datamodels import datamodels
 import flat_field
 from conftest import EXPO
 from flat_field import apply_flat
+from romanpipe.detector import matching_science_area
 
 NO_FLAT_FIELD = 2**18
 HOT = 2**11
@@ -108,3 +109,11 @@ def test_cli_product_reopens_with_flat_variance(tmp_path):
         assert float(product.var_flat[1, 1]) == pytest.approx(16 * 0.01, rel=1e-3)
         assert float(product.err[1, 1]) == pytest.approx(np.sqrt(1.0 + 0.25 + 0.16), rel=1e-3)
         assert product.dq[0, 0] & NO_FLAT_FIELD
+
+
+def test_full_readout_flat_loses_its_border_other_shapes_fail():
+    full = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    np.testing.assert_array_equal(matching_science_area(full, (8, 8)), full[4:12, 4:12])
+    assert matching_science_area(full, (16, 16)) is full
+    with pytest.raises(ValueError, match=r"\(16, 16\)"):
+        matching_science_area(full, (10, 10))
