@@ -2,9 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
+import roman_datamodels as rdm
+from roman_datamodels import datamodels
 
 import asn_from_list as asn_from_list_cli
+import skymatch
 from romanpipe.association import (
     asn_from_list,
     association_name,
@@ -75,3 +79,19 @@ def test_bad_association_files_name_the_problem(tmp_path, content, reason):
     path.write_text(content)
     with pytest.raises(InputFileError, match=reason):
         read_association(path)
+
+
+def test_skip_on_an_association_passes_every_member_on_as_skipped(tmp_path):
+    for name in ("a", "b"):
+        image = datamodels.ImageModel.create_fake_data(shape=(3, 3))
+        image.data = np.full((3, 3), 7.0, np.float32)
+        image.to_asdf(tmp_path / f"{name}_flux.asdf")
+    asn = write_association(asn_from_list(["a_flux.asdf", "b_flux.asdf"], "m"), tmp_path / "m_flux_asn.json")
+    output = tmp_path / "out" / "m_skymatch_asn.json"
+    assert skymatch.cli.run(skymatch.main, [str(asn), str(output), "--skip", "true"]) == 0
+    members = read_association(output).members()
+    assert [p.name for p in members] == ["a_skymatch.asdf", "b_skymatch.asdf"]
+    for path in members:
+        with rdm.open(path) as product:
+            assert product.meta.cal_step.skymatch == "SKIPPED"
+            assert product.data[1, 1] == 7.0

@@ -12,15 +12,16 @@ import logging
 import subprocess
 from collections.abc import Iterable
 from functools import cache
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from . import params as step_params
 from . import refs
-from .association import Association, write_association
+from .association import Association, read_association, write_association
 from .cli import setup_logging
 from .errors import InputFileError, StepSkipped
-from .naming import product_name
+from .naming import STEP_SUFFIX, product_name
 from .products import COMPLETE, SKIPPED, file_sha256, open_model, set_cal_step, write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,13 @@ def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Na
     log.info("%s parameters: %s", step, values)
     if values.get("skip"):
         # By hand as in a pipeline: the input goes on unchanged and says so in cal_step.
-        write_product(open_model(args.input), args.output, step, args, values, status=SKIPPED)
+        if args.input.suffix == ".json":
+            association = read_association(args.input)
+            write_association_products((open_model(path) for path in association.members()), association,
+                                       args.output, step, STEP_SUFFIX[step], args, values,
+                                       statuses=repeat(SKIPPED))
+        else:
+            write_product(open_model(args.input), args.output, step, args, values, status=SKIPPED)
         raise StepSkipped(f"{step} skipped: {args.input} passed on as {args.output}")
     return args, values
 
@@ -101,18 +108,23 @@ def write_product(model, output: Path, step: str, args: argparse.Namespace,
 
 def write_association_products(models: Iterable, association: Association, output: Path, step: str,
                                suffix: str, args: argparse.Namespace, parameters: dict[str, Any],
-                               references: dict[str, Path] | None = None) -> Path:
+                               references: dict[str, Path] | None = None,
+                               statuses: Iterable[str] | None = None) -> Path:
     """A high-level step's outputs: one product per member beside ``output``, then ``output``.
 
     ``models`` (a list, or a generator so that one member at a time is in memory) are in
     the order of ``association.members()``; each member's product is named from its input
-    with ``suffix``. The output association, written last, lists them with the input's
-    metadata, so a reader that finds it finds every member.
+    with ``suffix`` and its cal_step records its entry of ``statuses`` (default COMPLETE).
+    The output association, written last, lists them with the input's metadata, so a
+    reader that finds it finds every member.
     """
     members = association.members()
+    statuses = repeat(COMPLETE) if statuses is None else statuses
     written = [write_product(model, product_name(member, suffix, output.parent), step, args,
-                             parameters, references)
-               for model, member in zip(models, members, strict=True)]
+                             parameters, references, status=status)
+               for model, member, status in zip(models, members, statuses, strict=False)]
+    if len(written) != len(members):
+        raise ValueError(f"{len(written)} products for {len(members)} members of {association.path}")
     tree = dict(association.tree)
     tree["products"] = [{"name": association.product_name,
                          "members": [{"expname": path.name, "exptype": "science"} for path in written]}]

@@ -1,0 +1,309 @@
+"""outlier_detection: flag cosmic rays and other outliers left in a stack of dithered Level 2 images.
+
+Seed, "Outlier Detection": each exposure (all its detectors, a "grouped mosaic")
+is drizzled onto one common grid (``weight_type``, ``pixfrac``, ``kernel``,
+``fillval``, ``good_bits``); pixels weighing less than ``maskpt`` times the mean
+weight are dropped and the rest combined into a median image that ignores the
+``nlow`` lowest and ``nhigh`` highest values of each pixel. The median is blotted
+back onto every input and a pixel is an outlier where
+
+    |input - blot - background| > scale * derivative(blot) + snr * err
+
+with the derivative the largest absolute difference between a blot pixel and
+its four neighbours: the first (``snr``, ``scale``) pair finds the outliers and
+the second, lower pair flags their neighbours within ``grow`` pixels. The
+background is the sky level skymatch recorded without subtracting, else
+``backg``. Outliers get DQ OUTLIER and DO_NOT_USE. With ``resample_data=false``
+the median of the unresampled inputs is compared directly. ``in_memory=false``
+keeps the grouped mosaics on disk and computes the median one section of rows
+at a time (the seed's memory model); ``allowed_memory`` (or
+DMODEL_ALLOWED_MEMORY) refuses work arrays larger than that fraction of the
+available memory; ``save_intermediate_results`` also writes the ``_outlier_i2d``,
+``_median`` and ``_blot`` products.
+
+    python scripts/outlier_detection.py r..._asn.json r..._outlier_detection_asn.json [--snr "5 4"]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from roman_datamodels import datamodels
+from scipy import ndimage
+
+from romanpipe import cli, dqflags, drizzling
+from romanpipe.association import Association, read_association, write_association
+from romanpipe.errors import InputFileError, NoScienceDataError, ParameterError
+from romanpipe.naming import STEP_SUFFIX, product_name
+from romanpipe.products import SKIPPED, open_model
+from romanpipe.steprun import parse_step_args, write_association_products, write_product
+
+log = logging.getLogger("outlier_detection")
+
+STEP = "outlier_detection"
+# Values of each grouped mosaic read per section of the median (the seed's "1Mb of each input").
+SECTION_BYTES = 1 << 20
+
+Intermediate = Callable[..., None]
+
+
+def parse_two(text: str, name: str) -> tuple[float, float]:
+    """The seed's ``"4.0 3.0"`` form: two numbers for the detection and the neighbour pass."""
+    try:
+        first, second = (float(v) for v in str(text).replace(",", " ").split())
+    except ValueError:
+        raise ParameterError(f"{name}: expected two numbers like '4.0 3.0', got {text!r}") from None
+    return first, second
+
+
+def clipped_median(stack: np.ndarray, nlow: int = 0, nhigh: int = 0) -> np.ndarray:
+    """Median along axis 0 of the finite values left after dropping the nlow lowest and nhigh highest.
+
+    NaN where fewer than nlow + nhigh + 1 values are finite.
+    """
+    ordered = np.sort(stack, axis=0)                     # NaN sorts last
+    count = np.isfinite(stack).sum(axis=0)
+    kept = count - nlow - nhigh
+    valid = kept >= 1
+    low = np.where(valid, nlow + (kept - 1) // 2, 0)[None]
+    high = np.where(valid, nlow + kept // 2, 0)[None]
+    median = (np.take_along_axis(ordered, low, axis=0)[0] + np.take_along_axis(ordered, high, axis=0)[0])
+    median *= np.float32(0.5)
+    median[~valid] = np.nan
+    return median.astype(np.float32, copy=False)
+
+
+def sectioned_median(images: Sequence[np.ndarray], nlow: int, nhigh: int) -> np.ndarray:
+    """clipped_median of equally shaped 2-D images, reading one section of rows of each at a time.
+
+    With memory-mapped images only the output and a section (SECTION_BYTES per
+    image) are in memory; with in-memory images the result is the same.
+    """
+    ny, nx = images[0].shape
+    rows = max(1, SECTION_BYTES // (4 * nx))
+    median = np.empty((ny, nx), dtype=np.float32)
+    for start in range(0, ny, rows):
+        section = np.stack([np.asarray(image[start:start + rows], dtype=np.float32) for image in images])
+        median[start:start + rows] = clipped_median(section, nlow, nhigh)
+    return median
+
+
+def abs_derivative(image: np.ndarray) -> np.ndarray:
+    """Largest absolute difference between each pixel and its four neighbours (NaN neighbours skipped)."""
+    derivative = np.zeros_like(image, dtype=np.float32)
+    for axis in (0, 1):
+        difference = np.abs(np.diff(image, axis=axis))
+        difference[~np.isfinite(difference)] = 0
+        before = [slice(None)] * 2
+        after = [slice(None)] * 2
+        before[axis], after[axis] = slice(None, -1), slice(1, None)
+        np.maximum(derivative[tuple(before)], difference, out=derivative[tuple(before)])
+        np.maximum(derivative[tuple(after)], difference, out=derivative[tuple(after)])
+    derivative[np.isnan(image)] = np.nan
+    return derivative
+
+
+def outlier_mask(data, err, blot, *, snr: tuple[float, float], scale: tuple[float, float],
+                 background: float = 0.0, grow: int = 1) -> np.ndarray:
+    """The seed's two-pass rule: detections at (snr[0], scale[0]), their neighbours within ``grow``
+    pixels kept where they pass (snr[1], scale[1])."""
+    noise = np.nan_to_num(np.asarray(err, dtype=np.float32))
+    derivative = abs_derivative(blot)
+    difference = np.abs(np.asarray(data, dtype=np.float32) - blot - np.float32(background))
+    with np.errstate(invalid="ignore"):
+        detected = difference > scale[0] * derivative + snr[0] * noise
+        neighbours = difference > scale[1] * derivative + snr[1] * noise
+    if grow > 0:
+        detected = ndimage.binary_dilation(detected, structure=np.ones((2 * grow + 1,) * 2, bool))
+    return detected & neighbours
+
+
+def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
+                  scratch_dir: Path | None = None, intermediate: Intermediate | None = None) -> list:
+    """Flat indices of the outlier pixels of each exposure (inputs are not modified).
+
+    ``scratch_dir`` holds the grouped mosaics when ``in_memory`` is false;
+    ``intermediate(kind, index, array_or_mosaic, wcs)`` receives the grouped
+    mosaics ("outlier_i2d"), the median ("median") and the blots ("blot").
+    """
+    snr = parse_two(parameters["snr"], "snr")
+    scale = parse_two(parameters["scale"], "scale")
+    with ExitStack() as stack:
+        scratch = stack.enter_context(drizzling.scratch_space(parameters["in_memory"], scratch_dir))
+        if parameters["resample_data"]:
+            median, grid = _resampled_median(exposures, parameters, scratch, intermediate)
+        else:
+            median, grid = _unresampled_median(exposures, parameters, scratch)
+    if intermediate:
+        intermediate("median", 0, median, grid)
+    fill = drizzling.parse_fillval(parameters["fillval"])
+    outliers = []
+    for index, exposure in enumerate(exposures):
+        if parameters["resample_data"]:
+            blotted = drizzling.blot(median, drizzling.pixel_map(exposure.wcs, exposure.shape, grid),
+                                     fillval=0.0 if fill is None else fill)
+            if intermediate:
+                intermediate("blot", index, blotted, exposure.wcs)
+        else:
+            blotted = median
+        background = exposure.sky_level if exposure.sky_level else parameters["backg"]
+        mask = outlier_mask(exposure.data, exposure.err if exposure.err is not None else 0.0, blotted,
+                            snr=snr, scale=scale, background=background, grow=parameters["grow"])
+        outliers.append(np.flatnonzero(mask))
+        log.info("%s: %d outliers (%.3f%% of the pixels)", exposure.name, outliers[-1].size,
+                 100.0 * outliers[-1].size / mask.size)
+    return outliers
+
+
+def _resampled_median(exposures, parameters, scratch, intermediate):
+    """Drizzle each exposure group onto a common grid, mask low weights, and take the median."""
+    grid, _ = drizzling.make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures])
+    groups: dict[str, list[int]] = {}
+    for index, exposure in enumerate(exposures):
+        groups.setdefault(exposure.group, []).append(index)
+    shape = tuple(grid.array_shape)
+    kept_at_once = len(groups) if parameters["in_memory"] else 1
+    drizzling.check_memory(drizzling.mosaic_bytes(shape, 1, with_variances=False) * kept_at_once
+                           + 4 * int(np.prod(shape)), parameters["allowed_memory"],
+                           f"{kept_at_once} grouped mosaic(s) of {shape}")
+    log.info("median grid %d x %d pixels, %d exposure groups", shape[1], shape[0], len(groups))
+    resampled = []
+    for number, indices in enumerate(groups.values()):
+        mosaic = drizzling.resample(
+            (exposures[i] for i in indices), grid, n_inputs=len(indices), kernel=parameters["kernel"],
+            pixfrac=parameters["pixfrac"], fillval=parameters["fillval"],
+            weight_type=parameters["weight_type"], good_bits=parameters["good_bits"],
+            with_variances=False, with_context=intermediate is not None)
+        if intermediate:
+            intermediate("outlier_i2d", number, mosaic, grid)
+        data = scratch.array(shape, np.float32, np.nan)
+        low = mosaic.weight < drizzling.weight_threshold(mosaic.weight, parameters["maskpt"])
+        data[...] = np.where(low, np.float32(np.nan), mosaic.data)
+        resampled.append(data)
+    return sectioned_median(resampled, parameters["nlow"], parameters["nhigh"]), grid
+
+
+def _unresampled_median(exposures, parameters, scratch):
+    """The median of the inputs themselves (same shape and pointing), low weights masked."""
+    shapes = {e.shape for e in exposures}
+    if len(shapes) != 1:
+        raise ParameterError(f"resample_data=false needs inputs of one shape, got {sorted(shapes)}")
+    shape = shapes.pop()
+    kept_at_once = len(exposures) if parameters["in_memory"] else 1
+    drizzling.check_memory(4 * int(np.prod(shape)) * (kept_at_once + 1), parameters["allowed_memory"],
+                           f"{kept_at_once} input copies of {shape}")
+    images = []
+    for exposure in exposures:
+        weight = drizzling.drizzle_weight(exposure, parameters["weight_type"], parameters["good_bits"])
+        data = scratch.array(shape, np.float32, np.nan)
+        low = weight < drizzling.weight_threshold(weight, parameters["maskpt"])
+        data[...] = np.where(low, np.float32(np.nan),
+                             np.asarray(exposure.data, dtype=np.float32) - np.float32(exposure.sky_level))
+        images.append(data)
+    return sectioned_median(images, parameters["nlow"], parameters["nhigh"]), exposures[0].wcs
+
+
+# --------------------------------------------------------------------------- products
+
+def flagged_model(model, outliers: np.ndarray, good_bits):
+    """A copy of ``model`` whose DQ has OUTLIER and DO_NOT_USE at the outlier pixels."""
+    result = model.copy()
+    dq = np.array(result.dq, dtype=np.uint32)
+    dq.flat[outliers] |= np.uint32(dqflags.pixel.OUTLIER | dqflags.pixel.DO_NOT_USE)
+    result.dq = dq
+    result.meta["outlier_detection"] = {"good_bits": str(good_bits)}
+    return result
+
+
+class FlaggedProducts(Sequence):
+    """The output models, each made only when it is written (memory holds one at a time)."""
+
+    def __init__(self, models, outliers, good_bits):
+        self._models, self._outliers, self._good_bits = models, outliers, good_bits
+
+    def __len__(self):
+        return len(self._models)
+
+    def __getitem__(self, index):
+        return flagged_model(self._models[index], self._outliers[index], self._good_bits)
+
+
+def intermediate_writer(models, members: list[Path], association: Association, output: Path, args,
+                        parameters: dict) -> Intermediate:
+    """Write the grouped mosaics, the median and the blots beside ``output`` as Roman products."""
+    groups: dict[str, list[int]] = {}
+    for index, model in enumerate(models):
+        groups.setdefault(drizzling.exposure_group(model, index), []).append(index)
+    group_members = list(groups.values())
+
+    def as_mosaic_model(mosaic, inputs):
+        return drizzling.mosaic_model(mosaic, inputs, association_name=association.path.name,
+                                      good_bits=parameters["good_bits"],
+                                      weight_type=parameters["weight_type"], pixfrac=parameters["pixfrac"])
+
+    def write(kind: str, index: int, content, wcs) -> None:
+        if kind == "outlier_i2d":
+            indices = group_members[index]
+            model = as_mosaic_model(content, [models[i] for i in indices])
+            path = product_name(members[indices[0]], kind, output.parent)
+        elif kind == "median":
+            # Its weight is 1 where the median has a value.
+            mosaic = drizzling.Mosaic(data=content, weight=np.isfinite(content).astype(np.float32), wcs=wcs,
+                                      members=[m.name for m in members], groups=list(groups))
+            model = as_mosaic_model(mosaic, models)
+            asn_id = association.tree.get("asn_id")
+            base = Path(association.product_name).stem + (f"_{asn_id}" if asn_id else "")
+            path = product_name(base, kind, output.parent)
+        else:
+            model = models[index].copy()
+            model.data = np.asarray(content, dtype=np.float32)
+            path = product_name(members[index], kind, output.parent)
+        write_product(model, path, STEP, args, parameters)
+
+    return write
+
+
+def write_skipped(models, association: Association, output: Path, args, parameters: dict) -> None:
+    """Fewer than two inputs: each passes on unchanged, recorded as SKIPPED, and ``output`` lists them."""
+    written = [write_product(model, product_name(member, STEP_SUFFIX[STEP], output.parent), STEP, args,
+                             parameters, status=SKIPPED)
+               for model, member in zip(models, association.members(), strict=True)]
+    tree = dict(association.tree)
+    tree["products"] = [{"name": association.product_name,
+                         "members": [{"expname": path.name, "exptype": "science"} for path in written]}]
+    write_association(tree, output)
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    association = read_association(args.input)
+    members = association.members()
+    if not members:
+        raise NoScienceDataError(f"{args.input}: the association has no science members")
+    with ExitStack() as stack:
+        models = [stack.enter_context(open_model(path, (datamodels.ImageModel,),
+                                                 memmap=not parameters["in_memory"]))
+                  for path in members]
+        if len(models) < 2:
+            log.warning("outlier_detection skipped: at least two images are needed")
+            write_skipped(models, association, args.output, args, parameters)
+            return
+        try:
+            exposures = [drizzling.exposure_from_model(m, p.name, i)
+                         for i, (m, p) in enumerate(zip(models, members, strict=True))]
+        except ValueError as err:
+            raise InputFileError(args.input, f"a member cannot be resampled: {err}") from None
+        writer = (intermediate_writer(models, members, association, args.output, args, parameters)
+                  if parameters["save_intermediate_results"] else None)
+        outliers = flag_outliers(exposures, parameters, scratch_dir=args.output.parent, intermediate=writer)
+        write_association_products(FlaggedProducts(models, outliers, parameters["good_bits"]), association,
+                                   args.output, STEP, STEP_SUFFIX[STEP], args, parameters)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,428 @@
+"""source_detection: DAOStarFinder detections and Roman PSF fits on fields with injected truth."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import roman_datamodels as rdm
+from astropy.table import Table
+from roman_datamodels import datamodels
+from scipy.spatial import cKDTree
+
+import source_detection
+from romanpipe import cli, dqflags
+from wfisim.scene import FWHM_PER_SIGMA, Catalog, random_catalog, render_rate
+
+EXPO = "r0000101001001001001_01101_0001_WFI03"
+EXPOSURE_TIME = 140.0  # s: Poisson noise of the rate, in DN/s with a gain of 1
+READ_NOISE = 0.05  # DN/s
+SKY = 1.0  # DN/s
+DO_NOT_USE = int(dqflags.pixel.DO_NOT_USE)
+
+
+def observe(rate, seed):
+    """A noisy rate image (float32) and its ERR (float16) from a noiseless rate."""
+    rng = np.random.default_rng(seed)
+    data = rng.poisson(rate * EXPOSURE_TIME) / EXPOSURE_TIME + rng.normal(0.0, READ_NOISE, rate.shape)
+    err = np.sqrt(rate / EXPOSURE_TIME + READ_NOISE**2)
+    return data.astype(np.float32), err.astype(np.float16)
+
+
+def gaussian_snr(flux, fwhm):
+    """Signal-to-noise of an optimally weighted Gaussian star (noise-equivalent area 4 pi sigma^2)."""
+    sigma = fwhm / FWHM_PER_SIGMA
+    return flux / np.sqrt(flux / EXPOSURE_TIME + 4 * np.pi * sigma**2 * (SKY / EXPOSURE_TIME + READ_NOISE**2))
+
+
+def isolated(x, y, distance):
+    positions = np.c_[x, y]
+    nearest, _ = cKDTree(positions).query(positions, k=2)
+    return nearest[:, 1] > distance
+
+
+def match(catalog, x, y, radius=1.0):
+    """For each truth star: found?, index of the nearest detection."""
+    distance, index = cKDTree(np.c_[catalog["x"], catalog["y"]]).query(np.c_[x, y])
+    return distance < radius, index
+
+
+def centroid_rms(catalog, x, y, found, index):
+    dx = np.asarray(catalog["x"])[index[found]] - x[found]
+    dy = np.asarray(catalog["y"])[index[found]] - y[found]
+    return float(np.sqrt(np.mean(np.r_[dx, dy] ** 2)))
+
+
+# --- the filter's default kernel ------------------------------------------------------------
+
+@pytest.mark.parametrize(("element", "wavelength_um"), [("F062", 0.620), ("F158", 1.577), ("F213", 2.125)])
+def test_default_kernel_fwhm_is_the_diffraction_fwhm_and_one_pixel_in_quadrature(element, wavelength_um):
+    diffraction_arcsec = 1.03 * wavelength_um * 1e-6 / 2.36 * 180 / math.pi * 3600
+    expected = math.sqrt((diffraction_arcsec / 0.11) ** 2 + 1.0)
+    assert source_detection.default_kernel_fwhm(element) == pytest.approx(expected, rel=1e-12)
+
+
+def test_default_kernel_fwhm_of_a_grism_is_an_error():
+    with pytest.raises(ValueError, match="GRISM"):
+        source_detection.default_kernel_fwhm("GRISM")
+
+
+# --- (a) Gaussian field ---------------------------------------------------------------------
+
+def test_gaussian_field_finds_isolated_bright_stars_with_precise_centroids():
+    """>= 95 % of isolated S/N > 20 stars found, centroids within 0.05 pixel RMS.
+
+    The PSF is a Gaussian of 2.2 pixels FWHM with a matching kernel: DAOStarFinder's
+    marginal-Gaussian centroids lock towards pixel centres for undersampled stars (0.07
+    pixel RMS at Roman's F158 sampling), which is what fit_psf is for (next test).
+    """
+    shape, fwhm = (384, 384), 2.2
+    truth = random_catalog(7, shape, 250, flux_range=(4.0, 6000.0))  # S/N from 12 up
+    data, err = observe(render_rate(shape, truth, SKY, fwhm), seed=5)
+    dq = np.zeros(shape, np.uint32)
+
+    catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=fwhm)
+
+    selected = isolated(truth.x, truth.y, 3 * fwhm + 2) & (gaussian_snr(truth.flux, fwhm) > 20)
+    assert selected.sum() > 120
+    x, y = truth.x[selected], truth.y[selected]
+    found, index = match(catalog, x, y)
+    assert found.mean() >= 0.95
+    assert centroid_rms(catalog, x, y, found, index) <= 0.05
+    assert catalog.colnames == ["id", "x", "y", "flux", "sharpness", "roundness1", "roundness2"]
+    assert list(catalog["id"]) == list(range(1, len(catalog) + 1))
+
+
+# --- (b) Roman PSF field and fit_psf ---------------------------------------------------------
+
+ROMAN_SHAPE = (224, 224)
+TRUTH_OVERSAMPLING = 8
+TRUTH_HALF_WIDTH = 20  # pixels
+
+
+@pytest.fixture(scope="module")
+def roman_field():
+    """A field drawn with galsim's Roman PSF (SCA 3, H158), independently of the step's model.
+
+    The truth PSF is monochromatic at the bandpass's effective wavelength with pupil_bin 4
+    (the step's model: polychromatic, pupil_bin 8, 4x oversampled, spline-interpolated).
+    Stars sit on a 1/8-pixel grid, so every pixel value is an exact sample of the
+    8x-oversampled pixel-integrated PSF: no interpolation in the truth.
+    """
+    import galsim
+    import galsim.roman
+
+    bandpass = galsim.roman.getBandpasses()["H158"]
+    psf = galsim.roman.getPSF(3, "H158", pupil_bin=4, wavelength=bandpass.effective_wavelength)
+    size = (2 * TRUTH_HALF_WIDTH + 1) * TRUTH_OVERSAMPLING + 1
+    scale = galsim.roman.pixel_scale / TRUTH_OVERSAMPLING
+    effective = galsim.Convolve(psf, galsim.Pixel(galsim.roman.pixel_scale))
+    samples = effective.drawImage(nx=size, ny=size, scale=scale, method="no_pixel").array
+    per_pixel = samples.astype(np.float64) * TRUTH_OVERSAMPLING**2
+    centre = (size - 1) // 2
+
+    rng = np.random.default_rng(11)
+    n = 80
+    margin = 12 * TRUTH_OVERSAMPLING
+    x = rng.integers(margin, (ROMAN_SHAPE[1] - 13) * TRUTH_OVERSAMPLING, n) / TRUTH_OVERSAMPLING
+    y = rng.integers(margin, (ROMAN_SHAPE[0] - 13) * TRUTH_OVERSAMPLING, n) / TRUTH_OVERSAMPLING
+    flux = np.exp(rng.uniform(np.log(200.0), np.log(3000.0), n))
+    rate = np.full(ROMAN_SHAPE, SKY)
+    for x0, y0, f in zip(x, y, flux, strict=True):
+        cols = np.arange(round(x0) - TRUTH_HALF_WIDTH, round(x0) + TRUTH_HALF_WIDTH + 1)
+        rows = np.arange(round(y0) - TRUTH_HALF_WIDTH, round(y0) + TRUTH_HALF_WIDTH + 1)
+        cols, rows = cols[(cols >= 0) & (cols < ROMAN_SHAPE[1])], rows[(rows >= 0) & (rows < ROMAN_SHAPE[0])]
+        sample_cols = centre + np.rint(TRUTH_OVERSAMPLING * (cols - x0)).astype(int)
+        sample_rows = centre + np.rint(TRUTH_OVERSAMPLING * (rows - y0)).astype(int)
+        rate[np.ix_(rows, cols)] += f * per_pixel[np.ix_(sample_rows, sample_cols)]
+    data, err = observe(rate, seed=12)
+    return Catalog(x, y, flux), data, err
+
+
+def test_fit_psf_on_a_roman_psf_field_gives_centroids_to_002_pixel_and_fluxes_to_a_few_percent(roman_field):
+    truth, data, err = roman_field
+    dq = np.zeros(data.shape, np.uint32)
+    kernel = source_detection.default_kernel_fwhm("F158")
+    model = source_detection.roman_psf_model("WFI03", "F158")
+
+    dao = source_detection.find_sources(data, err, dq, kernel_fwhm=kernel)
+    fitted = source_detection.find_sources(data, err, dq, kernel_fwhm=kernel, psf_model=model)
+
+    selected = isolated(truth.x, truth.y, 8.0)
+    x, y, flux = truth.x[selected], truth.y[selected], truth.flux[selected]
+    assert selected.sum() > 50
+    found, index = match(fitted, x, y)
+    assert found.all()
+    assert centroid_rms(fitted, x, y, found, index) <= 0.02
+    # The fit is what makes the centroids precise: DAOStarFinder alone is far off.
+    dao_found, dao_index = match(dao, x, y)
+    assert centroid_rms(dao, x, y, dao_found, dao_index) > 0.04
+    ratio = np.asarray(fitted["flux"])[index] / flux
+    assert abs(np.median(ratio) - 1) < 0.02
+    assert np.percentile(np.abs(ratio - 1), 90) < 0.04
+    assert set(source_detection.FIT_COLUMNS) <= set(fitted.colnames)
+    # DAOStarFinder's centroids are kept beside the fitted ones, row for row.
+    np.testing.assert_array_equal(fitted["x_init"], dao["x"])
+    shift = np.hypot(fitted["x"] - fitted["x_init"], fitted["y"] - fitted["y_init"])
+    assert (shift <= math.sqrt(2)).all() and np.median(shift) < 0.2
+
+
+def test_roman_psf_model_is_normalised_to_unit_flux_per_native_pixel_grid():
+    model = source_detection.roman_psf_model("WFI03", "F158")
+    rows, cols = np.mgrid[-20:21, -20:21]
+    # The model's pixel values of a star at a pixel centre sum to the light within the 41-pixel stamp.
+    within_stamp = model.evaluate(cols, rows, 1.0, 0.0, 0.0).sum()
+    assert 0.93 < within_stamp < 1.0
+    # A quarter-pixel shift moves the same light.
+    shifted = model.evaluate(cols, rows, 1.0, 0.25, -0.25).sum()
+    assert shifted == pytest.approx(within_stamp, abs=0.01)
+
+
+def test_unknown_detector_is_an_error():
+    with pytest.raises(ValueError, match="WFI19"):
+        source_detection.roman_psf_model("WFI19", "F158")
+
+
+# --- (c) max_sources -----------------------------------------------------------------------
+
+def grid_field(shape=(160, 160), spacing=20, fwhm=2.0, seed=3):
+    """Stars on a grid (no blends), each with its own flux."""
+    centres = np.arange(spacing, shape[0] - spacing // 2, spacing, dtype=float)
+    x, y = (a.ravel() + 0.3 for a in np.meshgrid(centres, centres))
+    flux = np.geomspace(80.0, 4000.0, x.size)
+    np.random.default_rng(seed).shuffle(flux)
+    truth = Catalog(x, y, flux)
+    data, err = observe(render_rate(shape, truth, SKY, fwhm), seed=seed)
+    return truth, data, err
+
+
+def test_max_sources_keeps_the_brightest():
+    truth, data, err = grid_field()
+    dq = np.zeros(data.shape, np.uint32)
+    catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, max_sources=10, peakmax=None)
+    assert len(catalog) == 10
+    _, nearest = cKDTree(np.c_[truth.x, truth.y]).query(np.c_[catalog["x"], catalog["y"]])
+    assert set(nearest) == set(np.argsort(truth.flux)[-10:])
+
+
+def test_peakmax_drops_stars_whose_brightest_pixel_is_above_it():
+    truth, data, err = grid_field()
+    dq = np.zeros(data.shape, np.uint32)
+    every = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, peakmax=None)
+    capped = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, peakmax=200.0)
+    peak_fraction = (math.erf(0.5 / (2.0 / FWHM_PER_SIGMA) / math.sqrt(2))) ** 2
+    bright = truth.flux * peak_fraction > 260  # clearly above peakmax after pixel phase and noise
+    found_bright, _ = match(capped, truth.x[bright], truth.y[bright])
+    assert bright.any() and not found_bright.any()
+    assert len(capped) < len(every)
+
+
+def test_computed_threshold_is_the_median_of_background_plus_snr_threshold_times_rms():
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, MedianBackground
+
+    _, data, err = grid_field()
+    dq = np.zeros(data.shape, np.uint32)
+    background = Background2D(data.astype(np.float64), 9, filter_size=3, sigma_clip=SigmaClip(sigma=2.0),
+                              bkg_estimator=MedianBackground())
+    threshold = np.median(background.background + 4.0 * background.background_rms)
+    computed = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, snr_threshold=4.0)
+    given = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, scalar_threshold=threshold)
+    noise_only = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0,
+                                               scalar_threshold=4.0 * np.median(background.background_rms))
+    assert len(computed) == len(given) > 0
+    np.testing.assert_allclose(computed["x"], given["x"])
+    assert len(noise_only) > len(computed)  # the sky level is part of the computed threshold
+
+
+@pytest.mark.parametrize("estimator", ["mean", "median", "mode"])
+def test_every_background_estimator_finds_every_grid_star(estimator):
+    truth, data, err = grid_field()
+    catalog = source_detection.find_sources(data, err, np.zeros(data.shape, np.uint32), kernel_fwhm=2.0,
+                                            peakmax=None, bkg_estimator=estimator)
+    found, _ = match(catalog, truth.x, truth.y)
+    assert found.all()
+
+
+def test_a_threshold_must_be_chosen_and_a_high_one_finds_nothing():
+    _, data, err = grid_field()
+    dq = np.zeros(data.shape, np.uint32)
+    with pytest.raises(ValueError, match="calc_scalar_threshold"):
+        source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, calc_scalar_threshold=False)
+    empty = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, scalar_threshold=1e6,
+                                          psf_model=source_detection.roman_psf_model("WFI03", "F158"))
+    assert len(empty) == 0
+    assert set(source_detection.FIT_COLUMNS) <= set(empty.colnames)
+
+
+# --- (d) masked pixels ---------------------------------------------------------------------
+
+def blobs_field(flag):
+    """Grid stars plus star-like hot-pixel blobs, flagged DO_NOT_USE when ``flag``; a few NaN pixels."""
+    truth, data, err = grid_field()
+    dq = np.zeros(data.shape, np.uint32)
+    # Two blobs sit 3 to 4 pixels from a star, within its DAOStarFinder footprint.
+    hot = [(10, 30), (30, 50), (50, 10), (70, 130), (130, 70), (150, 150), (90, 25), (28, 92), (44, 60),
+           (63, 103)]
+    for row, col in hot:
+        data[row - 1:row + 2, col - 1:col + 2] += np.array([[40, 80, 40], [80, 300, 80], [40, 80, 40]],
+                                                           dtype=np.float32)
+        if flag:
+            dq[row - 1:row + 2, col - 1:col + 2] |= DO_NOT_USE
+    data[5, 5] = data[100, 3] = np.nan
+    return truth, data, err, dq, np.array(hot, dtype=float)
+
+
+def test_masked_hot_pixels_make_no_detection_and_hide_no_star():
+    truth, data, err, dq, hot = blobs_field(flag=True)
+    originals = data.copy(), dq.copy()
+    catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, peakmax=None)
+    near_hot, _ = cKDTree(np.c_[catalog["y"], catalog["x"]]).query(hot)
+    assert (near_hot > 2.0).all()
+    found, _ = match(catalog, truth.x, truth.y)
+    assert found.all()
+    np.testing.assert_array_equal(data, originals[0])  # inputs untouched
+    np.testing.assert_array_equal(dq, originals[1])
+
+
+def test_background_of_a_heavily_masked_image_falls_back_to_one_box(caplog):
+    truth, data, err = grid_field()
+    dq = np.zeros(data.shape, np.uint32)
+    dq[:, 2::4] |= DO_NOT_USE  # a quarter of every box (photutils rejects them all); 2 pixels from stars
+    with caplog.at_level(logging.INFO, logger="source_detection"):
+        catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, peakmax=None)
+    assert "one box over the whole image" in caplog.text
+    found, _ = match(catalog, truth.x, truth.y)
+    assert found.all()
+
+
+def test_the_same_hot_pixels_unflagged_are_detected():
+    _, data, err, dq, hot = blobs_field(flag=False)
+    catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, peakmax=None)
+    near_hot, _ = cKDTree(np.c_[catalog["y"], catalog["x"]]).query(hot)
+    assert (near_hot < 1.0).sum() >= len(hot) - 1
+
+
+# --- (e) the command line ------------------------------------------------------------------
+
+def write_image(path, data, err, dq, detector="WFI03", element="F158"):
+    model = datamodels.ImageModel.create_fake_data(shape=data.shape)
+    model.data, model.err, model.dq = data, err, dq
+    model.meta.instrument.detector = detector
+    model.meta.instrument.optical_element = element
+    model.meta.filename = path.name
+    model.to_asdf(path)
+    return path
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    truth = random_catalog(21, (128, 128), 40, flux_range=(100.0, 2000.0))
+    data, err = observe(render_rate((128, 128), truth, SKY, 2.0), seed=22)
+    return truth, write_image(tmp_path / f"{EXPO}_photom.asdf", data, err, np.zeros((128, 128), np.uint32))
+
+
+def test_cli_attaches_the_catalog_and_records_cal_step(image_file, tmp_path):
+    truth, path = image_file
+    out = tmp_path / f"{EXPO}_sourcedetection.asdf"
+    assert cli.run(source_detection.main, [str(path), str(out), "--kernel-fwhm", "2.0"]) == 0
+    with rdm.open(out) as product:
+        assert product.meta.cal_step.source_catalog == "COMPLETE"
+        assert "tweakreg_catalog_name" not in product.meta.source_catalog
+        catalog = Table(np.asarray(product.meta.source_catalog.tweakreg_catalog))
+        assert product.meta.provenance.source_detection.parameters.kernel_fwhm == 2.0
+    assert {"id", "x", "y", "flux"} <= set(catalog.colnames)
+    bright = gaussian_snr(truth.flux, 2.0) > 20
+    found, _ = match(catalog, truth.x[bright], truth.y[bright])
+    assert found.mean() >= 0.95
+    assert not list(tmp_path.glob(f"{EXPO}_cat.*"))
+
+
+@pytest.mark.parametrize("filetype", ["ecsv", "asdf"])
+def test_cli_saves_the_catalog_beside_the_output(image_file, tmp_path, filetype):
+    _, path = image_file
+    out = tmp_path / f"{EXPO}_sourcedetection.asdf"
+    status = cli.run(source_detection.main, [str(path), str(out), "--kernel-fwhm", "2.0", "--save-catalogs",
+                                             "true", "--output-cat-filetype", filetype])
+    assert status == 0
+    saved = tmp_path / f"{EXPO}_cat.{filetype}"
+    with rdm.open(out) as product:
+        assert product.meta.source_catalog.tweakreg_catalog_name == saved.name
+        attached = Table(np.asarray(product.meta.source_catalog.tweakreg_catalog))
+    if filetype == "ecsv":
+        written = Table.read(saved, format="ascii.ecsv")
+    else:
+        with rdm.open(saved) as catalog_model:
+            assert isinstance(catalog_model, datamodels.ImageSourceCatalogModel)
+            assert catalog_model.meta.image.filename == out.name
+            written = Table(catalog_model.source_catalog)
+        np.testing.assert_array_equal(written["label"], attached["id"])
+        np.testing.assert_allclose(written["x_centroid"], attached["x"], rtol=1e-6)
+    assert len(written) == len(attached) > 0
+    for name in ("id", "x", "y", "flux"):
+        np.testing.assert_array_equal(np.asarray(written[name]), np.asarray(attached[name]))
+
+
+def test_cli_fit_psf_replaces_the_positions_with_the_fitted_ones(roman_field, tmp_path):
+    truth, data, err = roman_field
+    path = write_image(tmp_path / f"{EXPO}_photom.asdf", data, err, np.zeros(data.shape, np.uint32))
+    out = tmp_path / f"{EXPO}_sourcedetection.asdf"
+    arguments = [str(path), str(out), "--fit-psf", "true", "--save-catalogs", "true"]
+    assert cli.run(source_detection.main, arguments) == 0
+    with rdm.open(out) as product:
+        catalog = Table(np.asarray(product.meta.source_catalog.tweakreg_catalog))
+    with rdm.open(tmp_path / f"{EXPO}_cat.asdf") as saved:
+        np.testing.assert_array_equal(saved.source_catalog["psf_flags"], catalog["psf_flags"])
+        np.testing.assert_allclose(saved.source_catalog["x_centroid"], catalog["x_init"], rtol=1e-6)
+    selected = isolated(truth.x, truth.y, 8.0)
+    found, index = match(catalog, truth.x[selected], truth.y[selected])
+    assert found.all()
+    assert centroid_rms(catalog, truth.x[selected], truth.y[selected], found, index) <= 0.02
+    assert {"x_init", "y_init", "psf_flags"} <= set(catalog.colnames)
+
+
+def test_cli_unknown_parameter_fails_in_one_line_without_output(image_file, tmp_path, caplog):
+    _, path = image_file
+    out = tmp_path / "out.asdf"
+    status = cli.run(source_detection.main, [str(path), str(out), "--workflow-params", '{"no_such": 1}'])
+    assert status == 1 and not out.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "no_such" in errors[0] and "\n" not in errors[0]
+    assert cli.run(source_detection.main, [str(path), str(out), "--no-such", "1"]) == 1
+    assert not out.exists()
+
+
+def test_cli_missing_input_fails_in_one_line_without_output(tmp_path, caplog):
+    out = tmp_path / "out.asdf"
+    assert cli.run(source_detection.main, [str(tmp_path / "missing.asdf"), str(out)]) == 1
+    assert not out.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "missing.asdf" in errors[0] and "\n" not in errors[0]
+
+
+def test_cli_all_pixels_unusable_is_no_science_data(tmp_path):
+    data = np.ones((32, 32), np.float32)
+    path = write_image(tmp_path / f"{EXPO}_photom.asdf", data, data.astype(np.float16),
+                       np.full((32, 32), DO_NOT_USE, np.uint32))
+    out = tmp_path / "out.asdf"
+    assert cli.run(source_detection.main, [str(path), str(out)]) == 64
+    assert not out.exists()
+
+
+# --- the peer reads what we attach ----------------------------------------------------------
+
+@pytest.mark.peer
+def test_romancal_tweakreg_reads_the_attached_and_the_saved_catalogs(image_file, tmp_path):
+    pytest.importorskip("romancal")
+    from romancal.tweakreg.tweakreg_step import TweakRegStep
+
+    _, path = image_file
+    out = tmp_path / f"{EXPO}_sourcedetection.asdf"
+    assert cli.run(source_detection.main, [str(path), str(out), "--kernel-fwhm", "2.0",
+                                           "--save-catalogs", "true"]) == 0
+    step = TweakRegStep()
+    with rdm.open(out) as product:
+        in_memory = step.get_tweakreg_catalog(product.meta.source_catalog, product)
+        saved = step.read_catalog(str(tmp_path / product.meta.source_catalog.tweakreg_catalog_name))
+    assert len(in_memory) == len(saved) > 0
+    np.testing.assert_array_equal(np.asarray(saved["x"]), np.asarray(in_memory["x"]))
