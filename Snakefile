@@ -16,9 +16,12 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/pool.smk"
 include: "workflow/rules/detector.smk"
+include: "workflow/rules/exposure.smk"
+include: "workflow/rules/mosaic.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_products,
+        exposures=exposure_products,
+        mosaics=final_mosaics,

@@ -22,12 +22,15 @@ def summary(results: Path) -> str:
     lines = [f"Products under {results}:"]
     for suffix, paths in sorted(by_suffix.items()):
         folders = sorted({str(p.parent) for p in paths})
-        lines.append(f"  _{suffix}.asdf: {len(paths):4d} file(s) in {', '.join(folders)}")
+        where = ", ".join(folders) if len(folders) <= 2 else f"{len(folders)} folders below {results}"
+        lines.append(f"  _{suffix}.asdf: {len(paths):4d} file(s) in {where}")
     quarantine = results / "quarantine.csv"
     if quarantine.is_file():
         rejected = pd.read_csv(quarantine)
         lines.append(f"  quarantined inputs: {len(rejected)} (see {quarantine})")
         lines += [f"    {row.exposure}: {row.reason}" for row in rejected.itertuples()]
+    if by_suffix.get("i2d"):
+        lines += ["Mosaics:", *(f"  {path}" for path in by_suffix["i2d"])]
     return "\n".join(lines)
 
 

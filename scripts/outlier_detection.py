@@ -30,6 +30,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from roman_datamodels import datamodels
 from scipy import ndimage
 
 from romanpipe import cli, dqflags, drizzling
-from romanpipe.association import Association, read_association, write_association
+from romanpipe.association import Association, read_association
 from romanpipe.errors import InputFileError, NoScienceDataError, ParameterError
 from romanpipe.naming import STEP_SUFFIX, product_name
 from romanpipe.products import SKIPPED, open_model
@@ -270,13 +271,8 @@ def intermediate_writer(models, members: list[Path], association: Association, o
 
 def write_skipped(models, association: Association, output: Path, args, parameters: dict) -> None:
     """Fewer than two inputs: each passes on unchanged, recorded as SKIPPED, and ``output`` lists them."""
-    written = [write_product(model, product_name(member, STEP_SUFFIX[STEP], output.parent), STEP, args,
-                             parameters, status=SKIPPED)
-               for model, member in zip(models, association.members(), strict=True)]
-    tree = dict(association.tree)
-    tree["products"] = [{"name": association.product_name,
-                         "members": [{"expname": path.name, "exptype": "science"} for path in written]}]
-    write_association(tree, output)
+    write_association_products(models, association, output, STEP, STEP_SUFFIX[STEP], args, parameters,
+                               statuses=repeat(SKIPPED))
 
 
 def main(argv=None) -> None:

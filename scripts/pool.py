@@ -5,13 +5,19 @@ CRDS context change) so that the Snakefile never opens thousands of files at
 parse time. Each input is validated; a bad one goes to the quarantine table with
 a one-line reason and the campaign continues without it.
 
-    python scripts/pool.py --uncal-dir uncal --reftypes mask saturation \
+    python scripts/pool.py --uncal-dir uncal \
+        --step-reftypes '{"dq_init": ["mask"], "flat_field": ["flat"]}' \
         --output results/pool.csv --quarantine results/quarantine.csv
+
+Each exposure gets the references of the steps (among those given) that apply to
+its exposure type, so a prism exposure is not quarantined for want of a FLAT.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
 import sys
@@ -22,8 +28,9 @@ import pandas as pd
 
 from romanpipe import cli, refs
 from romanpipe.errors import InputFileError, PipelineError
+from romanpipe.exposure_types import applicable_steps
 from romanpipe.naming import split_suffix
-from romanpipe.products import open_level1
+from romanpipe.products import open_level1, open_model
 
 log = logging.getLogger("pool")
 
@@ -44,6 +51,11 @@ def exposure_record(path: Path) -> dict:
         if len(read_pattern) != nresultants:
             raise InputFileError(path, f"data has {nresultants} resultants but the MA table's "
                                        f"read_pattern has {len(read_pattern)}")
+        exposure_type = str(meta.exposure.type)
+        try:
+            applicable_steps(exposure_type)
+        except ValueError as err:
+            raise InputFileError(path, str(err)) from None
         observation = meta.get("observation", {})
         return {
             "exposure": split_suffix(path)[0],
@@ -57,7 +69,7 @@ def exposure_record(path: Path) -> dict:
             "exposure_number": observation.get("exposure", ""),
             "detector": str(meta.instrument.detector),
             "optical_element": str(meta.instrument.optical_element),
-            "exposure_type": str(meta.exposure.type),
+            "exposure_type": exposure_type,
             "ma_table_name": str(meta.exposure.get("ma_table_name", "")),
             "nresultants": nresultants,
             "start_time": meta.exposure.start_time.isot,
@@ -67,14 +79,46 @@ def exposure_record(path: Path) -> dict:
         }
 
 
-def build_pool(paths: list[Path], reftypes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pool, quarantine): valid exposures with their references, rejected ones with reasons."""
+# The arrays that carry a reference's values, by reference model; NaN flags single bad pixels,
+# but a reference without one finite value is unusable.
+REFERENCE_VALUE_ARRAYS = ("data", "coeffs", "dark_slope")
+
+
+@functools.cache
+def unusable_reference(path: str) -> str | None:
+    """Why the reference at ``path`` cannot be used (unreadable, no finite value), or None.
+
+    Checked once per reference file, however many exposures select it.
+    """
+    try:
+        with open_model(path) as model:
+            for name in REFERENCE_VALUE_ARRAYS:
+                if name in model and not np.isfinite(np.asarray(model[name])).any():
+                    return f"reference {Path(path).name}: {name} holds no finite value"
+    except PipelineError as err:
+        return str(err)
+    return None
+
+
+def build_pool(paths: list[Path], step_reftypes: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool, quarantine): valid exposures with their references, rejected ones with reasons.
+
+    ``step_reftypes`` maps each step that runs to the reference types it reads; a
+    reference column is empty for an exposure whose type does not run that step.
+    """
+    reftypes = sorted({reftype for types in step_reftypes.values() for reftype in types})
     rows, rejected = [], []
     for path in paths:
         try:
             record = exposure_record(path)
-            selection = refs.best_references(refs.selection_parameters(record), reftypes)
-            record.update({f"ref_{reftype}": selection[reftype] for reftype in reftypes})
+            needed = sorted({reftype for step in applicable_steps(record["exposure_type"])
+                             for reftype in step_reftypes.get(step, ())})
+            selection = refs.best_references(refs.selection_parameters(record), needed)
+            for reftype, reference in sorted(selection.items()):
+                reason = unusable_reference(reference)
+                if reason:
+                    raise InputFileError(path, f"its {reftype.upper()} {reason}")
+            record.update({f"ref_{reftype}": selection.get(reftype, "") for reftype in reftypes})
             rows.append(record)
         except (PipelineError, LookupError) as err:
             log.warning("quarantined %s: %s", path, err)
@@ -98,14 +142,15 @@ def main(argv=None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--uncal-dir", type=Path)
     source.add_argument("--exposure-list", type=Path)
-    parser.add_argument("--reftypes", nargs="*", default=[])
+    parser.add_argument("--step-reftypes", type=json.loads, default={},
+                        help="JSON object: step -> reference types it reads (steps that run)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--quarantine", type=Path, required=True)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
 
-    pool, quarantine = build_pool(input_paths(args), args.reftypes)
+    pool, quarantine = build_pool(input_paths(args), args.step_reftypes)
     log.info("%d exposures in the pool, %d quarantined", len(pool), len(quarantine))
     for table, path in ((quarantine, args.quarantine), (pool, args.output)):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from roman_datamodels import datamodels
 
 from romanpipe import cli, drizzling
-from romanpipe.association import Association, read_association, write_association
+from romanpipe.association import Association, listing, read_association, write_association
 from romanpipe.errors import InputFileError, NoScienceDataError, ParameterError
 from romanpipe.naming import product_name
 from romanpipe.products import open_model
@@ -98,10 +98,7 @@ def write_single_mosaics(products: list, association: Association, output: Path,
     """Each exposure's mosaic as ``<its first member>_i2d`` beside ``output``; ``output`` lists them."""
     written = [write_product(product, product_name(product.meta.resample.members[0], "i2d", output.parent),
                              STEP, args, parameters) for product in products]
-    tree = dict(association.tree)
-    tree["products"] = [{"name": association.product_name,
-                         "members": [{"expname": path.name, "exptype": "science"} for path in written]}]
-    write_association(tree, output)
+    write_association(listing(association, written), output)
 
 
 def main(argv=None) -> None:

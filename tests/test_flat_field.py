@@ -117,3 +117,40 @@ def test_full_readout_flat_loses_its_border_other_shapes_fail():
     assert matching_science_area(full, (16, 16)) is full
     with pytest.raises(ValueError, match=r"\(16, 16\)"):
         matching_science_area(full, (10, 10))
+
+
+@pytest.mark.peer
+def test_same_result_as_romancal_flat_field():
+    """romancal's flat-field algorithm on the same image and FLAT (VAR_FLAT included on both sides)."""
+    romancal_flat = pytest.importorskip("romancal.flatfield.flat_field")
+    rng = np.random.default_rng(5)
+    shape = (40, 30)
+    image = datamodels.ImageModel.create_fake_data(shape=shape)
+    image.data = rng.normal(10.0, 2.0, shape).astype(np.float32)
+    image.dq = np.zeros(shape, np.uint32)
+    image.var_poisson = rng.uniform(0.5, 2.0, shape).astype(np.float16)
+    image.var_rnoise = rng.uniform(0.1, 0.3, shape).astype(np.float16)
+    image.err = np.sqrt(image.var_poisson.astype(np.float32) + image.var_rnoise).astype(np.float16)
+    reference = datamodels.FlatRefModel.create_fake_data(shape=shape)
+    reference.data = rng.normal(1.0, 0.05, shape).astype(np.float32)
+    reference.data[3, 4], reference.data[5, 6] = np.nan, 0.0
+    reference.err = rng.uniform(0.001, 0.01, shape).astype(np.float32)
+    reference.dq = np.zeros(shape, np.uint32)
+    reference.dq[7, 8] = HOT
+    ours = apply_flat(np.asarray(image.data), np.asarray(image.dq), np.asarray(image.var_poisson),
+                      np.asarray(image.var_rnoise), np.asarray(reference.data), np.asarray(reference.err),
+                      np.asarray(reference.dq))
+    theirs = image.copy()
+    theirs["var_flat"] = np.zeros(shape, np.float16)
+    theirs.meta["cal_step"] = {"flat_field": "INCOMPLETE"}
+    romancal_flat.do_flat_field(theirs, reference, include_var_flat=True)
+    np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-6)
+    np.testing.assert_array_equal(ours.dq, theirs.dq)
+    np.testing.assert_allclose(ours.var_poisson, np.asarray(theirs.var_poisson, np.float32), rtol=2e-3)
+    # Where the flat has no value (NaN, 0), romancal still applies the reference's error; we
+    # treat the pixel as not flat-fielded at all: no flat variance there.
+    valid = np.isfinite(reference.data) & (reference.data != 0)
+    np.testing.assert_allclose(ours.var_flat[valid], np.asarray(theirs.var_flat, np.float32)[valid],
+                               rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(ours.err[valid], np.asarray(theirs.err, np.float32)[valid], rtol=2e-3)
+    assert (ours.var_flat[~valid] == 0).all()

@@ -129,3 +129,15 @@ def test_flux_on_an_association_with_a_missing_member_writes_nothing(tmp_path):
     output = tmp_path / "out" / "m_flux_asn.json"
     assert flux.cli.run(flux.main, [str(asn), str(output)]) == 1
     assert not output.parent.exists() or not any(output.parent.iterdir())
+
+
+@pytest.mark.peer
+def test_same_keywords_as_romancal_photom(tmp_path):
+    """romancal's photom on the same image and PHOTOM reference: the schema's three keywords agree."""
+    romancal_photom = pytest.importorskip("romancal.photom.photom")
+    reference_path = photom_reference(tmp_path / "roman_wfi_photom_0001.asdf")
+    with rdm.open(image_file(tmp_path / f"{EXPO}_flat.asdf")) as image, rdm.open(reference_path) as ref:
+        theirs = romancal_photom.apply_photom(image.copy(), ref).meta.photometry
+        ours = photom.photometry_keywords(ref.phot_table, "F158")
+    for key in ("conversion_megajanskys", "conversion_megajanskys_uncertainty", "pixel_area"):
+        assert ours[key] == pytest.approx(float(getattr(theirs[key], "value", theirs[key])), rel=1e-12)

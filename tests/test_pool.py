@@ -50,7 +50,8 @@ def campaign(tmp_path, crds_environment, monkeypatch):
 
 def test_pool_and_quarantine(campaign):
     status = pool.cli.run(pool.main, [
-        "--uncal-dir", str(campaign / "uncal"), "--reftypes", "mask", "saturation",
+        "--uncal-dir", str(campaign / "uncal"),
+        "--step-reftypes", '{"dq_init": ["mask"], "saturation": ["saturation"]}',
         "--output", str(campaign / "pool.csv"), "--quarantine", str(campaign / "quarantine.csv")])
     assert status == 0
     table = pd.read_csv(campaign / "pool.csv", index_col="exposure")
@@ -71,3 +72,61 @@ def test_pool_and_quarantine(campaign):
     assert "3 resultants but the MA table's read_pattern has 2" in reasons[EXPO.format(5, "WFI01")]
     assert "no MASK reference for detector=WFI07" in reasons[EXPO.format(6, "WFI07")]
     assert all("\n" not in reason for reason in reasons)
+
+
+def test_references_only_for_the_steps_of_the_exposure_type(campaign):
+    """A prism exposure needs no FLAT (it stops after assign_wcs); an image without one is quarantined."""
+    for path in (campaign / "uncal").glob("*_000[3-6]_*"):
+        path.unlink()
+    spectral = make_level1(seed=7)
+    spectral.meta.exposure.type = "WFI_SPECTRAL"
+    spectral.meta.instrument.optical_element = "PRISM"
+    spectral.to_asdf(campaign / "uncal" / f"{EXPO.format(7, 'WFI01')}_uncal.asdf")
+    status = pool.cli.run(pool.main, [
+        "--uncal-dir", str(campaign / "uncal"),
+        "--step-reftypes", '{"dq_init": ["mask"], "flat_field": ["flat"]}',
+        "--output", str(campaign / "pool.csv"), "--quarantine", str(campaign / "quarantine.csv")])
+    assert status == 0
+    table = pd.read_csv(campaign / "pool.csv", index_col="exposure", keep_default_na=False)
+    assert list(table.index) == [EXPO.format(7, "WFI01")]
+    assert table.loc[EXPO.format(7, "WFI01"), "ref_flat"] == ""
+    assert table.loc[EXPO.format(7, "WFI01"), "ref_mask"].endswith("roman_wfi_mask_0001.asdf")
+    reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
+    assert all("no FLAT reference" in reasons[EXPO.format(n, d)] for n, d in ((1, "WFI01"), (2, "WFI02")))
+
+
+def test_unknown_exposure_type_is_quarantined(campaign):
+    for path in (campaign / "uncal").glob("*_000[3-6]_*"):
+        path.unlink()
+    odd = campaign / "uncal" / f"{EXPO.format(8, 'WFI01')}_uncal.asdf"
+    make_level1(seed=8).to_asdf(odd)
+    # No validating writer makes such a file: edit the type in place (same length, blocks unmoved).
+    odd.write_bytes(odd.read_bytes().replace(b"type: WFI_IMAGE", b"type: WFI_OTHER", 1))
+    status = pool.cli.run(pool.main, [
+        "--uncal-dir", str(campaign / "uncal"), "--step-reftypes", '{"dq_init": ["mask"]}',
+        "--output", str(campaign / "pool.csv"), "--quarantine", str(campaign / "quarantine.csv")])
+    assert status == 0
+    reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
+    assert "WFI_OTHER" in reasons[EXPO.format(8, "WFI01")]
+
+
+def test_exposures_selecting_an_all_nan_reference_are_quarantined(campaign):
+    """A SATURATION reference without one finite threshold: its exposures cannot be calibrated."""
+    for path in (campaign / "uncal").glob("*_000[3-6]_*"):
+        path.unlink()
+    bad = datamodels.SaturationRefModel.create_fake_data(shape=(16, 16))
+    bad.data = np.full((16, 16), np.nan, np.float32)
+    bad.meta.instrument.detector = "WFI02"
+    bad.meta.useafter = Time("2021-01-01T00:00:00")
+    bad_path = campaign / "roman_wfi_saturation_0005.asdf"
+    bad.to_asdf(bad_path)
+    crds_cache.deliver(campaign / "crds_cache", [bad_path])
+    status = pool.cli.run(pool.main, [
+        "--uncal-dir", str(campaign / "uncal"),
+        "--step-reftypes", '{"dq_init": ["mask"], "saturation": ["saturation"]}',
+        "--output", str(campaign / "pool.csv"), "--quarantine", str(campaign / "quarantine.csv")])
+    assert status == 0
+    assert list(pd.read_csv(campaign / "pool.csv", index_col="exposure").index) == [EXPO.format(1, "WFI01")]
+    reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
+    assert "SATURATION reference roman_wfi_saturation_0005.asdf: data holds no finite value" in \
+        reasons[EXPO.format(2, "WFI02")]

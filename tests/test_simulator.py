@@ -407,6 +407,7 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert all(path.is_file() for path in outputs.uncal + outputs.truth)
     assert yaml.safe_load(outputs.workflow_config.read_text()) == {
         "inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"},
+        "tweakreg": {"abs_refcat": "catalogs/gaia_like.ecsv"},  # no network: the campaign's catalog
         "refpix": {"skip": True}}  # arrays too small for the 32-output readout: no REFPIX reference
     assert crds_cache.current_context(tmp_path / "crds_cache") == outputs.crds_context
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(

@@ -82,6 +82,12 @@ class Association:
                 if exptype is None or member.get("exptype", "science") == exptype]
 
 
+def listing(association: Association, products: Iterable[Path]) -> dict:
+    """The association's tree with its members replaced by ``products`` (files beside the new one)."""
+    members = [{"expname": Path(path).name, "exptype": "science"} for path in products]
+    return {**association.tree, "products": [{"name": association.product_name, "members": members}]}
+
+
 def read_association(path: str | Path) -> Association:
     """Read and check an association file; InputFileError names what is wrong."""
     path = Path(path)

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import params as step_params
 from . import refs
-from .association import Association, read_association, write_association
+from .association import Association, listing, read_association, write_association
 from .cli import setup_logging
 from .errors import InputFileError, StepSkipped
 from .naming import STEP_SUFFIX, product_name
@@ -125,7 +125,4 @@ def write_association_products(models: Iterable, association: Association, outpu
                for model, member, status in zip(models, members, statuses, strict=False)]
     if len(written) != len(members):
         raise ValueError(f"{len(written)} products for {len(members)} members of {association.path}")
-    tree = dict(association.tree)
-    tree["products"] = [{"name": association.product_name,
-                         "members": [{"expname": path.name, "exptype": "science"} for path in written]}]
-    return write_association(tree, output)
+    return write_association(listing(association, written), output)

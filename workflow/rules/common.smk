@@ -19,6 +19,12 @@ from snakemake.utils import validate
 
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 from romanpipe.naming import STEP_SUFFIX, split_suffix  # noqa: E402
+from romanpipe.exposure_types import (  # noqa: E402
+    EXPOSURE_STEPS,
+    MOSAIC_TYPES,
+    RAMP_STEPS,
+    applicable_steps,
+)
 from romanpipe import refs  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 
@@ -46,8 +52,7 @@ PYTHON = (
     else sys.executable
 )
 
-# Ramp-level steps in pipeline order, and the reference types each one reads.
-RAMP_STEPS = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit"]
+# The reference types each exposure-level step reads.
 STEP_REFTYPES = {
     "dq_init": ["mask"],
     "saturation": ["saturation"],
@@ -56,6 +61,9 @@ STEP_REFTYPES = {
     "dark_current": ["dark"],
     "jump": ["gain", "readnoise"],
     "ramp_fit": ["gain", "readnoise", "dark"],
+    "assign_wcs": ["distortion"],
+    "flat_field": ["flat"],
+    "photom": ["photom"],
 }
 
 
@@ -93,6 +101,9 @@ def product(step):
     return os.path.join(RESULTS, "exposures", f"{{expo}}_{STEP_SUFFIX[step]}.asdf")
 
 
+CAL_PRODUCT = os.path.join(RESULTS, "exposures", "{expo}_cal.asdf")
+
+
 def is_enabled(step):
     # The two-point jump step runs only when ramp fitting does not detect jumps itself.
     if step == "jump":
@@ -102,14 +113,14 @@ def is_enabled(step):
 
 def upstream_product(step):
     """Input of ``step``: the product of the nearest earlier step that runs, or the Level 1 file."""
-    earlier = [s for s in RAMP_STEPS[: RAMP_STEPS.index(step)] if is_enabled(s)]
+    earlier = [s for s in EXPOSURE_STEPS[: EXPOSURE_STEPS.index(step)] if is_enabled(s)]
     return product(earlier[-1]) if earlier else uncal_path
 
 
 def skipped_before(step):
     """Steps skipped since the previous product: the next product records them as SKIPPED."""
     skipped = []
-    for earlier in reversed(RAMP_STEPS[: RAMP_STEPS.index(step)]):
+    for earlier in reversed(EXPOSURE_STEPS[: EXPOSURE_STEPS.index(step)]):
         if is_enabled(earlier):
             break
         skipped.append(earlier)
@@ -156,6 +167,14 @@ def reference(step, reftype):
     return crds_selection
 
 
+def tweakreg_catalog_files():
+    """Local catalog files tweakreg reads (abs_refcat unless a Gaia service, catfile): a new one reruns it."""
+    settings = config["tweakreg"]
+    refcat = settings["abs_refcat"] or ""
+    files = [refcat] if refcat and not refcat.upper().startswith("GAIA") else []
+    return files + ([settings["catfile"]] if settings["catfile"] else [])
+
+
 def step_parameters(step):
     """The step's config block as JSON, so a changed value is a changed param (and reruns)."""
     return json.dumps(config[step], sort_keys=True)
@@ -190,29 +209,133 @@ def cores_for(maximum_cores):
     return worker_count(maximum_cores, os.cpu_count() or 1)
 
 
-def ramp_memory_mb(factor):
-    """A ramp step's mem_mb: 1 GB plus ``factor`` times its inputs, doubled on each retry.
+def step_memory_mb(factor):
+    """A step's mem_mb: 1 GB plus ``factor`` times its inputs, doubled on each retry.
 
-    Factors from the full-detector peaks in the README (steps hold about two ramps;
-    dq_init turns 2-byte raw counts into 4-byte floats); a job killed for memory
-    comes back with more.
+    Ramp factors from the full-detector peaks in the README (steps hold about two
+    ramps; dq_init turns 2-byte raw counts into 4-byte floats); a job killed for
+    memory comes back with more.
     """
 
     def mem_mb(wildcards, input, attempt):
         return int((1024 + factor * input.size_mb) * 2 ** (attempt - 1))
 
-    mem_mb.__name__ = f"ramp_memory_mb_x{factor}"
+    mem_mb.__name__ = f"step_memory_mb_x{factor}"
     return mem_mb
 
 
-def final_step():
-    """The step whose product is the configured target, or the last one before it that runs."""
-    suffix_step = {STEP_SUFFIX[s]: s for s in RAMP_STEPS}
-    target = suffix_step[config["target"]]
-    enabled = [s for s in RAMP_STEPS[: RAMP_STEPS.index(target) + 1] if is_enabled(s)]
-    return enabled[-1]
+def exposure_type(expo):
+    return pool_table().loc[expo, "exposure_type"]
 
 
-def final_products(wildcards):
+def last_step(expo, up_to=EXPOSURE_STEPS[-1]):
+    """The last step that runs for this exposure's type, at or before ``up_to``."""
+    applicable = applicable_steps(exposure_type(expo))
+    candidates = EXPOSURE_STEPS[: EXPOSURE_STEPS.index(up_to) + 1]
+    return [s for s in candidates if s in applicable and is_enabled(s)][-1]
+
+
+def cal_input(wildcards):
+    """Input of the _cal product: the last product of the exposure type's chain."""
+    return product(last_step(wildcards.expo)).format(expo=wildcards.expo)
+
+
+def not_applicable_option(wildcards):
+    """Steps of the full chain that this exposure type does not run, recorded as SKIPPED."""
+    applicable = applicable_steps(exposure_type(wildcards.expo))
+    skipped = [s for s in EXPOSURE_STEPS if s not in applicable]
+    return f"--mark-skipped {' '.join(skipped)}" if skipped else ""
+
+
+def exposure_target(expo):
+    """The configured target of one exposure: its _cal, or the last product up to a partial target."""
+    if config["target"] in ("cal", "i2d"):
+        return CAL_PRODUCT.format(expo=expo)
+    suffix_step = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}
+    return product(last_step(expo, up_to=suffix_step[config["target"]])).format(expo=expo)
+
+
+def exposure_products(wildcards):
     """Every valid exposure's target product; quarantined inputs make none."""
-    return expand(product(final_step()), expo=pool_table().index)
+    return [exposure_target(expo) for expo in pool_table().index]
+
+
+def final_mosaics(wildcards):
+    """The mosaics, when the target is i2d.
+
+    A separate input function from the exposures': while the association checkpoint
+    is pending, Snakemake holds back only this function's files.
+    """
+    return mosaic_products() if config["target"] == "i2d" else []
+
+
+# High-level processing: one chain of steps per association.
+MOSAIC_STEPS = ["flux", "skymatch", "outlier_detection", "resample"]
+ASSOCIATION_INDEX = os.path.join(RESULTS, "associations.csv")
+ASSOCIATION_DIR = os.path.join(RESULTS, "associations")
+ASSOCIATION_FILE = os.path.join(ASSOCIATION_DIR, "{asn}_asn.json")
+MOSAIC_PRODUCT = os.path.join(RESULTS, "mosaics", "{product}_i2d.asdf")
+
+
+wildcard_constraints:
+    asn=r"[^/]+",
+    product=r"[^/]+",
+
+
+def imaging_cal_products(wildcards):
+    """The _cal products that go on to mosaics (imaging exposures)."""
+    pool = pool_table()
+    return [CAL_PRODUCT.format(expo=expo) for expo in pool.index
+            if pool.loc[expo, "exposure_type"] in MOSAIC_TYPES]
+
+
+def user_associations_option():
+    user_dir = config["associations"]["user_dir"]
+    return f"--user-dir {shlex.quote(user_dir)}" if user_dir else ""
+
+
+@functools.lru_cache(maxsize=4)
+def _read_index(path, mtime):
+    return pd.read_csv(path, index_col="asn", dtype=str, keep_default_na=False)
+
+
+def association_index():
+    path = checkpoints.associations.get().output[0]
+    return _read_index(path, os.path.getmtime(path))
+
+
+def association_tree(wildcards):
+    try:
+        return association_index().loc[wildcards.asn, "tree"]
+    except KeyError:
+        raise WorkflowError(f"no association {wildcards.asn!r} in {ASSOCIATION_INDEX}") from None
+
+
+def association_members(wildcards):
+    """The members' _cal products (paths in the tree are relative to the associations folder)."""
+    tree = json.loads(association_tree(wildcards))
+    return [os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
+            for product in tree["products"] for member in product["members"]]
+
+
+def mosaic_asn(step):
+    suffix = STEP_SUFFIX[step]
+    return os.path.join(RESULTS, "mosaics", "{asn}", f"{{asn}}_{suffix}_asn.json")
+
+
+def mosaic_upstream(step):
+    """Input association of a high-level step: the nearest earlier step's, or the association file."""
+    earlier = [s for s in MOSAIC_STEPS[: MOSAIC_STEPS.index(step)] if is_enabled(s)]
+    return mosaic_asn(earlier[-1]) if earlier else ASSOCIATION_FILE
+
+
+def resample_input(wildcards):
+    index = association_index()
+    matches = index.index[index["product"] == wildcards.product]
+    if len(matches) != 1:
+        raise WorkflowError(f"no association makes the product {wildcards.product!r}")
+    return mosaic_upstream("resample").format(asn=matches[0])
+
+
+def mosaic_products():
+    return [MOSAIC_PRODUCT.format(product=product) for product in association_index()["product"]]

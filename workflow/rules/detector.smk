@@ -21,7 +21,7 @@ rule dq_init:
         values=step_parameters("dq_init"),
         parameter_file=parameter_file_option,
     resources:
-        mem_mb=ramp_memory_mb(3.2),
+        mem_mb=step_memory_mb(3.2),
     log:
         os.path.join(LOGS, "dq_init", "{expo}.log"),
     benchmark:
@@ -48,7 +48,7 @@ rule saturation:
         parameter_file=parameter_file_option,
         skipped=skipped_before("saturation"),
     resources:
-        mem_mb=ramp_memory_mb(2),
+        mem_mb=step_memory_mb(2),
     log:
         os.path.join(LOGS, "saturation", "{expo}.log"),
     benchmark:
@@ -75,7 +75,7 @@ rule refpix:
         parameter_file=parameter_file_option,
         skipped=skipped_before("refpix"),
     resources:
-        mem_mb=ramp_memory_mb(2.5),
+        mem_mb=step_memory_mb(2.5),
     log:
         os.path.join(LOGS, "refpix", "{expo}.log"),
     benchmark:
@@ -102,7 +102,7 @@ rule linearity:
         parameter_file=parameter_file_option,
         skipped=skipped_before("linearity"),
     resources:
-        mem_mb=ramp_memory_mb(2.5),
+        mem_mb=step_memory_mb(2.5),
     log:
         os.path.join(LOGS, "linearity", "{expo}.log"),
     benchmark:
@@ -130,7 +130,7 @@ rule dark_current:
         skipped=skipped_before("dark_current"),
         dark_output=dark_output_option,
     resources:
-        mem_mb=ramp_memory_mb(2.5),
+        mem_mb=step_memory_mb(2.5),
     log:
         os.path.join(LOGS, "dark_current", "{expo}.log"),
     benchmark:
@@ -164,7 +164,7 @@ rule jump:
         skipped=skipped_before("jump"),
     threads: cores_for(config["jump"]["maximum_cores"])
     resources:
-        mem_mb=ramp_memory_mb(2),
+        mem_mb=step_memory_mb(2),
     log:
         os.path.join(LOGS, "jump", "{expo}.log"),
     benchmark:
@@ -199,7 +199,7 @@ rule ramp_fit:
         skipped=skipped_before("ramp_fit"),
     threads: cores_for(config["ramp_fit"]["maximum_cores"])
     resources:
-        mem_mb=ramp_memory_mb(2),
+        mem_mb=step_memory_mb(2),
     log:
         os.path.join(LOGS, "ramp_fit", "{expo}.log"),
     benchmark:

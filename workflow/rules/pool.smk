@@ -20,7 +20,10 @@ checkpoint pool:
         python=PYTHON,
         # Only the steps that run need references: a skipped step's missing reference
         # must not quarantine the exposure (toggling a skip reruns this cheap job).
-        reftypes=sorted({r for s in RAMP_STEPS if is_enabled(s) for r in STEP_REFTYPES[s]}),
+        step_reftypes=json.dumps(
+            {s: STEP_REFTYPES[s] for s in EXPOSURE_STEPS if is_enabled(s) and s in STEP_REFTYPES},
+            sort_keys=True,
+        ),
         sources=(
             f"--exposure-list {config['inputs']['exposure_list']}"
             if config["inputs"]["exposure_list"]
@@ -31,5 +34,5 @@ checkpoint pool:
     conda:
         "../../envs/detector.yaml"
     shell:
-        "{params.python} {input.code:q} {params.sources} --reftypes {params.reftypes} "
+        "{params.python} {input.code:q} {params.sources} --step-reftypes {params.step_reftypes:q} "
         "--output {output.pool:q} --quarantine {output.quarantine:q} > {log:q} 2>&1"

@@ -1,0 +1,147 @@
+"""
+High-level processing: associations (a checkpoint) and, per association, flux ->
+skymatch -> outlier_detection -> resample to a Level 3 mosaic.
+
+REQUIRED INPUTS: {expo}_cal.asdf of every imaging exposure (exposure.smk)
+OUTPUTS:         results/associations.csv (the checkpoint's index),
+                 results/associations/{asn}_asn.json (one per association),
+                 results/mosaics/{asn}/{asn}_<suffix>_asn.json per step, with the
+                 members' products it lists beside it, and results/mosaics/{product}_i2d.asdf
+"""
+
+
+checkpoint associations:
+    """Group the calibrated images into high-level products (or index the user's association files)."""
+    input:
+        cal=imaging_cal_products,
+        code=step_script("associate"),
+    output:
+        ASSOCIATION_INDEX,
+    params:
+        python=PYTHON,
+        user_dir=user_associations_option(),
+    log:
+        os.path.join(LOGS, "associations.log"),
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} index --cal {input.cal:q} --output {output:q} "
+        "{params.user_dir} > {log:q} 2>&1"
+
+
+rule association_file:
+    """One association file from the index; unchanged members leave it (and its mosaic) alone."""
+    input:
+        code=step_script("associate"),
+    output:
+        ASSOCIATION_FILE,
+    params:
+        python=PYTHON,
+        tree=association_tree,
+    log:
+        os.path.join(LOGS, "association_file", "{asn}.log"),
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} write --tree {params.tree:q} --output {output:q} > {log:q} 2>&1"
+
+
+rule flux:
+    """DN/s -> MJy/sr for every member (romancal FluxStep)."""
+    input:
+        asn=mosaic_upstream("flux"),
+        members=association_members,
+        parameter_file=parameter_file(),
+        code=step_script("flux"),
+    output:
+        mosaic_asn("flux"),
+    params:
+        python=PYTHON,
+        values=step_parameters("flux"),
+        parameter_file=parameter_file_option,
+    resources:
+        mem_mb=step_memory_mb(1),
+    log:
+        os.path.join(LOGS, "flux", "{asn}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "flux", "{asn}.tsv")
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.asn:q} {output:q} --workflow-params {params.values:q} "
+        "{params.parameter_file} > {log:q} 2>&1"
+
+
+rule skymatch:
+    """Match the sky levels of overlapping members on the sky (romancal SkyMatchStep)."""
+    input:
+        asn=mosaic_upstream("skymatch"),
+        parameter_file=parameter_file(),
+        code=step_script("skymatch"),
+    output:
+        mosaic_asn("skymatch"),
+    params:
+        python=PYTHON,
+        values=step_parameters("skymatch"),
+        parameter_file=parameter_file_option,
+    resources:
+        mem_mb=step_memory_mb(2),
+    log:
+        os.path.join(LOGS, "skymatch", "{asn}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "skymatch", "{asn}.tsv")
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.asn:q} {output:q} --workflow-params {params.values:q} "
+        "{params.parameter_file} > {log:q} 2>&1"
+
+
+rule outlier_detection:
+    """Flag outliers against the median of the resampled members (romancal OutlierDetectionStep)."""
+    input:
+        asn=mosaic_upstream("outlier_detection"),
+        parameter_file=parameter_file(),
+        code=step_script("outlier_detection"),
+    output:
+        mosaic_asn("outlier_detection"),
+    params:
+        python=PYTHON,
+        values=step_parameters("outlier_detection"),
+        parameter_file=parameter_file_option,
+    resources:
+        mem_mb=step_memory_mb(3),
+    log:
+        os.path.join(LOGS, "outlier_detection", "{asn}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "outlier_detection", "{asn}.tsv")
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.asn:q} {output:q} --workflow-params {params.values:q} "
+        "{params.parameter_file} > {log:q} 2>&1"
+
+
+rule resample:
+    """Drizzle the members onto one grid: the Level 3 mosaic (romancal ResampleStep)."""
+    input:
+        asn=resample_input,
+        parameter_file=parameter_file(),
+        code=step_script("resample"),
+    output:
+        MOSAIC_PRODUCT,
+    params:
+        python=PYTHON,
+        values=step_parameters("resample"),
+        parameter_file=parameter_file_option,
+    resources:
+        mem_mb=step_memory_mb(3),
+    log:
+        os.path.join(LOGS, "resample", "{product}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "resample", "{product}.tsv")
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.asn:q} {output:q} --workflow-params {params.values:q} "
+        "{params.parameter_file} > {log:q} 2>&1"
