@@ -38,6 +38,7 @@ from spherical_geometry.polygon import SphericalPolygon
 from romanpipe import cli
 from romanpipe.association import asn_from_list, association_name, read_association, write_association
 from romanpipe.errors import InputFileError
+from romanpipe.files import atomic_path
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_model
 
@@ -132,10 +133,8 @@ def write_index(rows: list[dict], output: Path) -> None:
     duplicated = table["product"][table["product"].duplicated()].tolist()
     if duplicated:
         raise InputFileError(output, f"two associations make the same product: {', '.join(duplicated)}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    table.to_csv(staging, index=False)
-    os.replace(staging, output)
+    with atomic_path(output) as staging:
+        table.to_csv(staging, index=False)
 
 
 def main(argv=None) -> None:

@@ -38,8 +38,8 @@ from roman_datamodels import datamodels
 from scipy import ndimage
 
 from romanpipe import cli, dqflags, drizzling
-from romanpipe.association import Association, read_association
-from romanpipe.errors import InputFileError, NoScienceDataError, ParameterError
+from romanpipe.association import Association, read_science_members
+from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX, product_name
 from romanpipe.products import SKIPPED, open_model
 from romanpipe.steprun import parse_step_args, write_association_products, write_product
@@ -277,10 +277,7 @@ def write_skipped(models, association: Association, output: Path, args, paramete
 
 def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    association = read_association(args.input)
-    members = association.members()
-    if not members:
-        raise NoScienceDataError(f"{args.input}: the association has no science members")
+    association, members = read_science_members(args.input)
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(path, (datamodels.ImageModel,),
                                                  memmap=not parameters["in_memory"]))

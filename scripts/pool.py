@@ -19,7 +19,6 @@ import argparse
 import functools
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pandas as pd
 from romanpipe import cli, refs
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.exposure_types import applicable_steps
+from romanpipe.files import atomic_path
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_level1, open_model
 
@@ -153,10 +153,8 @@ def main(argv=None) -> None:
     pool, quarantine = build_pool(input_paths(args), args.step_reftypes)
     log.info("%d exposures in the pool, %d quarantined", len(pool), len(quarantine))
     for table, path in ((quarantine, args.quarantine), (pool, args.output)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as staging:
+            table.to_csv(staging, index=False)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from pathlib import Path
 from roman_datamodels import datamodels
 
 from romanpipe import cli, drizzling
-from romanpipe.association import Association, listing, read_association, write_association
-from romanpipe.errors import InputFileError, NoScienceDataError, ParameterError
+from romanpipe.association import Association, listing, read_science_members, write_association
+from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import product_name
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, write_product
@@ -103,10 +103,7 @@ def write_single_mosaics(products: list, association: Association, output: Path,
 
 def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    association = read_association(args.input)
-    members = association.members()
-    if not members:
-        raise NoScienceDataError(f"{args.input}: the association has no science members")
+    association, members = read_science_members(args.input)
     if parameters["single"] and args.output.suffix != ".json":
         raise ParameterError("single=true writes one mosaic per exposure: OUTPUT must be an association "
                              "(.json) listing them")

@@ -59,9 +59,7 @@ import copy
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
@@ -76,6 +74,7 @@ from roman_datamodels import datamodels
 
 from romanpipe import cli, dqflags
 from romanpipe.errors import NoScienceDataError, ParameterError
+from romanpipe.files import atomic_path
 from romanpipe.naming import product_name
 from romanpipe.products import open_model, plain_array, write_atomic
 from romanpipe.steprun import parse_step_args, write_product
@@ -344,13 +343,8 @@ def write_catalog(image, catalog: Table, path: Path, image_name: str) -> Path:
     """Write the catalog file so that ``path`` only ever holds a complete catalog."""
     if path.suffix == ".asdf":
         return write_atomic(catalog_product(image, catalog, image_name), path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        catalog.write(staging / path.name, format="ascii.ecsv")
-        os.replace(staging / path.name, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic_path(path) as staging:
+        catalog.write(staging, format="ascii.ecsv")
     log.info("wrote %s", path)
     return path
 

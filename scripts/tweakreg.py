@@ -59,6 +59,7 @@ from assign_wcs import s_region
 from romanpipe import cli
 from romanpipe.association import read_association
 from romanpipe.errors import InputFileError, PipelineError
+from romanpipe.files import atomic_path
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
 from romanpipe.steprun import parse_step_args, write_association_products, write_product
@@ -566,10 +567,8 @@ def apply_alignment(model, alignment: Alignment) -> None:
 def write_reference_catalog(refcat: Table, name: str, folder: Path) -> Path:
     """The reference catalog used, at the exposure epoch, as ``fit_<name>_ref.ecsv`` (atomically)."""
     path = Path(folder) / f"fit_{Path(name).stem.lower()}_ref.ecsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    refcat.write(staging, format="ascii.ecsv", overwrite=True)
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        refcat.write(staging, format="ascii.ecsv", overwrite=True)
     log.info("wrote %s", path)
     return path
 

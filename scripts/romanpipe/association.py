@@ -16,13 +16,13 @@ the member products they wrote beside it.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputFileError
+from .errors import InputFileError, NoScienceDataError
+from .files import atomic_path
 
 LEVEL2_RULE = "DMS_ELPP_Base"
 NO_DEGRADATION = "No known degraded exposures in association."
@@ -107,11 +107,17 @@ def read_association(path: str | Path) -> Association:
     return Association(path, tree)
 
 
+def read_science_members(path: str | Path) -> tuple[Association, list[Path]]:
+    """An association and its science members; NoScienceDataError (exit 64) when it has none."""
+    association = read_association(path)
+    members = association.members()
+    if not members:
+        raise NoScienceDataError(f"{path}: the association has no science members")
+    return association, members
+
+
 def write_association(tree: dict, path: str | Path) -> Path:
     """Write an association atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(json.dumps(tree, indent=2) + "\n")
-    os.replace(staging, path)
-    return path
+    with atomic_path(path) as staging:
+        staging.write_text(json.dumps(tree, indent=2) + "\n")
+    return Path(path)

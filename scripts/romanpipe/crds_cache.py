@@ -20,10 +20,8 @@ mapping is checksummed by ``crds.refactoring.checksum``.
 import ast
 import datetime
 import logging
-import os
 import pprint
 import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +29,8 @@ import crds
 import roman_datamodels as rdm
 from crds.core import rmap
 from crds.refactoring import checksum
+
+from .files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,5 @@ def _set_operational_context(cache_dir, pmap_name: str) -> None:
         last_synced=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     # Readers in other processes see either the old or the new file, never half of one.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as handle:
-        handle.write(pprint.pformat(server_config))
-    os.replace(handle.name, path)
+    with atomic_path(path) as staging:
+        staging.write_text(pprint.pformat(server_config))

@@ -22,7 +22,6 @@ from romanpipe.naming import STEP_SUFFIX, split_suffix  # noqa: E402
 from romanpipe.exposure_types import (  # noqa: E402
     EXPOSURE_STEPS,
     MOSAIC_TYPES,
-    RAMP_STEPS,
     applicable_steps,
 )
 from romanpipe import refs  # noqa: E402
@@ -144,14 +143,15 @@ def crds_context_file():
     return os.path.join(CRDS_PATH, "mappings", "roman", context)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_pool(path, mtime):
-    return pd.read_csv(path, index_col="exposure", dtype=str, keep_default_na=False)
+@functools.lru_cache(maxsize=8)
+def _read_table(path, mtime, index_col):
+    """A checkpoint's CSV table, read once per version of the file."""
+    return pd.read_csv(path, index_col=index_col, dtype=str, keep_default_na=False)
 
 
 def pool_table():
     path = checkpoints.pool.get().output.pool
-    return _read_pool(path, os.path.getmtime(path))
+    return _read_table(path, os.path.getmtime(path), "exposure")
 
 
 def reference(step, reftype):
@@ -294,14 +294,9 @@ def user_associations_option():
     return f"--user-dir {shlex.quote(user_dir)}" if user_dir else ""
 
 
-@functools.lru_cache(maxsize=4)
-def _read_index(path, mtime):
-    return pd.read_csv(path, index_col="asn", dtype=str, keep_default_na=False)
-
-
 def association_index():
     path = checkpoints.associations.get().output[0]
-    return _read_index(path, os.path.getmtime(path))
+    return _read_table(path, os.path.getmtime(path), "asn")
 
 
 def association_tree(wildcards):
