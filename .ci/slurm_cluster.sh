@@ -152,8 +152,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 ReturnToService=2
-# Finished jobs stay visible to 'squeue --states=all' (the profile's status command).
-MinJobAge=300
+# Finished jobs stay visible to 'squeue --states=all' (the profile's status command) for
+# 2 h: the SLURM tests check every job of runs that take several minutes.
+MinJobAge=7200
 KillWait=5
 InactiveLimit=0
 Waittime=0

@@ -226,14 +226,15 @@ def slurm_run(campaign, tmp_path_factory):
     workdir = fresh_copy(campaign, tmp_path_factory, "slurm")
     result = run_slurm(workdir)
     assert result.returncode == 0, result.stderr[-5000:]
-    return workdir, result.stdout + result.stderr
+    # SLURM's view of the jobs, taken at once: slurmctld forgets finished jobs after MinJobAge
+    return workdir, result.stdout + result.stderr, {job["id"]: job for job in jobs_in(workdir)}
 
 
 # --- tests -----------------------------------------------------------------------------------
 
 
 def test_slurm_products_equal_the_local_ones(local_run, slurm_run):
-    workdir, _ = slurm_run
+    workdir, _, _ = slurm_run
     assert len(list((workdir / "results" / "exposures").glob("*_saturation.asdf"))) == 4
     assert product_differences(local_run, workdir) == []
 
@@ -252,7 +253,7 @@ def test_the_comparison_sees_a_one_bit_change(local_run, tmp_path):
 
 
 def test_every_job_was_a_real_slurm_job(local_run, slurm_run):
-    workdir, log = slurm_run
+    workdir, log, in_slurm = slurm_run
     submitted = submissions(log)
     # the pool checkpoint, then one job per product the local run made (the target is _cal)
     rule_of_suffix = {suffix: step for step, suffix in STEP_SUFFIX.items()} | {"cal": "cal"}
@@ -261,7 +262,6 @@ def test_every_job_was_a_real_slurm_job(local_run, slurm_run):
                    for _, _, path in submitted)
     assert rules == sorted(["rule_pool"] + [f"rule_{rule_of_suffix[suffix]}" for suffix in made])
     run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
-    in_slurm = {job["id"]: job for job in jobs_in(workdir)}
     for _, slurm_id, slurm_log in submitted:
         # slurmctld knows the job (MinJobAge keeps it listed), under this run's name ...
         assert in_slurm[slurm_id]["state"] == "COMPLETED"
