@@ -338,6 +338,20 @@ def test_cli_attaches_the_catalog_and_records_cal_step(image_file, tmp_path):
     assert not list(tmp_path.glob(f"{EXPO}_cat.*"))
 
 
+def test_cli_catalog_of_a_few_sources_reads_back(tmp_path):
+    """asdf writes a catalog of a few rows inline in the YAML, where it cannot read it back
+    when the rows are as many as the columns (here 7: id, x, y, flux, sharpness, roundness1/2)."""
+    truth = Catalog(x=np.linspace(15.3, 80.6, 7), y=np.linspace(20.2, 75.8, 7)[::-1], flux=np.full(7, 2500.0))
+    data, err = observe(render_rate((96, 96), truth, SKY, 2.0), seed=6)
+    path = write_image(tmp_path / f"{EXPO}_photom.asdf", data, err, np.zeros((96, 96), np.uint32))
+    out = tmp_path / f"{EXPO}_sourcedetection.asdf"
+    assert cli.run(source_detection.main, [str(path), str(out), "--kernel-fwhm", "2.0"]) == 0
+    with rdm.open(out) as product:
+        catalog = Table(np.asarray(product.meta.source_catalog.tweakreg_catalog))
+    found, _ = match(catalog, truth.x, truth.y)
+    assert len(catalog) == len(catalog.colnames) == 7 and found.all()
+
+
 @pytest.mark.parametrize("filetype", ["ecsv", "asdf"])
 def test_cli_saves_the_catalog_beside_the_output(image_file, tmp_path, filetype):
     _, path = image_file

@@ -80,16 +80,19 @@ def write_atomic(model, path: str | Path) -> Path:
     Arrays are stored uncompressed (roman_datamodels defaults to lz4): lz4 barely
     shrinks float data, and an uncompressed file lets the next step memory-map
     its input instead of decompressing a full copy, and spares the writer a
-    compressed copy of every array.
+    compressed copy of every array. They are all stored in binary blocks: asdf
+    writes small arrays inline in the YAML by default, and cannot read a small
+    structured array (a catalog of a few sources) back from there.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.meta.filename = path.name
+    # type(): ground-test (TvacModel) metadata holds tagged strings, which a plain str fails.
+    model.meta.filename = type(model.meta.filename)(path.name) if "filename" in model.meta else path.name
     # The file keeps its final name inside a private folder (the name is also
     # recorded in meta.filename), then moves into place in one rename.
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        model.to_asdf(staging / path.name, all_array_compression=None)
+        model.to_asdf(staging / path.name, all_array_compression=None, all_array_storage="internal")
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
