@@ -11,6 +11,8 @@ a one-line reason and the campaign continues without it.
 
 Each exposure gets the references of the steps (among those given) that apply to
 its exposure type, so a prism exposure is not quarantined for want of a FLAT.
+Ground-test (TvacModel) files are read like ScienceRawModel ones; their exposure
+types are recorded in the science schemas' names (romanpipe.exposure_types.science_exposure_type).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pandas as pd
 
 from romanpipe import cli, refs
 from romanpipe.errors import InputFileError, PipelineError
-from romanpipe.exposure_types import applicable_steps
+from romanpipe.exposure_types import applicable_steps, science_exposure_type
 from romanpipe.files import atomic_path
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_level1, open_model
@@ -51,7 +53,8 @@ def exposure_record(path: Path) -> dict:
         if len(read_pattern) != nresultants:
             raise InputFileError(path, f"data has {nresultants} resultants but the MA table's "
                                        f"read_pattern has {len(read_pattern)}")
-        exposure_type = str(meta.exposure.type)
+        # Ground-test files use rad's TVAC names (WFI_DARK): the pool records what dq_init makes of them.
+        exposure_type = science_exposure_type(str(meta.exposure.type))
         try:
             applicable_steps(exposure_type)
         except ValueError as err:

@@ -3,20 +3,26 @@
     python scripts/simulate.py campaign --config config/demo_campaign.yaml --out demo
     python scripts/simulate.py exposure --out sim --detector WFI01 --filter F158 --size 64 \\
         --ma-table IMG_UNEVEN_6 --seed 1
+    python scripts/simulate.py groundtest --config config/groundtest_campaign.yaml --out tvac
 
-Both write <out>/uncal, <out>/truth, <out>/catalogs (the Gaia-like catalog), <out>/references,
+The first two write <out>/uncal, <out>/truth, <out>/catalogs (the Gaia-like catalog), <out>/references,
 <out>/crds_cache and <out>/workflow.yaml (the workflow then runs with ``--directory <out>``).
+``groundtest`` writes TVAC-like TvacModel exposures (one bright-star exposure and darks) with their
+truth in <out>/uncal, and <out>/references, <out>/crds_cache and <out>/workflow.yaml for the
+seed's partial pipeline (dq_init to linearity, see config/groundtest.yaml).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from romanpipe import cli
 from wfisim.campaign import CampaignConfig, simulate_campaign
+from wfisim.groundtest import GroundTestConfig, simulate_groundtest
 from wfisim.matables import MA_TABLES
 from wfisim.psf import PSF_MODELS
 
@@ -55,12 +61,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                           help="cosmic rays per cm^2 per s (about 5 at L2; 0: none)")
     exposure.add_argument("--psf", choices=PSF_MODELS, default=defaults.psf,
                           help="gaussian, or roman: GalSim's Roman optical PSF of the detector and filter")
+
+    groundtest = commands.add_parser("groundtest", parents=[common],
+                                     help="ground-test (TVAC) exposures: a bright-star scene and darks")
+    groundtest.add_argument("--config", type=Path, default=None,
+                            help="ground-test YAML (see config/groundtest_campaign.yaml; default: "
+                                 "the GroundTestConfig defaults)")
+    groundtest.add_argument("--size", type=int, default=None,
+                            help="readout rows = columns instead of the config's (e.g. 128 for a quick look)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
+    if args.command == "groundtest":
+        settings = GroundTestConfig.from_yaml(args.config) if args.config else GroundTestConfig()
+        if args.size is not None:
+            settings = dataclasses.replace(settings, size=args.size)
+        simulate_groundtest(settings, args.out, workers=args.workers)
+        log.info("wrote the ground-test set to %s; run the workflow with --directory %s --configfile %s",
+                 args.out / "uncal", args.out, args.out / "workflow.yaml")
+        return
     if args.command == "campaign":
         config = CampaignConfig.from_yaml(args.config)
     else:

@@ -29,6 +29,17 @@ EXPOSURE_TYPES = tuple(_IMAGE_STEPS_BY_TYPE)
 MOSAIC_TYPES = ("WFI_IMAGE",)
 
 
+# rad's TVAC exposure types that the science schemas (RampModel onwards) name differently.
+GROUNDTEST_EXPOSURE_TYPES = {
+    "WFI_DARK": "WFI_IM_DARK", "WFI_GRISM": "WFI_SPECTRAL", "WFI_PRISM": "WFI_SPECTRAL",
+}
+
+
+def science_exposure_type(exposure_type: str) -> str:
+    """The science schemas' name of an exposure type (ground-test files use rad's TVAC names)."""
+    return GROUNDTEST_EXPOSURE_TYPES.get(exposure_type, exposure_type)
+
+
 def applicable_steps(exposure_type: str) -> tuple[str, ...]:
     """The exposure-level steps, in order, that apply to ``exposure_type``; ValueError if unknown."""
     try:

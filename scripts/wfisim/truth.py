@@ -159,17 +159,22 @@ class ExposureTruth:
 
     def write(self, path: str | Path) -> Path:
         """Write the tree; ``path`` only ever holds a complete file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            asdf.AsdfFile(self.tree()).write_to(tmp)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        log.info("wrote %s", path)
-        return path
+        return write_tree(self.tree(), path)
+
+
+def write_tree(tree: dict, path: str | Path) -> Path:
+    """Write a truth ``tree`` as plain ASDF; ``path`` only ever holds a complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        asdf.AsdfFile(tree).write_to(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    log.info("wrote %s", path)
+    return path
 
 
 def read_truth(path: str | Path) -> dict:
