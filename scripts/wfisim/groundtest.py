@@ -127,6 +127,9 @@ class GroundTestConfig:
     star_grid: tuple[int, int] = (3, 3)  # rows, columns of sources
     star_magnitudes: tuple[float, float] = (4.0, 18.0)  # brightest (first cell), faintest (last)
     psf: str = "gaussian"
+    # e/s on every pixel of the bright exposure (the chamber's background light): the seed
+    # compares each frame's slope with the pixel's mean slope, which needs signal everywhere.
+    illumination: float = 50.0
     # [xstart, ystart, xsize, ysize] in readout pixels; None: a square window (16 pixels at
     # full size, size / 16 below, at least 4) a third of the way in, between the grid's sources.
     guide_window: tuple[int, int, int, int] | None = None
@@ -290,7 +293,8 @@ def write_tvac_exposure(path: Path, config: GroundTestConfig, scene: str, index:
     if scene == "bright":
         catalog, magnitudes = bright_catalog(config)
         element = config.optical_element.upper()
-        rate = render_stars(model.shape, catalog, 0.0, element, detector=model.name, psf=config.psf)
+        rate = render_stars(model.shape, catalog, config.illumination, element, detector=model.name,
+                            psf=config.psf)
         rate *= true_flat(model, element)
         truth["catalog"] = {"x": catalog.x, "y": catalog.y, "magnitude": magnitudes,
                             "flux_e_per_s": catalog.flux}
