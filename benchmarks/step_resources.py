@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -21,39 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import run_measured  # noqa: E402
 
 from romanpipe.naming import STEP_SUFFIX, product_name  # noqa: E402
 
 # The ramp-level chain in pipeline order (steps whose script exists are run).
 RAMP_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit"]
-
-_TIME_FIELDS = {
-    "wall_s": r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)",
-    "user_s": r"User time \(seconds\): (\S+)",
-    "system_s": r"System time \(seconds\): (\S+)",
-    "max_rss_kb": r"Maximum resident set size \(kbytes\): (\d+)",
-}
-
-
-def parse_time_v(report: str) -> dict[str, float]:
-    values = {}
-    for name, pattern in _TIME_FIELDS.items():
-        text = re.search(pattern, report).group(1)
-        if name == "wall_s":
-            seconds = 0.0
-            for part in text.split(":"):
-                seconds = seconds * 60 + float(part)
-            values[name] = seconds
-        else:
-            values[name] = float(text)
-    return values
-
-
-def run_measured(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return parse_time_v(result.stderr)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,446 @@
+"""Parity with romancal 1.1, step by step and end to end, on the same inputs and reference files.
+
+Our simulator writes four dithered exposures (``--size``, ``--ma-table``) with their
+references and CRDS cache; our workflow runs them to the mosaic through Snakemake.
+Then each romancal step is fed OUR intermediate input of that step, with
+``override_<reftype>`` naming the reference our run used (from our pool table), and
+its output is compared with ours: pixels compared, median and 99.9th percentile of
+|ours − romancal| in units of the pixel error (read noise for ramps, ERR for images),
+and the fraction of pixels whose DQ words agree. End to end: romancal's
+ExposurePipeline (``ols_cas22``) on the Level 1 file against our ``_cal``, and its
+flux → skymatch → outlier_detection → resample (MosaicPipeline) on our ``_cal``
+files against our ``_i2d``, onto our grid. With ``--romanisim`` the end-to-end
+comparison is repeated on a Level 1 file from romanisim (an independent simulator;
+offline: no CRDS, galsim's Roman PSF, a star catalog we give it; full size only)::
+
+    python benchmarks/parity.py --size 4096 --out bench/parity --romanisim
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "scripts"))
+
+import peer  # noqa: E402
+from measure import (  # noqa: E402
+    clean_environment,
+    machine_description,
+    markdown_table,
+    parity_stats,
+    simulate_campaign,
+    snakemake_command,
+)
+
+HEADERS = ["step", "input (ours)", "pixels compared", "median \\|Δ\\|/σ", "99.9 % \\|Δ\\|/σ", "DQ agreement",
+           "why we differ"]
+
+# Where we differ from romancal 1.1 on purpose (README, "Where we differ from romancal 1.1 on purpose").
+REASONS = {
+    "dq_init": "we flag the 4-pixel border REFERENCE_PIXEL in PIXELDQ",
+    "saturation": "seed rule: threshold × ⟨t⟩/max(t) on multi-read resultants (stcal: plain threshold)",
+    "refpix": "missing samples by position, not by value 0.0; romancal's options shift by one",
+    "linearity": "seed: polynomial of each resultant; romancal 1.1 goes read by read through an "
+                 "INVERSELINEARITY (identity here): differs on multi-read resultants",
+    "dark_current": "seed: dark subtracted from the ramp before the fit; romancal 1.1: from the slope "
+                    "after it (romancal ramp_fit + dark_current on our _linearity)",
+    "ramp_fit": "weighting power from the segment's fitted signal (not endpoints); exact jump statistic; "
+                "dark rate added back for Poisson noise; NaN where romancal writes 0",
+    "assign_wcs": "Δ in pixels between the two WCSs' sky positions on a grid (σ = 1 pixel)",
+    "flat_field": "no flat variance where the flat is NaN or 0",
+    "photom": "conversion keywords, relative difference (σ = |romancal|)",
+    "flux": "",
+    "skymatch": "sky levels, σ = each image's median ERR; ours fills overlaps from the exact sky polygon",
+    "outlier_detection": "quintic blotting (romancal linear); DQ = OUTLIER flags",
+    "resample": "onto our grid, exact pixel map",
+    "uncal → cal": "all of the above; romancal's source catalog and tweakreg skipped (need Gaia online)",
+    "cal → i2d": "romancal MosaicPipeline onto our grid",
+}
+
+
+def dq_flag(name: str) -> int:
+    from romanpipe import dqflags
+
+    return int(dqflags.pixel[name])
+
+
+def read_noise(pool_row, shape) -> np.ndarray:
+    """The READNOISE reference, cut to ``shape``'s last two axes (the ramp's error unit, DN)."""
+    import roman_datamodels as rdm
+
+    with rdm.open(pool_row["ref_readnoise"]) as reference:
+        noise = np.asarray(reference.data, np.float64)
+    if noise.shape != tuple(shape[-2:]):
+        border = (noise.shape[-1] - shape[-1]) // 2
+        noise = noise[border:-border, border:-border]
+    return noise
+
+
+def open_arrays(path, *names):
+    import roman_datamodels as rdm
+
+    with rdm.open(path) as model:
+        return [np.array(model[name]) for name in names]
+
+
+def compare_ramps(ours_path, theirs, noise, dq_name):
+    ours_data, ours_dq = open_arrays(ours_path, "data", dq_name)
+    return parity_stats(ours_data, np.asarray(theirs.data), noise, ours_dq=ours_dq,
+                        theirs_dq=np.asarray(theirs[dq_name]))
+
+
+def compare_images(ours_path, theirs):
+    ours_data, ours_err, ours_dq = open_arrays(ours_path, "data", "err", "dq")
+    do_not_use = dq_flag("DO_NOT_USE")
+    usable = ((ours_dq & do_not_use) == 0) & ((np.asarray(theirs.dq) & do_not_use) == 0)
+    return parity_stats(ours_data, np.asarray(theirs.data), ours_err, ours_dq=ours_dq,
+                        theirs_dq=np.asarray(theirs.dq), usable=usable)
+
+
+def compare_wcs(ours_path, theirs):
+    """Distance in pixels between the sky positions each WCS gives to a grid of pixels."""
+    import roman_datamodels as rdm
+    from astropy.coordinates import SkyCoord
+
+    with rdm.open(ours_path) as ours:
+        rows, columns = ours.data.shape
+        y, x = np.mgrid[0:rows:max(1, rows // 64), 0:columns:max(1, columns // 64)].astype(float)
+        ours_sky = SkyCoord(*ours.meta.wcs(x, y), unit="deg")
+        theirs_sky = SkyCoord(*theirs.meta.wcs(x, y), unit="deg")
+        pixel_scale = ours_sky[0, 0].separation(SkyCoord(*ours.meta.wcs(x[0, 0] + 1, y[0, 0]), unit="deg"))
+    offset = (ours_sky.separation(theirs_sky) / pixel_scale).decompose().value
+    return parity_stats(offset, np.zeros_like(offset), 1.0)
+
+
+def compare_photometry(ours_path, theirs):
+    import roman_datamodels as rdm
+
+    with rdm.open(ours_path) as ours:
+        names = [name for name in ("conversion_megajanskys", "conversion_megajanskys_uncertainty",
+                                   "pixel_area") if ours.meta.photometry[name] is not None]
+        mine = np.array([float(ours.meta.photometry[name]) for name in names])
+    peer_values = np.array([float(theirs.meta.photometry[name]) for name in names])
+    stats = parity_stats(mine, peer_values, np.abs(peer_values))
+    stats["pixels"] = f"{len(names)} keywords"
+    return stats
+
+
+def members(asn_path: Path) -> list[Path]:
+    from romanpipe.association import read_science_members
+
+    return read_science_members(asn_path)[1]
+
+
+def library_models(library):
+    """The models of a romancal ModelLibrary, in order (copied out of the library)."""
+    models = []
+    with library:
+        for index in range(len(library)):
+            model = library.borrow(index)
+            models.append(model.copy())
+            library.shelve(model, index, modify=False)
+    return models
+
+
+def compare_members(our_paths, their_models, *, sky=False, outliers=False):
+    """Per member images (data/ERR/DQ), sky levels (``sky``) or OUTLIER flags (``outliers``)."""
+    if sky:
+        ours_levels, theirs_levels, errors = [], [], []
+        for path, model in zip(our_paths, their_models, strict=True):
+            import roman_datamodels as rdm
+
+            with rdm.open(path) as ours:
+                ours_levels.append(float(ours.meta.background.level))
+                errors.append(float(np.nanmedian(np.asarray(ours.err))))
+            theirs_levels.append(float(model.meta.background.level))
+        stats = parity_stats(np.array(ours_levels), np.array(theirs_levels), np.array(errors))
+        stats["pixels"] = f"{len(our_paths)} sky levels"
+        return stats
+    collected = [[], [], [], [], []]
+    outlier = dq_flag("OUTLIER")
+    for path, model in zip(our_paths, their_models, strict=True):
+        data, err, dq = open_arrays(path, "data", "err", "dq")
+        their_dq = np.asarray(model.dq)
+        for bucket, values in zip(collected, (data, np.asarray(model.data), err,
+                                              dq & outlier if outliers else dq,
+                                              their_dq & outlier if outliers else their_dq), strict=True):
+            bucket.append(values.ravel())
+    data, theirs, err, dq, their_dq = (np.concatenate(bucket) for bucket in collected)
+    return parity_stats(data, theirs, err, ours_dq=dq, theirs_dq=their_dq)
+
+
+def compare_mosaic(ours_path, theirs):
+    ours_data, ours_err, ours_weight = open_arrays(ours_path, "data", "err", "weight")
+    covered = (ours_weight > 0) & (np.asarray(theirs.weight) > 0)
+    stats = parity_stats(ours_data, np.asarray(theirs.data), ours_err, usable=covered)
+    ours_context, theirs_context = open_arrays(ours_path, "context")[0], np.asarray(theirs.context)
+    if ours_context.shape == theirs_context.shape:
+        stats["dq_agreement"] = float(np.mean(ours_context == theirs_context))
+    return stats
+
+
+class Comparison:
+    """Runs one comparison at a time, keeps its row, and survives a failing one (its error is the row)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, step, input_name, compute, reason=None):
+        started = time.perf_counter()
+        try:
+            stats = compute()
+        except Exception as error:  # noqa: BLE001 - a failed comparison is reported, the others still run
+            message = f"not compared: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            self.rows.append([step, input_name, "—", None, None, None, message])
+            print(f"{step}: {message}", file=sys.stderr)
+            return
+        reason = REASONS.get(step, "") if reason is None else reason
+        self.rows.append([step, input_name, stats["pixels"], stats["median"], stats["p999"],
+                          stats["dq_agreement"], reason])
+        print(f"{step}: {stats} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
+
+def step_by_step(comparison: Comparison, folder: Path, work: Path):
+    """Each romancal step on our product of the previous step."""
+    exposures = folder / "results" / "exposures"
+    row = peer.read_pool_row(folder / "results" / "pool.csv")
+    expo = row["exposure"]
+    uncal = folder / row["path"]
+    readout = peer.readout_shape_of(uncal)
+    overrides = peer.reference_overrides(row, work / "peer_references", readout)
+
+    def ours(suffix):
+        return exposures / f"{expo}_{suffix}.asdf"
+
+    with_noise = {}
+
+    def noise(shape):
+        return with_noise.setdefault(shape, read_noise(row, shape))
+
+    def ramp_step(alias, input_path, output_suffix, dq_name):
+        theirs = peer.run_step(alias, input_path, **overrides[alias])
+        return compare_ramps(ours(output_suffix), theirs, noise(theirs.data.shape), dq_name)
+
+    comparison.add("dq_init", uncal.name, lambda: ramp_step("dq_init", uncal, "dqinit", "pixeldq"))
+    comparison.add("saturation", "_dqinit", lambda: ramp_step("saturation", ours("dqinit"), "saturation",
+                                                              "groupdq"))
+    if peer.refpix_runs(readout):
+        comparison.add("refpix", "_saturation", lambda: ramp_step("refpix", ours("saturation"), "refpix",
+                                                                  "groupdq"))
+    else:
+        comparison.rows.append(["refpix", "_saturation", "—", None, None, None,
+                                f"not compared: romancal's refpix needs {peer.FULL_READOUT_COLUMNS} "
+                                "columns (run --size 4096)"])
+    comparison.add("linearity", "_refpix", lambda: ramp_step("linearity", ours("refpix"), "linearity",
+                                                             "pixeldq"))
+
+    def ramp_fit_then_dark():
+        slopes = peer.run_step("rampfit", ours("linearity"), algorithm="ols_cas22", **overrides["rampfit"])
+        theirs = peer.run_step("dark_current", slopes, **overrides["dark_current"])
+        return compare_images(ours("rampfit"), theirs)
+
+    comparison.add("dark_current", "_linearity (+ ramp_fit)", ramp_fit_then_dark)
+    comparison.add("ramp_fit", "_darkcurrent", lambda: compare_images(
+        ours("rampfit"), peer.run_step("rampfit", ours("darkcurrent"), algorithm="ols_cas22",
+                                       **overrides["rampfit"])))
+    comparison.add("assign_wcs", "_rampfit", lambda: compare_wcs(
+        ours("assignwcs"), peer.run_step("assign_wcs", ours("rampfit"), **overrides["assign_wcs"])))
+    comparison.add("flat_field", "_assignwcs", lambda: compare_images(
+        ours("flat"), peer.run_step("flatfield", ours("assignwcs"), **overrides["flatfield"])))
+    comparison.add("photom", "_flat", lambda: compare_photometry(
+        ours("photom"), peer.run_step("photom", ours("flat"), **overrides["photom"])))
+    return row
+
+
+def mosaic_step_by_step(comparison: Comparison, folder: Path, our_parameters: dict[str, dict]):
+    """romancal's flux, skymatch, outlier_detection and resample on our inputs of each."""
+    from romancal.datamodels.library import ModelLibrary
+
+    asn_folder = next((folder / "results" / "mosaics").glob("*/"))
+    name = asn_folder.name
+    flux_asn, skymatch_asn, outlier_asn = (asn_folder / f"{name}_{step}_asn.json"
+                                           for step in ("flux", "skymatch", "outlier_detection"))
+    cal_paths = [folder / "results" / "exposures" / f"{path.name.rsplit('_', 1)[0]}_cal.asdf"
+                 for path in members(flux_asn)]
+    steps = peer.mosaic_steps(our_parameters, None)
+
+    def on_library(alias, paths, parameters):
+        library = ModelLibrary([str(path) for path in paths], on_disk=False)
+        return library_models(peer.call_quietly(peer.step_class(alias).call, library, **parameters))
+
+    comparison.add("flux", "_cal", lambda: compare_members(members(flux_asn),
+                                                           on_library("flux", cal_paths, {})))
+    comparison.add("skymatch", "_flux", lambda: compare_members(
+        members(skymatch_asn), on_library("skymatch", members(flux_asn), steps["skymatch"]), sky=True))
+    comparison.add("outlier_detection", "_skymatch", lambda: compare_members(
+        members(outlier_asn), on_library("outlier_detection", members(skymatch_asn),
+                                         steps["outlier_detection"]), outliers=True))
+    i2d = next((folder / "results" / "mosaics").glob("*_i2d.asdf"))
+    grid = our_grid(i2d, folder / "peer_grid.asdf")
+    resample_parameters = {**peer.mosaic_steps(our_parameters, grid)["resample"]}
+    comparison.add("resample", "_outlier_detection", lambda: compare_mosaic(
+        i2d, peer.call_quietly(peer.step_class("resample").call,
+                               ModelLibrary([str(p) for p in members(outlier_asn)], on_disk=False),
+                               **resample_parameters)))
+    return flux_asn, cal_paths, grid, i2d
+
+
+def our_grid(i2d: Path, path: Path) -> Path:
+    """Our mosaic's WCS in a file, romancal's ``output_wcs`` (same grid, so pixels compare)."""
+    import asdf
+    import roman_datamodels as rdm
+
+    with rdm.open(i2d) as mosaic:
+        wcs = mosaic.meta.wcs
+        wcs.pixel_shape = mosaic.data.shape[::-1]
+        wcs.array_shape = mosaic.data.shape
+        asdf.AsdfFile({"wcs": wcs}).write_to(path)
+    return path
+
+
+def end_to_end(comparison: Comparison, folder: Path, work: Path, label: str, row=None, suffix="cal"):
+    """romancal's ExposurePipeline (ols_cas22) on the Level 1 file against our _cal."""
+    row = peer.read_pool_row(folder / "results" / "pool.csv") if row is None else row
+    uncal = folder / row["path"]
+    readout = peer.readout_shape_of(uncal)
+    steps = peer.exposure_pipeline_steps(row, work / "peer_references", readout, "ols_cas22")
+    reason = REASONS["uncal → cal"] + ("" if peer.refpix_runs(readout) else
+                                       "; romancal's refpix skipped (needs the full 4096-column readout)")
+    comparison.add("uncal → cal", f"{label} {uncal.name}", lambda: compare_images(
+        folder / "results" / "exposures" / f"{row['exposure']}_{suffix}.asdf",
+        peer.run_exposure_pipeline(uncal, steps)), reason)
+
+
+def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
+    """A full-detector Level 1 file from romanisim, offline (cached: made once).
+
+    No CRDS (romanisim's built-in detector parameters), galsim's Roman PSF, no stpsf,
+    a star catalog made here (no Gaia query); our MA table's read pattern.
+    """
+    if path.is_file():
+        return path
+    import asdf
+    import galsim
+    from astropy.time import Time
+    from romanisim import catalog, image, ris_make_utils
+
+    from wfisim.matables import ma_table as our_ma_table
+
+    table = our_ma_table(ma_table)
+    metadata = ris_make_utils.set_metadata(date="2027-03-01T00:00:00", bandpass="F158", sca=1,
+                                           usecrds=False)
+    metadata["exposure"]["read_pattern"] = table.read_pattern_lists()
+    metadata["exposure"]["nresultants"] = len(metadata["exposure"]["read_pattern"])
+    metadata["wcsinfo"]["ra_ref"], metadata["wcsinfo"]["dec_ref"] = 270.0, 66.0
+    metadata["exposure"]["start_time"] = Time("2027-03-01T00:00:00")
+    rng = galsim.UniformDeviate(seed)
+    stars = catalog.make_stars(galsim.CelestialCoord(270.0 * galsim.degrees, 66.0 * galsim.degrees),
+                               n=2000, radius=0.1, index=3, faintmag=22, truncation_radius=None,
+                               bandpasses=["F158"], rng=rng)
+    level1, extras = image.simulate(metadata, stars, usecrds=False, psftype="galsim", level=1,
+                                    crparam={}, rng=rng)
+    level1["meta"]["filename"] = path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    asdf.AsdfFile({"roman": level1}).write_to(path)
+    return path
+
+
+def romanisim_run(folder: Path, ma_table: str, env) -> Path:
+    """Our workflow to _photom on romanisim's Level 1 file, with our simulator's references and CRDS cache.
+
+    It stops before source detection and tweakreg (our catalog is not romanisim's sky);
+    romancal skips them too, and _cal holds the _photom data.
+    """
+    import yaml
+
+    romanisim_folder = folder.parent / f"romanisim_{ma_table}"
+    uncal = romanisim_folder / "uncal" / "r0000101001001001001_01101_0001_WFI01_uncal.asdf"
+    romanisim_level1(uncal, ma_table)
+    if not (romanisim_folder / "crds_cache").exists():
+        (romanisim_folder / "crds_cache").symlink_to(folder / "crds_cache")
+    config = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}, "target": "photom"}
+    (romanisim_folder / "workflow.yaml").write_text(yaml.safe_dump(config))
+    subprocess.run(snakemake_command(romanisim_folder), check=True, env=env)
+    return romanisim_folder
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096, help="readout rows = columns (4096: full detector)")
+    parser.add_argument("--ma-table", default="IMG_UNEVEN_6")
+    parser.add_argument("--out", type=Path, default=Path("bench/parity"))
+    parser.add_argument("--romanisim", action="store_true",
+                        help="also compare end to end on a romanisim Level 1 file (full size only)")
+    args = parser.parse_args(argv)
+
+    from romanpipe.params import step_defaults
+
+    env = clean_environment()
+    folder = (args.out / f"sim_{args.size}_{args.ma_table}").resolve()
+    work = folder / "peer"
+    simulate_campaign(folder, args.size, args.ma_table, env)
+    started = time.perf_counter()
+    # Every intermediate product is compared, so none may be removed as temporary; a run that
+    # already removed them is redone from dq_init.
+    kept = any((folder / "results" / "exposures").glob("*_dqinit.asdf"))
+    done = (folder / "results" / "pool.csv").is_file()
+    rerun = ["--forcerun", "dq_init"] if done and not kept else []
+    subprocess.run(snakemake_command(folder, "--notemp", *rerun), check=True, env=env)
+    print(f"our workflow: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    peer.configure_environment(folder / "crds_cache")
+
+    comparison = Comparison()
+    row = step_by_step(comparison, folder, work)
+    our_parameters = {step: step_defaults(step) for step in ("skymatch", "outlier_detection", "resample")}
+    flux_asn, _cal_paths, grid, i2d = mosaic_step_by_step(comparison, folder, our_parameters)
+    end_to_end(comparison, folder, work, "our simulator", row)
+    comparison.add("cal → i2d", flux_asn.name.replace("_flux_asn", "_asn"), lambda: compare_mosaic(
+        i2d, peer.run_mosaic_pipeline(_cal_association(flux_asn, folder, work),
+                                      peer.mosaic_steps(our_parameters, grid))))
+    if args.romanisim:
+        if args.size != peer.FULL_READOUT_COLUMNS:
+            print("romanisim simulates the full detector only: skipped at --size "
+                  f"{args.size}", file=sys.stderr)
+        else:
+            romanisim_folder = romanisim_run(folder, args.ma_table, env)
+            end_to_end(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim",
+                       suffix="photom")
+
+    table = markdown_table(HEADERS, comparison.rows)
+    header = (f"Parity with romancal, {args.size}×{args.size} readout, {args.ma_table}, our simulator "
+              f"(4 dithered F158 exposures of WFI01){', and romanisim' if args.romanisim else ''}.\n"
+              f"{machine_description()}\n"
+              f"Reproduce: `make parity SIZE={args.size}` "
+              f"(`python benchmarks/parity.py --size {args.size} --ma-table {args.ma_table}"
+              f"{' --romanisim' if args.romanisim else ''}`)\n\n")
+    output = args.out / f"parity_{args.size}_{args.ma_table}.md"
+    output.write_text(header + table)
+    print(header + table)
+    return 0
+
+
+def _cal_association(flux_asn: Path, folder: Path, work: Path) -> Path:
+    """Our association with the members' _cal products (romancal's MosaicPipeline starts from _cal)."""
+    tree = json.loads(flux_asn.read_text())
+    exposures = folder / "results" / "exposures"
+    for product in tree["products"]:
+        for member in product["members"]:
+            name = Path(member["expname"]).name.rsplit("_", 1)[0]
+            member["expname"] = str(exposures / f"{name}_cal.asdf")
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / flux_asn.name.replace("_flux_asn", "_cal_asn")
+    path.write_text(json.dumps(tree, indent=2))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

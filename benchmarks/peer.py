@@ -1,0 +1,280 @@
+"""Running romancal 1.1 on our inputs with our reference files (the `peer` extra; benchmarks only).
+
+romancal is pointed at the very reference files our run used (``override_<reftype>``,
+taken from our pool table) and at the simulated CRDS cache in local mode, so no CRDS
+server is needed. Where romancal 1.1 needs a reference our seed does not define, a
+neutral one is written (an identity INVERSELINEARITY) or the step is skipped
+(DARKDECAYSIGNAL); a FLAT covering the whole readout is trimmed to the science area,
+the shape romancal requires. Also a command line, so that ``bench.py`` can time each
+run in its own process::
+
+    python benchmarks/peer.py exposure UNCAL OUT_CAL --pool results/pool.csv --algorithm ols_cas22
+    python benchmarks/peer.py step rampfit IN OUT --pool results/pool.csv
+    python benchmarks/peer.py mosaic ASN OUT_I2D [--output-wcs grid.asdf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE_BORDER = 4
+FULL_READOUT_COLUMNS = 4096  # romancal's refpix works on whole 128-column channels of a full row
+
+# romancal step alias in ExposurePipeline -> our step, for the reference overrides.
+EXPOSURE_STEPS = {
+    "dq_init": "dq_init",
+    "saturation": "saturation",
+    "refpix": "refpix",
+    "linearity": "linearity",
+    "rampfit": "ramp_fit",
+    "dark_current": "dark_current",
+    "assign_wcs": "assign_wcs",
+    "flatfield": "flat_field",
+    "photom": "photom",
+}
+_STEP_CLASSES = {
+    "dq_init": ("romancal.dq_init", "DQInitStep"),
+    "saturation": ("romancal.saturation", "SaturationStep"),
+    "refpix": ("romancal.refpix", "RefPixStep"),
+    "linearity": ("romancal.linearity", "LinearityStep"),
+    "rampfit": ("romancal.ramp_fitting", "RampFitStep"),
+    "dark_current": ("romancal.dark_current", "DarkCurrentStep"),
+    "assign_wcs": ("romancal.assign_wcs", "AssignWcsStep"),
+    "flatfield": ("romancal.flatfield", "FlatFieldStep"),
+    "photom": ("romancal.photom", "PhotomStep"),
+    "flux": ("romancal.flux", "FluxStep"),
+    "skymatch": ("romancal.skymatch", "SkyMatchStep"),
+    "outlier_detection": ("romancal.outlier_detection", "OutlierDetectionStep"),
+    "resample": ("romancal.resample", "ResampleStep"),
+}
+
+
+def configure_environment(crds_cache: str | Path, environ=os.environ) -> dict:
+    """CRDS from the local cache only (romancal asks for a context even with overrides)."""
+    environ.update(CRDS_PATH=str(crds_cache), CRDS_MODE="local",
+                   CRDS_SERVER_URL="https://crds-serverless-mode.stsci.edu",
+                   STPIPE_DISABLE_CRDS_STEPPARS="true")
+    return environ
+
+
+def identity_inverselinearity(path: Path, coefficients_shape: tuple[int, ...]) -> Path:
+    """An INVERSELINEARITY that changes nothing (romancal 1.1 refuses to run linearity without one)."""
+    if path.is_file():
+        return path
+    import roman_datamodels.datamodels as rdm
+
+    model = rdm.InverselinearityRefModel.create_fake_data(shape=coefficients_shape)
+    model.coeffs = np.zeros(coefficients_shape, np.float32)
+    model.coeffs[1] = 1.0
+    model.dq = np.zeros(coefficients_shape[1:], np.uint32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.to_asdf(path)
+    return path
+
+
+def science_area_flat(flat_path: Path, image_shape: tuple[int, int], folder: Path) -> Path:
+    """The FLAT itself if it has the image's shape, else a copy with its reference border trimmed."""
+    import roman_datamodels.datamodels as rdm
+
+    with rdm.open(flat_path) as flat:
+        if flat.data.shape == tuple(image_shape):
+            return flat_path
+        trimmed_path = folder / f"{flat_path.stem}_science_area.asdf"
+        if not trimmed_path.is_file():
+            inner = np.s_[..., REFERENCE_BORDER:-REFERENCE_BORDER, REFERENCE_BORDER:-REFERENCE_BORDER]
+            trimmed = flat.copy()
+            for name in ("data", "dq", "err"):
+                if name in flat:
+                    trimmed[name] = np.asarray(flat[name])[inner].copy()
+            folder.mkdir(parents=True, exist_ok=True)
+            trimmed.to_asdf(trimmed_path)
+    return trimmed_path
+
+
+def reference_overrides(pool_row, folder: Path, readout_shape: tuple[int, int]) -> dict[str, dict]:
+    """Each romancal exposure step's ``override_*`` parameters from our pool row (ref_<type> columns)."""
+    import roman_datamodels.datamodels as rdm
+
+    with rdm.open(pool_row["ref_linearity"]) as linearity:
+        coefficients_shape = linearity.coeffs.shape
+    image_shape = tuple(size - 2 * REFERENCE_BORDER for size in readout_shape)
+    flat = science_area_flat(Path(pool_row["ref_flat"]), image_shape, folder)
+    overrides = {
+        "dq_init": {"override_mask": pool_row["ref_mask"]},
+        "saturation": {"override_saturation": pool_row["ref_saturation"]},
+        "refpix": {"override_refpix": pool_row["ref_refpix"]},
+        "linearity": {"override_linearity": pool_row["ref_linearity"],
+                      "override_inverselinearity": str(identity_inverselinearity(
+                          folder / "identity_inverselinearity.asdf", coefficients_shape)),
+                      "override_integralnonlinearity": "N/A"},
+        "rampfit": {"override_gain": pool_row["ref_gain"], "override_readnoise": pool_row["ref_readnoise"]},
+        "dark_current": {"override_dark": pool_row["ref_dark"]},
+        "assign_wcs": {"override_distortion": pool_row["ref_distortion"]},
+        "flatfield": {"override_flat": str(flat), "include_var_flat": True},
+        "photom": {"override_photom": pool_row["ref_photom"]},
+    }
+    if readout_shape[1] != FULL_READOUT_COLUMNS:
+        overrides["refpix"] = {"skip": True}
+    return overrides
+
+
+def refpix_runs(readout_shape: tuple[int, int]) -> bool:
+    return readout_shape[1] == FULL_READOUT_COLUMNS
+
+
+def exposure_pipeline_steps(pool_row, folder: Path, readout_shape, algorithm: str,
+                            include_var_flat: bool = True) -> dict[str, dict]:
+    """ExposurePipeline ``steps``: our references, ``algorithm`` for ramp fitting, no catalog/tweakreg.
+
+    romancal 1.1 cannot save an image flat-fielded with ``include_var_flat`` (its ERR
+    becomes float32 against a float16 schema): runs that write their product set it false.
+    """
+    steps = reference_overrides(pool_row, folder, readout_shape)
+    steps["rampfit"]["algorithm"] = algorithm
+    steps["flatfield"]["include_var_flat"] = include_var_flat
+    # No DARKDECAYSIGNAL in the seed; source catalog and tweakreg would need Gaia on the network.
+    steps["dark_decay"] = {"skip": True}
+    steps["source_catalog"] = {"skip": True}
+    steps["tweakreg"] = {"skip": True}
+    return steps
+
+
+def step_class(alias: str):
+    import importlib
+
+    module, name = _STEP_CLASSES[alias]
+    return getattr(importlib.import_module(module), name)
+
+
+def call_quietly(callable_, *args, **kwargs):
+    """romancal warns about deprecated algorithms and leaves files to the garbage collector."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = callable_(*args, **kwargs)
+        gc.collect()
+    return result
+
+
+def run_step(alias: str, dataset, **parameters):
+    """romancal's step ``alias`` on a file or a model already in memory."""
+    dataset = str(dataset) if isinstance(dataset, Path) else dataset
+    return call_quietly(step_class(alias).call, dataset, **parameters)
+
+
+def saving_to(output: Path) -> dict:
+    """stpipe's own saving (romancal's writer casts to the schema's types; ``to_asdf`` would refuse)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return {"save_results": True, "output_dir": str(output.parent), "output_file": output.name}
+
+
+def run_exposure_pipeline(uncal: Path, steps: dict[str, dict], **options):
+    from romancal.pipeline import ExposurePipeline
+
+    model, _catalog, _segmentation = call_quietly(ExposurePipeline.call, str(uncal), steps=steps, **options)
+    return model
+
+
+def mosaic_steps(our_parameters: dict[str, dict], output_wcs: Path | None) -> dict[str, dict]:
+    """MosaicPipeline ``steps`` with our step parameters where romancal has the same names."""
+    shared = {
+        "skymatch": ("skymethod", "match_down", "subtract", "skystat", "dqbits", "nclip", "lsigma", "usigma",
+                     "binwidth"),
+        "outlier_detection": ("weight_type", "pixfrac", "kernel", "maskpt", "snr", "scale", "backg",
+                              "good_bits", "in_memory"),
+        "resample": ("pixfrac", "kernel", "weight_type", "good_bits", "in_memory"),
+    }
+    steps = {step: {name: our_parameters[step][name] for name in names if name in our_parameters[step]}
+             for step, names in shared.items()}
+    steps["outlier_detection"].update(resample_on_skycell=False)
+    steps["resample"].update(resample_on_skycell=False, fillval="NaN", pixmap_stepsize=1)
+    if output_wcs is not None:
+        steps["resample"]["output_wcs"] = str(output_wcs)
+    steps["source_catalog"] = {"skip": True}
+    return steps
+
+
+def run_mosaic_pipeline(asn: Path, steps: dict[str, dict], **options):
+    from romancal.pipeline import MosaicPipeline
+
+    result = call_quietly(MosaicPipeline.call, str(asn), steps=steps, resample_on_skycell=False, **options)
+    return result[0] if isinstance(result, tuple) else result
+
+
+def read_pool_row(pool: Path, uncal: Path | None = None):
+    import pandas as pd
+
+    table = pd.read_csv(pool, dtype=str, keep_default_na=False)
+    if uncal is None:
+        return table.iloc[0]
+    names = table["path"].map(lambda path: Path(path).name)
+    return table[names == uncal.name].iloc[0]
+
+
+def readout_shape_of(uncal: Path) -> tuple[int, int]:
+    import roman_datamodels as rdm
+
+    with rdm.open(uncal) as model:
+        return tuple(model.data.shape[-2:])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    exposure = commands.add_parser("exposure", help="ExposurePipeline on a Level 1 file")
+    exposure.add_argument("uncal", type=Path)
+    exposure.add_argument("output", type=Path)
+    exposure.add_argument("--pool", type=Path, required=True, help="our pool.csv (reference files)")
+    exposure.add_argument("--algorithm", default="ols_cas22")
+    step = commands.add_parser("step", help="one ExposurePipeline step on a file, result to a file")
+    step.add_argument("alias", choices=list(EXPOSURE_STEPS))
+    step.add_argument("input", type=Path)
+    step.add_argument("output", type=Path)
+    step.add_argument("--pool", type=Path, required=True, help="our pool.csv (reference files)")
+    step.add_argument("--uncal", type=Path, required=True, help="the exposure's Level 1 file")
+    step.add_argument("--algorithm", default="ols_cas22")
+    mosaic = commands.add_parser("mosaic", help="MosaicPipeline on an association of _cal files")
+    mosaic.add_argument("asn", type=Path)
+    mosaic.add_argument("output", type=Path)
+    mosaic.add_argument("--output-wcs", type=Path)
+    args = parser.parse_args(argv)
+
+    scratch = args.output.parent / f".{args.output.stem}.stpipe"
+    shutil.rmtree(scratch, ignore_errors=True)
+    saving = saving_to(scratch / args.output.name)
+    if args.command in ("exposure", "step"):
+        row = read_pool_row(args.pool, args.uncal)
+        configure_environment(Path(row["ref_mask"]).parents[3])
+        steps = exposure_pipeline_steps(row, args.output.parent / "peer_references",
+                                        readout_shape_of(args.uncal), args.algorithm, include_var_flat=False)
+        if args.command == "exposure":
+            run_exposure_pipeline(args.uncal, steps, **saving)
+        else:
+            model = run_step(args.alias, args.input, **steps[args.alias])
+            # A ramp-fitted image has no WCS until assign_wcs; romancal's schema wants the key.
+            if "wcs" not in model.meta and args.alias in ("rampfit", "dark_current"):
+                model.meta["wcs"] = None
+            scratch.mkdir(parents=True, exist_ok=True)
+            model.save(scratch / args.output.name)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        from romanpipe.params import step_defaults
+
+        configure_environment(os.environ.get("CRDS_PATH", args.asn.parent))
+        parameters = {step: step_defaults(step) for step in ("skymatch", "outlier_detection", "resample")}
+        run_mosaic_pipeline(args.asn, mosaic_steps(parameters, args.output_wcs), **saving)
+    # stpipe names the file after its input and suffix: the largest file it wrote is the product.
+    max(scratch.glob("*.asdf"), key=lambda path: path.stat().st_size).replace(args.output)
+    shutil.rmtree(scratch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

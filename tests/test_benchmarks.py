@@ -1,0 +1,107 @@
+"""The benchmark harness (benchmarks/): comparison statistics, table formatting, parsed measurements."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench  # noqa: E402
+import measure  # noqa: E402
+
+TIME_V_REPORT = """\
+\tCommand being timed: "python scripts/ramp_fit.py a b"
+\tUser time (seconds): 7.25
+\tSystem time (seconds): 0.50
+\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02.50
+\tMaximum resident set size (kbytes): 2097152
+"""
+
+
+def test_parse_time_v_reads_minutes_and_kilobytes():
+    figures = measure.parse_time_v(TIME_V_REPORT)
+    assert figures == {"wall_s": 62.5, "user_s": 7.25, "system_s": 0.5, "max_rss_kb": 2097152.0}
+    assert measure.cpu_seconds(figures) == 7.75
+
+
+def test_parity_stats_in_units_of_the_error():
+    ours = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 6.0])
+    theirs = np.array([1.0, 2.5, 2.0, 4.0, 5.0, 6.0])
+    error = np.array([1.0, 0.5, 2.0, 1.0, 1.0, 0.0])  # the last pixel has no error: not compared
+    stats = measure.parity_stats(ours, theirs, error, ours_dq=np.array([0, 1, 0, 0, 0, 0]),
+                                 theirs_dq=np.zeros(6, int))
+    # compared: |Δ|/σ = 0, 1, 0.5, 0 (the NaN and the zero-error pixels are left out)
+    assert stats["pixels"] == 4
+    assert stats["median"] == pytest.approx(0.25)
+    assert stats["p999"] == pytest.approx(np.percentile([0, 1, 0.5, 0], 99.9))
+    assert stats["dq_agreement"] == pytest.approx(5 / 6)
+
+
+def test_parity_stats_usable_mask_and_no_dq():
+    usable = np.array([False, True, True, False])
+    stats = measure.parity_stats(np.arange(4.0), np.zeros(4), 2.0, usable=usable)
+    assert stats["pixels"] == 2 and stats["median"] == pytest.approx(0.75) and np.isnan(stats["dq_agreement"])
+
+
+def test_markdown_table_formats_numbers_and_escapes_bars():
+    table = measure.markdown_table(["step", "pixels", "median", "note"],
+                                   [["ramp_fit", 1234567, 0.000123, "a | b"],
+                                    ["photom", "3 keywords", None, ""]])
+    assert table.splitlines() == [
+        "| step | pixels | median | note |",
+        "|---|---|---|---|",
+        "| ramp_fit | 1,234,567 | 1.23e-04 | a \\| b |",
+        "| photom | 3 keywords | — |  |",
+    ]
+    assert measure.format_number(0.699) == "0.699" and measure.format_number(float("nan")) == "—"
+    assert measure.format_number(15.41) == "15.4" and measure.format_number(0) == "0"
+
+
+def test_rule_benchmarks_are_summed_per_step(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for expo, (seconds, rss, cpu) in {"a": (2.0, 512.0, 1.5), "b": (3.0, 1024.0, 2.5)}.items():
+        folder = tmp_path / "benchmarks" / "flat_field"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{expo}.tsv").write_text(header + f"{seconds}\t0:00:02\t{rss}\t0\t0\t0\t0\t0\t50\t{cpu}\n")
+    figures = bench.read_rule_benchmarks(tmp_path, ["flat_field", "photom"])
+    assert figures == {"flat_field": {"wall_s": 5.0, "cpu_s": 4.0, "max_rss_gb": 1.0}}
+
+
+def test_exposure_table_ratios():
+    ours = {"ramp_fit": {"wall_s": 8.0, "cpu_s": 7.0, "max_rss_gb": 1.5}}
+    theirs = {"ramp_fit": {"wall_s": 16.0, "cpu_s": 15.0, "max_rss_gb": 3.0}}
+    table = bench.exposure_table(ours, theirs, {"wall_s": 40.0, "cpu_s": 30.0, "max_rss_gb": 1.5},
+                                 {"romancal (ols_cas22)": {"wall_s": 50.0, "cpu_s": 45.0, "max_rss_gb": 4.0}})
+    lines = table.splitlines()
+    assert "| ramp_fit | 8.0 | 7.0 | 1.50 | 16.0 | 15.0 | 3.00 | 0.50× | 0.50× |" in lines
+    assert "| dq_init | — | — | — | — | — | — | — | — |" in lines
+    assert lines[-1] == ("| **total** vs romancal (ols_cas22) | 40.0 | 30.0 | 1.50 | 50.0 | 45.0 | 4.00 "
+                         "| 0.80× | 0.38× |")
+
+
+@pytest.mark.peer
+def test_peer_overrides_name_our_references(tmp_path):
+    """romancal's steps get our pool's reference files, an identity INVERSELINEARITY and a trimmed FLAT."""
+    pytest.importorskip("romancal")
+    import peer
+    import roman_datamodels.datamodels as rdm
+
+    linearity = rdm.LinearityRefModel.create_fake_data(shape=(3, 16, 16))
+    linearity.to_asdf(tmp_path / "lin.asdf")
+    flat = rdm.FlatRefModel.create_fake_data(shape=(16, 16))
+    flat.data = np.arange(256, dtype=np.float32).reshape(16, 16)
+    flat.to_asdf(tmp_path / "flat.asdf")
+    row = {f"ref_{reftype}": f"/refs/{reftype}.asdf" for reftype in
+           ("mask", "saturation", "refpix", "gain", "readnoise", "dark", "distortion", "photom")}
+    row.update(ref_linearity=str(tmp_path / "lin.asdf"), ref_flat=str(tmp_path / "flat.asdf"))
+    steps = peer.exposure_pipeline_steps(row, tmp_path / "work", (16, 16), "ols_cas22")
+    assert steps["rampfit"] == {"override_gain": "/refs/gain.asdf",
+                                "override_readnoise": "/refs/readnoise.asdf", "algorithm": "ols_cas22"}
+    assert steps["refpix"] == {"skip": True}  # romancal's refpix needs the full 4096-column readout
+    assert steps["dark_decay"] == steps["source_catalog"] == steps["tweakreg"] == {"skip": True}
+    with rdm.open(steps["linearity"]["override_inverselinearity"]) as inverse:
+        assert np.all(inverse.coeffs[1] == 1) and not np.any(inverse.coeffs[[0, 2]])
+    with rdm.open(steps["flatfield"]["override_flat"]) as trimmed:
+        np.testing.assert_array_equal(trimmed.data, flat.data[4:-4, 4:-4])
