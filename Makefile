@@ -11,7 +11,7 @@ DEMO   ?= demo
 INSTALLED := $(VENV)/.installed-base
 PEER_INSTALLED := $(VENV)/.installed-peer
 
-.PHONY: setup demo test test-slurm lint peer-test bench clean-demo
+.PHONY: setup demo groundtest test test-slurm lint peer-test bench parity clean-demo
 
 setup: $(INSTALLED)
 
@@ -29,7 +29,23 @@ demo: $(INSTALLED)
 	$(BIN)/python scripts/simulate.py campaign --config config/demo_campaign.yaml --out $(DEMO)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
 	    --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
+	$(BIN)/snakemake --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml \
+	    --report $(DEMO)/report.html
 	@$(BIN)/python scripts/list_products.py $(DEMO)/results
+	@echo "Report: $(DEMO)/report.html"
+
+# The ground-test (TVAC) session of the README: simulate a TVAC set, run the partial
+# pipeline, fit superbias/DARK from the darks, draw the diagnostics, build the report.
+GT_DIR  ?= tvac
+GT_SIZE ?= 1024
+groundtest: $(INSTALLED)
+	$(BIN)/python scripts/simulate.py groundtest --config config/groundtest_campaign.yaml \
+	    --out $(GT_DIR) --size $(GT_SIZE)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
+	    --snakefile Snakefile --directory $(GT_DIR) --configfile $(GT_DIR)/workflow.yaml
+	$(BIN)/snakemake --snakefile Snakefile --directory $(GT_DIR) --configfile $(GT_DIR)/workflow.yaml \
+	    --report $(GT_DIR)/report.html
+	@$(BIN)/python scripts/list_products.py $(GT_DIR)/results
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup
@@ -45,9 +61,17 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check scripts tests
 	$(BIN)/snakemake --lint --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
 
-# Full-size figures for the README's performance section (minutes, up to ~10 GB of memory).
-bench: $(INSTALLED)
-	$(BIN)/python benchmarks/step_resources.py --size 4096 --ma-table EVEN_55 --out bench/ramp55
+# Side by side with romancal on the same input and references (needs the peer extra).
+# Full size by default (minutes, up to ~10 GB); SIZE=512 for a quick run. Results in bench/*.md.
+SIZE     ?= 4096
+MA_TABLE ?= IMG_UNEVEN_6
+REPEAT   ?= 1
+bench: $(PEER_INSTALLED)
+	$(BIN)/python benchmarks/bench.py --size $(SIZE) --ma-table $(MA_TABLE) --repeat $(REPEAT) --out bench
+
+parity: $(PEER_INSTALLED)
+	$(BIN)/python benchmarks/parity.py --size $(SIZE) --ma-table $(MA_TABLE) --out bench \
+	    $(if $(filter 4096,$(SIZE)),--romanisim)
 
 peer-test: $(PEER_INSTALLED)
 	$(BIN)/python -m pytest -m peer

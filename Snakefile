@@ -18,6 +18,11 @@ include: "workflow/rules/pool.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/exposure.smk"
 include: "workflow/rules/mosaic.smk"
+include: "workflow/rules/groundtest.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
@@ -25,3 +30,8 @@ rule all:
     input:
         exposures=exposure_products,
         mosaics=final_mosaics,
+        groundtest=groundtest_products,
+        quicklook_images=quicklook_images,
+        quicklook_mosaics=quicklook_mosaics,
+        provenance=os.path.join(RESULTS, "provenance.csv"),
+        benchmarks=os.path.join(RESULTS, "benchmarks.csv"),

@@ -5,6 +5,8 @@ Hand-computed cases use gain 1 e/DN and read noise 1 DN per read unless stated: 
 noise of a first difference with clipped median m is then sqrt(|m| + 2).
 """
 
+import os
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -14,7 +16,7 @@ import dq_init
 import jump
 from conftest import EXPO, make_level1
 from jump import check_even_read_pattern, detect_jumps
-from romanpipe.cores import worker_count
+from romanpipe.cores import available_cores, worker_count
 from saturation import flag_saturation
 from wfisim.cosmic_rays import CosmicRays
 from wfisim.detector import build_detector
@@ -262,6 +264,17 @@ def test_maximum_cores_fractions():
     assert [worker_count(name, 8) for name in ("none", "quarter", "half", "all")] == [1, 2, 4, 8]
     assert [worker_count(name, 2) for name in ("none", "quarter", "half", "all")] == [1, 1, 1, 2]
     assert worker_count("all") >= 1
+
+
+def test_omp_num_threads_caps_the_workers(monkeypatch):
+    """Snakemake gives each job its threads as OMP_NUM_THREADS: a step uses no more."""
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1 and worker_count("all") == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 7))
+    assert available_cores() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert available_cores() == cores
 
 
 # --- cosmic rays (the simulator effect) -----------------------------------------------------------

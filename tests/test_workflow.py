@@ -30,6 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # association file changes only when its members do, so the mosaic chains rerun for their inputs.
 IMAGE_CHAIN_FOR_6 = {"flat_field": 6, "photom": 6, "source_detection": 6, "tweakreg": 6}
 MOSAICS_FOR_2 = {"flux": 2, "skymatch": 2, "outlier_detection": 2, "resample": 2}
+
+
+def report_jobs(images: int, mosaics: int) -> dict[str, int]:
+    """The report's jobs after that many _cal and _i2d products change: their quicklooks, and
+    the provenance and benchmark tables, which gather from every product."""
+    jobs = {"quicklook_cal": images, "quicklook_mosaic": mosaics, "provenance": 1, "benchmarks": 1}
+    return {rule: count for rule, count in jobs.items() if count}
 # Campaign folder -> the copy of the workflow code it runs with (default: the repository).
 WORKFLOW_CODE: dict[Path, Path] = {}
 
@@ -87,8 +94,10 @@ def campaign(tmp_path_factory, workflow_copy):
     simulate_campaign(config, out)
     # ivm weights (1/VAR_RNOISE) drop bright star cores whose later resultants saturated: the
     # photometry check below uses exptime weights (see README, "Where we differ").
+    # The tests below inspect the ramps between the steps, and a changed ramp-step parameter
+    # reruns only that step when they are kept (tests/test_resume.py runs the default).
     with open(out / "workflow.yaml", "a") as stream:
-        stream.write("resample:\n  weight_type: exptime\n")
+        stream.write("resample:\n  weight_type: exptime\nkeep_ramp_intermediates: true\n")
     return out
 
 
@@ -303,7 +312,7 @@ def test_changed_parameter_reruns_that_step_only(full_run):
     # that step and everything downstream of it, for every exposure; nothing upstream
     assert planned_jobs(result) == {"saturation": 8, "refpix": 8, "linearity": 8, "dark_current": 8,
                                     "ramp_fit": 8, "assign_wcs": 8, **IMAGE_CHAIN_FOR_6, "cal": 8,
-                                    **MOSAICS_FOR_2, "all": 1}
+                                    **MOSAICS_FOR_2, **report_jobs(8, 2), "all": 1}
 
 
 def test_edited_step_script_reruns_that_step_and_downstream_only(full_run, workflow_copy):
@@ -317,7 +326,8 @@ def test_edited_step_script_reruns_that_step_and_downstream_only(full_run, workf
         script.write_text(original)
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result) == {"linearity": 8, "dark_current": 8, "ramp_fit": 8, "assign_wcs": 8,
-                                    **IMAGE_CHAIN_FOR_6, "cal": 8, **MOSAICS_FOR_2, "all": 1}
+                                    **IMAGE_CHAIN_FOR_6, "cal": 8, **MOSAICS_FOR_2, **report_jobs(8, 2),
+                                    "all": 1}
 
 
 def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
@@ -340,7 +350,7 @@ def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
     assert planned_jobs(result) == {"dark_current": 4, "ramp_fit": 4, "assign_wcs": 4, "flat_field": 3,
                                     "photom": 3, "source_detection": 3, "tweakreg": 3, "cal": 4,
                                     "flux": 1, "skymatch": 1, "outlier_detection": 1, "resample": 1,
-                                    "all": 1}
+                                    **report_jobs(4, 1), "all": 1}
     assert "WFI01_darkcurrent" not in result.stdout
 
 

@@ -9,10 +9,11 @@ CORE_FRACTIONS = {"none": None, "quarter": 0.25, "half": 0.5, "all": 1.0}
 
 def available_cores() -> int:
     """CPUs this process may run on: os.cpu_count() unless a batch scheduler (SLURM) or
-    taskset confined it to fewer, when more threads than CPUs would only compete."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    taskset confined it to fewer, when more threads than CPUs would only compete, or
+    OMP_NUM_THREADS asks for fewer (Snakemake sets it to each job's threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    requested = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(requested)) if requested.isdigit() and int(requested) > 0 else cores
 
 
 def worker_count(maximum_cores: str, available: int | None = None) -> int:

@@ -88,6 +88,7 @@ def record_provenance(model, step: str, parameters: dict[str, Any],
     provenance = dict(model.meta.get("provenance", {}))
     provenance[step] = {
         "code_revision": code_revision(),
+        "crds_context": (refs.current_context() or "N/A") if references else "",
         "parameters": {k: v for k, v in parameters.items() if v is not None},
         "references": {reftype: {"file": Path(path).name, "sha256": file_sha256(path)}
                        for reftype, path in references.items()},

@@ -9,6 +9,7 @@ selected references) comes from the pool checkpoint's table.
 import functools
 import glob
 import json
+import math
 import os
 import shlex
 import sys
@@ -102,6 +103,35 @@ def product(step):
 
 CAL_PRODUCT = os.path.join(RESULTS, "exposures", "{expo}_cal.asdf")
 
+# Steps whose products are 3-D ramps that only the next step reads.
+RAMP_INTERMEDIATE_STEPS = EXPOSURE_STEPS[: EXPOSURE_STEPS.index("ramp_fit")]
+
+
+def within_target(step):
+    """Whether ``step`` is at or before the configured target (for cal and i2d: every step)."""
+    suffix_step = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}
+    target = suffix_step.get(config["target"])
+    return target is None or EXPOSURE_STEPS.index(step) <= EXPOSURE_STEPS.index(target)
+
+
+def partial_target_step():
+    """The ramp step whose product is the configured target, if the target is a ramp."""
+    suffix_step = {STEP_SUFFIX[s]: s for s in RAMP_INTERMEDIATE_STEPS}
+    if config["target"] not in suffix_step:
+        return None
+    up_to = RAMP_INTERMEDIATE_STEPS.index(suffix_step[config["target"]])
+    enabled = [s for s in RAMP_INTERMEDIATE_STEPS[: up_to + 1] if is_enabled(s)]
+    return enabled[-1] if enabled else None
+
+
+def step_output(step):
+    """A step's product: a ramp between two steps is temporary unless the config keeps it."""
+    path = product(step)
+    if (step in RAMP_INTERMEDIATE_STEPS and not config["keep_ramp_intermediates"]
+            and step != partial_target_step()):
+        return temp(path)
+    return path
+
 
 def is_enabled(step):
     # The two-point jump step runs only when ramp fitting does not detect jumps itself.
@@ -161,7 +191,11 @@ def reference(step, reftype):
         return override
 
     def crds_selection(wildcards):
-        return pool_table().loc[wildcards.expo, f"ref_{reftype}"]
+        pool = pool_table()
+        if f"ref_{reftype}" not in pool.columns:
+            raise WorkflowError(f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
+                                f"references for the enabled steps up to the target ({config['target']})")
+        return pool.loc[wildcards.expo, f"ref_{reftype}"]
 
     crds_selection.__name__ = f"crds_{reftype}"
     return crds_selection
@@ -199,29 +233,64 @@ def dark_output_option(wildcards):
     return f"--dark-output {shlex.quote(path)}"
 
 
-def cores_for(maximum_cores):
-    """Threads for a step's maximum_cores setting (the seed's none/quarter/half/all).
+def step_threads(maximum_cores):
+    """Threads of a step with a maximum_cores setting (the seed's none/quarter/half/all).
 
-    A fraction of this machine's cores: Snakemake lowers it to --cores when running
-    locally, and on SLURM it becomes the job's cpus_per_task (workflow.cores does not
-    exist there).
+    A share of this machine's cores: Snakemake lowers it to --cores when running locally.
+    Each job gets its threads as OMP_NUM_THREADS, which caps the step's workers
+    (romanpipe.cores).
     """
     return worker_count(maximum_cores, os.cpu_count() or 1)
 
 
-def step_memory_mb(factor):
+def step_cpus(maximum_cores):
+    """cpus_per_task of a step's SLURM job: its threads for a big ramp, one CPU for a small
+    one (threads cost more than they save there). The job's CPU affinity then caps the
+    step's workers (romanpipe.cores)."""
+    most = step_threads(maximum_cores)
+
+    def cpus_per_task(wildcards, input):
+        return most if input.size_mb >= SMALL_RAMP_MB else 1
+
+    return cpus_per_task
+
+
+# Below this size (inputs and references together) a ramp step gets one CPU on SLURM:
+# about a 1024 x 1024 detector region of 16 resultants.
+SMALL_RAMP_MB = 64
+
+
+def step_memory_mb(factor, size_mb=None):
     """A step's mem_mb: 1 GB plus ``factor`` times its inputs, doubled on each retry.
 
     Ramp factors from the full-detector peaks in the README (steps hold about two
     ramps; dq_init turns 2-byte raw counts into 4-byte floats); a job killed for
-    memory comes back with more.
+    memory comes back with more. ``size_mb(wildcards, input)`` replaces the inputs'
+    size where the data are not the declared inputs (the high-level steps).
     """
 
     def mem_mb(wildcards, input, attempt):
-        return int((1024 + factor * input.size_mb) * 2 ** (attempt - 1))
+        data_mb = size_mb(wildcards, input) if size_mb else input.size_mb
+        return int((1024 + factor * data_mb) * 2 ** (attempt - 1))
 
     mem_mb.__name__ = f"step_memory_mb_x{factor}"
     return mem_mb
+
+
+def step_runtime_min(minutes_per_gb, size_mb=None):
+    """A step's runtime (minutes; SLURM's time limit): 5 plus ``minutes_per_gb`` per GB of
+    its inputs, doubled on each retry (a job killed for time comes back with more).
+
+    The factors are about ten times the full-detector times measured here (README,
+    Performance), room for slower nodes and shared file systems.
+    """
+
+    def runtime(wildcards, input, attempt):
+        data_mb = size_mb(wildcards, input) if size_mb else input.size_mb
+        return math.ceil((5 + minutes_per_gb * data_mb / 1024) * 2 ** (attempt - 1))
+
+    runtime.__name__ = f"step_runtime_min_x{minutes_per_gb}"
+    return runtime
 
 
 def exposure_type(expo):
@@ -299,11 +368,23 @@ def association_index():
     return _read_table(path, os.path.getmtime(path), "asn")
 
 
+def association_of(wildcards):
+    """The association a high-level job works on (resample's wildcard is the product it makes)."""
+    if hasattr(wildcards, "asn"):
+        return wildcards.asn
+    index = association_index()
+    matches = index.index[index["product"] == wildcards.product]
+    if len(matches) != 1:
+        raise WorkflowError(f"no association makes the product {wildcards.product!r}")
+    return matches[0]
+
+
 def association_tree(wildcards):
+    asn = association_of(wildcards)
     try:
-        return association_index().loc[wildcards.asn, "tree"]
+        return association_index().loc[asn, "tree"]
     except KeyError:
-        raise WorkflowError(f"no association {wildcards.asn!r} in {ASSOCIATION_INDEX}") from None
+        raise WorkflowError(f"no association {asn!r} in {ASSOCIATION_INDEX}") from None
 
 
 def association_members(wildcards):
@@ -325,12 +406,83 @@ def mosaic_upstream(step):
 
 
 def resample_input(wildcards):
-    index = association_index()
-    matches = index.index[index["product"] == wildcards.product]
-    if len(matches) != 1:
-        raise WorkflowError(f"no association makes the product {wildcards.product!r}")
-    return mosaic_upstream("resample").format(asn=matches[0])
+    return mosaic_upstream("resample").format(asn=association_of(wildcards))
+
+
+def association_data_mb(wildcards, input):
+    """The members' _cal products' size: what a high-level step reads (its declared input is
+    the association file)."""
+    return sum(os.path.getsize(path) for path in association_members(wildcards)
+               if os.path.exists(path)) / 2**20
 
 
 def mosaic_products():
     return [MOSAIC_PRODUCT.format(product=product) for product in association_index()["product"]]
+
+
+# Ground-test (TVAC) products (groundtest.smk).
+DARK_EXPOSURE_TYPES = ("WFI_IM_DARK", "WFI_SP_DARK")
+DARK_REFERENCE = os.path.join(RESULTS, "references", "{detector}_{kind}.asdf")
+DIAGNOSTICS_DIR = os.path.join(RESULTS, "diagnostics", "{expo}")
+DIAGNOSTIC_FIGURES = (
+    "difference_frames_full",
+    "difference_frames_cutout",
+    "saturation_frames",
+    "relative_slope_neighbours",
+)
+
+
+wildcard_constraints:
+    detector=r"WFI\d\d",
+    kind=r"superbias|dark",
+
+
+def dark_exposures(wildcards):
+    """The raw files of one detector's dark exposures (the seed fits the darks unprocessed)."""
+    pool = pool_table()
+    darks = pool.index[pool["exposure_type"].isin(DARK_EXPOSURE_TYPES) & (pool["detector"] == wildcards.detector)]
+    if len(darks) == 0:
+        raise WorkflowError(f"no dark exposure of {wildcards.detector} in the pool")
+    return [EXPOSURES[expo] for expo in darks]
+
+
+def groundtest_products(wildcards):
+    """The references and figures config.groundtest asks for."""
+    settings = config["groundtest"]
+    pool = pool_table()
+    is_dark = pool["exposure_type"].isin(DARK_EXPOSURE_TYPES)
+    products = []
+    if settings["dark_references"]:
+        products += [DARK_REFERENCE.format(detector=detector, kind=kind)
+                     for detector in sorted(set(pool.loc[is_dark, "detector"]))
+                     for kind in ("superbias", "dark")]
+    if settings["diagnostics"]:
+        products += [os.path.join(DIAGNOSTICS_DIR.format(expo=expo), f"{figure}.png")
+                     for expo in pool.index[~is_dark] for figure in DIAGNOSTIC_FIGURES]
+    return products
+
+
+def useafter_option():
+    useafter = config["groundtest"]["useafter"]
+    return f"--useafter {shlex.quote(useafter)}" if useafter else ""
+
+
+def frames_option():
+    frames = config["groundtest"]["frames"]
+    return f"--frames {' '.join(map(str, frames))}" if frames else ""
+
+
+# The report's products (report.smk).
+def quicklook_images(wildcards):
+    """A quicklook of every _cal, when the target is cal or i2d."""
+    if config["target"] not in ("cal", "i2d"):
+        return []
+    return [os.path.join(RESULTS, "quicklook", f"{expo}_cal.png") for expo in pool_table().index]
+
+
+def quicklook_mosaics(wildcards):
+    """A quicklook of every mosaic (held back, alone, while the association checkpoint is pending)."""
+    if config["target"] != "i2d":
+        return []
+    return [os.path.join(RESULTS, "quicklook", f"{product}_i2d.png")
+            for product in association_index()["product"]]

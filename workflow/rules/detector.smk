@@ -15,13 +15,14 @@ rule dq_init:
         parameter_file=parameter_file(),
         code=step_script("dq_init"),
     output:
-        product("dq_init"),
+        step_output("dq_init"),
     params:
         python=PYTHON,
         values=step_parameters("dq_init"),
         parameter_file=parameter_file_option,
     resources:
         mem_mb=step_memory_mb(3.2),
+        runtime=step_runtime_min(3),
     log:
         os.path.join(LOGS, "dq_init", "{expo}.log"),
     benchmark:
@@ -41,7 +42,7 @@ rule saturation:
         parameter_file=parameter_file(),
         code=step_script("saturation"),
     output:
-        product("saturation"),
+        step_output("saturation"),
     params:
         python=PYTHON,
         values=step_parameters("saturation"),
@@ -49,6 +50,7 @@ rule saturation:
         skipped=skipped_before("saturation"),
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "saturation", "{expo}.log"),
     benchmark:
@@ -68,7 +70,7 @@ rule refpix:
         parameter_file=parameter_file(),
         code=step_script("refpix"),
     output:
-        product("refpix"),
+        step_output("refpix"),
     params:
         python=PYTHON,
         values=step_parameters("refpix"),
@@ -76,6 +78,7 @@ rule refpix:
         skipped=skipped_before("refpix"),
     resources:
         mem_mb=step_memory_mb(2.5),
+        runtime=step_runtime_min(3),
     log:
         os.path.join(LOGS, "refpix", "{expo}.log"),
     benchmark:
@@ -95,7 +98,7 @@ rule linearity:
         parameter_file=parameter_file(),
         code=step_script("linearity"),
     output:
-        product("linearity"),
+        step_output("linearity"),
     params:
         python=PYTHON,
         values=step_parameters("linearity"),
@@ -103,6 +106,7 @@ rule linearity:
         skipped=skipped_before("linearity"),
     resources:
         mem_mb=step_memory_mb(2.5),
+        runtime=step_runtime_min(3),
     log:
         os.path.join(LOGS, "linearity", "{expo}.log"),
     benchmark:
@@ -122,7 +126,7 @@ rule dark_current:
         parameter_file=parameter_file(),
         code=step_script("dark_current"),
     output:
-        product("dark_current"),
+        step_output("dark_current"),
     params:
         python=PYTHON,
         values=step_parameters("dark_current"),
@@ -131,6 +135,7 @@ rule dark_current:
         dark_output=dark_output_option,
     resources:
         mem_mb=step_memory_mb(2.5),
+        runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "dark_current", "{expo}.log"),
     benchmark:
@@ -156,15 +161,17 @@ rule jump:
         parameter_file=parameter_file(),
         code=step_script("jump"),
     output:
-        product("jump"),
+        step_output("jump"),
     params:
         python=PYTHON,
         values=step_parameters("jump"),
         parameter_file=parameter_file_option,
         skipped=skipped_before("jump"),
-    threads: cores_for(config["jump"]["maximum_cores"])
+    threads: step_threads(config["jump"]["maximum_cores"])
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(6),
+        cpus_per_task=step_cpus(config["jump"]["maximum_cores"]),
     log:
         os.path.join(LOGS, "jump", "{expo}.log"),
     benchmark:
@@ -191,15 +198,17 @@ rule ramp_fit:
         parameter_file=parameter_file(),
         code=step_script("ramp_fit"),
     output:
-        product("ramp_fit"),
+        step_output("ramp_fit"),
     params:
         python=PYTHON,
         values=step_parameters("ramp_fit"),
         parameter_file=parameter_file_option,
         skipped=skipped_before("ramp_fit"),
-    threads: cores_for(config["ramp_fit"]["maximum_cores"])
+    threads: step_threads(config["ramp_fit"]["maximum_cores"])
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(6),
+        cpus_per_task=step_cpus(config["ramp_fit"]["maximum_cores"]),
     log:
         os.path.join(LOGS, "ramp_fit", "{expo}.log"),
     benchmark:

@@ -24,6 +24,7 @@ rule assign_wcs:
         skipped=skipped_before("assign_wcs"),
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "assign_wcs", "{expo}.log"),
     benchmark:
@@ -52,6 +53,7 @@ rule flat_field:
         skipped=skipped_before("flat_field"),
     resources:
         mem_mb=step_memory_mb(3),
+        runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "flat_field", "{expo}.log"),
     benchmark:
@@ -79,6 +81,7 @@ rule photom:
         skipped=skipped_before("photom"),
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "photom", "{expo}.log"),
     benchmark:
@@ -102,6 +105,7 @@ rule cal:
         not_applicable=not_applicable_option,
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "cal", "{expo}.log"),
     conda:
@@ -125,6 +129,7 @@ rule source_detection:
         skipped=skipped_before("source_detection"),
     resources:
         mem_mb=step_memory_mb(3),
+        runtime=step_runtime_min(10),
     log:
         os.path.join(LOGS, "source_detection", "{expo}.log"),
     benchmark:
@@ -152,6 +157,7 @@ rule tweakreg:
         skipped=skipped_before("tweakreg"),
     resources:
         mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(10),
     log:
         os.path.join(LOGS, "tweakreg", "{expo}.log"),
     benchmark:

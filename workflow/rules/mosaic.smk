@@ -16,7 +16,8 @@ checkpoint associations:
         cal=imaging_cal_products,
         code=step_script("associate"),
     output:
-        ASSOCIATION_INDEX,
+        report(ASSOCIATION_INDEX, caption="../report/associations.rst", category="Tables",
+               labels={"table": "associations"}),
     params:
         python=PYTHON,
         user_dir=user_associations_option(),
@@ -60,7 +61,8 @@ rule flux:
         values=step_parameters("flux"),
         parameter_file=parameter_file_option,
     resources:
-        mem_mb=step_memory_mb(1),
+        mem_mb=step_memory_mb(1, association_data_mb),
+        runtime=step_runtime_min(2, association_data_mb),
     log:
         os.path.join(LOGS, "flux", "{asn}.log"),
     benchmark:
@@ -85,7 +87,8 @@ rule skymatch:
         values=step_parameters("skymatch"),
         parameter_file=parameter_file_option,
     resources:
-        mem_mb=step_memory_mb(2),
+        mem_mb=step_memory_mb(2, association_data_mb),
+        runtime=step_runtime_min(5, association_data_mb),
     log:
         os.path.join(LOGS, "skymatch", "{asn}.log"),
     benchmark:
@@ -110,7 +113,8 @@ rule outlier_detection:
         values=step_parameters("outlier_detection"),
         parameter_file=parameter_file_option,
     resources:
-        mem_mb=step_memory_mb(3),
+        mem_mb=step_memory_mb(3, association_data_mb),
+        runtime=step_runtime_min(20, association_data_mb),
     log:
         os.path.join(LOGS, "outlier_detection", "{asn}.log"),
     benchmark:
@@ -135,7 +139,8 @@ rule resample:
         values=step_parameters("resample"),
         parameter_file=parameter_file_option,
     resources:
-        mem_mb=step_memory_mb(3),
+        mem_mb=step_memory_mb(3, association_data_mb),
+        runtime=step_runtime_min(20, association_data_mb),
     log:
         os.path.join(LOGS, "resample", "{product}.log"),
     benchmark:

@@ -14,14 +14,17 @@ checkpoint pool:
         context=crds_context_file(),
         code=step_script("pool"),
     output:
-        pool=os.path.join(RESULTS, "pool.csv"),
-        quarantine=os.path.join(RESULTS, "quarantine.csv"),
+        pool=report(os.path.join(RESULTS, "pool.csv"), caption="../report/pool.rst",
+                    category="Tables", labels={"table": "pool"}),
+        quarantine=report(os.path.join(RESULTS, "quarantine.csv"), caption="../report/quarantine.rst",
+                          category="Tables", labels={"table": "quarantine"}),
     params:
         python=PYTHON,
-        # Only the steps that run need references: a skipped step's missing reference
-        # must not quarantine the exposure (toggling a skip reruns this cheap job).
+        # Only the steps that run need references: a skipped step's, or one after a partial
+        # target, must not quarantine the exposure (changing either reruns this cheap job).
         step_reftypes=json.dumps(
-            {s: STEP_REFTYPES[s] for s in EXPOSURE_STEPS if is_enabled(s) and s in STEP_REFTYPES},
+            {s: STEP_REFTYPES[s] for s in EXPOSURE_STEPS
+             if is_enabled(s) and within_target(s) and s in STEP_REFTYPES},
             sort_keys=True,
         ),
         sources=(

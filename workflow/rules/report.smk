@@ -1,0 +1,101 @@
+"""
+What `snakemake --report report.html` shows besides Snakemake's own run statistics:
+quicklooks of every _cal and _i2d, the campaign provenance table, every job's benchmark,
+and the pool, quarantine and association tables (marked in their own rules).
+
+REQUIRED INPUTS: the _cal and _i2d products (exposure.smk, mosaic.smk)
+OUTPUTS:         results/quicklook/<product>.png, results/provenance.csv,
+                 results/benchmarks.csv
+"""
+
+
+# Cheap tables gathered from every product: on a cluster, not worth a job each.
+localrules:
+    provenance,
+    benchmarks,
+
+
+rule quicklook_cal:
+    """A PNG of a calibrated image for the report."""
+    input:
+        product=CAL_PRODUCT,
+        code=step_script("quicklook"),
+    output:
+        report(
+            os.path.join(RESULTS, "quicklook", "{expo}_cal.png"),
+            caption="../report/quicklook.rst",
+            category="Quicklooks",
+            subcategory="Level 2 (_cal)",
+            labels={"product": "{expo}_cal"},
+        ),
+    params:
+        python=PYTHON,
+    log:
+        os.path.join(LOGS, "quicklook", "{expo}_cal.log"),
+    conda:
+        "../../envs/image.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.product:q} {output:q} > {log:q} 2>&1"
+
+
+rule quicklook_mosaic:
+    """A PNG of a mosaic for the report."""
+    input:
+        product=MOSAIC_PRODUCT,
+        code=step_script("quicklook"),
+    output:
+        report(
+            os.path.join(RESULTS, "quicklook", "{product}_i2d.png"),
+            caption="../report/quicklook.rst",
+            category="Quicklooks",
+            subcategory="Level 3 (_i2d)",
+            labels={"product": "{product}_i2d"},
+        ),
+    params:
+        python=PYTHON,
+    log:
+        os.path.join(LOGS, "quicklook", "{product}_i2d.log"),
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.product:q} {output:q} > {log:q} 2>&1"
+
+
+rule provenance:
+    """The campaign provenance table: code, parameters, CRDS context and references of every product."""
+    input:
+        exposures=exposure_products,
+        mosaics=final_mosaics,
+        code=step_script("provenance_table"),
+    output:
+        report(os.path.join(RESULTS, "provenance.csv"), caption="../report/provenance.rst",
+               category="Tables", labels={"table": "provenance"}),
+    params:
+        python=PYTHON,
+    log:
+        os.path.join(LOGS, "provenance.log"),
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.exposures:q} {input.mosaics:q} --output {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule benchmarks:
+    """Every job's benchmark record in one table (the products are inputs: it runs last)."""
+    input:
+        exposures=exposure_products,
+        mosaics=final_mosaics,
+        code=step_script("benchmark_table"),
+    output:
+        report(os.path.join(RESULTS, "benchmarks.csv"), caption="../report/benchmarks.rst",
+               category="Tables", labels={"table": "benchmarks"}),
+    params:
+        python=PYTHON,
+        folder=BENCHMARKS,
+    log:
+        os.path.join(LOGS, "benchmarks.log"),
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {params.folder:q} --output {output:q} > {log:q} 2>&1"
