@@ -24,6 +24,7 @@ import roman_datamodels as rdm
 from romanpipe import cli
 from romanpipe.association import read_association
 from romanpipe.errors import InputFileError
+from romanpipe.exposure_types import EXPOSURE_STEPS
 from romanpipe.files import atomic_path
 
 COLUMNS = ["product", "step", "code_revision", "crds_context", "parameters", "reftype", "reference",
@@ -33,7 +34,8 @@ COLUMNS = ["product", "step", "code_revision", "crds_context", "parameters", "re
 def provenance_rows(product: str, provenance: dict, steps: set[str] | None = None) -> list[dict]:
     """Rows for the steps of one product's provenance (only ``steps`` when given)."""
     rows = []
-    for step, record in provenance.items():
+    for step in sorted(provenance, key=pipeline_order):
+        record = provenance[step]
         if steps is not None and step not in steps:
             continue
         common = {
@@ -49,6 +51,12 @@ def provenance_rows(product: str, provenance: dict, steps: set[str] | None = Non
             rows.append({**common, "reftype": reftype, "reference": reference["file"],
                          "sha256": reference["sha256"]})
     return rows
+
+
+def pipeline_order(step: str) -> tuple[int, str]:
+    """Steps in the order they run (Level 1 to mosaic); any other after them, by name."""
+    order = (*EXPOSURE_STEPS, *HIGH_LEVEL_STEPS, "resample")
+    return (order.index(step), "") if step in order else (len(order), step)
 
 
 def plain(node):

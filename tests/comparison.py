@@ -1,10 +1,12 @@
-"""Comparing two runs' products: arrays bit for bit, metadata apart from what names the run.
+"""Running one campaign twice and comparing the products: arrays bit for bit, metadata apart
+from what names the run.
 
 Shared by the tests that run the same campaign two ways (SLURM and local, interrupted and
 not) and require the same products.
 """
 
 import re
+import shutil
 from pathlib import Path
 
 import asdf
@@ -101,3 +103,10 @@ def product_differences(run_a: Path, run_b: Path, pattern: str = "*") -> list[st
             if text_a != text_b:
                 problems.append(f"{relative} differs")
     return problems
+
+
+def fresh_copy(campaign: Path, tmp_path_factory, name: str) -> Path:
+    """A copy of the simulated inputs to run in (the original is never run in)."""
+    workdir = tmp_path_factory.mktemp(name).resolve() / "campaign"
+    shutil.copytree(campaign, workdir)
+    return workdir

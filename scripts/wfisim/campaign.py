@@ -40,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ from .scene import (
     render_rate,
     saturating_flux_range,
 )
+from .settings import SettingsFile
 from .sky import FieldCatalog, gaia_like_table
 from .truth import ExposureTruth
 
@@ -89,8 +90,10 @@ DISPERSION_REACH = math.ceil(max(abs(limit) for limit in DISPERSION_PIXELS))
 
 
 @dataclass(frozen=True)
-class CampaignConfig:
+class CampaignConfig(SettingsFile):
     """What to simulate; the YAML keys are these field names (see the module docstring)."""
+
+    KIND = "campaign"
 
     detectors: list[str] = field(default_factory=lambda: ["WFI01"])
     filters: list[str] = field(default_factory=lambda: ["F158"])
@@ -130,20 +133,6 @@ class CampaignConfig:
             raise ValueError(f"unknown psf {self.psf!r}; known: {', '.join(PSF_MODELS)}")
         if set(self.pointing_error) != {"offset_arcsec", "roll_deg"}:
             raise ValueError("pointing_error needs exactly offset_arcsec and roll_deg")
-
-    @classmethod
-    def from_mapping(cls, values: dict) -> CampaignConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown campaign setting(s): {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> CampaignConfig:
-        with open(path) as stream:
-            return cls.from_mapping(yaml.safe_load(stream) or {})
 
     def sky_for(self, optical_element: str) -> float:
         if isinstance(self.sky_e_per_s, dict):

@@ -62,7 +62,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import astropy.units as u
@@ -87,6 +87,7 @@ from .ramps import Ramp, simulate_ramp
 from .references import make_reference, write_references
 from .refpix_effects import fits_readout_layout
 from .scene import Catalog
+from .settings import SettingsFile
 from .truth import write_tree
 
 __all__ = ["GroundTestConfig", "simulate_groundtest", "truth_path", "write_tvac_exposure"]
@@ -108,8 +109,10 @@ PARTIAL_PIPELINE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "grou
 
 
 @dataclass(frozen=True)
-class GroundTestConfig:
+class GroundTestConfig(SettingsFile):
     """What to simulate; the YAML keys are these field names."""
+
+    KIND = "ground-test"
 
     detector: str = "WFI01"
     size: int = 4096  # rows = columns of the readout, reference border included
@@ -163,20 +166,6 @@ class GroundTestConfig:
         xstart, ystart, xstop, ystop = self.window()
         if not (0 <= xstart < xstop <= self.size and 0 <= ystart < ystop <= self.size):
             raise ValueError(f"guide window {self.guide_window} does not fit a {self.size}-pixel readout")
-
-    @classmethod
-    def from_mapping(cls, values: dict) -> GroundTestConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ground-test setting(s): {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> GroundTestConfig:
-        with open(path) as stream:
-            return cls.from_mapping(yaml.safe_load(stream) or {})
 
     def table(self) -> MaTable:
         return even_ma_table(self.nresultants, self.frame_time)

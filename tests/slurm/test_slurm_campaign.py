@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import roman_datamodels as rdm
 
-from comparison import model_differences, product_differences
+from comparison import fresh_copy, model_differences, product_differences
 from romanpipe.naming import split_suffix
 from wfisim.campaign import CampaignConfig, simulate_campaign
 
@@ -127,12 +127,6 @@ def campaign(slurm_cluster, tmp_path_factory):
     with open(out / "workflow.yaml", "a") as stream:
         stream.write("target: cal\n")
     return out
-
-
-def fresh_copy(campaign: Path, tmp_path_factory, name: str) -> Path:
-    workdir = tmp_path_factory.mktemp(name).resolve() / "campaign"
-    shutil.copytree(campaign, workdir)
-    return workdir
 
 
 @pytest.fixture(scope="module")

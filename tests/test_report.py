@@ -1,0 +1,106 @@
+"""The report's scripts: quicklook PNGs, the campaign provenance table, the benchmark table."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import roman_datamodels as rdm
+from matplotlib.image import imread
+from roman_datamodels import datamodels
+
+import benchmark_table
+import provenance_table
+import quicklook
+from romanpipe import cli
+from romanpipe.dqflags import pixel
+
+
+def image_file(path, flagged_block=True):
+    model = datamodels.ImageModel.create_fake_data(shape=(40, 40))
+    rng = np.random.default_rng(1)
+    model.data = rng.normal(10.0, 1.0, (40, 40)).astype(np.float32)
+    model.dq = np.zeros((40, 40), np.uint32)
+    if flagged_block:
+        model.dq[10:20, 10:20] = pixel.DO_NOT_USE | pixel.SATURATED
+    model.meta.instrument.optical_element = "F158"
+    model.meta.filename = path.name
+    model.to_asdf(path)
+    return path
+
+
+def red_pixels(png) -> int:
+    """Pixels of the quicklook's flag colour (strong red, little green or blue)."""
+    rgb = imread(png)[..., :3]
+    return int(((rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.2) & (rgb[..., 2] < 0.2)).sum())
+
+
+def test_quicklook_paints_flagged_pixels_red(tmp_path):
+    flagged = image_file(tmp_path / "flagged_cal.asdf")
+    clean = image_file(tmp_path / "clean_cal.asdf", flagged_block=False)
+    assert cli.run(quicklook.main, [str(flagged), str(tmp_path / "flagged.png")]) == 0
+    assert cli.run(quicklook.main, [str(clean), str(tmp_path / "clean.png")]) == 0
+    # a 10 x 10 block of 40 x 40 shown on ~450 x 450 screen pixels: ~1/16 of the image area
+    assert red_pixels(tmp_path / "flagged.png") > 5000
+    assert red_pixels(tmp_path / "clean.png") == 0
+
+
+def test_unusable_pixels_of_a_mosaic_are_the_uncovered_ones():
+    mosaic = datamodels.MosaicModel.create_fake_data(shape=(6, 6))
+    mosaic.data = np.ones((6, 6), np.float32)
+    mosaic.data[0, 0] = np.nan
+    mosaic.weight = np.ones((6, 6), np.float32)
+    mosaic.weight[5, :] = 0
+    expected = np.zeros((6, 6), bool)
+    expected[0, 0] = True
+    expected[5, :] = True
+    assert (quicklook.unusable_pixels(mosaic) == expected).all()
+
+
+def test_quicklook_of_a_corrupt_file_fails_in_one_line(tmp_path, caplog):
+    bad = tmp_path / "bad_cal.asdf"
+    bad.write_bytes(b"#ASDF 1.0.0\nnot really")
+    assert cli.run(quicklook.main, [str(bad), str(tmp_path / "bad.png")]) == 1
+    assert not (tmp_path / "bad.png").exists()
+    assert "bad_cal.asdf" in caplog.records[-1].getMessage()
+
+
+def test_provenance_table_has_a_row_per_step_and_reference(tmp_path):
+    path = image_file(tmp_path / "r_cal.asdf")
+    with rdm.open(path) as model:
+        model.meta["provenance"] = {
+            "dq_init": {"code_revision": "abc123", "crds_context": "roman_0001.pmap",
+                        "parameters": {"skip": False},
+                        "references": {"mask": {"file": "roman_wfi_mask_0001.asdf", "sha256": "11"}}},
+            "ramp_fit": {"code_revision": "abc123", "crds_context": "roman_0002.pmap",
+                         "parameters": {"algorithm": "ols_cas22"},
+                         "references": {"gain": {"file": "g.asdf", "sha256": "22"},
+                                        "readnoise": {"file": "r.asdf", "sha256": "33"}}},
+            "cal": {"code_revision": "abc123", "parameters": {}},
+        }
+        model.save(tmp_path / "with_provenance_cal.asdf")
+    out = tmp_path / "provenance.csv"
+    product = tmp_path / "with_provenance_cal.asdf"
+    assert cli.run(provenance_table.main, [str(product), "--output", str(out)]) == 0
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(table.columns) == provenance_table.COLUMNS
+    assert table[["step", "reftype", "reference", "sha256", "crds_context"]].values.tolist() == [
+        ["dq_init", "mask", "roman_wfi_mask_0001.asdf", "11", "roman_0001.pmap"],
+        ["ramp_fit", "gain", "g.asdf", "22", "roman_0002.pmap"],
+        ["ramp_fit", "readnoise", "r.asdf", "33", "roman_0002.pmap"],
+        ["cal", "", "", "", ""],
+    ]
+    assert json.loads(table.loc[1, "parameters"]) == {"algorithm": "ols_cas22"}
+    assert set(table["product"]) == {"with_provenance_cal.asdf"}
+
+
+def test_benchmark_table_lists_every_job_slowest_first(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, job, seconds in (("ramp_fit", "e1", 7.5), ("dq_init", "e1", 2.0), ("ramp_fit", "e2", 9.0)):
+        (tmp_path / "benchmarks" / rule).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "benchmarks" / rule / f"{job}.tsv").write_text(
+            header + f"{seconds}\t0:00:0{int(seconds)}\t100.0\t200\t90\t95\t1\t2\t50\t{seconds / 2}\n")
+    out = tmp_path / "benchmarks.csv"
+    assert cli.run(benchmark_table.main, [str(tmp_path / "benchmarks"), "--output", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert table[["rule", "job", "s", "cpu_time"]].values.tolist() == [
+        ["ramp_fit", "e2", 9.0, 4.5], ["ramp_fit", "e1", 7.5, 3.75], ["dq_init", "e1", 2.0, 1.0]]
