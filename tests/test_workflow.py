@@ -354,6 +354,25 @@ def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
     assert "WFI01_darkcurrent" not in result.stdout
 
 
+def test_new_f158_flat_of_one_detector_reruns_its_images_from_flat_field_only(full_run):
+    """The issue's case: a new context changing only WFI01's F158 FLAT reruns flat_field and what
+    follows for exactly WFI01's F158 images (not its prism exposure), and only their mosaic."""
+    assert snakemake(full_run).returncode == 0  # the previous test's new dark, made for real
+    cache = full_run / "crds_cache"
+    detector = build_detector("WFI01", (128, 128), 7)
+    reference = make_reference("flat", detector, useafter="2027-02-28T12:00:00", optical_element="F158")
+    path = write_atomic(reference, next_reference_path(full_run / "references", "flat",
+                                                       crds_cache.references_dir(cache)))
+    assert crds_cache.deliver(cache, [path], description="new WFI01 F158 flat") == "roman_0003.pmap"
+    assert snakemake(full_run, "results/pool.csv").returncode == 0
+    result = snakemake(full_run, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result) == {"flat_field": 3, "photom": 3, "source_detection": 3, "tweakreg": 3,
+                                    "cal": 3, "flux": 1, "skymatch": 1, "outlier_detection": 1,
+                                    "resample": 1, **report_jobs(3, 1), "all": 1}
+    assert "WFI02_flat" not in result.stdout
+
+
 def test_skipped_step_is_routed_around_and_recorded(full_run):
     exposures = full_run / "results" / "exposures"
     upstream = {p: p.stat().st_mtime_ns for p in exposures.glob("*.asdf")
