@@ -7,7 +7,8 @@
 #   .ci/slurm_cluster.sh stop    stop exactly the daemons `start` started (by pid)
 #   .ci/slurm_cluster.sh status  what runs, and what this script started
 #
-# Both are idempotent. Without root, or when apt cannot reach the packages, `start` prints
+# Both are idempotent. On a cluster this script configured, slurmctld starts without the
+# state of earlier runs (jobs of a killed run would otherwise keep the node allocated). Without root, or when apt cannot reach the packages, `start` prints
 # why, writes the reason to $STATE/unavailable (the SLURM tests then skip with it) and
 # exits 0. Any other failure exits non-zero.
 #
@@ -225,7 +226,12 @@ start() {
     local ctld_pidfile d_pidfile
     ctld_pidfile=$(conf_value SlurmctldPidFile); ctld_pidfile=${ctld_pidfile:-/run/slurmctld.pid}
     d_pidfile=$(conf_value SlurmdPidFile); d_pidfile=${d_pidfile:-/run/slurmd.pid}
-    start_daemon slurmctld "$ctld_pidfile"
+    # A run killed with its daemons (a machine restarted mid-test) leaves its jobs in the saved
+    # state; recovered, they hold the node allocated forever. The cluster we configured is
+    # ours alone: start it without the previous state.
+    local fresh_state=()
+    grep -qF "$CONF_TAG" "$CONF" && fresh_state=(-c)
+    start_daemon slurmctld "$ctld_pidfile" "${fresh_state[@]}"
     start_daemon slurmd "$d_pidfile"
     local waited=0
     until node_idle; do
