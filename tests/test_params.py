@@ -81,6 +81,13 @@ def test_unknown_parameter_in_file_is_named(tmp_path):
     assert str(pfile) in str(err.value)
 
 
+def test_unknown_parameter_names_the_known_one_it_resembles(tmp_path):
+    """The seed's prose says calc_threshold; the parameter is calc_scalar_threshold."""
+    pfile = write_yaml(tmp_path / "sd.yaml", {"parameters": {"calc_threshold": True}})
+    with pytest.raises(ParameterError, match=r"calc_threshold \(did you mean \w+ or calc_scalar_threshold\?\)"):
+        resolve(["--parameter-file", str(pfile)], step="source_detection")
+
+
 def test_unknown_parameter_in_workflow_config_is_named():
     with pytest.raises(ParameterError, match="threshold"):
         resolve(["--workflow-params", '{"threshold": 1}'])

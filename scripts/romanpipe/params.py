@@ -18,6 +18,7 @@ An unknown parameter is an error that names it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 from functools import cache
@@ -148,9 +149,17 @@ def _checked(step: str, values: dict[str, Any], source: str) -> dict[str, Any]:
     known = step_schema(step)["properties"]
     unknown = sorted(set(values) - set(known) - STPIPE_UNIVERSAL)
     if unknown:
-        raise ParameterError(f"{source}: unknown parameter(s) for step {step}: {', '.join(unknown)} "
+        raise ParameterError(f"{source}: unknown parameter(s) for step {step}: "
+                             f"{', '.join(_with_suggestion(name, known) for name in unknown)} "
                              f"(known: {', '.join(sorted(known))})")
     return {name: value for name, value in values.items() if name in known}
+
+
+def _with_suggestion(name: str, known) -> str:
+    """An unknown name with the known ones it most resembles: the seed's prose calls some
+    parameters by older names (``calc_threshold`` for ``calc_scalar_threshold``)."""
+    close = difflib.get_close_matches(name, known, n=2)
+    return f"{name} (did you mean {' or '.join(close)}?)" if close else name
 
 
 def _types(prop: dict) -> list[str]:
