@@ -39,7 +39,7 @@ log = logging.getLogger("pool")
 POOL_COLUMNS = [
     "exposure", "path", "program", "execution_plan", "pass", "segment", "observation", "visit",
     "exposure_number", "detector", "optical_element", "exposure_type", "ma_table_name",
-    "nresultants", "start_time", "ra_ref", "dec_ref", "roll_ref",
+    "nresultants", "ny", "nx", "start_time", "ra_ref", "dec_ref", "roll_ref",
 ]
 
 
@@ -48,7 +48,7 @@ def exposure_record(path: Path) -> dict:
     model = open_level1(path)
     with model:
         meta = model.meta
-        nresultants = model.data.shape[0]
+        nresultants, ny, nx = model.data.shape
         read_pattern = meta.exposure.get("read_pattern") or []
         if len(read_pattern) != nresultants:
             raise InputFileError(path, f"data has {nresultants} resultants but the MA table's "
@@ -75,6 +75,8 @@ def exposure_record(path: Path) -> dict:
             "exposure_type": exposure_type,
             "ma_table_name": str(meta.exposure.get("ma_table_name", "")),
             "nresultants": nresultants,
+            "ny": ny,
+            "nx": nx,
             "start_time": meta.exposure.start_time.isot,
             "ra_ref": meta.get("wcsinfo", {}).get("ra_ref", np.nan),
             "dec_ref": meta.get("wcsinfo", {}).get("dec_ref", np.nan),

@@ -18,7 +18,7 @@ from roman_datamodels import datamodels
 from romanpipe import crds_cache
 from romanpipe.dqflags import pixel
 from romanpipe.naming import split_suffix
-from romanpipe.products import write_atomic
+from romanpipe.products import product_size_mb, write_atomic
 from wfisim.campaign import CampaignConfig, simulate_campaign
 from wfisim.detector import build_detector
 from wfisim.references import make_reference, next_reference_path
@@ -296,6 +296,25 @@ def test_saturation_flags_match_the_simulated_truth(full_run):
             # and once flagged, every later resultant is flagged too
             for k in range(1, saturated.shape[0]):
                 assert (saturated[k] | ~saturated[k - 1]).all()
+
+
+def test_job_sizes_from_the_pool_match_the_products(full_run):
+    """Jobs are sized (mem_mb, runtime, cpus_per_task) from the pool's resultants x pixels, not
+    by opening files: the estimate must match the real products' size."""
+    pool = pd.read_csv(full_run / "results" / "pool.csv", index_col="exposure")
+    expo = pool.index[0]
+    shape = int(pool.loc[expo, "nresultants"]), int(pool.loc[expo, "ny"]), int(pool.loc[expo, "nx"])
+    exposures = full_run / "results" / "exposures"
+    for kind, path in [("level1", full_run / pool.loc[expo, "path"]),
+                       ("ramp", exposures / f"{expo}_dqinit.asdf"),
+                       ("image", exposures / f"{expo}_flat.asdf")]:
+        actual_mb = path.stat().st_size / 2**20
+        assert product_size_mb(kind, *shape) == pytest.approx(actual_mb, rel=0.2), kind
+    # a forced dry run of one ramp step prints the size-derived resources
+    result = snakemake(full_run, "-n", "-f", f"results/exposures/{expo}_saturation.asdf")
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected_mb = int(1024 + 2 * product_size_mb("ramp", *shape))
+    assert f"mem_mb={expected_mb}," in result.stdout
 
 
 def test_second_run_has_nothing_to_do(full_run):

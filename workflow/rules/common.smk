@@ -15,6 +15,7 @@ import shlex
 import sys
 
 import pandas as pd
+from snakemake.exceptions import IncompleteCheckpointException
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
@@ -26,6 +27,7 @@ from romanpipe.exposure_types import (  # noqa: E402
     applicable_steps,
 )
 from romanpipe import refs  # noqa: E402
+from romanpipe.products import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 
 
@@ -184,6 +186,18 @@ def pool_table():
     return _read_table(path, os.path.getmtime(path), "exposure")
 
 
+@functools.lru_cache(maxsize=8)
+def _records(path, mtime):
+    return _read_table(path, mtime, "exposure").to_dict("index")
+
+
+def pool_record(expo):
+    """One exposure's row of the pool as a dict: input functions run once per job, and a
+    dict lookup costs a hundredth of a DataFrame's."""
+    path = checkpoints.pool.get().output.pool
+    return _records(path, os.path.getmtime(path))[expo]
+
+
 def reference(step, reftype):
     """Input function: the step's reference for an exposure (config override, else the pool's CRDS pick)."""
     override = config[step].get(f"override_{reftype}")
@@ -191,11 +205,11 @@ def reference(step, reftype):
         return override
 
     def crds_selection(wildcards):
-        pool = pool_table()
-        if f"ref_{reftype}" not in pool.columns:
+        record = pool_record(wildcards.expo)
+        if f"ref_{reftype}" not in record:
             raise WorkflowError(f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
                                 f"references for the enabled steps up to the target ({config['target']})")
-        return pool.loc[wildcards.expo, f"ref_{reftype}"]
+        return record[f"ref_{reftype}"]
 
     crds_selection.__name__ = f"crds_{reftype}"
     return crds_selection
@@ -249,8 +263,8 @@ def step_cpus(maximum_cores):
     step's workers (romanpipe.cores)."""
     most = step_threads(maximum_cores)
 
-    def cpus_per_task(wildcards, input):
-        return most if input.size_mb >= SMALL_RAMP_MB else 1
+    def cpus_per_task(wildcards):
+        return most if exposure_input_mb("ramp")(wildcards) >= SMALL_RAMP_MB else 1
 
     return cpus_per_task
 
@@ -260,13 +274,34 @@ def step_cpus(maximum_cores):
 SMALL_RAMP_MB = 64
 
 
+def exposure_input_mb(kind):
+    """The size of an exposure's ``kind`` of product (level1, ramp, image), from the pool's
+    shape of its Level 1 data (resultants x pixels).
+
+    Known when the DAG is built, before the product exists, and costs no file access: a
+    campaign plans hundreds of thousands of jobs (README, Performance).
+    """
+
+    def input_mb(wildcards, input=None):
+        try:
+            record = pool_record(wildcards.expo)
+        except IncompleteCheckpointException:
+            # The pool runs again first (Snakemake 9 cannot take this exception from a
+            # resource function); the jobs are then planned again from its new table.
+            return 0
+        return product_size_mb(kind, int(record["nresultants"]), int(record["ny"]), int(record["nx"]))
+
+    input_mb.__name__ = f"{kind}_mb"
+    return input_mb
+
+
 def step_memory_mb(factor, size_mb=None):
-    """A step's mem_mb: 1 GB plus ``factor`` times its inputs, doubled on each retry.
+    """A step's mem_mb: 1 GB plus ``factor`` times its input's size, doubled on each retry.
 
     Ramp factors from the full-detector peaks in the README (steps hold about two
     ramps; dq_init turns 2-byte raw counts into 4-byte floats); a job killed for
-    memory comes back with more. ``size_mb(wildcards, input)`` replaces the inputs'
-    size where the data are not the declared inputs (the high-level steps).
+    memory comes back with more. ``size_mb(wildcards, input)`` gives the input's size in
+    MB (exposure_input_mb, association_data_mb); without it, the declared inputs' files.
     """
 
     def mem_mb(wildcards, input, attempt):
@@ -279,7 +314,7 @@ def step_memory_mb(factor, size_mb=None):
 
 def step_runtime_min(minutes_per_gb, size_mb=None):
     """A step's runtime (minutes; SLURM's time limit): 5 plus ``minutes_per_gb`` per GB of
-    its inputs, doubled on each retry (a job killed for time comes back with more).
+    its input (``size_mb`` as for step_memory_mb), doubled on each retry (a job killed for time comes back with more).
 
     The factors are about ten times the full-detector times measured here (README,
     Performance), room for slower nodes and shared file systems.
@@ -294,7 +329,7 @@ def step_runtime_min(minutes_per_gb, size_mb=None):
 
 
 def exposure_type(expo):
-    return pool_table().loc[expo, "exposure_type"]
+    return pool_record(expo)["exposure_type"]
 
 
 def last_step(expo, up_to=EXPOSURE_STEPS[-1]):

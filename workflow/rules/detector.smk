@@ -21,8 +21,8 @@ rule dq_init:
         values=step_parameters("dq_init"),
         parameter_file=parameter_file_option,
     resources:
-        mem_mb=step_memory_mb(3.2),
-        runtime=step_runtime_min(3),
+        mem_mb=step_memory_mb(3.2, exposure_input_mb("level1")),
+        runtime=step_runtime_min(3, exposure_input_mb("level1")),
     log:
         os.path.join(LOGS, "dq_init", "{expo}.log"),
     benchmark:
@@ -49,8 +49,8 @@ rule saturation:
         parameter_file=parameter_file_option,
         skipped=skipped_before("saturation"),
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(2),
+        mem_mb=step_memory_mb(2, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(2, exposure_input_mb("ramp")),
     log:
         os.path.join(LOGS, "saturation", "{expo}.log"),
     benchmark:
@@ -77,8 +77,8 @@ rule refpix:
         parameter_file=parameter_file_option,
         skipped=skipped_before("refpix"),
     resources:
-        mem_mb=step_memory_mb(2.5),
-        runtime=step_runtime_min(3),
+        mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(3, exposure_input_mb("ramp")),
     log:
         os.path.join(LOGS, "refpix", "{expo}.log"),
     benchmark:
@@ -105,8 +105,8 @@ rule linearity:
         parameter_file=parameter_file_option,
         skipped=skipped_before("linearity"),
     resources:
-        mem_mb=step_memory_mb(2.5),
-        runtime=step_runtime_min(3),
+        mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(3, exposure_input_mb("ramp")),
     log:
         os.path.join(LOGS, "linearity", "{expo}.log"),
     benchmark:
@@ -134,8 +134,8 @@ rule dark_current:
         skipped=skipped_before("dark_current"),
         dark_output=dark_output_option,
     resources:
-        mem_mb=step_memory_mb(2.5),
-        runtime=step_runtime_min(2),
+        mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(2, exposure_input_mb("ramp")),
     log:
         os.path.join(LOGS, "dark_current", "{expo}.log"),
     benchmark:
@@ -169,8 +169,8 @@ rule jump:
         skipped=skipped_before("jump"),
     threads: step_threads(config["jump"]["maximum_cores"])
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(6),
+        mem_mb=step_memory_mb(2, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(6, exposure_input_mb("ramp")),
         cpus_per_task=step_cpus(config["jump"]["maximum_cores"]),
     log:
         os.path.join(LOGS, "jump", "{expo}.log"),
@@ -206,8 +206,8 @@ rule ramp_fit:
         skipped=skipped_before("ramp_fit"),
     threads: step_threads(config["ramp_fit"]["maximum_cores"])
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(6),
+        mem_mb=step_memory_mb(2, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(6, exposure_input_mb("ramp")),
         cpus_per_task=step_cpus(config["ramp_fit"]["maximum_cores"]),
     log:
         os.path.join(LOGS, "ramp_fit", "{expo}.log"),

@@ -23,8 +23,8 @@ rule assign_wcs:
         parameter_file=parameter_file_option,
         skipped=skipped_before("assign_wcs"),
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(2),
+        mem_mb=step_memory_mb(2, exposure_input_mb("image")),
+        runtime=step_runtime_min(2, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "assign_wcs", "{expo}.log"),
     benchmark:
@@ -52,8 +52,8 @@ rule flat_field:
         parameter_file=parameter_file_option,
         skipped=skipped_before("flat_field"),
     resources:
-        mem_mb=step_memory_mb(3),
-        runtime=step_runtime_min(2),
+        mem_mb=step_memory_mb(3, exposure_input_mb("image")),
+        runtime=step_runtime_min(2, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "flat_field", "{expo}.log"),
     benchmark:
@@ -80,8 +80,8 @@ rule photom:
         parameter_file=parameter_file_option,
         skipped=skipped_before("photom"),
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(2),
+        mem_mb=step_memory_mb(2, exposure_input_mb("image")),
+        runtime=step_runtime_min(2, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "photom", "{expo}.log"),
     benchmark:
@@ -104,8 +104,8 @@ rule cal:
         python=PYTHON,
         not_applicable=not_applicable_option,
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(2),
+        mem_mb=step_memory_mb(2, exposure_input_mb("image")),
+        runtime=step_runtime_min(2, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "cal", "{expo}.log"),
     conda:
@@ -128,8 +128,8 @@ rule source_detection:
         parameter_file=parameter_file_option,
         skipped=skipped_before("source_detection"),
     resources:
-        mem_mb=step_memory_mb(3),
-        runtime=step_runtime_min(10),
+        mem_mb=step_memory_mb(3, exposure_input_mb("image")),
+        runtime=step_runtime_min(10, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "source_detection", "{expo}.log"),
     benchmark:
@@ -156,8 +156,8 @@ rule tweakreg:
         parameter_file=parameter_file_option,
         skipped=skipped_before("tweakreg"),
     resources:
-        mem_mb=step_memory_mb(2),
-        runtime=step_runtime_min(10),
+        mem_mb=step_memory_mb(2, exposure_input_mb("image")),
+        runtime=step_runtime_min(10, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "tweakreg", "{expo}.log"),
     benchmark:
