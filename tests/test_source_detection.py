@@ -107,7 +107,9 @@ def roman_field():
     The truth PSF is monochromatic at the bandpass's effective wavelength with pupil_bin 4
     (the step's model: polychromatic, pupil_bin 8, 4x oversampled, spline-interpolated).
     Stars sit on a 1/8-pixel grid, so every pixel value is an exact sample of the
-    8x-oversampled pixel-integrated PSF: no interpolation in the truth.
+    8x-oversampled pixel-integrated PSF: no interpolation in the truth. A star's true
+    position is its light centroid (the PSF's first moment over the stamp), as a catalog's;
+    galsim's origin for the optical PSF is ~0.1 pixel away from it.
     """
     import galsim
     import galsim.roman
@@ -120,6 +122,9 @@ def roman_field():
     samples = effective.drawImage(nx=size, ny=size, scale=scale, method="no_pixel").array
     per_pixel = samples.astype(np.float64) * TRUTH_OVERSAMPLING**2
     centre = (size - 1) // 2
+    offsets = (np.arange(size) - centre) / TRUTH_OVERSAMPLING
+    centroid_x = per_pixel.sum(axis=0) @ offsets / per_pixel.sum()
+    centroid_y = per_pixel.sum(axis=1) @ offsets / per_pixel.sum()
 
     rng = np.random.default_rng(11)
     n = 80
@@ -136,7 +141,7 @@ def roman_field():
         sample_rows = centre + np.rint(TRUTH_OVERSAMPLING * (rows - y0)).astype(int)
         rate[np.ix_(rows, cols)] += f * per_pixel[np.ix_(sample_rows, sample_cols)]
     data, err = observe(rate, seed=12)
-    return Catalog(x, y, flux), data, err
+    return Catalog(x + centroid_x, y + centroid_y, flux), data, err
 
 
 def test_fit_psf_on_a_roman_psf_field_gives_centroids_to_002_pixel_and_fluxes_to_a_few_percent(roman_field):

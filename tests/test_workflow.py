@@ -61,7 +61,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(code / "Snakefile"),
                "--directory", str(workdir), "--configfile", str(workdir / "workflow.yaml"),
                "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -216,6 +216,38 @@ def test_cal_products_per_exposure_type_and_aligned_to_the_truth(full_run):
             # ~15x better than the pointing error; DAOStarFinder centroids of ~1.5 px stars on
             # 120^2 pixels limit it (unit tests with 0.02 px centroids reach 3 mas)
             assert np.sqrt(np.mean(after**2)) < 100
+
+
+@pytest.fixture(scope="module")
+def roman_psf_campaign(tmp_path_factory):
+    """Stars drawn with the Roman PSF (the simulator then asks for fit_psf), run to _cal."""
+    out = tmp_path_factory.mktemp("roman_psf_campaign")
+    config = CampaignConfig.from_mapping({
+        "detectors": ["WFI01", "WFI02"], "filters": ["F158", "F087"], "exposures_per_filter": 1,
+        "spectral_exposures": {}, "size": 128, "stars": 40, "saturating_stars": 1, "seed": 23,
+        "psf": "roman", "pointing_error": {"offset_arcsec": 1.5, "roll_deg": 0.06},
+    })
+    simulate_campaign(config, out)
+    (out / "cal.yaml").write_text("target: cal\n")
+    result = snakemake(out, "--configfile", str(out / "workflow.yaml"), str(out / "cal.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_roman_psf_fits_align_every_image_to_the_truth_within_5_mas(roman_psf_campaign):
+    """The issue's goal end to end: from a 1.5" / 0.06 deg pointing error to <= 5 mas RMS on the
+    catalog stars, with PSF-fitted positions (measured 0.6-2.1 mas on the demo)."""
+    cal = sorted((roman_psf_campaign / "results" / "exposures").glob("*_cal.asdf"))
+    assert len(cal) == 4
+    for path in cal:
+        truth = truth_of(roman_psf_campaign, path)
+        with rdm.open(path) as model:
+            assert model.meta.wcs_fit_results["status"] == "SUCCESS"
+            after = wcs_error_mas(model.meta.wcs, truth, model.data.shape)
+        with rdm.open(str(path).replace("_cal", "_sourcedetection")) as detected:
+            assert "psf_flags" in detected.meta.source_catalog["tweakreg_catalog"].dtype.names  # fitted
+        assert len(after) >= 20
+        assert np.sqrt(np.mean(after**2)) <= 5.0, path.name
 
 
 def pixel_area_sr(wcs, x, y) -> float:

@@ -317,6 +317,9 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
                 "tweakreg": {"abs_refcat": str(gaia_path.relative_to(out_dir))}}
     if not with_refpix:  # no REFPIX reference was made for these arrays
         settings["refpix"] = {"skip": True}
+    if config.psf == "roman":
+        # The stars are drawn with the Roman PSF: fitting it gives tweakreg ~0.02-pixel positions.
+        settings["source_detection"] = {"fit_psf": True}
     workflow_config.write_text(yaml.safe_dump(settings, sort_keys=False))
     log.info("campaign: %d exposures, %d references, CRDS context %s", len(uncal), len(references), context)
     return CampaignOutputs(uncal, truth, references, context, workflow_config, gaia_path, sky_catalog_path)
