@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from romanpipe.files import atomic_path  # noqa: E402
+
 from measure import parse_time_v  # noqa: E402
 
-from romanpipe.files import atomic_path  # noqa: E402
 from wfisim.campaign import CampaignConfig, simulate_campaign  # noqa: E402
 
 DETECTORS = [f"WFI{number:02d}" for number in range(1, 19)]

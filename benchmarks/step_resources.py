@@ -22,9 +22,9 @@ SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import run_measured  # noqa: E402
-
 from romanpipe.naming import STEP_SUFFIX, product_name  # noqa: E402
+
+from measure import run_measured  # noqa: E402
 
 # The ramp-level chain in pipeline order (steps whose script exists are run).
 RAMP_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit"]

@@ -16,6 +16,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from romanpipe import cli
+from romanpipe.errors import InputFileError
+from romanpipe.products import open_model
+from romanpipe.steprun import parse_step_args, reference_file, write_product
+
 import numpy as np
 from astropy import coordinates
 from astropy import units as u
@@ -25,11 +30,6 @@ from gwcs import coordinate_frames as cf
 from gwcs import wcs as gwcs_wcs
 from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 from roman_datamodels import datamodels
-
-from romanpipe import cli
-from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
 
 log = logging.getLogger("assign_wcs")
 

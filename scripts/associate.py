@@ -28,19 +28,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from astropy.time import Time
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
-from spherical_geometry.polygon import SphericalPolygon
-
 from romanpipe import cli
 from romanpipe.association import asn_from_list, association_name, read_association, write_association
 from romanpipe.errors import InputFileError
 from romanpipe.files import atomic_path
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_model
+
+import numpy as np
+import pandas as pd
+from astropy.time import Time
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+from spherical_geometry.polygon import SphericalPolygon
 
 log = logging.getLogger("associate")
 

@@ -13,11 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from romanpipe import cli
 from romanpipe.errors import InputFileError
 from romanpipe.files import atomic_path
+
+import pandas as pd
 
 COLUMNS = ["rule", "job", "s", "cpu_time", "max_rss", "io_in", "io_out", "mean_load"]
 

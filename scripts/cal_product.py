@@ -15,10 +15,10 @@ import logging
 import sys
 from pathlib import Path
 
-from roman_datamodels import datamodels
-
 from romanpipe import cli
 from romanpipe.products import SKIPPED, open_model, set_cal_step, write_atomic
+
+from roman_datamodels import datamodels
 
 log = logging.getLogger("cal_product")
 

@@ -29,15 +29,15 @@ import copy
 import logging
 import sys
 
-import numpy as np
-from roman_datamodels import datamodels
-
 from romanpipe import cli
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model, write_atomic
 from romanpipe.readpattern import mean_read_times
 from romanpipe.steprun import parse_step_args, record_provenance, reference_file, write_product
+
+import numpy as np
+from roman_datamodels import datamodels
 
 log = logging.getLogger("dark_current")
 

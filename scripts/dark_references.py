@@ -36,14 +36,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from astropy.time import Time, TimeDelta
-from roman_datamodels import datamodels
-
 from romanpipe import cli, dqflags
 from romanpipe.blocks import rows_per_block
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.products import open_level1, plain_array, write_atomic
+
+import numpy as np
+from astropy.time import Time, TimeDelta
+from roman_datamodels import datamodels
 
 log = logging.getLogger("dark_references")
 

@@ -28,16 +28,16 @@ import logging
 import sys
 from collections.abc import Mapping
 
-import astropy.units as u
-import numpy as np
-from astropy.time import Time
-from roman_datamodels import datamodels
-
 from romanpipe import cli, dqflags
 from romanpipe.detector import BORDER
 from romanpipe.exposure_types import science_exposure_type
 from romanpipe.products import open_level1, open_model, plain_array
 from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+import astropy.units as u
+import numpy as np
+from astropy.time import Time
+from roman_datamodels import datamodels
 
 log = logging.getLogger("dq_init")
 

@@ -20,14 +20,14 @@ import logging
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-from roman_datamodels import datamodels
-
 from romanpipe import cli, dqflags
 from romanpipe.detector import matching_science_area
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
+from romanpipe.products import as_float16, open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+import numpy as np
+from roman_datamodels import datamodels
 
 log = logging.getLogger("flat_field")
 
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     output.dq = result.dq
     # The Level 2 schema stores errors and variances as float16.
     for name in ("err", "var_poisson", "var_rnoise", "var_flat"):
-        output[name] = getattr(result, name).astype(np.float16)
+        output[name] = as_float16(getattr(result, name))
     log.info("%d pixels without a flat value",
              int(np.count_nonzero(result.dq & dqflags.pixel.NO_FLAT_FIELD)))
     write_product(output, args.output, STEP, args, parameters, {"flat": flat_path})

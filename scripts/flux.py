@@ -15,15 +15,15 @@ from __future__ import annotations
 import logging
 import sys
 
-import numpy as np
-from roman_datamodels import datamodels
-
 from romanpipe import cli
 from romanpipe.association import read_association
 from romanpipe.errors import InputFileError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, open_model
 from romanpipe.steprun import parse_step_args, write_association_products, write_product
+
+import numpy as np
+from roman_datamodels import datamodels
 
 log = logging.getLogger("flux")
 

@@ -23,14 +23,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-from roman_datamodels import datamodels
-
 from romanpipe import cli, dqflags
 from romanpipe.cores import worker_count
 from romanpipe.errors import InputFileError
 from romanpipe.products import SKIPPED, open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+import numpy as np
+from roman_datamodels import datamodels
 
 log = logging.getLogger("jump")
 

@@ -10,9 +10,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import pandas as pd
-
 from romanpipe.naming import split_suffix
+
+import pandas as pd
 
 
 def summary(results: Path) -> str:

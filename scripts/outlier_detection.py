@@ -33,16 +33,16 @@ from contextlib import ExitStack
 from itertools import repeat
 from pathlib import Path
 
-import numpy as np
-from roman_datamodels import datamodels
-from scipy import ndimage
-
 from romanpipe import cli, dqflags, drizzling
 from romanpipe.association import Association, read_science_members
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX, product_name
 from romanpipe.products import SKIPPED, open_model
 from romanpipe.steprun import parse_step_args, write_association_products, write_product
+
+import numpy as np
+from roman_datamodels import datamodels
+from scipy import ndimage
 
 log = logging.getLogger("outlier_detection")
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import sys
 
-import numpy as np
-from astropy import units as u
-from roman_datamodels import datamodels
-
 from romanpipe import cli
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+import numpy as np
+from astropy import units as u
+from roman_datamodels import datamodels
 
 log = logging.getLogger("photom")
 

@@ -24,15 +24,15 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from romanpipe import cli, refs
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.exposure_types import applicable_steps, science_exposure_type
 from romanpipe.files import atomic_path
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_level1, open_model
+
+import numpy as np
+import pandas as pd
 
 log = logging.getLogger("pool")
 

@@ -18,14 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-import roman_datamodels as rdm
-
 from romanpipe import cli
 from romanpipe.association import read_association
 from romanpipe.errors import InputFileError
 from romanpipe.exposure_types import EXPOSURE_STEPS
 from romanpipe.files import atomic_path
+
+import pandas as pd
+import roman_datamodels as rdm
 
 COLUMNS = ["product", "step", "code_revision", "crds_context", "parameters", "reftype", "reference",
            "sha256"]

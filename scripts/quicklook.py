@@ -18,15 +18,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a batch node
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from astropy.visualization import AsinhStretch, AsymmetricPercentileInterval, ImageNormalize  # noqa: E402
-from roman_datamodels import datamodels  # noqa: E402
-
 from romanpipe import cli, dqflags  # noqa: E402
 from romanpipe.errors import InputFileError  # noqa: E402
 from romanpipe.files import atomic_path  # noqa: E402
 from romanpipe.products import open_model  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from astropy.visualization import AsinhStretch, AsymmetricPercentileInterval, ImageNormalize  # noqa: E402
+from roman_datamodels import datamodels  # noqa: E402
 
 FLAGGED_COLOUR = (0.9, 0.1, 0.1, 1.0)
 

@@ -45,17 +45,17 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display: before pyplot is imported
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from roman_datamodels import datamodels  # noqa: E402
-from scipy.ndimage import binary_dilation  # noqa: E402
-
 from romanpipe import cli, dqflags  # noqa: E402
 from romanpipe.detector import matching_science_area  # noqa: E402
 from romanpipe.errors import InputFileError, ParameterError  # noqa: E402
 from romanpipe.files import atomic_path  # noqa: E402
 from romanpipe.naming import split_suffix  # noqa: E402
 from romanpipe.products import open_level1, open_model, plain_array  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from roman_datamodels import datamodels  # noqa: E402
+from scipy.ndimage import binary_dilation  # noqa: E402
 
 log = logging.getLogger("ramp_diagnostics")
 

@@ -29,6 +29,14 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from romanpipe import cli, dqflags
+from romanpipe.cores import worker_count
+from romanpipe.detector import BORDER, science_pixels
+from romanpipe.errors import InputFileError, NoScienceDataError
+from romanpipe.naming import product_name
+from romanpipe.products import as_float16, open_model, plain_array, write_atomic
+from romanpipe.steprun import parse_step_args, reference_file, write_product
+
 import numpy as np
 from asdf.exceptions import ValidationError
 from roman_datamodels import datamodels
@@ -36,13 +44,6 @@ from roman_datamodels import datamodels
 from rampfit_kernels.cas22 import fit_ramps_cas22
 from rampfit_kernels.ols import SegmentFits, fit_ramps_ols
 from rampfit_kernels.pixelwise import RampFit
-from romanpipe import cli, dqflags
-from romanpipe.cores import worker_count
-from romanpipe.detector import BORDER, science_pixels
-from romanpipe.errors import InputFileError, NoScienceDataError
-from romanpipe.naming import product_name
-from romanpipe.products import open_model, plain_array, write_atomic
-from romanpipe.steprun import parse_step_args, reference_file, write_product
 
 log = logging.getLogger("ramp_fit")
 
@@ -68,11 +69,11 @@ def image_model(ramp, fit: RampFit):
     image.meta.wcs = None
     image.data = fit.slope
     image.dq = fit.dq
-    image.err = fit.err.astype(np.float16)
-    image.var_poisson = fit.var_poisson.astype(np.float16)
-    image.var_rnoise = fit.var_rnoise.astype(np.float16)
+    image.err = as_float16(fit.err)
+    image.var_poisson = as_float16(fit.var_poisson)
+    image.var_rnoise = as_float16(fit.var_rnoise)
     image.chisq = np.zeros(fit.slope.shape, dtype=np.float16)
-    image.dumo = fit.uniform_minus_optimal.astype(np.float16)
+    image.dumo = as_float16(fit.uniform_minus_optimal)
     for name in CARRIED_ARRAYS:
         image[name] = plain_array(ramp[name]).copy()
     return image

@@ -52,15 +52,15 @@ import logging
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-from asdf.tags.core.ndarray import NDArrayType
-from roman_datamodels import datamodels
-
 from romanpipe import cli, dqflags
 from romanpipe.detector import BORDER
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+import numpy as np
+from asdf.tags.core.ndarray import NDArrayType
+from roman_datamodels import datamodels
 
 log = logging.getLogger("refpix")
 

@@ -26,14 +26,14 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from roman_datamodels import datamodels
-
 from romanpipe import cli, drizzling
 from romanpipe.association import Association, listing, read_science_members, write_association
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import product_name
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, write_product
+
+from roman_datamodels import datamodels
 
 log = logging.getLogger("resample")
 

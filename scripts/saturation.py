@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import sys
 
-import numpy as np
-from roman_datamodels import datamodels
-from scipy.ndimage import binary_dilation
-
 from romanpipe import cli, dqflags
 from romanpipe.errors import InputFileError
 from romanpipe.products import open_model
 from romanpipe.steprun import parse_step_args, reference_file, write_product
+
+import numpy as np
+from roman_datamodels import datamodels
+from scipy.ndimage import binary_dilation
 
 log = logging.getLogger("saturation")
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from romanpipe import cli
+
 from wfisim.campaign import CampaignConfig, simulate_campaign
 from wfisim.groundtest import GroundTestConfig, simulate_groundtest
 from wfisim.matables import MA_TABLES

@@ -18,16 +18,16 @@ import sys
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-from roman_datamodels import datamodels
-from spherical_geometry.polygon import MalformedPolygonError, SphericalPolygon
-
 from romanpipe import cli, dqflags
 from romanpipe.association import read_association
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
 from romanpipe.steprun import parse_step_args, write_association_products
+
+import numpy as np
+from roman_datamodels import datamodels
+from spherical_geometry.polygon import MalformedPolygonError, SphericalPolygon
 
 log = logging.getLogger("skymatch")
 

@@ -68,21 +68,21 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-import numpy as np
-from astropy.stats import SigmaClip
-from astropy.table import Table
-from scipy import ndimage
-from photutils.background import Background2D, MeanBackground, MedianBackground, ModeEstimatorBackground
-from photutils.detection import DAOStarFinder
-from photutils.utils.exceptions import NoDetectionsWarning
-from roman_datamodels import datamodels
-
 from romanpipe import cli, dqflags
 from romanpipe.errors import NoScienceDataError, ParameterError
 from romanpipe.files import atomic_path
 from romanpipe.naming import product_name
 from romanpipe.products import open_model, plain_array, write_atomic
 from romanpipe.steprun import parse_step_args, write_product
+
+import numpy as np
+from astropy.stats import SigmaClip
+from astropy.table import Table
+from photutils.background import Background2D, MeanBackground, MedianBackground, ModeEstimatorBackground
+from photutils.detection import DAOStarFinder
+from photutils.utils.exceptions import NoDetectionsWarning
+from roman_datamodels import datamodels
+from scipy import ndimage
 
 log = logging.getLogger("source_detection")
 

@@ -46,6 +46,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from romanpipe import cli
+from romanpipe.association import read_association
+from romanpipe.errors import InputFileError, PipelineError
+from romanpipe.files import atomic_path
+from romanpipe.naming import STEP_SUFFIX
+from romanpipe.products import COMPLETE, SKIPPED, open_model
+from romanpipe.steprun import parse_step_args, write_association_products, write_product
+
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import angular_separation
@@ -56,13 +64,6 @@ from tweakwcs.imalign import NotEnoughCatalogs
 from tweakwcs.matchutils import MatchSourceConfusionError, XYXYMatch
 
 from assign_wcs import s_region
-from romanpipe import cli
-from romanpipe.association import read_association
-from romanpipe.errors import InputFileError, PipelineError
-from romanpipe.files import atomic_path
-from romanpipe.naming import STEP_SUFFIX
-from romanpipe.products import COMPLETE, SKIPPED, open_model
-from romanpipe.steprun import parse_step_args, write_association_products, write_product
 
 log = logging.getLogger("tweakreg")
 

@@ -1,12 +1,12 @@
 """Shared fixtures: tiny Roman files made with roman_datamodels."""
 
+from romanpipe import refs
+
 import numpy as np
 import pytest
 from astropy.time import Time
 from crds.client import api as crds_api
 from roman_datamodels import datamodels
-
-from romanpipe import refs
 
 TINY_SHAPE = (3, 16, 16)
 TINY_READ_PATTERN = [[1], [2, 3], [4]]

@@ -2,6 +2,8 @@
 
 import json
 
+from romanpipe.association import ASSOCIATION_NAME_RE, read_association
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,6 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 import associate
-from romanpipe.association import ASSOCIATION_NAME_RE, read_association
 
 SIDE = 0.125  # deg, about a detector
 

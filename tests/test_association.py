@@ -2,13 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
-import roman_datamodels as rdm
-from roman_datamodels import datamodels
-
-import asn_from_list as asn_from_list_cli
-import skymatch
 from romanpipe.association import (
     asn_from_list,
     association_name,
@@ -16,6 +9,14 @@ from romanpipe.association import (
     write_association,
 )
 from romanpipe.errors import InputFileError
+
+import numpy as np
+import pytest
+import roman_datamodels as rdm
+from roman_datamodels import datamodels
+
+import asn_from_list as asn_from_list_cli
+import skymatch
 
 SEED_ITEMS = {"r0000101001001001001_01101_0001_WFI01_uncal.asdf": "science",
               "r0000101001001001001_3_01101_0001_WFI01_uncal.asdf": "guide_window",

@@ -7,6 +7,9 @@ tests are independent of each other and of the order xdist runs them in.
 import math
 from pathlib import Path
 
+from romanpipe import crds_cache, refs
+from romanpipe.errors import InputFileError, PipelineError
+
 import pytest
 import roman_datamodels.datamodels as rdd
 from astropy.time import Time
@@ -16,8 +19,6 @@ from crds.core import rmap
 from crds.refactoring import checksum
 
 import crds_deliver
-from romanpipe import crds_cache, refs
-from romanpipe.errors import InputFileError, PipelineError
 
 # USEAFTER of the first references; exposures start years later.
 LAUNCH = "2020-01-01T00:00:00"

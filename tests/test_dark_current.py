@@ -1,5 +1,8 @@
 """dark_current: hand-computed subtraction for every rule, the script, the DARK builder, simulated darks."""
 
+from romanpipe import blocks
+from romanpipe.dqflags import pixel
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -10,8 +13,6 @@ import dark_current
 import dq_init
 from conftest import EXPO, TINY_SHAPE, make_level1
 from dark_current import check_shapes, frame_averaged_dark, mean_read_times, subtract_dark
-from romanpipe import blocks
-from romanpipe.dqflags import pixel
 from wfisim.dark import DARK_REFERENCE_META, dark_reference_arrays, master_dark_slope_error
 from wfisim.detector import build_detector
 from wfisim.matables import ma_table

@@ -30,6 +30,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from romanpipe import cli, crds_cache, dqflags, refs
+from romanpipe.errors import EXIT_ERROR
+
 import astropy.units as u
 import numpy as np
 import pytest
@@ -38,8 +41,6 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 import dark_references
-from romanpipe import cli, crds_cache, dqflags, refs
-from romanpipe.errors import EXIT_ERROR
 
 FRAME_TIME = 3.04
 MEDIAN_OF_THREE_VARIANCE = 1 - math.sqrt(3) / math.pi

@@ -1,5 +1,7 @@
 """dq_init: kernel on hand-made arrays, and the script on tiny Roman files."""
 
+from romanpipe.dqflags import pixel
+
 import astropy.units as u
 import numpy as np
 import pytest
@@ -8,7 +10,6 @@ from roman_datamodels import datamodels
 
 import dq_init
 from conftest import EXPO, make_level1
-from romanpipe.dqflags import pixel
 
 REF = int(pixel.REFERENCE_PIXEL)
 

@@ -1,9 +1,9 @@
 """The DQ flag table and the bit-spec forms of the seed's "Parameter Specification"."""
 
+from romanpipe.dqflags import FLAG_NAMES, good_pixel_mask, interpret_bit_spec, pixel
+
 import numpy as np
 import pytest
-
-from romanpipe.dqflags import FLAG_NAMES, good_pixel_mask, interpret_bit_spec, pixel
 
 # The seed's table: bit number -> name.
 SEED_TABLE = {

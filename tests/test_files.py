@@ -1,8 +1,8 @@
 """atomic_path: a file appears complete or not at all."""
 
-import pytest
-
 from romanpipe.files import atomic_path
+
+import pytest
 
 
 def test_the_file_appears_only_when_the_block_succeeds(tmp_path):
@@ -22,3 +22,4 @@ def test_a_failed_block_leaves_neither_file_nor_staging(tmp_path):
         raise RuntimeError("writer failed")
     assert target.read_text() == "old\n"
     assert list(tmp_path.iterdir()) == [target]
+

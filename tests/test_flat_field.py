@@ -1,5 +1,7 @@
 """flat_field: hand-computed values for every rule of the seed, and the CLI."""
 
+from romanpipe.detector import matching_science_area
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -8,7 +10,6 @@ from roman_datamodels import datamodels
 import flat_field
 from conftest import EXPO
 from flat_field import apply_flat
-from romanpipe.detector import matching_science_area
 
 NO_FLAT_FIELD = 2**18
 HOT = 2**11

@@ -4,6 +4,10 @@ the pool on TVAC files, and saturation flags against the truth on a bright-star 
 import logging
 from pathlib import Path
 
+from romanpipe import refs
+from romanpipe.dqflags import pixel
+from romanpipe.naming import split_suffix
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -12,9 +16,6 @@ from roman_datamodels import datamodels
 import dq_init
 import pool
 import saturation
-from romanpipe import refs
-from romanpipe.dqflags import pixel
-from romanpipe.naming import split_suffix
 from wfisim.groundtest import GroundTestConfig, simulate_groundtest, truth_path
 from wfisim.truth import read_truth
 

@@ -2,6 +2,9 @@
 small simulated TVAC set (one bright-star exposure, one dark) runs dq_init -> saturation -> refpix
 -> linearity and nothing else."""
 
+from romanpipe.dqflags import pixel
+from romanpipe.naming import split_suffix
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +13,6 @@ import yaml
 from roman_datamodels import datamodels
 
 import simulate
-from romanpipe.dqflags import pixel
-from romanpipe.naming import split_suffix
 from test_workflow import snakemake
 from wfisim.groundtest import truth_path
 from wfisim.truth import read_truth

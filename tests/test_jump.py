@@ -7,6 +7,8 @@ noise of a first difference with clipped median m is then sqrt(|m| + 2).
 
 import os
 
+from romanpipe.cores import available_cores, worker_count
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -16,7 +18,6 @@ import dq_init
 import jump
 from conftest import EXPO, make_level1
 from jump import check_even_read_pattern, detect_jumps
-from romanpipe.cores import available_cores, worker_count
 from saturation import flag_saturation
 from wfisim.cosmic_rays import CosmicRays
 from wfisim.detector import build_detector

@@ -2,6 +2,9 @@
 
 from dataclasses import replace
 
+from romanpipe import blocks
+from romanpipe.dqflags import pixel
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -11,8 +14,6 @@ import dq_init
 import linearity
 from conftest import EXPO, TINY_SHAPE
 from linearity import correct_linearity, evaluate_polynomial
-from romanpipe import blocks
-from romanpipe.dqflags import pixel
 from wfisim import references
 from wfisim.detector import build_detector
 from wfisim.matables import ma_table

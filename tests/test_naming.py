@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-import pytest
-
 from romanpipe.naming import exposure_name, parse_exposure_name, product_name, split_suffix
+
+import pytest
 
 EXPO = "r0008308002010007027_06311_0019_WFI01"
 

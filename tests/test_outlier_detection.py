@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from romanpipe import cli, drizzling
+from romanpipe.params import step_defaults
+from romanpipe.products import set_cal_step
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -21,9 +25,6 @@ from scipy import ndimage
 
 import outlier_detection
 from outlier_detection import abs_derivative, clipped_median, flag_outliers, outlier_mask, sectioned_median
-from romanpipe import cli, drizzling
-from romanpipe.params import step_defaults
-from romanpipe.products import set_cal_step
 from test_resample import (
     DETECTOR,
     PIXEL_AREA,

@@ -3,12 +3,12 @@
 import argparse
 import json
 
+from romanpipe import params
+from romanpipe.errors import ParameterError
+
 import asdf
 import pytest
 import yaml
-
-from romanpipe import params
-from romanpipe.errors import ParameterError
 
 
 def resolve(argv, step="saturation"):
@@ -84,7 +84,8 @@ def test_unknown_parameter_in_file_is_named(tmp_path):
 def test_unknown_parameter_names_the_known_one_it_resembles(tmp_path):
     """The seed's prose says calc_threshold; the parameter is calc_scalar_threshold."""
     pfile = write_yaml(tmp_path / "sd.yaml", {"parameters": {"calc_threshold": True}})
-    with pytest.raises(ParameterError, match=r"calc_threshold \(did you mean \w+ or calc_scalar_threshold\?\)"):
+    suggestion = r"calc_threshold \(did you mean \w+ or calc_scalar_threshold\?\)"
+    with pytest.raises(ParameterError, match=suggestion):
         resolve(["--parameter-file", str(pfile)], step="source_detection")
 
 

@@ -1,5 +1,7 @@
 """photom and flux: the PHOTOM row into the metadata, and the DN/s -> MJy/sr scaling."""
 
+from romanpipe.association import asn_from_list, read_association, write_association
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -8,7 +10,6 @@ from roman_datamodels import datamodels
 import flux
 import photom
 from conftest import EXPO
-from romanpipe.association import asn_from_list, read_association, write_association
 
 PHOTMJSR, UNCERTAINTY, AREA_SR = 0.75, 0.02, 2.8437e-13
 ARCSEC2_PER_SR = (180 / np.pi * 3600) ** 2

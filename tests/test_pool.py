@@ -1,5 +1,7 @@
 """The pool: metadata and references of every input, bad inputs quarantined with a reason."""
 
+from romanpipe import crds_cache
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +10,6 @@ from roman_datamodels import datamodels
 
 import pool
 from conftest import make_level1
-from romanpipe import crds_cache
 
 EXPO = "r0000101001001001001_01101_{:04d}_{}"
 

@@ -1,5 +1,8 @@
 """ramp_diagnostics: masks, mean slopes and relative slopes by hand; the four PNGs of a synthetic star."""
 
+from romanpipe import cli, dqflags
+from romanpipe.errors import EXIT_ERROR, ParameterError
+
 import numpy as np
 import pytest
 from astropy import units as u
@@ -8,8 +11,6 @@ from roman_datamodels import datamodels
 from scipy.signal import convolve2d
 
 import ramp_diagnostics as rd
-from romanpipe import cli, dqflags
-from romanpipe.errors import EXIT_ERROR, ParameterError
 
 SATURATED = dqflags.pixel.SATURATED
 

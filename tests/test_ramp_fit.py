@@ -9,6 +9,9 @@ errors of the measured statistic.
 import logging
 import warnings
 
+from romanpipe import crds_cache
+from romanpipe.products import set_cal_step
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -23,8 +26,6 @@ from rampfit_kernels import cas22
 from rampfit_kernels.cas22 import build_tables, fit_ramps_cas22
 from rampfit_kernels.ols import fit_ramps_ols
 from rampfit_kernels.readout import resultant_times
-from romanpipe import crds_cache
-from romanpipe.products import set_cal_step
 from wfisim.detector import build_detector
 from wfisim.matables import MA_TABLES, MaTable, read_pattern_from_counts
 from wfisim.ramps import RampEffect, simulate_ramp

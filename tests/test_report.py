@@ -2,6 +2,9 @@
 
 import json
 
+from romanpipe import cli
+from romanpipe.dqflags import pixel
+
 import numpy as np
 import pandas as pd
 import roman_datamodels as rdm
@@ -11,8 +14,6 @@ from roman_datamodels import datamodels
 import benchmark_table
 import provenance_table
 import quicklook
-from romanpipe import cli
-from romanpipe.dqflags import pixel
 
 
 def image_file(path, flagged_block=True):

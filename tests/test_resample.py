@@ -18,6 +18,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from romanpipe import cli, drizzling
+from romanpipe.association import asn_from_list, write_association
+from romanpipe.errors import InputFileError
+from romanpipe.params import step_defaults
+
 import asdf
 import numpy as np
 import pytest
@@ -35,10 +40,6 @@ from roman_datamodels import datamodels
 from scipy.special import erf
 
 import resample
-from romanpipe import cli, drizzling
-from romanpipe.association import asn_from_list, write_association
-from romanpipe.errors import InputFileError
-from romanpipe.params import step_defaults
 
 SCALE = 0.11 / 3600.0                      # deg per pixel
 PIXEL_AREA = (0.11 / 206264.806) ** 2      # sr

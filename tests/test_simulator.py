@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+from romanpipe import crds_cache
+from romanpipe.dqflags import pixel
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -10,8 +13,6 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 from scipy.stats import poisson
 
-from romanpipe import crds_cache
-from romanpipe.dqflags import pixel
 from wfisim.campaign import CampaignConfig, FieldCatalog, simulate_campaign, simulate_exposure
 from wfisim.detector import BORDER, build_detector
 from wfisim.level1 import ExposureId

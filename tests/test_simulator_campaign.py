@@ -1,5 +1,7 @@
 """wfisim campaigns: pointing errors, the shared sky and Gaia-like catalog, photometric truth, CRDS, prism."""
 
+from romanpipe import refs
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -8,7 +10,6 @@ from astropy.table import Table
 from astropy.time import Time
 from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 
-from romanpipe import refs
 from wfisim.campaign import CampaignConfig, FieldCatalog, simulate_campaign, simulate_exposure
 from wfisim.detector import build_detector
 from wfisim.level1 import ExposureId

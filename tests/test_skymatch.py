@@ -7,6 +7,10 @@ examples describe.
 
 import json
 
+from romanpipe import dqflags
+from romanpipe.association import asn_from_list, write_association
+from romanpipe.products import set_cal_step
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -18,9 +22,6 @@ from gwcs import wcs as gwcs_wcs
 from roman_datamodels import datamodels
 
 import skymatch
-from romanpipe import dqflags
-from romanpipe.association import asn_from_list, write_association
-from romanpipe.products import set_cal_step
 from skymatch import (
     SkyStatistic,
     footprint_polygon,

@@ -3,6 +3,8 @@
 import logging
 import math
 
+from romanpipe import cli, dqflags
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -11,7 +13,6 @@ from roman_datamodels import datamodels
 from scipy.spatial import cKDTree
 
 import source_detection
-from romanpipe import cli, dqflags
 from wfisim.scene import FWHM_PER_SIGMA, Catalog, random_catalog, render_rate
 
 EXPO = "r0000101001001001001_01101_0001_WFI03"

@@ -18,6 +18,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from romanpipe.association import asn_from_list, read_association, write_association
+from romanpipe.params import step_defaults
+
 import numpy as np
 import pytest
 import roman_datamodels as rdm
@@ -30,8 +33,6 @@ from roman_datamodels import datamodels
 
 import tweakreg
 from assign_wcs import build_wcs, s_region
-from romanpipe.association import asn_from_list, read_association, write_association
-from romanpipe.params import step_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 0.11  # arcsec per pixel
@@ -537,10 +538,10 @@ def test_gaia_without_network_is_a_one_line_error_and_no_output(tmp_path):
 @pytest.mark.peer
 def test_peer_romancal_finds_the_same_wcs(tmp_path):
     pytest.importorskip("romancal")
+    from romanpipe.products import set_cal_step
+
     from romancal.datamodels import ModelLibrary
     from romancal.tweakreg.tweakreg_step import TweakRegStep
-
-    from romanpipe.products import set_cal_step
 
     field = Field()
     catalog = field.detections()

@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from romanpipe import crds_cache
+from romanpipe.dqflags import pixel
+from romanpipe.naming import split_suffix
+from romanpipe.products import product_size_mb, write_atomic
+
 import asdf
 import numpy as np
 import pandas as pd
@@ -15,10 +20,6 @@ from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture,
 from photutils.centroids import centroid_2dg, centroid_sources
 from roman_datamodels import datamodels
 
-from romanpipe import crds_cache
-from romanpipe.dqflags import pixel
-from romanpipe.naming import split_suffix
-from romanpipe.products import product_size_mb, write_atomic
 from wfisim.campaign import CampaignConfig, simulate_campaign
 from wfisim.detector import build_detector
 from wfisim.references import make_reference, next_reference_path

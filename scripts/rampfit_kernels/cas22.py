@@ -109,10 +109,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from romanpipe import dqflags
+
 import numba
 import numpy as np
-
-from romanpipe import dqflags
 
 from .pixelwise import (
     RampFit,

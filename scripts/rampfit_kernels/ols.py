@@ -44,10 +44,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from romanpipe import dqflags
+
 import numba
 import numpy as np
-
-from romanpipe import dqflags
 
 from .pixelwise import (
     RampFit,

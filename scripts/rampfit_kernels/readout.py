@@ -19,10 +19,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from romanpipe.readpattern import mean_read_times
+
 import numba
 import numpy as np
-
-from romanpipe.readpattern import mean_read_times
 
 # numba options of the kernels' row loops and of the helpers they call for every pixel.
 # None of them allocates, so they run without numba's reference counting: with it every

@@ -31,6 +31,31 @@ LEVEL1_MODELS = (datamodels.ScienceRawModel, datamodels.TvacModel)
 COMPLETE, SKIPPED, INCOMPLETE = "COMPLETE", "SKIPPED", "INCOMPLETE"
 
 
+# float16's smallest normal number; below it numpy's cast to float16 runs ~20x slower.
+_FLOAT16_TINY = np.float32(2.0**-14)
+_FLOAT16_SUBNORMAL_STEP = np.float32(2.0**-24)
+
+
+def as_float16(values: np.ndarray) -> np.ndarray:
+    """float16 copy of a float32 array, bit-identical to ``values.astype(np.float16)``.
+
+    The Level 2 schemas store errors and variances as float16. numpy converts results in
+    float16's subnormal range (|x| < 2**-14, common for variances in (DN/s)^2) through a
+    slow path: 1.2 s for a 4088^2 plane instead of 0.05 s. Those are multiples of 2**-24,
+    so their bits are the rounded multiple (half to even, as IEEE conversion rounds).
+    """
+    values = np.asarray(values)
+    if values.dtype != np.float32:
+        raise TypeError(f"as_float16 takes float32 values, not {values.dtype}")
+    tiny = np.abs(values) < _FLOAT16_TINY
+    converted = np.where(tiny, np.float32(0.0), values).astype(np.float16)
+    if tiny.any():
+        small = values[tiny]
+        multiples = np.rint(np.abs(small) / _FLOAT16_SUBNORMAL_STEP).astype(np.uint16)
+        converted.view(np.uint16)[tiny] = multiples | (np.signbit(small).astype(np.uint16) << 15)
+    return converted
+
+
 def open_model(path: str | Path, expected: tuple[type, ...] | None = None, *, memmap: bool = True):
     """Open a Roman product, turning every failure into one line naming the file.
 

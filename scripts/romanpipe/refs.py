@@ -21,14 +21,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from romanpipe import crds_cache
+from romanpipe.errors import InputFileError, PipelineError
+
 import crds
 from astropy.time import Time
 from crds.client import api as crds_api
 from crds.core import heavy_client, timestamp
 from crds.core import utils as crds_utils
-
-from romanpipe import crds_cache
-from romanpipe.errors import InputFileError, PipelineError
 
 log = logging.getLogger(__name__)
 

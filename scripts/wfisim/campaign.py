@@ -43,12 +43,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from romanpipe import crds_cache
+
 import numpy as np
 import yaml
 from astropy.table import Table
 from astropy.time import Time, TimeDelta
-
-from romanpipe import crds_cache
 
 from .cosmic_rays import CosmicRays
 from .detector import BORDER, DetectorModel, build_detector, detector_key

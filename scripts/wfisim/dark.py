@@ -18,9 +18,9 @@ CRDS selects DARK by detector and exposure type: :data:`DARK_REFERENCE_META`.
 
 from __future__ import annotations
 
-import numpy as np
-
 from romanpipe.dqflags import pixel
+
+import numpy as np
 
 from .detector import DetectorModel
 from .matables import FULL_FRAME_TIME

@@ -65,15 +65,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from romanpipe import crds_cache
+from romanpipe.dqflags import pixel
+from romanpipe.products import write_atomic
+
 import astropy.units as u
 import numpy as np
 import yaml
 from astropy.time import Time, TimeDelta
 from roman_datamodels import datamodels
-
-from romanpipe import crds_cache
-from romanpipe.dqflags import pixel
-from romanpipe.products import write_atomic
 
 from .campaign import EXPOSURE_GAP_S, exposure_effects
 from .detector import BORDER, DetectorModel, DetectorParameters, build_detector, detector_key

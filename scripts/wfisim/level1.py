@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from romanpipe.naming import exposure_name
+from romanpipe.products import write_atomic
+
 import numpy as np
 from astropy.time import Time, TimeDelta
 from roman_datamodels import datamodels
-
-from romanpipe.naming import exposure_name
-from romanpipe.products import write_atomic
 
 from .matables import MaTable
 

@@ -32,9 +32,9 @@ import zlib
 from dataclasses import dataclass
 from math import comb
 
-import numpy as np
-
 from romanpipe.dqflags import pixel
+
+import numpy as np
 
 from .detector import SATURATION_MARGIN_SIGMA, DetectorModel, detector_key
 from .ramps import Chunk, RampEffect

@@ -34,12 +34,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from romanpipe.dqflags import pixel
+from romanpipe.products import write_atomic
+
 import numpy as np
 from astropy.time import Time
 from roman_datamodels import datamodels
-
-from romanpipe.dqflags import pixel
-from romanpipe.products import write_atomic
 
 from .dark import DARK_REFERENCE_META, SCIENCE_EXPOSURE_TYPES, dark_reference_arrays
 from .detector import DetectorModel, detector_key

@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from romanpipe.naming import split_suffix
+
 import pytest
 import roman_datamodels as rdm
 
 from comparison import fresh_copy, model_differences, product_differences
-from romanpipe.naming import split_suffix
 from wfisim.campaign import CampaignConfig, simulate_campaign
 
 ROOT = Path(__file__).resolve().parents[2]

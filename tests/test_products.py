@@ -1,0 +1,23 @@
+"""as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would."""
+
+from romanpipe.products import as_float16
+
+import numpy as np
+import pytest
+
+
+def test_float16_conversion_is_numpys_bit_for_bit_and_fast_path_covers_subnormals():
+    rng = np.random.default_rng(3)
+    magnitudes = 10.0 ** rng.uniform(-12, 5, 200_000)
+    values = (magnitudes * rng.choice([-1.0, 1.0], magnitudes.size)).astype(np.float32)
+    step = np.float32(2.0**-24)
+    # Exact ties between two subnormals (round half to even), the largest subnormal's neighbourhood,
+    # both zeros, NaN, infinities, float16 overflow.
+    special = np.array([0.5, 1.5, 2.5, 1023.5, 1024.0, 1023.75], np.float32) * step
+    extra = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 70000.0, 2.0**-14, -(2.0**-14)], np.float32)
+    values = np.concatenate([values, special, -special, extra])
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16)
+    np.testing.assert_array_equal(as_float16(values).view(np.uint16), expected.view(np.uint16))
+    with pytest.raises(TypeError, match="float64"):
+        as_float16(values.astype(np.float64))
