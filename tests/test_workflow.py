@@ -65,6 +65,16 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
 
 
+def simulated_and_run(config: CampaignConfig, out: Path, settings: str) -> Path:
+    """Simulate ``config`` into ``out`` and run the workflow with ``settings`` (YAML) on top of
+    the simulator's workflow.yaml."""
+    simulate_campaign(config, out)
+    (out / "settings.yaml").write_text(settings)
+    result = snakemake(out, "--configfile", str(out / "workflow.yaml"), str(out / "settings.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     """Rule name -> job count from a dry run's job table."""
     counts, in_table = {}, False
@@ -228,11 +238,7 @@ def roman_psf_campaign(tmp_path_factory):
         "spectral_exposures": {}, "size": 128, "stars": 40, "saturating_stars": 1, "seed": 23,
         "psf": "roman", "pointing_error": {"offset_arcsec": 1.5, "roll_deg": 0.06},
     })
-    simulate_campaign(config, out)
-    (out / "cal.yaml").write_text("target: cal\n")
-    result = snakemake(out, "--configfile", str(out / "workflow.yaml"), str(out / "cal.yaml"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return simulated_and_run(config, out, "target: cal\n")
 
 
 def test_roman_psf_fits_align_every_image_to_the_truth_within_5_mas(roman_psf_campaign):
@@ -460,11 +466,7 @@ def even_campaign(tmp_path_factory):
         "ma_table": "IMG_EVEN_8", "stars": 6, "saturating_stars": 1, "seed": 11,
         "cosmic_ray_flux_per_cm2_s": 2000.0,  # many hits on a tiny array
     })
-    simulate_campaign(config, out)
-    (out / "jump.yaml").write_text("target: jump\nramp_fit:\n  use_ramp_jump_detection: false\n")
-    result = snakemake(out, "--configfile", str(out / "workflow.yaml"), str(out / "jump.yaml"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return simulated_and_run(config, out, "target: jump\nramp_fit:\n  use_ramp_jump_detection: false\n")
 
 
 def test_jump_step_runs_on_even_ramps_and_finds_the_cosmic_rays(even_campaign):
