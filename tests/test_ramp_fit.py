@@ -243,6 +243,17 @@ def test_end_point_power_choice_is_biased_where_our_default_is_not():
         assert low <= residual.mean() / residual.std() <= high, power_signal
 
 
+def fit_with_random_jumps(table, rng, decade, jump_noise, sigmas):
+    """40,000 ramps at rates in [10^decade, 10^(decade+1)) e/s, each with one jump of ``sigmas`` x
+    ``jump_noise(rates, table, jump_read)`` at a random read after R_0 (a jump before R_1 is
+    part of the pedestal), fitted: (rates, jump_read, charge, fit)."""
+    rates = 10.0 ** rng.uniform(decade, decade + 1, 40_000)
+    jump_read = rng.integers(table.read_pattern[0][-1] + 1, table.last_read + 1, rates.size)
+    charge = sigmas * jump_noise(rates, table, jump_read)
+    fit = cas22_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge), table)
+    return rates, jump_read, charge, fit
+
+
 # Share of 10-sigma jumps flagged, per flux decade of FLUX_DECADES (measured: 0.760, 0.855,
 # 0.980, 0.999, 1.000 on IMG_UNEVEN_6; >= 0.9999 on IMG_UNEVEN_16). Below 99 % only where
 # even a test knowing the jump's read and the rate finds fewer than 99 %: on 6 resultants a
@@ -263,14 +274,10 @@ def test_jumps_are_flagged_and_hit_pixels_stay_unbiased(table_name):
     """
     table = MA_TABLES[table_name]
     rng = np.random.default_rng(77)
-    first_read_after_r0 = table.read_pattern[0][-1] + 1  # a jump before R_1 is part of the pedestal
     for sigmas in (10.0, 30.0) if table_name == "IMG_UNEVEN_6" else (10.0,):
         for decade, floor in zip(FLUX_DECADES, JUMP_DETECTION_FLOORS[table_name], strict=True):
-            rates = 10.0 ** rng.uniform(decade, decade + 1, 40_000)
-            jump_read = rng.integers(first_read_after_r0, table.last_read + 1, rates.size)
-            charge = sigmas * bracketing_noise(rates, table, jump_read)
-            fit = cas22_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge),
-                            table)
+            rates, jump_read, charge, fit = fit_with_random_jumps(table, rng, decade, bracketing_noise,
+                                                                  sigmas)
             where = f"{sigmas:.0f} sigma, 10^{decade} e/s"
             flagged = np.mean((fit.dq[0] & JUMP) != 0)
             best_possible = known_position_detection(rates, table, jump_read, charge)
@@ -304,16 +311,14 @@ def test_jumps_of_10_sigma_by_both_measures_are_flagged_99_percent(table_name):
     98.9 % on IMG_UNEVEN_16 at 0.1-1 e/s (where its 16 resultants measure a jump better than
     two differences see it); with the bracketing noise alone see JUMP_DETECTION_FLOORS.
     """
+    def larger_noise(rates, table, jump_read):
+        return np.maximum(bracketing_noise(rates, table, jump_read),
+                          jump_measurement_error(rates, table, jump_read))
+
     table = MA_TABLES[table_name]
     rng = np.random.default_rng(91)
-    first_read_after_r0 = table.read_pattern[0][-1] + 1
     for decade in FLUX_DECADES:
-        rates = 10.0 ** rng.uniform(decade, decade + 1, 40_000)
-        jump_read = rng.integers(first_read_after_r0, table.last_read + 1, rates.size)
-        sigma = np.maximum(bracketing_noise(rates, table, jump_read),
-                           jump_measurement_error(rates, table, jump_read))
-        fit = cas22_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=10.0 * sigma),
-                        table)
+        rates, _, _, fit = fit_with_random_jumps(table, rng, decade, larger_noise, 10.0)
         flagged = np.mean((fit.dq[0] & JUMP) != 0)
         log.info("%s, 10 sigma by both measures, 10^%d e/s: %.4f flagged", table_name, decade, flagged)
         assert flagged >= 0.99, f"{flagged:.4f} flagged at 10^{decade} e/s"
