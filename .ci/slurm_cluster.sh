@@ -4,7 +4,8 @@
 #   .ci/slurm_cluster.sh start   install slurm-wlm + munge from Debian if missing, write a
 #                                one-node /etc/slurm/slurm.conf, start munged, slurmctld and
 #                                slurmd, wait until the node is idle
-#   .ci/slurm_cluster.sh stop    stop exactly the daemons `start` started (by pid)
+#   .ci/slurm_cluster.sh stop    stop exactly the daemons `start` started (by pid), remove
+#                                the slurm.conf `start` wrote
 #   .ci/slurm_cluster.sh status  what runs, and what this script started
 #
 # Both are idempotent. On a cluster this script configured, slurmctld starts without the
@@ -278,6 +279,12 @@ stop() {
     stop_one slurmctld
     stop_one munged
     rm -f "$STATE/unavailable"
+    # Left behind, our slurm.conf names a controller that no longer runs: every scontrol call
+    # (Snakemake's SLURM plugin makes one at each start, even for local runs) would wait 9 s.
+    if [[ -e $CONF ]] && [[ $(head -n 1 "$CONF") == "$CONF_TAG" ]]; then
+        rm -f "$CONF"
+        say "removed $CONF"
+    fi
 }
 
 status() {

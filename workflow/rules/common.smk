@@ -39,8 +39,11 @@ BENCHMARKS = os.path.join(LOGS, "benchmarks")
 # CRDS_PATH from the environment wins over the config, as crds users expect; every job
 # (local or on SLURM) then gets the same cache through the shell prefix.
 CRDS_PATH = str(refs.configure_crds(os.path.abspath(config["crds"]["path"])).cache_dir)
-# numba's compiled kernels are cached with the results, not next to the scripts.
-NUMBA_CACHE = os.path.abspath(os.path.join(RESULTS, ".cache", "numba"))
+# numba's compiled kernels are cached with the results, not next to the scripts, unless the
+# environment names a cache (an installation's, shared by campaigns: kernels compile once).
+NUMBA_CACHE = os.path.abspath(
+    os.environ.get("NUMBA_CACHE_DIR") or os.path.join(RESULTS, ".cache", "numba")
+)
 shell.prefix(
     f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
     f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
