@@ -160,6 +160,21 @@ def snakemake_command(folder: Path, *extra: str, cores: int = 2) -> list[str]:
             "--configfile", str(folder / "workflow.yaml"), *extra, "--quiet", "all"]
 
 
+def seed_outlier_settings(folder: Path) -> Path:
+    """A config file running our outlier_detection at the seed's grid and ``scale`` (the
+    schema's defaults), not the workflow configuration's finer grid: romancal has no such
+    setting, and a comparison is like with like."""
+    from romanpipe.params import step_defaults
+
+    import yaml
+
+    defaults = step_defaults("outlier_detection")
+    path = folder / "seed_outlier_detection.yaml"
+    path.write_text(yaml.safe_dump({"outlier_detection": {
+        name: defaults[name] for name in ("pixel_scale_ratio", "scale")}}))
+    return path
+
+
 def clean_environment() -> dict[str, str]:
     """The caller's environment without a CRDS server: everything comes from the local cache."""
     env = dict(os.environ)

@@ -37,6 +37,7 @@ from measure import (  # noqa: E402
     machine_description,
     markdown_table,
     parity_stats,
+    seed_outlier_settings,
     simulate_campaign,
     snakemake_command,
 )
@@ -394,7 +395,8 @@ def main(argv=None) -> int:
     kept = any((folder / "results" / "exposures").glob("*_dqinit.asdf"))
     done = (folder / "results" / "pool.csv").is_file()
     rerun = ["--forcerun", "dq_init"] if done and not kept else []
-    subprocess.run(snakemake_command(folder, "--notemp", *rerun), check=True, env=env)
+    settings = ["--configfile", str(folder / "workflow.yaml"), str(seed_outlier_settings(folder))]
+    subprocess.run(snakemake_command(folder, "--notemp", *settings, *rerun), check=True, env=env)
     print(f"our workflow: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     peer.configure_environment(folder / "crds_cache")
 

@@ -21,6 +21,13 @@ DMODEL_ALLOWED_MEMORY) refuses work arrays larger than that fraction of the
 available memory; ``save_intermediate_results`` also writes the ``_outlier_i2d``,
 ``_median`` and ``_blot`` products.
 
+Ours, not the seed's: ``pixel_scale_ratio`` (default 1, the seed's grid) sets the
+common grid's pixel scale relative to the inputs'. Roman's PSF is undersampled: at the
+inputs' scale each grouped mosaic smooths a star core over a second pixel and the
+blotted median misses its peak by more than ``scale`` times the derivative allows,
+so the seed's rule flags star cores. Half the scale keeps each input pixel's
+value where it fell (the workflow's configuration uses 0.5 with ``scale`` "1.0 0.8").
+
     python scripts/outlier_detection.py r..._asn.json r..._outlier_detection_asn.json [--snr "5 4"]
 """
 
@@ -163,7 +170,8 @@ def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
 
 def _resampled_median(exposures, parameters, scratch, intermediate):
     """Drizzle each exposure group onto a common grid, mask low weights, and take the median."""
-    grid, _ = drizzling.make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures])
+    grid, _ = drizzling.make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures],
+                                        pixel_scale_ratio=parameters["pixel_scale_ratio"])
     groups: dict[str, list[int]] = {}
     for index, exposure in enumerate(exposures):
         groups.setdefault(exposure.group, []).append(index)

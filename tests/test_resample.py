@@ -117,7 +117,7 @@ def pixelated_stars(shape, x, y, surface_integral, sigma=PSF_SIGMA):
     return image
 
 
-def dithered_field(seed=3, noise=True, dithers=DITHERS, star_spacing=28.0):
+def dithered_field(seed=3, noise=True, dithers=DITHERS, star_spacing=28.0, psf_sigma=PSF_SIGMA):
     """ImageModels of the dithered two-detector field and the truth (RA, Dec, flux in MJy)."""
     rng = np.random.default_rng(seed)
     focal_plane = tan_gwcs((DETECTOR / 2 + 70, DETECTOR / 2), FIELD_CENTRE, 0.0, (DETECTOR, 300))
@@ -132,7 +132,7 @@ def dithered_field(seed=3, noise=True, dithers=DITHERS, star_spacing=28.0):
             wcs = tan_gwcs((DETECTOR / 2 + 70 - ox + dx, DETECTOR / 2 - oy + dy), FIELD_CENTRE, roll,
                            (DETECTOR, DETECTOR))
             x, y = wcs.backward_transform(star_ra, star_dec)
-            truth = pixelated_stars((DETECTOR, DETECTOR), x, y, flux / PIXEL_AREA) + SKY
+            truth = pixelated_stars((DETECTOR, DETECTOR), x, y, flux / PIXEL_AREA, psf_sigma) + SKY
             var_rnoise = np.full(truth.shape, 0.02**2)
             var_poisson = 1e-3 * truth
             data = truth + (rng.normal(size=truth.shape) * np.sqrt(var_rnoise + var_poisson) if noise else 0)

@@ -19,6 +19,7 @@ import roman_datamodels as rdm
 from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
 from photutils.centroids import centroid_2dg, centroid_sources
 from roman_datamodels import datamodels
+from scipy import ndimage
 
 from wfisim.campaign import CampaignConfig, simulate_campaign
 from wfisim.detector import build_detector
@@ -255,6 +256,93 @@ def test_roman_psf_fits_align_every_image_to_the_truth_within_5_mas(roman_psf_ca
             assert "psf_flags" in detected.meta.source_catalog["tweakreg_catalog"].dtype.names  # fitted
         assert len(after) >= 20
         assert np.sqrt(np.mean(after**2)) <= 5.0, path.name
+
+
+@pytest.fixture(scope="module")
+def cosmic_ray_campaign(tmp_path_factory):
+    """Four dithers of F087 (Roman's most undersampled PSF) with cosmic rays twelve times L2's
+    rate, ramps fitted with no jump detection: the hits stay in the _cal images for the mosaic's
+    outlier detection. Run to the mosaic with the workflow's configuration."""
+    out = tmp_path_factory.mktemp("cosmic_ray_campaign")
+    config = CampaignConfig.from_mapping({
+        "detectors": ["WFI01"], "filters": ["F087"], "exposures_per_filter": 4, "spectral_exposures": {},
+        "size": 128, "stars": 60, "saturating_stars": 0, "seed": 32, "psf": "roman",
+        "cosmic_ray_flux_per_cm2_s": 60.0,
+    })
+    return simulated_and_run(config, out, "ramp_fit: {use_ramp_jump_detection: false}\njump: {skip: true}\n")
+
+
+def truth_in_level2(run: Path, expo: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Star pixels (scene > 5 x sky), cosmic-ray hit pixels and the pull of the fitted rate
+    against the truth ((slope - rate / gain) / ERR) of one exposure, in Level 2 pixels."""
+    truth = read_truth(run / "truth" / f"{expo}_truth.asdf")
+    inner = (slice(4, -4), slice(4, -4))
+    scene = (np.asarray(truth["rate_e_per_s"]) / np.asarray(truth["flat"]))[inner] - truth["sky_e_per_s"]
+    stars = scene > 5 * truth["sky_e_per_s"]
+    with rdm.open(run / "results" / "exposures" / f"{expo}_rampfit.asdf") as fitted:
+        gain = np.asarray(truth["detector"]["gain_e_per_dn"])[inner]
+        rate = np.asarray(truth["rate_e_per_s"])[inner] / gain
+        pull = (np.asarray(fitted.data, np.float64) - rate) / np.asarray(fitted.err, np.float64)
+    hits = np.zeros(stars.shape, bool)
+    rows, cols = np.asarray(truth["cosmic_rays"]["row"]) - 4, np.asarray(truth["cosmic_rays"]["col"]) - 4
+    inside = (rows >= 0) & (cols >= 0) & (rows < hits.shape[0]) & (cols < hits.shape[1])
+    hits[rows[inside], cols[inside]] = True
+    return stars, hits, pull
+
+
+def sky_of(models, source: int, target: int, mask: np.ndarray) -> np.ndarray:
+    """``mask`` of image ``source`` carried onto image ``target``'s pixels through their WCSs."""
+    rows, cols = np.nonzero(mask)
+    ra, dec = models[source].meta.wcs(cols.astype(float), rows.astype(float))
+    x, y = models[target].meta.wcs.backward_transform(ra, dec)
+    x, y = np.round(x), np.round(y)
+    shape = models[target].data.shape
+    inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x < shape[1]) & (y < shape[0])
+    carried = np.zeros(shape, bool)
+    carried[y[inside].astype(int), x[inside].astype(int)] = True
+    return carried
+
+
+def seen_by(models, source: int, target: int, margin: float = 1.0) -> np.ndarray:
+    """Pixels of image ``target`` whose sky image ``source`` sees, ``margin`` pixels from its edges."""
+    shape = models[target].data.shape
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    x, y = models[source].meta.wcs.backward_transform(*models[target].meta.wcs(cols, rows))
+    ny, nx = models[source].data.shape
+    return (x > margin - 0.5) & (x < nx - 0.5 - margin) & (y > margin - 0.5) & (y < ny - 0.5 - margin)
+
+
+def test_outlier_detection_flags_residual_cosmic_rays_and_not_undersampled_star_cores(cosmic_ray_campaign):
+    """The issue's test on the simulator's own cosmic rays: those left >= 10 sigma above the truth
+    in a _cal image, where the three other exposures see the sky and none of them has a hit of
+    its own within 2 pixels (a median of four cannot reject two), are >= 95 % flagged; < 0.1 %
+    of the pixels of stars are (the seed's scale and grid flag 5-13 % of them at F087: README)."""
+    run = cosmic_ray_campaign
+    products = sorted((run / "results" / "mosaics").glob("*/*_outlier_detection.asdf"))
+    assert len(products) == 4
+    truths = [truth_in_level2(run, split_suffix(path)[0]) for path in products]
+    models = [rdm.open(path) for path in products]
+    star_pixels = star_flags = strong = found = 0
+    for index, (model, (stars, hits, pull)) in enumerate(zip(models, truths, strict=True)):
+        flagged = (np.asarray(model.dq) & pixel.OUTLIER) != 0
+        seen_by_all = np.ones(stars.shape, bool)
+        others_hit = np.zeros(stars.shape, bool)
+        for other, (_, other_hits, other_pull) in enumerate(truths):
+            if other != index:
+                seen_by_all &= seen_by(models, other, index)
+                others_hit |= sky_of(models, other, index, other_hits & (other_pull > 3))
+        residual = hits & (pull > 10) & seen_by_all & ~ndimage.binary_dilation(others_hit, iterations=2)
+        strong += residual.sum()
+        found += (residual & flagged).sum()
+        away = stars & ~ndimage.binary_dilation(hits, iterations=2)
+        star_pixels += away.sum()
+        star_flags += (away & flagged).sum()
+    for model in models:
+        model.close()
+    assert strong >= 100
+    assert found / strong >= 0.95, f"{found} of {strong} residual cosmic rays flagged"
+    assert star_pixels >= 1000
+    assert star_flags / star_pixels < 0.001, f"{star_flags} of {star_pixels} star pixels flagged"
 
 
 def pixel_area_sr(wcs, x, y) -> float:

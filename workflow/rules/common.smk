@@ -140,8 +140,8 @@ def step_output(step):
 
 def is_enabled(step):
     # The two-point jump step runs only when ramp fitting does not detect jumps itself.
-    if step == "jump":
-        return not config["ramp_fit"]["use_ramp_jump_detection"]
+    if step == "jump" and config["ramp_fit"]["use_ramp_jump_detection"]:
+        return False
     return not config[step].get("skip", False)
 
 
