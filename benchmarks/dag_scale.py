@@ -5,11 +5,9 @@ replaced by one of ``exposures x detectors`` rows (each exposure's Level 1 file 
 placeholder: a dry run only checks that inputs exist), as if the pool checkpoint had read
 them. ``snakemake -n`` then plans every exposure's chain to ``_cal`` (the associations, and
 so the mosaics, wait for the _cal products in a real run). The wall time, CPU time and peak
-memory of that dry run are measured with ``/usr/bin/time -v`` (public tools only).
-``--batches N`` also plans the first of N batches (``snakemake --batch all=1/N``), the way
-to plan and run a campaign too large to plan at once:
+memory of that dry run are measured with ``/usr/bin/time -v`` (public tools only):
 
-    python benchmarks/dag_scale.py --exposures 1000 --detectors 18 --batches 10 --out bench/dag
+    python benchmarks/dag_scale.py --exposures 1000 --detectors 18 --out bench/dag
 """
 
 from __future__ import annotations
@@ -71,13 +69,11 @@ def synthetic_campaign(out: Path, exposures: int, detectors: int) -> int:
     return len(rows)
 
 
-def dry_run(out: Path, batches: int = 1) -> tuple[dict[str, float], int]:
-    """/usr/bin/time -v figures of ``snakemake -n`` to _cal (of the first of ``batches``
-    batches), and the number of jobs it planned."""
-    batch = ["--batch", f"all=1/{batches}"] if batches > 1 else []
+def dry_run(out: Path) -> tuple[dict[str, float], int]:
+    """/usr/bin/time -v figures of ``snakemake -n`` to _cal, and the number of jobs it planned."""
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "snakemake", "--snakefile",
                str(ROOT / "Snakefile"), "--directory", str(out), "--configfile", str(out / "workflow.yaml"),
-               "--config", "target=cal", "--cores", "2", "-n", "--quiet", "rules", *batch]
+               "--config", "target=cal", "--cores", "2", "-n", "--quiet", "rules"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -94,19 +90,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exposures", type=int, default=1000)
     parser.add_argument("--detectors", type=int, default=18, choices=range(1, 19), metavar="1..18")
-    parser.add_argument("--batches", type=int, default=1, help="also plan the first of this many batches")
     parser.add_argument("--out", type=Path, default=Path("bench/dag"))
     args = parser.parse_args(argv)
     count = synthetic_campaign(args.out / "campaign", args.exposures, args.detectors)
-    rows = []
-    for batches in sorted({1, args.batches}):
-        figures, jobs = dry_run(args.out / "campaign", batches)
-        plan = "whole campaign" if batches == 1 else f"first of {batches} batches"
-        rows.append(f"| {args.exposures} x {args.detectors} = {count} | {plan} | {jobs} | "
-                    f"{figures['wall_s']:.1f} | {figures['user_s'] + figures['system_s']:.1f} | "
-                    f"{figures['max_rss_kb'] / 2**20:.2f} |")
-    table = ("| exposures | planned | jobs | wall (s) | CPU (s) | peak RSS (GB) |\n"
-             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    figures, jobs = dry_run(args.out / "campaign")
+    line = (f"| {args.exposures} x {args.detectors} = {count} | {jobs} | {figures['wall_s']:.1f} | "
+            f"{figures['user_s'] + figures['system_s']:.1f} | {figures['max_rss_kb'] / 2**20:.2f} |")
+    table = ("| exposures | jobs planned | wall (s) | CPU (s) | peak RSS (GB) |\n"
+             "|---|---|---|---|---|\n" + line + "\n")
     (args.out / "dag_scale.md").write_text(table)
     sys.stdout.write(table)
     return 0
