@@ -385,10 +385,11 @@ def test_mosaics_photometry_and_astrometry_match_the_truth(full_run):
             bright = flux[inside][isolated] > np.percentile(flux[inside][isolated], 30)
             ratio = np.asarray(measured)[bright] * pixel_sr / flux[inside][isolated][bright]
             assert bright.sum() >= 4
-            # Outlier detection still flags ~25 star-core pixels per image here (alignment of these
-            # 120^2 images is 10-50 mas), which costs up to a quarter of a star's flux; the resample
-            # unit test (no flags) holds 1 %. Open in the issue note.
-            assert 0.75 < np.median(ratio) < 1.03
+            # Measured 0.987 and 0.961 (2026-11-23): the photom pixel area is nominal, the WCS's
+            # differs by ~1.3 % here, and these 120^2 images align to 10-50 mas (DAOStarFinder
+            # centroids); the resample unit test holds 1 %. With the seed's outlier settings
+            # star cores were flagged and a quarter of a star's flux could go.
+            assert 0.94 < np.median(ratio) < 1.01
             centroids = centroid_sources(data, x[inside][isolated][bright], y[inside][isolated][bright],
                                          box_size=7, centroid_func=centroid_2dg)
             found_ra, found_dec = mosaic.meta.wcs(*centroids)
