@@ -160,10 +160,11 @@ def snakemake_command(folder: Path, *extra: str, cores: int = 2) -> list[str]:
             "--configfile", str(folder / "workflow.yaml"), *extra, "--quiet", "all"]
 
 
-def seed_outlier_settings(folder: Path) -> Path:
-    """A config file running our outlier_detection at the seed's grid and ``scale`` (the
-    schema's defaults), not the workflow configuration's finer grid: romancal has no such
-    setting, and a comparison is like with like."""
+def seed_outlier_settings(folder: Path) -> list[str]:
+    """Snakemake arguments: ``folder``'s workflow.yaml and, over it, a config file running our
+    outlier_detection at the seed's grid and ``scale`` (the schema's defaults), not the
+    workflow configuration's finer grid: romancal has no such setting, and a comparison is
+    like with like."""
     from romanpipe.params import step_defaults
 
     import yaml
@@ -172,7 +173,7 @@ def seed_outlier_settings(folder: Path) -> Path:
     path = folder / "seed_outlier_detection.yaml"
     path.write_text(yaml.safe_dump({"outlier_detection": {
         name: defaults[name] for name in ("pixel_scale_ratio", "scale")}}))
-    return path
+    return ["--configfile", str(folder / "workflow.yaml"), str(path)]
 
 
 def clean_environment() -> dict[str, str]:

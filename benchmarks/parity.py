@@ -395,8 +395,8 @@ def main(argv=None) -> int:
     kept = any((folder / "results" / "exposures").glob("*_dqinit.asdf"))
     done = (folder / "results" / "pool.csv").is_file()
     rerun = ["--forcerun", "dq_init"] if done and not kept else []
-    settings = ["--configfile", str(folder / "workflow.yaml"), str(seed_outlier_settings(folder))]
-    subprocess.run(snakemake_command(folder, "--notemp", *settings, *rerun), check=True, env=env)
+    subprocess.run(snakemake_command(folder, "--notemp", *seed_outlier_settings(folder), *rerun), check=True,
+                   env=env)
     print(f"our workflow: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     peer.configure_environment(folder / "crds_cache")
 

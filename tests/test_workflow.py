@@ -21,6 +21,7 @@ from photutils.centroids import centroid_2dg, centroid_sources
 from roman_datamodels import datamodels
 from scipy import ndimage
 
+from footprints import pixel_sky, sees
 from wfisim.campaign import CampaignConfig, simulate_campaign
 from wfisim.detector import build_detector
 from wfisim.references import make_reference, next_reference_path
@@ -303,15 +304,6 @@ def sky_of(models, source: int, target: int, mask: np.ndarray) -> np.ndarray:
     return carried
 
 
-def seen_by(models, source: int, target: int, margin: float = 1.0) -> np.ndarray:
-    """Pixels of image ``target`` whose sky image ``source`` sees, ``margin`` pixels from its edges."""
-    shape = models[target].data.shape
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
-    x, y = models[source].meta.wcs.backward_transform(*models[target].meta.wcs(cols, rows))
-    ny, nx = models[source].data.shape
-    return (x > margin - 0.5) & (x < nx - 0.5 - margin) & (y > margin - 0.5) & (y < ny - 0.5 - margin)
-
-
 def test_outlier_detection_flags_residual_cosmic_rays_and_not_undersampled_star_cores(cosmic_ray_campaign):
     """The issue's test on the simulator's own cosmic rays: those left >= 10 sigma above the truth
     in a _cal image, where the three other exposures see the sky and none of them has a hit of
@@ -325,11 +317,12 @@ def test_outlier_detection_flags_residual_cosmic_rays_and_not_undersampled_star_
     star_pixels = star_flags = strong = found = 0
     for index, (model, (stars, hits, pull)) in enumerate(zip(models, truths, strict=True)):
         flagged = (np.asarray(model.dq) & pixel.OUTLIER) != 0
+        ra, dec = pixel_sky(model)
         seen_by_all = np.ones(stars.shape, bool)
         others_hit = np.zeros(stars.shape, bool)
         for other, (_, other_hits, other_pull) in enumerate(truths):
             if other != index:
-                seen_by_all &= seen_by(models, other, index)
+                seen_by_all &= sees(models[other], ra, dec)
                 others_hit |= sky_of(models, other, index, other_hits & (other_pull > 3))
         residual = hits & (pull > 10) & seen_by_all & ~ndimage.binary_dilation(others_hit, iterations=2)
         strong += residual.sum()
