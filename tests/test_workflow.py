@@ -9,7 +9,8 @@ from pathlib import Path
 from romanpipe import crds_cache
 from romanpipe.dqflags import pixel
 from romanpipe.naming import split_suffix
-from romanpipe.products import product_size_mb, write_atomic
+from romanpipe.product_sizes import product_size_mb
+from romanpipe.products import write_atomic
 
 import asdf
 import numpy as np

@@ -30,34 +30,13 @@ import roman_datamodels as rdm
 from crds.core import rmap
 from crds.refactoring import checksum
 
+from .crds_layout import INSTRUMENT, OBSERVATORY, config_dir, current_context, mappings_dir, references_dir
 from .files import atomic_path
 
 log = logging.getLogger(__name__)
 
-OBSERVATORY = "roman"
-INSTRUMENT = "wfi"
 _CONTEXT_PARKEY = ("ROMAN.META.INSTRUMENT.NAME",)
 _SPECS_DIR = Path(crds.__file__).parent / OBSERVATORY / "specs"
-
-
-def mappings_dir(cache_dir) -> Path:
-    return Path(cache_dir) / "mappings" / OBSERVATORY
-
-
-def references_dir(cache_dir) -> Path:
-    return Path(cache_dir) / "references" / OBSERVATORY / INSTRUMENT
-
-
-def _config_dir(cache_dir) -> Path:
-    return Path(cache_dir) / "config" / OBSERVATORY
-
-
-def current_context(cache_dir) -> str | None:
-    """Name of the operational pmap of the cache, None for a cache not built yet."""
-    server_config = _config_dir(cache_dir) / "server_config"
-    if not server_config.exists():
-        return None
-    return ast.literal_eval(server_config.read_text())["operational_context"]
 
 
 def context_references(cache_dir, context: str) -> list[str]:
@@ -77,10 +56,10 @@ def deliver(cache_dir, reference_files, *, description: str = "") -> str:
     if not references:
         raise ValueError("no reference files to deliver")
     _check_names_are_new(cache_dir, references)
-    for directory in (mappings_dir(cache_dir), references_dir(cache_dir), _config_dir(cache_dir)):
+    for directory in (mappings_dir(cache_dir), references_dir(cache_dir), config_dir(cache_dir)):
         directory.mkdir(parents=True, exist_ok=True)
     # crds would otherwise guess the reference layout from the number of files it finds.
-    (_config_dir(cache_dir) / "ref_cache_subdir_mode").write_text("instrument")
+    (config_dir(cache_dir) / "ref_cache_subdir_mode").write_text("instrument")
 
     previous_context = current_context(cache_dir)
     previous_imap = None
@@ -202,7 +181,7 @@ def _write_mapping(cache_dir, header: dict, selector, comment: str | None) -> st
 
 
 def _set_operational_context(cache_dir, pmap_name: str) -> None:
-    path = _config_dir(cache_dir) / "server_config"
+    path = config_dir(cache_dir) / "server_config"
     server_config = ast.literal_eval(path.read_text()) if path.exists() else {
         "observatory": OBSERVATORY,
         "effective_mode": "local",

@@ -15,20 +15,16 @@ The mode is decided by :func:`configure_crds` from the environment:
     the operational one.
 """
 
+import importlib
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from romanpipe import crds_cache
+from romanpipe import crds_layout
 from romanpipe.errors import InputFileError, PipelineError
-
-import crds
-from astropy.time import Time
-from crds.client import api as crds_api
-from crds.core import heavy_client, timestamp
-from crds.core import utils as crds_utils
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +54,8 @@ class CrdsSettings:
 
 
 _settings: CrdsSettings | None = None
+# The settings crds was last pointed at: crds is imported on first use (see _crds).
+_crds_configured_for: CrdsSettings | None = None
 
 
 def configure_crds(cache_dir=None) -> CrdsSettings:
@@ -68,23 +66,38 @@ def configure_crds(cache_dir=None) -> CrdsSettings:
     global _settings
     server_url = os.environ.get("CRDS_SERVER_URL") or None
     cache = os.environ.get("CRDS_PATH") or cache_dir
-    if server_url:
-        os.environ.setdefault("CRDS_MODE", "auto")
-        crds_api.set_crds_server(server_url)
-    else:
-        os.environ["CRDS_MODE"] = "local"
-        crds_api.set_crds_server(_SERVERLESS_URL)
+    os.environ["CRDS_MODE"] = os.environ.get("CRDS_MODE", "auto") if server_url else "local"
     if cache is not None:
         cache = Path(cache).resolve()
         os.environ["CRDS_PATH"] = str(cache)
     settings = CrdsSettings(cache_dir=cache, server_url=server_url)
     if settings != _settings:
-        # crds memoises mappings by file name and its server configuration per
-        # process: after a switch those memos would describe the previous cache.
-        crds_utils.clear_function_caches()
         log.info("CRDS: %s, cache %s", server_url or "offline", cache)
     _settings = settings
+    if "crds" in sys.modules:
+        _crds()
     return settings
+
+
+def _crds(module: str = "crds"):
+    """``module`` of crds, with crds pointed at the configured server (or none).
+
+    crds is imported here, on first use, not with this module: the workflow reads the
+    cache's context at every Snakemake start (on SLURM once per rule) and importing crds
+    takes about a second.
+    """
+    global _crds_configured_for
+    settings = _settings or configure_crds()
+    if settings != _crds_configured_for:
+        from crds.client import api
+        from crds.core import utils
+
+        api.set_crds_server(settings.server_url or _SERVERLESS_URL)
+        # crds memoises mappings by file name and its server configuration per
+        # process: after a switch those memos would describe the previous cache.
+        utils.clear_function_caches()
+        _crds_configured_for = settings
+    return importlib.import_module(module)
 
 
 def current_context() -> str | None:
@@ -95,13 +108,13 @@ def current_context() -> str | None:
     settings = _settings or configure_crds()
     pinned = os.environ.get("CRDS_CONTEXT")
     if pinned:
-        return heavy_client.translate_date_based_context(pinned, crds_cache.OBSERVATORY)
+        return _crds("crds.core.heavy_client").translate_date_based_context(pinned, crds_layout.OBSERVATORY)
     if settings.server_url:
-        return crds.get_context_name(crds_cache.OBSERVATORY)
+        return _crds().get_context_name(crds_layout.OBSERVATORY)
     if settings.cache_dir is None:
         return None
     # Read from the cache each time: a delivery in this process makes a new context.
-    return crds_cache.current_context(settings.cache_dir)
+    return crds_layout.current_context(settings.cache_dir)
 
 
 def selection_parameters(meta) -> dict[str, str]:
@@ -113,7 +126,7 @@ def selection_parameters(meta) -> dict[str, str]:
     """
     if "detector" in meta:
         values = {path: meta[column] for column, path in _POOL_COLUMNS.items() if column in meta}
-        values["instrument.name"] = crds_cache.INSTRUMENT.upper()
+        values["instrument.name"] = crds_layout.INSTRUMENT.upper()
     else:
         values = {path: _metadata_value(meta, path) for path in _SELECTION_METADATA}
     parameters = {}
@@ -122,7 +135,9 @@ def selection_parameters(meta) -> dict[str, str]:
             continue
         if path == "exposure.start_time":
             # USEAFTER matching takes crds' date form, as crds writes it for ASDF metadata.
-            value = timestamp.reformat_date(Time(value), sep="T")
+            from astropy.time import Time
+
+            value = _crds("crds.core.timestamp").reformat_date(Time(value), sep="T")
         parameters[_CRDS_PREFIX + path.upper()] = str(value)
     return parameters
 
@@ -143,8 +158,8 @@ def best_references(parameters, reftypes, *, context=None) -> dict[str, str]:
             "CRDS_PATH to a cache built with scripts/crds_deliver.py)"
         )
     parameters = dict(parameters)
-    recommended = crds.getrecommendations(
-        parameters, reftypes=reftypes, context=context, observatory=crds_cache.OBSERVATORY
+    recommended = _crds().getrecommendations(
+        parameters, reftypes=reftypes, context=context, observatory=crds_layout.OBSERVATORY
     )
     for reftype in reftypes:
         choice = recommended.get(reftype, "NOT FOUND: omitted by the context")
@@ -155,7 +170,7 @@ def best_references(parameters, reftypes, *, context=None) -> dict[str, str]:
                 f"{reason} (context {context})"
             )
     best = {reftype: recommended[reftype] for reftype in reftypes}
-    paths = crds_api.cache_references(context, best)
+    paths = _crds("crds.client.api").cache_references(context, best)
     return {reftype: str(Path(path).resolve()) for reftype, path in paths.items()}
 
 
@@ -187,8 +202,9 @@ def _is_missing(value) -> bool:
 
 def _describe(parameters: dict, context: str, reftype: str) -> str:
     """``name=value`` of the keywords the reftype's rmap matches on (all, if unknown)."""
+    crds = _crds()
     try:
-        imap = crds.get_symbolic_mapping(context).get_imap(crds_cache.INSTRUMENT)
+        imap = crds.get_symbolic_mapping(context).get_imap(crds_layout.INSTRUMENT)
         rmapping = imap.get_rmap(reftype)
         keys = [key for group in rmapping.parkey for key in group]
     except crds.CrdsError:

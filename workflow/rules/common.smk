@@ -27,7 +27,7 @@ from romanpipe.exposure_types import (  # noqa: E402
     applicable_steps,
 )
 from romanpipe import refs  # noqa: E402
-from romanpipe.products import product_size_mb  # noqa: E402
+from romanpipe.product_sizes import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 
 
