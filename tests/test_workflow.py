@@ -456,6 +456,20 @@ def test_changed_parameter_reruns_that_step_only(full_run):
                                     **MOSAICS_FOR_2, **report_jobs(8, 2), "all": 1}
 
 
+def test_a_parameter_file_reaches_every_step_command_and_reruns_from_the_first(full_run):
+    pfile = full_run / "pipeline parameters.yaml"  # a space: the option must quote the path
+    pfile.write_text("class: romancal.pipeline.ExposurePipeline\nsteps:\n- class: romancal.saturation."
+                     "SaturationStep\n  name: saturation\n  parameters:\n    n_pix_grow_sat: 1\n")
+    result = snakemake(full_run, "-n", "-p", "--config", f"parameter_file={pfile}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    step_commands = [line for line in result.stdout.splitlines() if "--workflow-params" in line]
+    planned = planned_jobs(result)
+    step_jobs = sum(planned[rule] for rule in ("dq_init", "saturation", "refpix", "linearity", "dark_current",
+                                               "ramp_fit", "assign_wcs", *IMAGE_CHAIN_FOR_6, *MOSAICS_FOR_2))
+    assert planned["dq_init"] == 8 and len(step_commands) == step_jobs == 8 * 7 + 6 * 4 + 2 * 4
+    assert all(f"--parameter-file '{pfile}'" in line for line in step_commands)
+
+
 def test_edited_step_script_reruns_that_step_and_downstream_only(full_run, workflow_copy):
     script = workflow_copy / "scripts" / "linearity.py"
     original = script.read_text()

@@ -184,8 +184,17 @@ def _read_table(path, mtime, index_col):
     return pd.read_csv(path, index_col=index_col, dtype=str, keep_default_na=False)
 
 
+@functools.lru_cache(maxsize=1)
+def _complete_pool_path():
+    # Snakemake only ever adds to its set of created checkpoint outputs, so once
+    # checkpoints.pool.get() has returned it returns the same for the rest of the run:
+    # asking again (~0.1 ms, three times per job) costs minutes on a large campaign's plan.
+    # An incomplete pool raises, which lru_cache does not keep, so the next call asks again.
+    return checkpoints.pool.get().output.pool
+
+
 def pool_table():
-    path = checkpoints.pool.get().output.pool
+    path = _complete_pool_path()
     return _read_table(path, os.path.getmtime(path), "exposure")
 
 
@@ -197,7 +206,7 @@ def _records(path, mtime):
 def pool_record(expo):
     """One exposure's row of the pool as a dict: input functions run once per job, and a
     dict lookup costs a hundredth of a DataFrame's."""
-    path = checkpoints.pool.get().output.pool
+    path = _complete_pool_path()
     return _records(path, os.path.getmtime(path))[expo]
 
 
@@ -235,8 +244,10 @@ def parameter_file():
     return [config["parameter_file"]] if config["parameter_file"] else []
 
 
-def parameter_file_option(wildcards, input):
-    return f"--parameter-file {input.parameter_file}" if config["parameter_file"] else ""
+def parameter_file_option():
+    """A string, not a function of the job: Snakemake spends ~0.1 ms on every callable of every job."""
+    path = config["parameter_file"]
+    return f"--parameter-file {shlex.quote(path)}" if path else ""
 
 
 def dark_output_option(wildcards):

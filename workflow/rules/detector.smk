@@ -19,7 +19,7 @@ rule dq_init:
     params:
         python=PYTHON,
         values=step_parameters("dq_init"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
     resources:
         mem_mb=step_memory_mb(3.2, exposure_input_mb("level1")),
         runtime=step_runtime_min(3, exposure_input_mb("level1")),
@@ -46,7 +46,7 @@ rule saturation:
     params:
         python=PYTHON,
         values=step_parameters("saturation"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("saturation"),
     resources:
         mem_mb=step_memory_mb(2, exposure_input_mb("ramp")),
@@ -74,7 +74,7 @@ rule refpix:
     params:
         python=PYTHON,
         values=step_parameters("refpix"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("refpix"),
     resources:
         mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
@@ -102,7 +102,7 @@ rule linearity:
     params:
         python=PYTHON,
         values=step_parameters("linearity"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("linearity"),
     resources:
         mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
@@ -130,7 +130,7 @@ rule dark_current:
     params:
         python=PYTHON,
         values=step_parameters("dark_current"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("dark_current"),
         dark_output=dark_output_option,
     resources:
@@ -165,7 +165,7 @@ rule jump:
     params:
         python=PYTHON,
         values=step_parameters("jump"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("jump"),
     threads: step_threads(config["jump"]["maximum_cores"])
     resources:
@@ -202,7 +202,7 @@ rule ramp_fit:
     params:
         python=PYTHON,
         values=step_parameters("ramp_fit"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("ramp_fit"),
     threads: step_threads(config["ramp_fit"]["maximum_cores"])
     resources:

@@ -20,7 +20,7 @@ rule assign_wcs:
     params:
         python=PYTHON,
         values=step_parameters("assign_wcs"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("assign_wcs"),
     resources:
         mem_mb=step_memory_mb(2, exposure_input_mb("image")),
@@ -49,7 +49,7 @@ rule flat_field:
     params:
         python=PYTHON,
         values=step_parameters("flat_field"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("flat_field"),
     resources:
         mem_mb=step_memory_mb(3, exposure_input_mb("image")),
@@ -77,7 +77,7 @@ rule photom:
     params:
         python=PYTHON,
         values=step_parameters("photom"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("photom"),
     resources:
         mem_mb=step_memory_mb(2, exposure_input_mb("image")),
@@ -125,7 +125,7 @@ rule source_detection:
     params:
         python=PYTHON,
         values=step_parameters("source_detection"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("source_detection"),
     resources:
         mem_mb=step_memory_mb(3, exposure_input_mb("image")),
@@ -153,7 +153,7 @@ rule tweakreg:
     params:
         python=PYTHON,
         values=step_parameters("tweakreg"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
         skipped=skipped_before("tweakreg"),
     resources:
         mem_mb=step_memory_mb(2, exposure_input_mb("image")),

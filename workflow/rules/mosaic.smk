@@ -59,7 +59,7 @@ rule flux:
     params:
         python=PYTHON,
         values=step_parameters("flux"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
     resources:
         mem_mb=step_memory_mb(1, association_data_mb),
         runtime=step_runtime_min(2, association_data_mb),
@@ -85,7 +85,7 @@ rule skymatch:
     params:
         python=PYTHON,
         values=step_parameters("skymatch"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
     resources:
         mem_mb=step_memory_mb(2, association_data_mb),
         runtime=step_runtime_min(5, association_data_mb),
@@ -111,7 +111,7 @@ rule outlier_detection:
     params:
         python=PYTHON,
         values=step_parameters("outlier_detection"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
     resources:
         mem_mb=step_memory_mb(3, association_data_mb),
         runtime=step_runtime_min(20, association_data_mb),
@@ -137,7 +137,7 @@ rule resample:
     params:
         python=PYTHON,
         values=step_parameters("resample"),
-        parameter_file=parameter_file_option,
+        parameter_file=parameter_file_option(),
     resources:
         mem_mb=step_memory_mb(3, association_data_mb),
         runtime=step_runtime_min(20, association_data_mb),
