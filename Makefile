@@ -11,7 +11,7 @@ DEMO   ?= demo
 INSTALLED := $(VENV)/.installed-base
 PEER_INSTALLED := $(VENV)/.installed-peer
 
-.PHONY: setup demo groundtest test test-slurm lint peer-test bench parity clean-demo
+.PHONY: setup demo groundtest test test-slurm lint peer-test bench bench-slurm parity clean-demo
 
 setup: $(INSTALLED)
 
@@ -68,6 +68,12 @@ MA_TABLE ?= IMG_UNEVEN_6
 REPEAT   ?= 1
 bench: $(PEER_INSTALLED)
 	$(BIN)/python benchmarks/bench.py --size $(SIZE) --ma-table $(MA_TABLE) --repeat $(REPEAT) --out bench
+
+# Per-job overhead of profiles/slurm on the one-node cluster of test-slurm -> bench/slurm_overhead.md
+bench-slurm: $(INSTALLED)
+	@trap '.ci/slurm_cluster.sh stop' EXIT; \
+	.ci/slurm_cluster.sh start && \
+	$(BIN)/python benchmarks/slurm_overhead.py --out bench
 
 parity: $(PEER_INSTALLED)
 	$(BIN)/python benchmarks/parity.py --size $(SIZE) --ma-table $(MA_TABLE) --out bench \

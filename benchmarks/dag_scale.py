@@ -5,7 +5,10 @@ replaced by one of ``exposures x detectors`` rows (each exposure's Level 1 file 
 placeholder: a dry run only checks that inputs exist), as if the pool checkpoint had read
 them. ``snakemake -n`` then plans every exposure's chain to ``_cal`` (the associations, and
 so the mosaics, wait for the _cal products in a real run). The wall time, CPU time and peak
-memory of that dry run are measured with ``/usr/bin/time -v`` (public tools only):
+memory of that dry run are measured with ``/usr/bin/time -v`` (public tools only), and the
+DAG construction within it from the times Snakemake's log lines arrive. The same number of
+jobs then goes through the plainest workflow Snakemake can run (a chain of rules with no
+functions): the floor under any one-job-per-step plan.
 
     python benchmarks/dag_scale.py --exposures 1000 --detectors 18 --out bench/dag
 """
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -69,21 +73,74 @@ def synthetic_campaign(out: Path, exposures: int, detectors: int) -> int:
     return len(rows)
 
 
-def dry_run(out: Path) -> tuple[dict[str, float], int]:
-    """/usr/bin/time -v figures of ``snakemake -n`` to _cal, and the number of jobs it planned."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "snakemake", "--snakefile",
-               str(ROOT / "Snakefile"), "--directory", str(out), "--configfile", str(out / "workflow.yaml"),
-               "--config", "target=cal", "--cores", "2", "-n", "--quiet", "rules"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-3000:])
+# The same number of jobs through the plainest Snakemake workflow: a chain of as many rules
+# as ours has per detector-exposure, with no input, parameter or resource functions. What
+# Snakemake itself costs per job; no workflow of one job per step and file can plan faster.
+FLOOR_SNAKEFILE = """
+STEPS = [f"step{number:02d}" for number in range(config["steps"])]
+rule all:
+    input: expand("out/{unit}_{step}.txt", unit=range(config["units"]), step=STEPS[-1])
+rule step00:
+    input: "in/{unit}.txt"
+    output: "out/{unit}_step00.txt"
+    shell: "cp {input} {output}"
+for previous, step in zip(STEPS[:-1], STEPS[1:]):
+    rule:
+        name: step
+        input: f"out/{{unit}}_{previous}.txt"
+        output: f"out/{{unit}}_{step}.txt"
+        shell: "cp {input} {output}"
+"""
+
+
+def floor_workflow(out: Path, units: int, steps: int) -> list[str]:
+    """A folder with the floor workflow and ``units`` input files; returns its dry-run arguments."""
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "in").mkdir(parents=True)
+    (out / "Snakefile").write_text(FLOOR_SNAKEFILE)
+    for unit in range(units):
+        (out / "in" / f"{unit}.txt").touch()
+    return ["--snakefile", str(out / "Snakefile"), "--directory", str(out),
+            "--config", f"units={units}", f"steps={steps}"]
+
+
+def campaign_arguments(out: Path) -> list[str]:
+    return ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(out), "--configfile",
+            str(out / "workflow.yaml"), "--config", "target=cal"]
+
+
+def dry_run(arguments: list[str], log: Path) -> tuple[dict[str, float], int]:
+    """/usr/bin/time -v figures of ``snakemake -n``, the seconds it spent building the DAG, and
+    the number of jobs it planned.
+
+    The DAG is built between Snakemake's "Building DAG of jobs..." and its first "Job stats:"
+    (the rest of a dry run lists every job); the log is read as it comes, unbuffered.
+    """
+    timing = log.with_suffix(".time")
+    command = ["/usr/bin/time", "-v", "-o", str(timing), sys.executable, "-m", "snakemake", *arguments,
+               "--cores", "2", "-n", "--quiet", "rules"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")} | {"PYTHONUNBUFFERED": "1"}
+    marks = {}
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as process:
+        for line in process.stdout:
+            lines.append(line)
+            for mark in ("Building DAG of jobs", "Job stats:"):
+                if line.startswith(mark):
+                    marks.setdefault(mark, time.monotonic())
+    log.write_text("".join(lines))
+    if process.returncode != 0 or len(marks) != 2:
+        raise RuntimeError(f"snakemake -n failed (log: {log}):\n{''.join(lines[-30:])}")
     jobs = 0
-    for line in result.stdout.splitlines():
+    for line in lines:
         fields = line.split()
         if len(fields) == 2 and fields[0] == "total" and fields[1].isdigit():
             jobs = int(fields[1])
-    return parse_time_v(result.stderr), jobs
+    figures = parse_time_v(timing.read_text())
+    figures["dag_s"] = marks["Job stats:"] - marks["Building DAG of jobs"]
+    return figures, jobs
 
 
 def main(argv=None) -> int:
@@ -93,11 +150,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/dag"))
     args = parser.parse_args(argv)
     count = synthetic_campaign(args.out / "campaign", args.exposures, args.detectors)
-    figures, jobs = dry_run(args.out / "campaign")
-    line = (f"| {args.exposures} x {args.detectors} = {count} | {jobs} | {figures['wall_s']:.1f} | "
-            f"{figures['user_s'] + figures['system_s']:.1f} | {figures['max_rss_kb'] / 2**20:.2f} |")
-    table = ("| exposures | jobs planned | wall (s) | CPU (s) | peak RSS (GB) |\n"
-             "|---|---|---|---|---|\n" + line + "\n")
+    ours, jobs = dry_run(campaign_arguments(args.out / "campaign"), args.out / "campaign.log")
+    steps_per_exposure = round(jobs / count)
+    floor, floor_jobs = dry_run(floor_workflow(args.out / "floor", count, steps_per_exposure),
+                                args.out / "floor.log")
+    rows = [("this workflow", jobs, ours),
+            (f"Snakemake alone ({steps_per_exposure} chained rules, no functions)", floor_jobs, floor)]
+    table = ("| workflow | exposures | jobs planned | DAG construction (s) | whole dry run, wall (s) "
+             "| CPU (s) | peak RSS (GB) |\n|---|---|---|---|---|---|---|\n")
+    for name, planned, figures in rows:
+        table += (f"| {name} | {args.exposures} x {args.detectors} = {count} | {planned} | "
+                  f"{figures['dag_s']:.1f} | {figures['wall_s']:.1f} | "
+                  f"{figures['user_s'] + figures['system_s']:.1f} | {figures['max_rss_kb'] / 2**20:.2f} |\n")
     (args.out / "dag_scale.md").write_text(table)
     sys.stdout.write(table)
     return 0

@@ -124,7 +124,7 @@ def campaign(slurm_cluster, tmp_path_factory):
     })
     simulate_campaign(config, out)
     # Level 2 (_cal) through every exposure-level rule; the mosaics add no new kind of job
-    # for the scheduler, and each job costs ~6 s of SLURM overhead here.
+    # for the scheduler, and each job costs ~16 s of SLURM overhead here (make bench-slurm).
     with open(out / "workflow.yaml", "a") as stream:
         stream.write("target: cal\n")
     return out
