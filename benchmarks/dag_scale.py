@@ -31,21 +31,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from romanpipe.files import atomic_path  # noqa: E402
 
-from measure import parse_time_v  # noqa: E402
-
-from wfisim.campaign import CampaignConfig, simulate_campaign  # noqa: E402
+from measure import cpu_seconds, markdown_table, one_exposure_campaign, parse_time_v  # noqa: E402
 
 DETECTORS = [f"WFI{number:02d}" for number in range(1, 19)]
 
 
 def synthetic_campaign(out: Path, exposures: int, detectors: int) -> int:
     """A campaign folder whose pool lists ``exposures x detectors`` placeholders; returns the count."""
-    if out.exists():
-        shutil.rmtree(out)
-    simulate_campaign(CampaignConfig.from_mapping({
-        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 1, "size": 32,
-        "stars": 2, "saturating_stars": 0, "seed": 1,
-    }), out)
+    one_exposure_campaign(out, size=32)
     pool_path = out / "results" / "pool.csv"
     run_pool = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
                 str(out), "--configfile", str(out / "workflow.yaml"), "--cores", "1", "--until", "pool",
@@ -154,14 +147,14 @@ def main(argv=None) -> int:
     steps_per_exposure = round(jobs / count)
     floor, floor_jobs = dry_run(floor_workflow(args.out / "floor", count, steps_per_exposure),
                                 args.out / "floor.log")
-    rows = [("this workflow", jobs, ours),
-            (f"Snakemake alone ({steps_per_exposure} chained rules, no functions)", floor_jobs, floor)]
-    table = ("| workflow | exposures | jobs planned | DAG construction (s) | whole dry run, wall (s) "
-             "| CPU (s) | peak RSS (GB) |\n|---|---|---|---|---|---|---|\n")
-    for name, planned, figures in rows:
-        table += (f"| {name} | {args.exposures} x {args.detectors} = {count} | {planned} | "
-                  f"{figures['dag_s']:.1f} | {figures['wall_s']:.1f} | "
-                  f"{figures['user_s'] + figures['system_s']:.1f} | {figures['max_rss_kb'] / 2**20:.2f} |\n")
+    exposures = f"{args.exposures} x {args.detectors} = {count}"
+    rows = [[name, exposures, planned, figures["dag_s"], figures["wall_s"], cpu_seconds(figures),
+             figures["max_rss_kb"] / 2**20]
+            for name, planned, figures in [
+                ("this workflow", jobs, ours),
+                (f"Snakemake alone ({steps_per_exposure} chained rules, no functions)", floor_jobs, floor)]]
+    table = markdown_table(["workflow", "exposures", "jobs planned", "DAG construction (s)",
+                            "whole dry run, wall (s)", "CPU (s)", "peak RSS (GB)"], rows)
     (args.out / "dag_scale.md").write_text(table)
     sys.stdout.write(table)
     return 0

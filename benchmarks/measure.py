@@ -152,6 +152,22 @@ def simulate_campaign(folder: Path, size: int, ma_table: str, env: dict[str, str
     return sorted((folder / "uncal").glob("*_uncal.asdf"))
 
 
+def one_exposure_campaign(folder: Path, size: int) -> None:
+    """A fresh ``folder`` with one small simulated WFI01 F158 exposure, its CRDS cache and
+    workflow.yaml: for measuring what the workflow costs around the steps, not the steps."""
+    import shutil
+
+    from wfisim.campaign import CampaignConfig
+    from wfisim.campaign import simulate_campaign as simulate
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    simulate(CampaignConfig.from_mapping({
+        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 1, "size": size,
+        "stars": 4, "saturating_stars": 1, "seed": 1,
+    }), folder)
+
+
 def snakemake_command(folder: Path, *extra: str, cores: int = 2) -> list[str]:
     """Our workflow on ``folder`` with the local profile (as `make demo` runs it)."""
     snakemake = Path(sys.executable).with_name("snakemake")

@@ -29,9 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from measure import clean_environment, machine_description, markdown_table, run_measured  # noqa: E402
-
-from wfisim.campaign import CampaignConfig, simulate_campaign  # noqa: E402
+from measure import (  # noqa: E402
+    clean_environment,
+    machine_description,
+    markdown_table,
+    one_exposure_campaign,
+    run_measured,
+)
 
 # (what is timed, the Snakemake arguments that force exactly those jobs to run again)
 SCENARIOS = [
@@ -61,12 +65,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     require_slurm()
     folder = args.out / "slurm_overhead"
-    if folder.exists():
-        shutil.rmtree(folder)
-    simulate_campaign(CampaignConfig.from_mapping({
-        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 1, "size": 48,
-        "stars": 6, "saturating_stars": 1, "seed": 5,
-    }), folder)
+    one_exposure_campaign(folder, size=48)
     with open(folder / "workflow.yaml", "a") as stream:
         stream.write("target: cal\n")
     env = clean_environment()
