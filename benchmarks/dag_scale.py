@@ -36,13 +36,18 @@ from measure import cpu_seconds, markdown_table, one_exposure_campaign, parse_ti
 DETECTORS = [f"WFI{number:02d}" for number in range(1, 19)]
 
 
+def workflow_arguments(out: Path) -> list[str]:
+    """Snakemake arguments running our workflow on the campaign folder ``out``."""
+    return ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(out), "--configfile",
+            str(out / "workflow.yaml")]
+
+
 def synthetic_campaign(out: Path, exposures: int, detectors: int) -> int:
     """A campaign folder whose pool lists ``exposures x detectors`` placeholders; returns the count."""
     one_exposure_campaign(out, size=32)
     pool_path = out / "results" / "pool.csv"
-    run_pool = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                str(out), "--configfile", str(out / "workflow.yaml"), "--cores", "1", "--until", "pool",
-                "--quiet"]
+    run_pool = [sys.executable, "-m", "snakemake", *workflow_arguments(out), "--cores", "1",
+                "--until", "pool", "--quiet"]
     subprocess.run(run_pool, check=True, capture_output=True)
     template = pd.read_csv(pool_path).iloc[0]
     for path in (out / "uncal").glob("*_uncal.asdf"):
@@ -98,9 +103,6 @@ def floor_workflow(out: Path, units: int, steps: int) -> list[str]:
             "--config", f"units={units}", f"steps={steps}"]
 
 
-def campaign_arguments(out: Path) -> list[str]:
-    return ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(out), "--configfile",
-            str(out / "workflow.yaml"), "--config", "target=cal"]
 
 
 def dry_run(arguments: list[str], log: Path) -> tuple[dict[str, float], int]:
@@ -143,7 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/dag"))
     args = parser.parse_args(argv)
     count = synthetic_campaign(args.out / "campaign", args.exposures, args.detectors)
-    ours, jobs = dry_run(campaign_arguments(args.out / "campaign"), args.out / "campaign.log")
+    ours, jobs = dry_run([*workflow_arguments(args.out / "campaign"), "--config", "target=cal"],
+                         args.out / "campaign.log")
     steps_per_exposure = round(jobs / count)
     floor, floor_jobs = dry_run(floor_workflow(args.out / "floor", count, steps_per_exposure),
                                 args.out / "floor.log")

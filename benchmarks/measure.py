@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -155,8 +156,6 @@ def simulate_campaign(folder: Path, size: int, ma_table: str, env: dict[str, str
 def one_exposure_campaign(folder: Path, size: int) -> None:
     """A fresh ``folder`` with one small simulated WFI01 F158 exposure, its CRDS cache and
     workflow.yaml: for measuring what the workflow costs around the steps, not the steps."""
-    import shutil
-
     from wfisim.campaign import CampaignConfig
     from wfisim.campaign import simulate_campaign as simulate
 
