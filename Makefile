@@ -30,7 +30,7 @@ demo: $(INSTALLED)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
 	    --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
 	$(BIN)/snakemake --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml \
-	    --report $(DEMO)/report.html
+	    --report "$(abspath $(DEMO))/report.html"
 	@$(BIN)/python scripts/list_products.py $(DEMO)/results
 	@echo "Report: $(DEMO)/report.html"
 
@@ -44,7 +44,7 @@ groundtest: $(INSTALLED)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
 	    --snakefile Snakefile --directory $(GT_DIR) --configfile $(GT_DIR)/workflow.yaml
 	$(BIN)/snakemake --snakefile Snakefile --directory $(GT_DIR) --configfile $(GT_DIR)/workflow.yaml \
-	    --report $(GT_DIR)/report.html
+	    --report "$(abspath $(GT_DIR))/report.html"
 	@$(BIN)/python scripts/list_products.py $(GT_DIR)/results
 
 test: $(INSTALLED)
