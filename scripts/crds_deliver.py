@@ -13,7 +13,9 @@ from romanpipe.crds_cache import deliver
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cache_dir", help="CRDS cache directory (created on the first delivery)")
-    parser.add_argument("files", nargs="+", help="reference files roman_wfi_<reftype>_<NNNN>.asdf")
+    parser.add_argument("files", nargs="+",
+                        help="reference files; one not named roman_wfi_<reftype>_<NNNN>.asdf is "
+                             "delivered under the next free serial of its reftype")
     parser.add_argument("--description", default="", help="what this delivery changes")
     args = parser.parse_args(argv)
     setup_logging()

@@ -227,3 +227,29 @@ def test_deliver_script_prints_the_new_context(tmp_path, crds_environment, capsy
     crds_deliver.main([str(tmp_path / "cache"), str(reference), "--description", "first"])
     assert capsys.readouterr().out == "roman_0001.pmap\n"
     assert crds_cache.current_context(tmp_path / "cache") == "roman_0001.pmap"
+
+
+def test_delivery_names_a_file_without_a_serial_after_the_cache_and_the_delivery(cache, tmp_path):
+    loose = make_reference(tmp_path, rdd.FlatRefModel, "my flat.asdf", "WFI03", LAUNCH, "F158")
+    named = make_reference(tmp_path, rdd.FlatRefModel, "roman_wfi_flat_0007.asdf", "WFI04", LAUNCH, "F158")
+    saturation = make_reference(tmp_path, rdd.SaturationRefModel, "sat.asdf", "WFI03", LAUNCH)
+    context = crds_cache.deliver(cache, [loose, named, saturation])
+    # the cache holds flats 0001-0003 and saturations 0001-0003; this delivery names flat 0007
+    delivered = {path.name for path in crds_cache.references_dir(cache).iterdir()}
+    assert {"roman_wfi_flat_0008.asdf", "roman_wfi_flat_0007.asdf", "roman_wfi_saturation_0004.asdf"} <= delivered
+    assert "my flat.asdf" not in delivered and "sat.asdf" not in delivered
+    assert crds_cache.context_references(cache, context) == sorted(
+        {"roman_wfi_flat_0001.asdf", "roman_wfi_flat_0002.asdf", "roman_wfi_flat_0003.asdf",
+         "roman_wfi_flat_0007.asdf", "roman_wfi_flat_0008.asdf", "roman_wfi_saturation_0001.asdf",
+         "roman_wfi_saturation_0002.asdf", "roman_wfi_saturation_0003.asdf", "roman_wfi_saturation_0004.asdf"})
+    selected = refs.best_references(refs.selection_parameters(exposure("WFI03", "2027-01-01T00:00:00")),
+                                    ["flat", "saturation"])
+    assert {reftype: Path(path).name for reftype, path in selected.items()} == {
+        "flat": "roman_wfi_flat_0008.asdf", "saturation": "roman_wfi_saturation_0004.asdf"}
+
+
+def test_delivery_refuses_a_name_of_another_reftype(cache, tmp_path):
+    misnamed = make_reference(tmp_path, rdd.SaturationRefModel, "roman_wfi_flat_0009.asdf", "WFI03", LAUNCH)
+    with pytest.raises(ValueError, match="named as a FLAT reference but its meta.reftype is SATURATION"):
+        crds_cache.deliver(cache, [misnamed])
+    assert refs.current_context() == "roman_0001.pmap"

@@ -30,7 +30,16 @@ import roman_datamodels as rdm
 from crds.core import rmap
 from crds.refactoring import checksum
 
-from .crds_layout import INSTRUMENT, OBSERVATORY, config_dir, current_context, mappings_dir, references_dir
+from .crds_layout import (
+    INSTRUMENT,
+    OBSERVATORY,
+    REFERENCE_NAME,
+    config_dir,
+    current_context,
+    mappings_dir,
+    next_reference_name,
+    references_dir,
+)
 from .files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -50,12 +59,15 @@ def deliver(cache_dir, reference_files, *, description: str = "") -> str:
     Each file is inserted into the rmap of its ``meta.reftype`` at the match values and
     USEAFTER of its metadata; one for the same match values and USEAFTER as an earlier
     file replaces it in the new context. The first delivery into an empty directory
-    builds the whole cache.
+    builds the whole cache. A file not named ``roman_wfi_<reftype>_<NNNN>.asdf`` is
+    delivered under the next free serial of its reftype (logged).
     """
     references = [Path(file).resolve() for file in reference_files]
     if not references:
         raise ValueError("no reference files to deliver")
-    _check_names_are_new(cache_dir, references)
+    headers = [_reference_header(path) for path in references]
+    names = _delivery_names(cache_dir, references, headers)
+    _check_names_are_new(cache_dir, names)
     for directory in (mappings_dir(cache_dir), references_dir(cache_dir), config_dir(cache_dir)):
         directory.mkdir(parents=True, exist_ok=True)
     # crds would otherwise guess the reference layout from the number of files it finds.
@@ -69,11 +81,8 @@ def deliver(cache_dir, reference_files, *, description: str = "") -> str:
     comment = description or None
 
     by_reftype = defaultdict(list)
-    for path in references:
-        header = _reference_header(path)
-        if "ROMAN.META.REFTYPE" not in header:
-            raise ValueError(f"{path}: no meta.reftype, not a reference file")
-        by_reftype[header["ROMAN.META.REFTYPE"].lower()].append((path, header))
+    for name, header in zip(names, headers, strict=True):
+        by_reftype[header["ROMAN.META.REFTYPE"].lower()].append((name, header))
     for reftype, deliveries in sorted(by_reftype.items()):
         if reftype in rmap_names:
             previous_rmap = previous_imap.get_rmap(reftype)
@@ -103,16 +112,37 @@ def deliver(cache_dir, reference_files, *, description: str = "") -> str:
     pmap_name = _write_mapping(cache_dir, pmap_header, {INSTRUMENT.upper(): imap_name}, comment)
 
     # References go in before the context that names them becomes operational.
-    for path in references:
-        shutil.copy2(path, references_dir(cache_dir) / path.name)
+    for path, name in zip(references, names, strict=True):
+        shutil.copy2(path, references_dir(cache_dir) / name)
     _set_operational_context(cache_dir, pmap_name)
     log.info("delivered %d reference file(s) as %s", len(references), pmap_name)
     return pmap_name
 
 
-def _check_names_are_new(cache_dir, references):
+def _delivery_names(cache_dir, references, headers) -> list[str]:
+    """The name each reference gets in the cache: its own when it follows CRDS's convention
+    (``roman_wfi_<reftype>_<NNNN>.asdf`` of its own reftype), else the next free serial of
+    its reftype, so that no later delivery can take the same name."""
+    names = []
+    for path, header in zip(references, headers, strict=True):
+        if "ROMAN.META.REFTYPE" not in header:
+            raise ValueError(f"{path}: no meta.reftype, not a reference file")
+        reftype = header["ROMAN.META.REFTYPE"].lower()
+        match = REFERENCE_NAME.match(path.name)
+        if match and match["reftype"] != reftype:
+            raise ValueError(f"{path}: named as a {match['reftype'].upper()} reference but its "
+                             f"meta.reftype is {reftype.upper()}")
+        if match:
+            names.append(path.name)
+        else:
+            following = [other.name for other in references if REFERENCE_NAME.match(other.name)]
+            names.append(next_reference_name(reftype, references_dir(cache_dir), taken=names + following))
+            log.info("%s is delivered as %s", path.name, names[-1])
+    return names
+
+
+def _check_names_are_new(cache_dir, names):
     """CRDS files are immutable: a changed reference is delivered under a new name."""
-    names = [path.name for path in references]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"reference files delivered twice: {', '.join(duplicates)}")
@@ -126,10 +156,10 @@ def _check_names_are_new(cache_dir, references):
 def _write_successor_rmap(cache_dir, reftype, previous, deliveries, comment) -> str:
     """Write the next `reftype` rmap: `previous` with `deliveries` inserted; return its name."""
     updated = previous
-    for path, header in deliveries:
+    for name, header in deliveries:
         # crds' own translation: USEAFTER becomes the START_TIME match, P_ patterns apply.
         match_header = updated.reference_to_dataset_header(header)
-        updated = updated.insert_header_reference(match_header, path.name)
+        updated = updated.insert_header_reference(match_header, name)
     for replaced in sorted(set(previous.reference_names()) - set(updated.reference_names())):
         log.info("%s: %s is replaced by the new delivery", reftype, replaced)
     header = {

@@ -28,12 +28,12 @@ always gets a new name.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from romanpipe.crds_layout import next_reference_name
 from romanpipe.dqflags import pixel
 from romanpipe.products import write_atomic
 
@@ -220,8 +220,4 @@ def write_references(detector: DetectorModel, directory: str | Path, *, useafter
 
 def next_reference_path(directory: str | Path, reftype: str, *also_taken: str | Path) -> Path:
     """``<directory>/roman_wfi_<reftype>_<NNNN>.asdf`` with a version no folder has used yet."""
-    pattern = re.compile(rf"^roman_wfi_{re.escape(reftype.lower())}_(\d{{4}})\.asdf$")
-    versions = [int(match.group(1))
-                for folder in (directory, *also_taken) if Path(folder).is_dir()
-                for path in Path(folder).iterdir() if (match := pattern.match(path.name))]
-    return Path(directory) / f"roman_wfi_{reftype.lower()}_{max(versions, default=0) + 1:04d}.asdf"
+    return Path(directory) / next_reference_name(reftype, directory, *also_taken)
