@@ -105,21 +105,27 @@ def unusable_reference(path: str) -> str | None:
     return None
 
 
-def build_pool(paths: list[Path], step_reftypes: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_pool(paths: list[Path], step_reftypes: dict[str, list[str]],
+               overrides: dict[str, dict[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pool, quarantine): valid exposures with their references, rejected ones with reasons.
 
-    ``step_reftypes`` maps each step that runs to the reference types it reads; a
-    reference column is empty for an exposure whose type does not run that step.
+    ``step_reftypes`` maps each step that runs to the reference types CRDS selects for it;
+    a reference column is empty for an exposure whose type does not run that step.
+    ``overrides`` maps steps to the reference files the configuration gives them
+    (``override_<reftype>``): checked like CRDS's picks, never asked of CRDS, so a campaign
+    whose every reference is overridden needs no CRDS cache.
     """
+    overrides = overrides or {}
     reftypes = sorted({reftype for types in step_reftypes.values() for reftype in types})
     rows, rejected = [], []
     for path in paths:
         try:
             record = exposure_record(path)
-            needed = sorted({reftype for step in applicable_steps(record["exposure_type"])
-                             for reftype in step_reftypes.get(step, ())})
-            selection = refs.best_references(refs.selection_parameters(record), needed)
-            for reftype, reference in sorted(selection.items()):
+            steps = applicable_steps(record["exposure_type"])
+            needed = sorted({reftype for step in steps for reftype in step_reftypes.get(step, ())})
+            selection = refs.best_references(refs.selection_parameters(record), needed) if needed else {}
+            given = {(reftype, file) for step in steps for reftype, file in overrides.get(step, {}).items()}
+            for reftype, reference in sorted(set(selection.items()) | given):
                 reason = unusable_reference(reference)
                 if reason:
                     raise InputFileError(path, f"its {reftype.upper()} {reason}")
@@ -130,7 +136,7 @@ def build_pool(paths: list[Path], step_reftypes: dict[str, list[str]]) -> tuple[
             rejected.append({"exposure": split_suffix(path)[0], "path": str(path),
                              "reason": str(err)})
     pool = pd.DataFrame(rows, columns=POOL_COLUMNS + [f"ref_{r}" for r in reftypes])
-    pool["crds_context"] = refs.current_context()
+    pool["crds_context"] = refs.current_context() if reftypes else ""
     return pool, pd.DataFrame(rejected, columns=["exposure", "path", "reason"])
 
 
@@ -148,14 +154,16 @@ def main(argv=None) -> None:
     source.add_argument("--uncal-dir", type=Path)
     source.add_argument("--exposure-list", type=Path)
     parser.add_argument("--step-reftypes", type=json.loads, default={},
-                        help="JSON object: step -> reference types it reads (steps that run)")
+                        help="JSON object: step -> reference types CRDS selects for it (steps that run)")
+    parser.add_argument("--overrides", type=json.loads, default={},
+                        help="JSON object: step -> {reftype: file} given instead of CRDS's selection")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--quarantine", type=Path, required=True)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
 
-    pool, quarantine = build_pool(input_paths(args), args.step_reftypes)
+    pool, quarantine = build_pool(input_paths(args), args.step_reftypes, args.overrides)
     log.info("%d exposures in the pool, %d quarantined", len(pool), len(quarantine))
     for table, path in ((quarantine, args.quarantine), (pool, args.output)):
         with atomic_path(path) as staging:

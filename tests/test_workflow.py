@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import roman_datamodels as rdm
+import yaml
 from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
 from photutils.centroids import centroid_2dg, centroid_sources
 from roman_datamodels import datamodels
@@ -72,6 +73,11 @@ def simulated_and_run(config: CampaignConfig, out: Path, settings: str) -> Path:
     """Simulate ``config`` into ``out`` and run the workflow with ``settings`` (YAML) on top of
     the simulator's workflow.yaml."""
     simulate_campaign(config, out)
+    return run_with_settings(out, settings)
+
+
+def run_with_settings(out: Path, settings: str) -> Path:
+    """Run the workflow in ``out`` with ``settings`` (YAML) on top of its workflow.yaml."""
     (out / "settings.yaml").write_text(settings)
     result = snakemake(out, "--configfile", str(out / "workflow.yaml"), str(out / "settings.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -593,3 +599,52 @@ def test_jump_step_runs_on_even_ramps_and_finds_the_cosmic_rays(even_campaign):
             found += bool(jumps[k, row, col])
         assert strong >= 20
         assert found / strong >= 0.99
+
+
+# Every reference type the exposure chain reads, by the step that reads it (jump does not run:
+# ramp fitting detects the jumps).
+OVERRIDDEN_REFERENCES = {"dq_init": ["mask"], "saturation": ["saturation"], "refpix": ["refpix"],
+                         "linearity": ["linearity"],
+                         "dark_current": ["dark"], "ramp_fit": ["gain", "readnoise", "dark"],
+                         "assign_wcs": ["distortion"], "flat_field": ["flat"], "photom": ["photom"]}
+
+
+@pytest.fixture(scope="module")
+def override_campaign(tmp_path_factory):
+    """One detector in one filter, run twice: references from CRDS, then every one of them given
+    as an override with no CRDS cache at all (a user with loose reference files)."""
+    out = tmp_path_factory.mktemp("override_campaign")
+    config = CampaignConfig.from_mapping({
+        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 3,
+        "dithers": [[0.0, 0.0], [2.5, 1.5], [5.0, 3.5]], "size": 128, "stars": 40,
+        "saturating_stars": 1, "seed": 5,
+    })
+    simulated_and_run(config, out, "target: cal\n")
+    shutil.move(out / "results", out / "crds_results")
+    shutil.rmtree(out / "crds_cache")
+    overrides = {step: {f"override_{reftype}": str(reference_file(out / "references", reftype))
+                        for reftype in reftypes}
+                 for step, reftypes in OVERRIDDEN_REFERENCES.items()}
+    settings = {"crds": {"path": "no_cache_here"}, **overrides}
+    return run_with_settings(out, yaml.safe_dump(settings)), overrides
+
+
+def reference_file(directory: Path, reftype: str) -> Path:
+    (path,) = directory.glob(f"roman_wfi_{reftype}_*.asdf")  # one detector, one filter: one each
+    return path
+
+
+def test_every_reference_overridden_runs_without_crds_and_matches_the_crds_run(override_campaign):
+    run, overrides = override_campaign
+    assert not (run / "no_cache_here").exists() and not (run / "crds_cache").exists()
+    pool = pd.read_csv(run / "results" / "pool.csv")
+    assert len(pool) == 3 and not any(column.startswith("ref_") for column in pool.columns)
+    cals = sorted((run / "results" / "exposures").glob("*_cal.asdf"))
+    assert len(cals) == 3 and len(list((run / "results" / "mosaics").glob("*_i2d.asdf"))) == 1
+    for cal in cals:
+        with rdm.open(cal) as ours, rdm.open(run / "crds_results" / "exposures" / cal.name) as crds:
+            for name in ("data", "err", "dq", "var_poisson", "var_rnoise"):
+                np.testing.assert_array_equal(np.asarray(ours[name]), np.asarray(crds[name]), err_msg=name)
+            assert ours.meta.ref_file.flat == Path(overrides["flat_field"]["override_flat"]).name
+            assert ours.meta.provenance["dark_current"]["references"]["dark"]["file"] == \
+                Path(overrides["dark_current"]["override_dark"]).name

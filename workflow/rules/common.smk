@@ -168,12 +168,45 @@ def uncal_path(wildcards):
         raise WorkflowError(f"unknown exposure {wildcards.expo!r}: not among the inputs") from None
 
 
+def override(step, reftype):
+    """The reference file the config gives ``step`` for ``reftype`` (``override_<reftype>``), or None."""
+    return config[step].get(f"override_{reftype}") or None
+
+
+def pipeline_steps():
+    """The exposure-level steps this campaign runs: enabled and up to the target."""
+    return [step for step in EXPOSURE_STEPS if is_enabled(step) and within_target(step)]
+
+
+def crds_reftypes():
+    """Step -> the reference types CRDS selects for it: those the config does not override.
+
+    Only the steps that run need references: a skipped step's, or one after a partial
+    target, must not quarantine an exposure.
+    """
+    return {step: [reftype for reftype in STEP_REFTYPES[step] if not override(step, reftype)]
+            for step in pipeline_steps() if step in STEP_REFTYPES}
+
+
+def override_references():
+    """Step -> {reftype: file} of the overrides of the steps that run (the pool checks them)."""
+    return {step: {reftype: override(step, reftype) for reftype in STEP_REFTYPES[step]
+                   if override(step, reftype)}
+            for step in pipeline_steps() if step in STEP_REFTYPES}
+
+
 def crds_context_file():
-    """The operational context's .pmap: a new context reruns the pool, which reselects references."""
+    """The operational context's .pmap, an input of the pool: a new context reruns the pool,
+    which reselects references. None needed when every reference is overridden."""
+    selected = [f"{step}.override_{reftype}" for step, reftypes in crds_reftypes().items()
+                for reftype in reftypes]
+    if not selected:
+        return []
     context = refs.current_context()
     if not context:
         raise WorkflowError(
-            f"no CRDS context in {CRDS_PATH}: build a cache (make demo) or set CRDS_SERVER_URL"
+            f"no CRDS context in {CRDS_PATH}: build a cache (make demo), set CRDS_SERVER_URL, "
+            f"or give every reference file ({', '.join(selected)})"
         )
     return os.path.join(CRDS_PATH, "mappings", "roman", context)
 
@@ -212,9 +245,8 @@ def pool_record(expo):
 
 def reference(step, reftype):
     """Input function: the step's reference for an exposure (config override, else the pool's CRDS pick)."""
-    override = config[step].get(f"override_{reftype}")
-    if override:
-        return override
+    if override(step, reftype):
+        return override(step, reftype)
 
     def crds_selection(wildcards):
         record = pool_record(wildcards.expo)

@@ -12,6 +12,7 @@ checkpoint pool:
     input:
         uncal=list(EXPOSURES.values()),
         context=crds_context_file(),
+        overrides=sorted({path for files in override_references().values() for path in files.values()}),
         code=step_script("pool"),
     output:
         pool=report(os.path.join(RESULTS, "pool.csv"), caption="../report/pool.rst",
@@ -20,13 +21,9 @@ checkpoint pool:
                           category="Tables", labels={"table": "quarantine"}),
     params:
         python=PYTHON,
-        # Only the steps that run need references: a skipped step's, or one after a partial
-        # target, must not quarantine the exposure (changing either reruns this cheap job).
-        step_reftypes=json.dumps(
-            {s: STEP_REFTYPES[s] for s in EXPOSURE_STEPS
-             if is_enabled(s) and within_target(s) and s in STEP_REFTYPES},
-            sort_keys=True,
-        ),
+        # Changing which steps run, or an override, reruns this cheap job.
+        step_reftypes=json.dumps(crds_reftypes(), sort_keys=True),
+        overrides=json.dumps(override_references(), sort_keys=True),
         sources=(
             f"--exposure-list {config['inputs']['exposure_list']}"
             if config["inputs"]["exposure_list"]
@@ -38,4 +35,5 @@ checkpoint pool:
         "../../envs/detector.yaml"
     shell:
         "{params.python} {input.code:q} {params.sources} --step-reftypes {params.step_reftypes:q} "
+        "--overrides {params.overrides:q} "
         "--output {output.pool:q} --quarantine {output.quarantine:q} > {log:q} 2>&1"
