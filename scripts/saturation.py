@@ -4,9 +4,11 @@ Seed, "Saturation Detection": a resultant is SATURATED when it reaches the
 pixel's threshold times the resultant's dilution factor <t>/max(t) over the reads
 averaged into it (later reads can saturate while the average stays below the
 threshold); that resultant and every later one are flagged. Values <= 0 DN are
-flagged AD_FLOOR|DO_NOT_USE. NaN or NO_SAT_CHECK thresholds become the 16-bit A/D
-limit 65535 (not diluted: it is a hard limit on any resultant) and NO_SAT_CHECK
-goes into PIXELDQ, with the rest of the reference's DQ.
+flagged AD_FLOOR|DO_NOT_USE, whatever the threshold. A pixel whose threshold is NaN
+or flagged NO_SAT_CHECK is never saturated by its own values (as stcal, which gives it
+the threshold 65536, above anything the 16-bit A/D converter produces): it gets
+NO_SAT_CHECK in PIXELDQ, with the rest of the reference's DQ, and only the growth
+of a saturated neighbour (``n_pix_grow_sat``) can still flag it.
 
     python scripts/saturation.py r..._dqinit.asdf r..._saturation.asdf [--n-pix-grow-sat N]
 """
@@ -28,7 +30,8 @@ from scipy.ndimage import binary_dilation
 log = logging.getLogger("saturation")
 
 STEP = "saturation"
-ATOD_LIMIT = 65535.0
+# The threshold of unchecked pixels: one above the 16-bit A/D converter's largest value.
+UNCHECKED_THRESHOLD = 65536.0
 
 
 def dilution_factors(read_pattern) -> np.ndarray:
@@ -55,7 +58,7 @@ def flag_saturation(data, groupdq, pixeldq, sat_thresh, sat_dq, read_pattern, *,
     no_sat_check = np.uint32(flags["NO_SAT_CHECK"])
 
     unchecked = np.isnan(sat_thresh) | ((sat_dq & no_sat_check) != 0)
-    threshold = np.where(unchecked, ATOD_LIMIT, sat_thresh).astype(np.float32)
+    threshold = np.where(unchecked, UNCHECKED_THRESHOLD, sat_thresh).astype(np.float32)
     dilution = dilution_factors(read_pattern)
 
     new_groupdq = groupdq.copy()

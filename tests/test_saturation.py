@@ -54,10 +54,34 @@ def test_unsaturated_ramp_is_not_flagged():
     assert not gdq.any() and not pdq.any()
 
 
-def test_nan_threshold_uses_the_undiluted_ad_limit_and_flags_no_sat_check():
+def test_nan_threshold_never_saturates_and_flags_no_sat_check():
+    # stcal gives such pixels the threshold 65536: even the A/D converter's largest value is below.
     gdq, pdq = run(ramp([100, 60000, 65535, 65535]), [np.nan])
-    assert (gdq[:, 0, 0] & SAT).tolist() == [0, 0, SAT, SAT]
+    assert not (gdq & SAT).any()
     assert pdq[0, 0] == NO_SAT_CHECK
+
+
+def test_no_sat_check_pixel_at_the_ad_limit_is_neither_flagged_nor_grown():
+    data = np.full((4, 3, 3), 100, np.float32)
+    data[:, 1, 1] = 65535
+    sat_dq = np.zeros((3, 3), np.uint32)
+    sat_dq[1, 1] = NO_SAT_CHECK
+    gdq, pdq = flag_saturation(data, np.zeros(data.shape, np.uint8), np.zeros((3, 3), np.uint32),
+                               np.full((3, 3), 1000, np.float32), sat_dq, READ_PATTERN,
+                               n_pix_grow_sat=1, flags=FLAGS)
+    assert not gdq.any()
+    assert pdq.tolist() == [[0, 0, 0], [0, NO_SAT_CHECK, 0], [0, 0, 0]]
+
+
+def test_unchecked_pixel_still_gets_a_saturated_neighbours_growth_and_the_ad_floor():
+    # As stcal: growth marks charge spilled from a checked neighbour; values <= 0 are A/D floor.
+    data = np.full((4, 1, 2), 100, np.float32)
+    data[3, 0, 0] = 5000
+    data[1, 0, 1] = 0
+    gdq, _ = flag_saturation(data, np.zeros(data.shape, np.uint8), np.zeros((1, 2), np.uint32),
+                             np.array([[1000, np.nan]], np.float32), np.zeros((1, 2), np.uint32),
+                             READ_PATTERN, n_pix_grow_sat=1, flags=FLAGS)
+    assert gdq[:, 0, 1].tolist() == [0, AD_FLOOR | DNU, 0, SAT]
 
 
 def test_no_sat_check_in_reference_dq_ignores_the_threshold():
@@ -157,3 +181,38 @@ def test_skip_passes_the_input_on_unchanged_and_records_it(tmp_path, level1_file
         assert result.meta.cal_step.saturation == "SKIPPED"
         np.testing.assert_array_equal(result.groupdq, ramp.groupdq)
         np.testing.assert_array_equal(result.data, ramp.data)
+
+
+@pytest.mark.peer
+def test_unchecked_pixels_as_romancal_on_single_read_resultants():
+    """Single-read resultants (no dilution, where our rule and stcal's agree): NaN and NO_SAT_CHECK
+    thresholds, the A/D limit, the A/D floor and the growth flag the same resultants as romancal 1.1."""
+    romancal_saturation = pytest.importorskip("romancal.saturation.saturation")
+    from roman_datamodels import datamodels
+
+    read_pattern = [[1], [2], [3], [4]]
+    data = np.full((4, 5, 5), 100, np.float32)
+    data[:, 1, 1] = [100, 65535, 65535, 65535]  # NO_SAT_CHECK at the A/D limit
+    data[:, 3, 3] = [100, 65535, 65535, 65535]  # NaN threshold at the A/D limit
+    data[2:, 2, 3] = 5000  # a checked pixel that saturates, next to the NaN one
+    data[1, 4, 0] = 0  # A/D floor
+    thresholds = np.full((5, 5), 1000, np.float32)
+    thresholds[3, 3] = np.nan
+    sat_dq = np.zeros((5, 5), np.uint32)
+    sat_dq[1, 1] = NO_SAT_CHECK
+
+    ramp_model = datamodels.RampModel.create_fake_data(shape=data.shape)
+    ramp_model.data = data.copy()
+    ramp_model.groupdq = np.zeros(data.shape, np.uint8)
+    ramp_model.pixeldq = np.zeros((5, 5), np.uint32)
+    ramp_model.meta.exposure.read_pattern = read_pattern
+    reference = datamodels.SaturationRefModel.create_fake_data(shape=(5, 5))
+    reference.data = thresholds.copy()
+    reference.dq = sat_dq.copy()
+    theirs = romancal_saturation.flag_saturation(ramp_model, reference, n_pix_grow_sat=1)
+
+    gdq, pdq = flag_saturation(data, np.zeros(data.shape, np.uint8), np.zeros((5, 5), np.uint32),
+                               thresholds, sat_dq, read_pattern, n_pix_grow_sat=1)
+    np.testing.assert_array_equal(gdq, theirs.groupdq)
+    np.testing.assert_array_equal(pdq, theirs.pixeldq)
+    assert (gdq[2:, 3, 3] & SAT).all()  # the growth reached the NaN pixel, as romancal's
