@@ -2,8 +2,10 @@
 
 Seed, "Linearity Correction": every resultant F (DN) becomes
 F_c = sum_n c_n F^n with all the coefficient planes of the LINEARITY reference
-(Horner's scheme). Pixels with a NaN coefficient, or NO_LIN_CORR in the
-reference DQ, are left uncorrected and get NO_LIN_CORR in PIXELDQ; resultants
+(Horner's scheme). Pixels with a NaN coefficient, a linear coefficient c_1 of 0
+(all-zero coefficients among them: the polynomial would flatten the ramp), or
+NO_LIN_CORR in the reference DQ are left uncorrected and get NO_LIN_CORR in PIXELDQ,
+as stcal does; resultants
 flagged SATURATED in GROUPDQ are left as they are; the reference DQ is OR-ed
 into PIXELDQ. A RampModel has no ERR array, so there is none to modify.
 
@@ -47,8 +49,9 @@ def evaluate_polynomial(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def uncorrectable_pixels(coeffs: np.ndarray, lin_dq: np.ndarray, *, flags=dqflags.pixel) -> np.ndarray:
-    """True where the reference gives no correction: a NaN coefficient or NO_LIN_CORR."""
-    return np.isnan(coeffs).any(axis=0) | ((lin_dq & np.uint32(flags["NO_LIN_CORR"])) != 0)
+    """True where the reference gives no correction: a NaN coefficient, a zero linear one, or NO_LIN_CORR."""
+    return (np.isnan(coeffs).any(axis=0) | (coeffs[1] == 0)
+            | ((lin_dq & np.uint32(flags["NO_LIN_CORR"])) != 0))
 
 
 def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.pixel, out=None):
@@ -66,9 +69,9 @@ def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.p
         raise ValueError(f"groupdq has shape {groupdq.shape}, the data {data.shape}")
     if pixeldq.shape != data.shape[1:]:
         raise ValueError(f"pixeldq has shape {pixeldq.shape}, the data {data.shape[1:]}")
-    if coeffs.ndim != 3 or coeffs.shape[0] == 0 or coeffs.shape[1:] != data.shape[1:]:
+    if coeffs.ndim != 3 or coeffs.shape[0] < 2 or coeffs.shape[1:] != data.shape[1:]:
         raise ValueError(f"LINEARITY coeffs have shape {coeffs.shape}, expected "
-                         f"(ncoeffs >= 1, {data.shape[1]}, {data.shape[2]})")
+                         f"(ncoeffs >= 2, {data.shape[1]}, {data.shape[2]})")
     if lin_dq.shape != data.shape[1:]:
         raise ValueError(f"LINEARITY dq has shape {lin_dq.shape}, the data {data.shape[1:]}")
     saturated = np.uint8(flags["SATURATED"])

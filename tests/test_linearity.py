@@ -58,9 +58,9 @@ def test_quadratic_polynomial_is_applied_to_every_resultant():
 
 
 def test_every_coefficient_plane_is_used():
-    # Two pixels: a constant (one plane) and a quartic F_c = F + F^4 / 1000 (five planes).
-    data, _ = run(ramp([1, 10]), planes([7]))
-    assert data[:, 0, 0].tolist() == [7.0, 7.0]
+    # A line F_c = 7 + 3 F (two planes) and a quartic F_c = F + F^4 / 1000 (five planes).
+    data, _ = run(ramp([1, 10]), planes([7, 3]))
+    assert data[:, 0, 0].tolist() == [10.0, 37.0]
     data, _ = run(ramp([2, 10]), planes([0, 1, 0, 0, 0.001]))
     assert data[:, 0, 0] == pytest.approx([2.016, 20.0])
 
@@ -76,6 +76,14 @@ def test_nan_coefficient_leaves_the_pixel_and_flags_no_lin_corr():
     data, pdq = run(ramp([10, 20], [10, 20]), planes([0, 2, np.nan], [0, 2, 0]))
     assert data[:, 0, :].tolist() == [[10.0, 20.0], [20.0, 40.0]]
     assert pdq.tolist() == [[NO_LIN_CORR, 0]]
+
+
+def test_zero_linear_coefficient_leaves_the_pixel_and_flags_no_lin_corr():
+    # stcal's rule: c_1 = 0 (here with c_2 != 0, and all zero) would not linearize the ramp but
+    # replace it (all zero: by 0 DN), so the pixel keeps its data and says so.
+    data, pdq = run(ramp([10, 20], [10, 20], [10, 20]), planes([5, 0, 1e-3], [0, 0, 0], [0, 2, 0]))
+    assert data[:, 0, :].tolist() == [[10.0, 10.0, 20.0], [20.0, 20.0, 40.0]]
+    assert pdq.tolist() == [[NO_LIN_CORR, NO_LIN_CORR, 0]]
 
 
 def test_no_lin_corr_in_the_reference_dq_leaves_the_pixel():
@@ -138,7 +146,7 @@ def test_row_blocks_give_the_same_result_as_one_block(monkeypatch):
 
 @pytest.mark.parametrize(("coeffs_shape", "lin_dq_shape", "message"), [
     ((2, 1, 3), (1, 2), "LINEARITY coeffs have shape"),
-    ((0, 1, 2), (1, 2), "ncoeffs >= 1"),
+    ((1, 1, 2), (1, 2), "ncoeffs >= 2"),
     ((2, 1, 2), (2, 2), "LINEARITY dq has shape"),
 ])
 def test_reference_shapes_are_checked(coeffs_shape, lin_dq_shape, message):
@@ -414,3 +422,21 @@ def test_same_result_as_romancal_on_single_read_resultants(tmp_path, detector):
     theirs = step.process(model)  # run() would also ask a CRDS server for its context
     np.testing.assert_allclose(ours, theirs.data, rtol=2e-7, atol=2e-3)
     np.testing.assert_array_equal(our_pixeldq, theirs.pixeldq)
+
+
+@pytest.mark.peer
+def test_uncorrectable_coefficients_as_stcal():
+    """Zero linear, all-zero, NaN and NO_LIN_CORR pixels beside a corrected one, as stcal 1.20's kernel
+    (romancal 1.1's LinearityStep calls it) leaves and flags them."""
+    stcal_linearity = pytest.importorskip("stcal.linearity.linearity")
+    data = ramp([10, 20, 30], [10, 20, 30], [10, 20, 30], [10, 20, 30], [10, 20, 30])
+    coeffs = planes([5, 0, 1e-3], [0, 0, 0], [0, np.nan, 0], [1, 2, 0], [1, 2, 1e-3])
+    groupdq = np.zeros(data.shape, np.uint8)
+    groupdq[2, 0, 4] = SAT
+    lin_dq = np.array([[0, 0, 0, NO_LIN_CORR, DEAD]], np.uint32)
+    ours, our_pixeldq = run(data, coeffs, groupdq=groupdq, lin_dq=lin_dq)
+    theirs, their_pixeldq, _ = stcal_linearity.linearity_correction(
+        data[None].copy(), groupdq[None].copy(), np.zeros((1, 5), np.uint32), coeffs.copy(), lin_dq.copy(),
+        {"SATURATED": SAT, "NO_LIN_CORR": NO_LIN_CORR, "DO_NOT_USE": 1})
+    np.testing.assert_allclose(ours, theirs[0], rtol=1e-6)
+    np.testing.assert_array_equal(our_pixeldq, their_pixeldq)
