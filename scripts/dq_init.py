@@ -12,14 +12,28 @@ metadata, ``meta.guide_star.window_{x,y}{start,stop}`` of a ScienceRawModel or
 ``meta.guidestar.gw_window_{x,y}{start,stop}`` of a ground-test TvacModel, in readout
 pixels with exclusive stops. Array columns ``xstart:xstop`` (romancal's "rows": its
 log names the x range) are flagged GW_AFFECTED_DATA in every row, and the window
-itself, rows ``ystart:ystop`` of those columns, also DO_NOT_USE. A window whose start
+itself, rows ``ystart:ystop`` of those columns, also DO_NOT_USE; ``expand_gw_flagging``
+N > 0 grows that DO_NOT_USE rectangle by N pixels on each side (clipped to the array),
+which also gets GW_AFFECTED_DATA, as romancal's. A window whose start
 lies outside the array (unset metadata is -999999) flags nothing. Where we differ:
 romancal 1.1 converts a TvacModel to a ScienceRawModel first and so reads the
 placeholder ``guide_star`` values, never the TVAC window (the seed's log shows
 -999999); we read the TVAC record. TVAC exposure types become the science schemas'
 (WFI_DARK -> WFI_IM_DARK, WFI_GRISM and WFI_PRISM -> WFI_SPECTRAL).
 
+Reference read (romancal's DQInitStep): when the spacecraft subtracted a reference read
+from every read and downlinked it (``reference_read``, ``reference_amp33``: 2-D uint16,
+present only then), it is added back to every resultant of ``data`` and ``amp33``, and
+``meta.instrument.data_encoding_offset`` is removed from both; the counts are then again
+the ones the detector read. A ground-test TvacModel's reference read is a record of the
+read after the reset, never subtracted, and stays as it is. ``amp33`` stays uint16 (the
+RampModel schema): a sum outside 0..65535, which consistent data cannot give, is clipped
+with a warning where romancal's uint16 arithmetic wraps around. The consumed Level 1
+arrays (``resultantdq``, ``reference_read``, ``reference_amp33``) are not carried into the
+ramp.
+
     python scripts/dq_init.py r..._uncal.asdf r..._dqinit.asdf [--override-mask FILE]
+        [--expand-gw-flagging N]
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from collections.abc import Mapping
 
 from romanpipe import cli, dqflags
 from romanpipe.detector import BORDER
+from romanpipe.errors import InputFileError
 from romanpipe.exposure_types import science_exposure_type
 from romanpipe.products import open_level1, open_model, plain_array
 from romanpipe.steprun import parse_step_args, reference_file, write_product
@@ -47,6 +62,9 @@ STEP = "dq_init"
 GUIDE_STAR_EXPOSURE_TYPES = frozenset(
     {"WFI_WIM_ACQ", "WFI_WIM_TRACK", "WFI_WSM_ACQ1", "WFI_WSM_ACQ2", "WFI_WSM_TRACK"}
 )
+# Level 1 arrays that dq_init turns into ramp content: the ramp carries the result, not them.
+CONSUMED_LEVEL1_ARRAYS = ("resultantdq", "reference_read", "reference_amp33")
+UINT16_MAX = np.iinfo(np.uint16).max
 
 
 def initialize_dq(mask_dq, resultant_dq, shape, *, flags=dqflags.pixel):
@@ -88,11 +106,12 @@ def guide_window(level1) -> tuple[int, int, int, int] | None:
         return None
 
 
-def guide_window_flags(shape, window, *, flags=dqflags.pixel):
+def guide_window_flags(shape, window, *, expand=0, flags=dqflags.pixel):
     """PIXELDQ bits (uint32, ``shape`` = (nrows, ncols)) of a guide window (xstart, xstop, ystart, ystop).
 
-    Columns xstart:xstop get GW_AFFECTED_DATA in every row, the window itself also
-    DO_NOT_USE; nothing when ``window`` is None or starts outside the array.
+    Columns xstart:xstop get GW_AFFECTED_DATA in every row; the window grown by ``expand``
+    pixels on each side (clipped to the array) gets DO_NOT_USE and GW_AFFECTED_DATA.
+    Nothing when ``window`` is None or starts outside the array.
     """
     nrows, ncols = shape
     bits = np.zeros(shape, dtype=np.uint32)
@@ -105,35 +124,86 @@ def guide_window_flags(shape, window, *, flags=dqflags.pixel):
         return bits
     affected = np.uint32(flags["GW_AFFECTED_DATA"])
     bits[:, xstart:xstop] = affected
-    bits[ystart:ystop, xstart:xstop] |= np.uint32(flags["DO_NOT_USE"])
-    log.info("Flagging rows from: %d to %d as affected by guide window read (array columns; the window "
-             "rows %d to %d also DO_NOT_USE)", xstart, min(xstop, ncols), ystart, min(ystop, nrows))
+    rows = slice(max(ystart - expand, 0), min(ystop + expand, nrows))
+    columns = slice(max(xstart - expand, 0), min(xstop + expand, ncols))
+    bits[rows, columns] |= affected | np.uint32(flags["DO_NOT_USE"])
+    log.info("Flagging rows from: %d to %d as affected by guide window read (array columns; rows %d to %d "
+             "of columns %d to %d also DO_NOT_USE, the window grown by %d)", xstart, min(xstop, ncols),
+             rows.start, rows.stop, columns.start, columns.stop, expand)
     return bits
 
 
-def to_ramp_model(level1, mask_dq):
-    """A RampModel with the Level 1 metadata, float32 data and initialized DQ."""
+def detector_counts(downlinked, reference_read, encoding_offset):
+    """float32 counts as the detector read them, from downlinked ones (nresultants, nrows, ncols).
+
+    ``reference_read`` (nrows, ncols), subtracted on board from every read, is added back
+    to every resultant (None: none was subtracted); the encoding offset added on board is
+    removed. ValueError if the reference read does not fit the resultants.
+    """
+    counts = np.asarray(downlinked, dtype=np.float32).copy()
+    if reference_read is not None:
+        if reference_read.shape != counts.shape[1:]:
+            raise ValueError(f"reference read has shape {reference_read.shape}, the resultants "
+                             f"{counts.shape[1:]}")
+        counts += reference_read.astype(np.float32)
+    if encoding_offset:
+        counts -= np.float32(encoding_offset)
+    return counts
+
+
+def amp33_counts(amp33, reference_amp33, encoding_offset):
+    """``detector_counts`` of amp33 as the RampModel's uint16, clipped to 0..65535 with a warning."""
+    counts = detector_counts(amp33, reference_amp33, encoding_offset)
+    outside = np.count_nonzero((counts < 0) | (counts > UINT16_MAX))
+    if outside:
+        log.warning("%d amp33 samples outside 0..%d after the reference read and encoding offset: clipped",
+                    outside, UINT16_MAX)
+    return np.clip(counts, 0, UINT16_MAX).astype(np.uint16)
+
+
+def onboard_reference_read(level1, name):
+    """The Level 1 array ``name`` (reference_read or reference_amp33) if a reference read was subtracted.
+
+    None for a ground-test file (its reference read is a record, never subtracted) and where
+    the array is absent, null or empty.
+    """
+    if isinstance(level1, datamodels.TvacModel) or level1.get(name) is None:
+        return None
+    array = plain_array(level1[name])
+    return array if array.size else None
+
+
+def to_ramp_model(level1, mask_dq, *, expand_gw_flagging=0):
+    """A RampModel with the Level 1 metadata, the detector's counts in float32 and initialized DQ.
+
+    ValueError when a Level 1 array does not fit the data.
+    """
     raw = plain_array(level1.data)
     exposure_type = science_exposure_type(str(level1.meta.exposure.type))
     resultant_dq = plain_array(level1.resultantdq) if "resultantdq" in level1 else None
     is_guide_star = exposure_type in GUIDE_STAR_EXPOSURE_TYPES
 
     pixeldq, groupdq = initialize_dq(None if is_guide_star else mask_dq, resultant_dq, raw.shape)
-    pixeldq |= guide_window_flags(pixeldq.shape, guide_window(level1))
+    pixeldq |= guide_window_flags(pixeldq.shape, guide_window(level1), expand=expand_gw_flagging)
 
     if isinstance(level1, datamodels.TvacModel):
         ramp = _ramp_from_groundtest(level1)
     else:
-        ramp = datamodels.RampModel.create_from_model({**level1, "data": None})
+        fields = {**level1, "data": None}
+        for name in CONSUMED_LEVEL1_ARRAYS:
+            fields.pop(name, None)
+        ramp = datamodels.RampModel.create_from_model(fields)
     ramp.meta.model_type = "RampModel"
-    data = raw.astype(np.float32)
     offset = level1.meta.instrument.get("data_encoding_offset", 0) or 0
-    if offset:  # an encoding offset added on board is not signal
-        data -= np.float32(offset)
+    reference_read = onboard_reference_read(level1, "reference_read")
+    if reference_read is not None:
+        log.info("adding back the reference read subtracted on board")
+    data = detector_counts(raw, reference_read, offset)
     ramp.data = data
     ramp.pixeldq = pixeldq
     ramp.groupdq = groupdq
-    ramp.amp33 = plain_array(level1.amp33).astype(np.uint16, copy=True)
+    ramp.amp33 = amp33_counts(plain_array(level1.amp33), onboard_reference_read(level1, "reference_amp33"),
+                              offset)
     if is_guide_star:
         ramp["dq"] = mask_dq.astype(np.uint32, copy=True)
     ramp.border_ref_pix_left = data[:, :, :BORDER].copy()
@@ -204,7 +274,10 @@ def main(argv=None) -> None:
     mask_path = reference_file("mask", parameters, level1)
     with open_model(mask_path, (datamodels.MaskRefModel,)) as mask:
         mask_dq = np.asarray(mask.dq)
-        ramp = to_ramp_model(level1, mask_dq)
+        try:
+            ramp = to_ramp_model(level1, mask_dq, expand_gw_flagging=parameters["expand_gw_flagging"])
+        except ValueError as err:
+            raise InputFileError(args.input, str(err)) from None
     write_product(ramp, args.output, STEP, args, parameters, {"mask": mask_path})
 
 
