@@ -575,26 +575,71 @@ def test_ols_special_cases():
     assert fit.var_poisson[0, 0] == pytest.approx((30.0 / DT) / (DT * GAIN), rel=1e-6)
 
 
-def test_ols_jump_flag_starts_a_new_segment_and_segments_combine_by_inverse_variance():
+def test_ols_jump_flag_starts_a_new_segment_and_segments_combine_by_read_noise_variance():
+    # Segments 0-4 (5 groups, slope 2) and 5-7 (3 groups, slope 3, after a jump of 40 DN).
     t = DT * np.arange(1, 9)
-    values = 100.0 + 2.0 * t + np.where(np.arange(8) >= 5, 40.0, 0.0)
+    values = np.where(np.arange(8) >= 5, 140.0 + 3.0 * t - (3.0 - 2.0) * t[5], 100.0 + 2.0 * t)
     groupdq = np.zeros((8, 1, 1), np.uint8)
     groupdq[5] = JUMP
     fit, segments = ols_fit(column(*values), EVEN, groupdq, save_opt=True)
-    # Segments 0-4 (5 groups) and 5-7 (3 groups), both slope 2.
-    assert fit.slope[0, 0] == pytest.approx(2.0, rel=1e-6)
-    read = [12 * READ_NOISE**2 / ((m**3 - m) * DT**2) for m in (5, 3)]
-    assert fit.var_rnoise[0, 0] == pytest.approx(1 / (1 / read[0] + 1 / read[1]), rel=1e-6)
-    poisson = [2.0 / (DT * GAIN * (m - 1)) for m in (5, 3)]
-    assert fit.var_poisson[0, 0] == pytest.approx(1 / (1 / poisson[0] + 1 / poisson[1]), rel=1e-5)
+    read = np.array([12 * READ_NOISE**2 / ((m**3 - m) * DT**2) for m in (5, 3)])
+    # stcal 1.20 weighs segments by 1/var_R alone: (2 x 120 + 3 x 24) / 144 (var_R is 1/(m^3 - m)).
+    assert fit.slope[0, 0] == pytest.approx((2.0 * 120 + 3.0 * 24) / 144, rel=1e-6)
+    assert fit.var_rnoise[0, 0] == pytest.approx(1 / np.sum(1 / read), rel=1e-6)
+    # The slope estimate is the median first difference without the jump: 2 DN/s.
+    poisson = np.array([2.0 / (DT * GAIN * (m - 1)) for m in (5, 3)])
+    assert fit.var_poisson[0, 0] == pytest.approx(1 / np.sum(1 / poisson), rel=1e-5)
     assert fit.dq[0, 0] == JUMP
-    np.testing.assert_allclose(segments.slope[:, 0, 0], [2.0 * GAIN] * 2, rtol=1e-6)
-    np.testing.assert_allclose(segments.var_rnoise[:, 0, 0], np.array(read) * GAIN**2, rtol=1e-6)
-    np.testing.assert_allclose(segments.yint[:, 0, 0], [100.0 * GAIN, 140.0 * GAIN], rtol=1e-6)
-    np.testing.assert_allclose(segments.weights[:, 0, 0],
-                               1 / ((np.array(read) + poisson) * GAIN**2), rtol=1e-5)
+    np.testing.assert_allclose(segments.slope[:, 0, 0], [2.0 * GAIN, 3.0 * GAIN], rtol=1e-6)
+    np.testing.assert_allclose(segments.var_rnoise[:, 0, 0], read * GAIN**2, rtol=1e-6)
+    np.testing.assert_allclose(segments.sigslope[:, 0, 0], np.sqrt(read + poisson) * GAIN, rtol=1e-5)
+    np.testing.assert_allclose(segments.yint[:, 0, 0], [100.0 * GAIN, (140.0 - t[5]) * GAIN], rtol=1e-6)
+    np.testing.assert_allclose(segments.weights[:, 0, 0], 1 / (read * GAIN**2), rtol=1e-6)
     assert segments.crmag[0, 0, 0] == pytest.approx((values[5] - values[4]) * GAIN)
-    assert segments.pedestal[0, 0] == pytest.approx((values[0] - 2.0 * t[0]) * GAIN, rel=1e-5)
+    assert segments.pedestal[0, 0] == pytest.approx((values[0] - fit.slope[0, 0] * t[0]) * GAIN, rel=1e-5)
+
+
+def test_ols_jump_on_a_do_not_use_group_is_carried_into_dq():
+    # As stcal 1.20 and romancal 1.1: the pixel had a jump even if that group is not used.
+    t = DT * np.arange(1, 9)
+    groupdq = np.zeros((8, 1, 1), np.uint8)
+    groupdq[3] = JUMP | DNU
+    fit, _ = ols_fit(column(*(100.0 + 4.0 * t)), EVEN, groupdq)
+    assert fit.dq[0, 0] == JUMP
+    assert fit.slope[0, 0] == pytest.approx(4.0, rel=1e-6)
+    read = np.array([12 * READ_NOISE**2 / ((m**3 - m) * DT**2) for m in (3, 4)])
+    assert fit.var_rnoise[0, 0] == pytest.approx(1 / np.sum(1 / read), rel=1e-6)
+
+
+def test_ols_a_jump_group_alone_is_no_measurement():
+    # Group 1 is the only usable one and holds a jump: value / time would count the jump as
+    # signal. stcal never makes a segment of it either.
+    t = DT * np.arange(1, 9)
+    values = 4.0 * t + np.where(np.arange(8) >= 1, 500.0, 0.0)
+    groupdq = np.array([DNU, JUMP, SAT, SAT, SAT, SAT, SAT, SAT], np.uint8)[:, None, None]
+    fit, _ = ols_fit(column(*values), EVEN, groupdq)
+    assert np.isnan(fit.slope[0, 0]) and fit.dq[0, 0] == JUMP | SAT | DNU
+    groupdq[0] = 0  # with group 0 usable, it is the measurement: 4 DN/s
+    assert ols_fit(column(*values), EVEN, groupdq)[0].slope[0, 0] == pytest.approx(4.0, rel=1e-6)
+
+
+def test_ols_lone_group_after_the_first_is_divided_by_its_own_mean_time():
+    # Bias-free ramp of 4 DN/s; only group 2 usable (mean time 3 dt): its rate is 4 DN/s.
+    # stcal 1.20 divides by the group time dt and reports 12 DN/s (README "Where we differ").
+    t = DT * np.arange(1, 9)
+    groupdq = np.array([DNU, DNU, 0, SAT, SAT, SAT, SAT, SAT], np.uint8)[:, None, None]
+    fit, _ = ols_fit(column(*(4.0 * t)), EVEN, groupdq)
+    assert fit.slope[0, 0] == pytest.approx(4.0, rel=1e-6)
+    assert fit.var_rnoise[0, 0] == pytest.approx(2 * READ_NOISE**2 / t[2] ** 2, rel=1e-6)
+
+
+def test_ols_end_point_power_choice_is_biased_where_our_default_is_not():
+    # 3.5 e/s on IMG_EVEN_8 collects S = 5 over the ramp, where Fixsen's table changes P.
+    rates = np.full(100_000, 3.47)
+    resultants = simulate_resultants(rates, EVEN, np.random.default_rng(5))
+    for power_signal, low, high in (("endpoints", 0.012, 0.035), ("uniform_slope", -0.01, 0.01)):
+        residual = ols_fit(resultants, EVEN, power_signal=power_signal)[0].slope[0] * GAIN - rates
+        assert low <= residual.mean() / residual.std() <= high, power_signal
 
 
 def test_ols_drops_one_group_segments_next_to_longer_ones():
@@ -632,6 +677,55 @@ def test_ols_workers_do_not_change_the_result():
         np.testing.assert_array_equal(getattr(one[0], name), getattr(two[0], name))
     np.testing.assert_array_equal(one[1].slope, two[1].slope)
     np.testing.assert_array_equal(one[1].crmag, two[1].crmag)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("reads_per_group", [1, 4])
+def test_ols_same_as_stcal_but_where_readme_says_we_differ(reads_per_group):
+    """stcal 1.20's OLS_C on random ramps and flags, with stcal's choice of the weighting power.
+
+    Every pixel agrees (slope, both variances, DQ) except the two README cases: no
+    measurable slope (ours NaN and DO_NOT_USE, stcal 0 or NaN) and a lone one-group segment that
+    is not the ramp's only good first group (stcal divides it by the group time, ours by
+    its own mean time).
+    """
+    stcal_ramp_fit = pytest.importorskip("stcal.ramp_fitting.ramp_fit")
+    from stcal.ramp_fitting.ramp_fit_class import RampData
+
+    rng = np.random.default_rng(8)
+    table = MaTable("EVEN_6", 1, tuple(tuple(range(1 + k * reads_per_group, 1 + (k + 1) * reads_per_group))
+                                       for k in range(6)), frame_time=3.04)
+    rates = 10.0 ** rng.uniform(-1, 3, 6000)
+    resultants = simulate_resultants(rates, table, rng)
+    groupdq = rng.choice(np.array([0, 0, 0, 0, DNU, JUMP, JUMP | DNU], np.uint8), resultants.shape)
+    saturated_from = rng.integers(1, 9, rates.size)
+    groupdq[np.arange(6)[:, None, None] >= saturated_from[None, None, :]] |= SAT
+
+    ours = ols_fit(resultants, table, groupdq, power_signal="endpoints")[0]
+    ramp = RampData()
+    ramp.set_arrays(data=resultants[None].copy(), groupdq=groupdq[None].copy(),
+                    pixeldq=np.zeros(resultants.shape[1:], np.uint32),
+                    average_dark_current=np.zeros(resultants.shape[1:], np.float32))
+    ramp.set_meta(name="NIRCam", frame_time=table.frame_time, group_time=reads_per_group * table.frame_time,
+                  groupgap=0, nframes=reads_per_group, drop_frames1=None)
+    ramp.set_dqflags({"DO_NOT_USE": DNU, "SATURATED": SAT, "JUMP_DET": JUMP, "NO_GAIN_VALUE": NO_GAIN_VALUE,
+                      "UNRELIABLE_SLOPE": 2**24, "PERSISTENCE": 2**5, "CHARGELOSS": 2**7})
+    # stcal's read noise is JWST's CDS noise: sqrt(2) x that of one read.
+    theirs = stcal_ramp_fit.ramp_fit_data(ramp, False, planes(resultants.shape[1:], READ_NOISE * np.sqrt(2)),
+                                          planes(resultants.shape[1:], GAIN), "OLS_C", "optimal", "none")[0]
+
+    same = np.ones(rates.size, bool)
+    for name in ("slope", "var_poisson", "var_rnoise"):
+        same &= np.isclose(getattr(ours, name)[0], theirs[name][0], rtol=1e-4, atol=1e-6)
+    same &= ours.dq[0] == theirs["dq"][0]
+    their_slope = theirs["slope"][0]
+    no_slope = (np.isnan(ours.slope[0]) & ((their_slope == 0) | np.isnan(their_slope))
+                & (ours.dq[0] == theirs["dq"][0] | DNU))
+    mean_time = resultant_times(table.read_pattern_lists(), table.frame_time).mean_time
+    ratio = (their_slope / ours.slope[0])[:, None]
+    by_group_time = np.isclose(ratio, mean_time / (reads_per_group * table.frame_time), rtol=1e-4).any(axis=1)
+    assert (same | no_slope | by_group_time).all()
+    assert same.mean() >= 0.5 and no_slope.any() and (by_group_time & ~same).any()
 
 
 # ---------------------------------------------------------------- the script, in process on tiny files

@@ -6,14 +6,16 @@ dt (the spacing of the resultants' mean times):
 
 * segments: runs of usable groups; DO_NOT_USE, SATURATED, DROPOUT, AD_FLOOR or NaN
   make a group unusable; a usable group flagged JUMP_DET starts a new segment (the
-  jump happened before it). If any segment has two or more groups the one-group
+  jump happened before it), but alone it is no measurement (its value holds the jump)
+  and is dropped, as stcal does. If any segment has two or more groups the one-group
   segments are dropped, otherwise only the first one is kept;
 * weighting power P (Fixsen et al. 2000, PASP 112, 1350: their table of P against S)
   from S = s / sqrt(sigma_e^2 + s) with s the segment's signal in electrons (see below);
   weights w_k = |(k - k_mid) / k_mid|^P for the k-th group of the segment (Fixsen's
   |k - k_mid|^P, scaled to [0, 1], which leaves the fit unchanged);
 * segment slope and intercept by weighted least squares on the groups' mean times;
-  one-group segment: value / mean time (the signal since the reset);
+  one-group segment: value / mean time (the signal since the reset; stcal divides a
+  lone group k > 0 by the group time, which overstates its rate by t_k / dt);
 * var_R = 12 sigma_g^2 / ((m^3 - m) dt^2) for m groups, sigma_g = read noise / sqrt(N)
   the noise of one group (the documentation's R; stcal turns JWST's CDS noise into it);
   2 sigma_g^2 / t^2 for a one-group segment (JWST's convention);
@@ -21,15 +23,20 @@ dt (the spacing of the resultants' mean times):
   slope_est = median of the first differences of usable, jump-free group pairs, or
   the first group / its mean time when there are none; a negative median counts as 0;
 * exposure level: var_R = 1 / sum(1/var_R,s), var_P = 1 / sum(1/var_P,s),
-  slope = sum(slope_s / var_C,s) / sum(1 / var_C,s) with var_C,s = var_R,s + var_P,s.
+  slope = sum(slope_s / var_R,s) / sum(1 / var_R,s): segments are weighted by their
+  read noise alone, as stcal 1.20 does (its JP-4318: weights holding the Poisson
+  noise favour low rates, and carry one integration's rate into another's weights);
+* DQ: PIXELDQ and every GROUPDQ bit but DO_NOT_USE, so a JUMP_DET group counts even
+  when it is DO_NOT_USE (as stcal and romancal); DO_NOT_USE only without a slope.
 
 Special cases of the seed follow from these rules: one group (value / its time), two
 groups (their difference / dt), saturated from the second group (first group / its
 time), first group the only good one (its rate is also the slope estimate).
 
-The optional product (``save_opt``) holds per segment slope, sigslope = sqrt(var_C,s),
-yint (fit at t = 0), sigyint (read-noise-only intercept error of the unweighted fit,
-as var_R is the unweighted one), weights 1 / var_C,s, var_poisson, var_rnoise, plus the
+The optional product (``save_opt``) holds per segment slope, sigslope = sqrt(var_C,s)
+with var_C,s = var_R,s + var_P,s, yint (fit at t = 0), sigyint (read-noise-only
+intercept error of the unweighted fit, as var_R is the unweighted one), weights
+1 / var_R,s (stcal's), var_poisson, var_rnoise, plus the
 pedestal (first group extrapolated to t = 0 with the exposure slope; 0 when the first
 group is saturated or there is no slope) and crmag (group minus previous group at each
 JUMP_DET group), all in electrons as the RampFitOutputModel schema documents.
@@ -81,7 +88,7 @@ class SegmentFits:
     sigslope: np.ndarray  # e/s
     yint: np.ndarray  # e
     sigyint: np.ndarray  # e
-    weights: np.ndarray  # 1 / var_C in (e/s)^-2
+    weights: np.ndarray  # 1 / var_R in (e/s)^-2: the segment's weight in the slope
     var_poisson: np.ndarray  # (e/s)^2
     var_rnoise: np.ndarray  # (e/s)^2
     pedestal: np.ndarray  # (ny, nx) e
@@ -198,6 +205,12 @@ def _segments(usable, jump_start, starts, ends):
             starts[count] = ends[count] = k
             count += 1
             inside = True
+    kept = 0
+    for j in range(count):
+        if ends[j] > starts[j] or not jump_start[starts[j]]:
+            starts[kept], ends[kept] = starts[j], ends[j]
+            kept += 1
+    count = kept
     longest = 0
     for j in range(count):
         longest = max(longest, ends[j] - starts[j] + 1)
@@ -309,7 +322,7 @@ def _fit_rows(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, mean_ti
             else:
                 noise_rate = max(_slope_estimate(values, usable, jump_start, mean_time, group_time,
                                                  differences), 0.0) + dark
-                inverse_combined = weighted = inverse_read = inverse_poisson = 0.0
+                weighted = inverse_read = inverse_poisson = 0.0
                 for j in range(count):
                     first, last = starts[j], ends[j]
                     groups = last - first + 1
@@ -334,20 +347,18 @@ def _fit_rows(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, mean_ti
                             sum_t += mean_time[k]
                             sum_tt += mean_time[k] ** 2
                         intercept_error = sigma * math.sqrt(sum_tt / (groups * sum_tt - sum_t * sum_t))
-                    combined = segment_read + segment_poisson
-                    inverse_combined += 1.0 / combined
-                    weighted += segment_slope / combined
+                    weighted += segment_slope / segment_read
                     inverse_read += 1.0 / segment_read
                     if segment_poisson > 0.0:
                         inverse_poisson += 1.0 / segment_poisson
                     if save_opt:
                         for index, value in enumerate((
-                                segment_slope * g, math.sqrt(combined) * g, intercept * g,
-                                intercept_error * g, 1.0 / (combined * g * g), segment_poisson * g * g,
-                                segment_read * g * g)):
+                                segment_slope * g, math.sqrt(segment_read + segment_poisson) * g,
+                                intercept * g, intercept_error * g, 1.0 / (segment_read * g * g),
+                                segment_poisson * g * g, segment_read * g * g)):
                             segments_out[y, x, index, j] = value
-                slope = weighted / inverse_combined
                 var_rnoise = 1.0 / inverse_read
+                slope = weighted * var_rnoise
                 var_poisson = 1.0 / inverse_poisson if inverse_poisson > 0.0 else 0.0
                 if save_opt and (groupdq[y, x, 0] & saturated) == 0:
                     pedestal_out[y, x] = (values[0] - slope * mean_time[0]) * g
