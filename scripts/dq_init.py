@@ -140,7 +140,7 @@ def detector_counts(downlinked, reference_read, encoding_offset):
     to every resultant (None: none was subtracted); the encoding offset added on board is
     removed. ValueError if the reference read does not fit the resultants.
     """
-    counts = np.asarray(downlinked, dtype=np.float32).copy()
+    counts = np.array(downlinked, dtype=np.float32)  # a copy: the input stays as it is
     if reference_read is not None:
         if reference_read.shape != counts.shape[1:]:
             raise ValueError(f"reference read has shape {reference_read.shape}, the resultants "
