@@ -18,8 +18,8 @@ import sys
 
 from romanpipe import cli
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from astropy import coordinates
@@ -34,6 +34,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("assign_wcs")
 
 STEP = "assign_wcs"
+INPUT_MODELS = (datamodels.ImageModel,)
 WCSINFO_KEYS = ("v2_ref", "v3_ref", "roll_ref", "ra_ref", "dec_ref")
 
 
@@ -87,17 +88,20 @@ def assign_wcs(model, distortion):
     return result
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    image = open_model(args.input, (datamodels.ImageModel,))
-    distortion_path = reference_file("distortion", parameters, image)
+def run(image, step: StepRun):
+    """``image`` (an ImageModel) with its WCS from the DISTORTION reference (a new model)."""
+    distortion_path = step.reference("distortion")
     with open_model(distortion_path, (datamodels.DistortionRefModel,), memmap=False) as reference:
         try:
             result = assign_wcs(image, reference.coordinate_distortion_transform)
         except ValueError as err:
-            raise InputFileError(args.input, str(err)) from None
+            raise InputFileError(step.input, str(err)) from None
     log.info("footprint %s", result.meta.wcsinfo.s_region)
-    write_product(result, args.output, STEP, args, parameters, {"distortion": distortion_path})
+    return result, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 def _number(value) -> float:

@@ -32,9 +32,9 @@ import sys
 from romanpipe import cli
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model, write_atomic
+from romanpipe.products import COMPLETE, open_model, write_atomic
 from romanpipe.readpattern import mean_read_times
-from romanpipe.steprun import parse_step_args, record_provenance, reference_file, write_product
+from romanpipe.steprun import StepRun, record_provenance, run_script
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -42,6 +42,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("dark_current")
 
 STEP = "dark_current"
+INPUT_MODELS = (datamodels.RampModel,)
 def frame_averaged_dark(dark_slope: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Dark (DN, float32) of each resultant: rate times mean read time; NaN rates give 0.
 
@@ -114,10 +115,9 @@ def dark_product(ramp, dark: np.ndarray, dark_dq: np.ndarray):
     return model
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    ramp = open_model(args.input, (datamodels.RampModel,))
-    dark_path = reference_file("dark", parameters, ramp)
+def run(ramp, step: StepRun):
+    """Subtract the DARK reference's dark from ``ramp`` (a RampModel, updated and returned)."""
+    dark_path = step.reference("dark")
     exposure = ramp.meta.exposure
     with open_model(dark_path, (datamodels.DarkRefModel,)) as reference:
         dark_slope, dark_dq = np.asarray(reference.dark_slope), np.asarray(reference.dq)
@@ -126,20 +126,24 @@ def main(argv=None) -> None:
                                     float(exposure.frame_time))
             # The lazily loaded array knows its shape: the ramp is not read yet.
             check_shapes(ramp.data.shape, np.asarray(ramp.pixeldq), dark_slope, dark_dq, times)
-            if parameters["dark_output"]:
+            if step.parameters["dark_output"]:
                 # Written and released before the ramp is read, so the two never share memory.
                 dark = dark_product(ramp, frame_averaged_dark(dark_slope, times), dark_dq)
-                record_provenance(dark, STEP, parameters, {"dark": dark_path})
-                write_atomic(dark, parameters["dark_output"])
+                record_provenance(dark, STEP, step.parameters, {"dark": dark_path})
+                write_atomic(dark, step.parameters["dark_output"])
                 del dark
             data = np.asarray(ramp.data)
             ramp.data, ramp.pixeldq = subtract_dark(data, np.asarray(ramp.pixeldq), dark_slope, dark_dq,
                                                     times, out=reusable_buffer(data))
         except ValueError as err:
-            raise InputFileError(args.input, f"{err} (reference {dark_path.name})") from None
+            raise InputFileError(step.input, f"{err} (reference {dark_path.name})") from None
         log.info("subtracted a dark of median %.4g DN/s over mean read times %.4g..%.4g s",
                  float(np.nanmedian(dark_slope)), times[0], times[-1])
-    write_product(ramp, args.output, STEP, args, parameters, {"dark": dark_path})
+    return ramp, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 if __name__ == "__main__":

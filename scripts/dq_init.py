@@ -46,8 +46,8 @@ from romanpipe import cli, dqflags
 from romanpipe.detector import BORDER
 from romanpipe.errors import InputFileError
 from romanpipe.exposure_types import science_exposure_type
-from romanpipe.products import open_level1, open_model, plain_array
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, LEVEL1_MODELS, check_level1, open_model, plain_array
+from romanpipe.steprun import StepRun, run_script
 
 import astropy.units as u
 import numpy as np
@@ -57,6 +57,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("dq_init")
 
 STEP = "dq_init"
+INPUT_MODELS = LEVEL1_MODELS
 
 # Seed: guide-star data carry the MASK flags in "dq" instead of "pixeldq".
 GUIDE_STAR_EXPOSURE_TYPES = frozenset(
@@ -268,17 +269,20 @@ def _plain_tree(node):
     return node
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    level1 = open_level1(args.input)
-    mask_path = reference_file("mask", parameters, level1)
-    with open_model(mask_path, (datamodels.MaskRefModel,)) as mask:
-        mask_dq = np.asarray(mask.dq)
+def run(level1, step: StepRun):
+    """The RampModel of ``level1`` (a ScienceRawModel or TvacModel) with the MASK's flags."""
+    check_level1(level1, step.input)
+    with open_model(step.reference("mask"), (datamodels.MaskRefModel,)) as mask:
         try:
-            ramp = to_ramp_model(level1, mask_dq, expand_gw_flagging=parameters["expand_gw_flagging"])
+            ramp = to_ramp_model(level1, np.asarray(mask.dq),
+                                 expand_gw_flagging=step.parameters["expand_gw_flagging"])
         except ValueError as err:
-            raise InputFileError(args.input, str(err)) from None
-    write_product(ramp, args.output, STEP, args, parameters, {"mask": mask_path})
+            raise InputFileError(step.input, str(err)) from None
+    return ramp, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 if __name__ == "__main__":

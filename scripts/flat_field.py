@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from romanpipe import cli, dqflags
 from romanpipe.detector import matching_science_area
 from romanpipe.errors import InputFileError
-from romanpipe.products import as_float16, open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, as_float16, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -32,6 +32,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("flat_field")
 
 STEP = "flat_field"
+INPUT_MODELS = (datamodels.ImageModel,)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,9 @@ def apply_flat(data, dq, var_poisson, var_rnoise, flat, flat_err, flat_dq, *,
     return FlatFielded(corrected, dq | flat_dq, err, var_poisson, var_rnoise, var_flat)
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    image = open_model(args.input, (datamodels.ImageModel,))
-    flat_path = reference_file("flat", parameters, image)
+def run(image, step: StepRun):
+    """``image`` (an ImageModel) divided by the FLAT reference, its errors propagated (a new model)."""
+    flat_path = step.reference("flat")
     with open_model(flat_path, (datamodels.FlatRefModel,)) as reference:
         shape = np.shape(image.data)
         try:
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
                                        for name in ("data", "err", "dq"))
             result = apply_flat(np.asarray(image.data), np.asarray(image.dq),
                                 np.asarray(image.var_poisson), np.asarray(image.var_rnoise),
-                                flat, flat_err, flat_dq, include_var_flat=parameters["include_var_flat"])
+                                flat, flat_err, flat_dq, include_var_flat=step.parameters["include_var_flat"])
         except ValueError as err:
             raise InputFileError(flat_path, str(err)) from None
     output = image.copy()
@@ -90,7 +90,11 @@ def main(argv=None) -> None:
         output[name] = as_float16(getattr(result, name))
     log.info("%d pixels without a flat value",
              int(np.count_nonzero(result.dq & dqflags.pixel.NO_FLAT_FIELD)))
-    write_product(output, args.output, STEP, args, parameters, {"flat": flat_path})
+    return output, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from romanpipe.association import read_association
 from romanpipe.errors import InputFileError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, open_model
-from romanpipe.steprun import parse_step_args, write_association_products, write_product
+from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products, write_product
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -61,6 +61,9 @@ def flux_image(path):
 
 def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    if parameters["skip"]:
+        pass_on_skipped(STEP, args, parameters)
+        return
     if args.input.suffix == ".json":
         association = read_association(args.input)
         models = (flux_image(member) for member in association.members())

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from romanpipe import cli, dqflags
 from romanpipe.cores import worker_count
 from romanpipe.errors import InputFileError
-from romanpipe.products import SKIPPED, open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, SKIPPED, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -35,6 +35,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("jump")
 
 STEP = "jump"
+INPUT_MODELS = (datamodels.RampModel,)
 MINIMUM_GROUPS = 3  # two first differences: the fewest the method can compare
 # Values (groups x pixels) of one row chunk: each float32 work array of a worker stays near
 # 32 MB whatever the detector size and ramp length.
@@ -225,24 +226,21 @@ def detect_jumps(data, groupdq, pixeldq, gain, read_noise, *, rejection_threshol
     return new_groupdq, new_pixeldq
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    ramp = open_model(args.input, (datamodels.RampModel,))
+def run(ramp, step: StepRun):
+    """Flag jumps in ``ramp`` (an even RampModel, updated and returned); SKIPPED below 3 groups."""
+    parameters = step.parameters
     data = np.asarray(ramp.data)
     try:
         check_even_read_pattern([list(reads) for reads in ramp.meta.exposure.read_pattern], data.shape[0])
     except ValueError as err:
-        raise InputFileError(args.input, f"{err}; the jump step takes only even ramps, use the jump "
+        raise InputFileError(step.input, f"{err}; the jump step takes only even ramps, use the jump "
                                          "detection of ramp fitting (use_ramp_jump_detection)") from None
     if data.shape[0] < MINIMUM_GROUPS:
         log.info("step skipped: %d groups, the two-point difference method needs at least %d",
                  data.shape[0], MINIMUM_GROUPS)
-        write_product(ramp, args.output, STEP, args, parameters, status=SKIPPED)
-        return
-    gain_path = reference_file("gain", parameters, ramp)
-    readnoise_path = reference_file("readnoise", parameters, ramp)
-    with (open_model(gain_path, (datamodels.GainRefModel,)) as gain,
-          open_model(readnoise_path, (datamodels.ReadnoiseRefModel,)) as readnoise):
+        return ramp, SKIPPED
+    with (open_model(step.reference("gain"), (datamodels.GainRefModel,)) as gain,
+          open_model(step.reference("readnoise"), (datamodels.ReadnoiseRefModel,)) as readnoise):
         try:
             ramp.groupdq, ramp.pixeldq = detect_jumps(
                 data, np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq),
@@ -255,9 +253,12 @@ def main(argv=None) -> None:
                 min_jump_to_flag_neighbors=parameters["min_jump_to_flag_neighbors"],
                 workers=worker_count(parameters["maximum_cores"]))
         except ValueError as err:
-            raise InputFileError(args.input, str(err)) from None
-    write_product(ramp, args.output, STEP, args, parameters,
-                  {"gain": gain_path, "readnoise": readnoise_path})
+            raise InputFileError(step.input, str(err)) from None
+    return ramp, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 if __name__ == "__main__":

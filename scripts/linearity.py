@@ -26,8 +26,8 @@ import sys
 from romanpipe import cli, dqflags
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -35,6 +35,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("linearity")
 
 STEP = "linearity"
+INPUT_MODELS = (datamodels.RampModel,)
 def evaluate_polynomial(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:
     """sum_n coeffs[n] * values^n by Horner's scheme, in float64.
 
@@ -93,10 +94,9 @@ def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.p
     return corrected, new_pixeldq
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    ramp = open_model(args.input, (datamodels.RampModel,))
-    linearity_path = reference_file("linearity", parameters, ramp)
+def run(ramp, step: StepRun):
+    """Correct ``ramp`` (a RampModel, updated and returned) with the LINEARITY reference's polynomials."""
+    linearity_path = step.reference("linearity")
     data = np.asarray(ramp.data)
     with open_model(linearity_path, (datamodels.LinearityRefModel,)) as reference:
         try:
@@ -104,10 +104,14 @@ def main(argv=None) -> None:
                 data, np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq),
                 np.asarray(reference.coeffs), np.asarray(reference.dq), out=reusable_buffer(data))
         except ValueError as err:
-            raise InputFileError(args.input, f"{err} (reference {linearity_path.name})") from None
+            raise InputFileError(step.input, f"{err} (reference {linearity_path.name})") from None
     log.info("%d pixels without linearity correction (NO_LIN_CORR)",
              int(np.count_nonzero(ramp.pixeldq & dqflags.pixel.NO_LIN_CORR)))
-    write_product(ramp, args.output, STEP, args, parameters, {"linearity": linearity_path})
+    return ramp, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from romanpipe.association import Association, read_science_members
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX, product_name
 from romanpipe.products import SKIPPED, open_model
-from romanpipe.steprun import parse_step_args, write_association_products, write_product
+from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products, write_product
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -285,6 +285,9 @@ def write_skipped(models, association: Association, output: Path, args, paramete
 
 def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    if parameters["skip"]:
+        pass_on_skipped(STEP, args, parameters)
+        return
     association, members = read_science_members(args.input)
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(path, (datamodels.ImageModel,),

@@ -19,8 +19,8 @@ import sys
 
 from romanpipe import cli
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from astropy import units as u
@@ -29,6 +29,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("photom")
 
 STEP = "photom"
+INPUT_MODELS = (datamodels.ImageModel,)
 MJY_PER_SR_TO_UJY_PER_ARCSEC2 = float((1.0 * u.MJy / u.sr).to_value(u.uJy / u.arcsec**2))
 SR_TO_ARCSEC2 = float((1.0 * u.sr).to_value(u.arcsec**2))
 
@@ -49,10 +50,9 @@ def photometry_keywords(phot_table, optical_element: str) -> dict[str, float | N
     }
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    image = open_model(args.input, (datamodels.ImageModel,))
-    photom_path = reference_file("photom", parameters, image)
+def run(image, step: StepRun):
+    """``image`` (an ImageModel) with the PHOTOM keywords of its optical element (a new model)."""
+    photom_path = step.reference("photom")
     element = str(image.meta.instrument.optical_element)
     with open_model(photom_path, (datamodels.WfiImgPhotomRefModel,), memmap=False) as reference:
         try:
@@ -64,7 +64,11 @@ def main(argv=None) -> None:
     output.meta.photometry = keywords
     log.info("%s: %s MJy/sr per DN/s, pixel area %s sr", element, keywords["conversion_megajanskys"],
              keywords["pixel_area"])
-    write_product(output, args.output, STEP, args, parameters, {"photom": photom_path})
+    return output, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 def _scalar(value) -> float | None:

@@ -34,8 +34,8 @@ from romanpipe.cores import worker_count
 from romanpipe.detector import BORDER, science_pixels
 from romanpipe.errors import InputFileError, NoScienceDataError
 from romanpipe.naming import product_name
-from romanpipe.products import as_float16, open_model, plain_array, write_atomic
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, as_float16, open_model, plain_array, write_atomic
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from asdf.exceptions import ValidationError
@@ -48,6 +48,7 @@ from rampfit_kernels.pixelwise import RampFit
 log = logging.getLogger("ramp_fit")
 
 STEP = "ramp_fit"
+INPUT_MODELS = (datamodels.RampModel,)
 REFERENCE_MODELS = {
     "gain": datamodels.GainRefModel,
     "readnoise": datamodels.ReadnoiseRefModel,
@@ -113,17 +114,22 @@ def fitopt_path(output: Path, opt_name: str | None) -> Path:
     return path if path.parent != Path(".") else output.parent / path
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+def run(ramp, step: StepRun):
+    """The count-rate ImageModel of ``ramp`` (a RampModel); ``save_opt`` also writes the ``_fitopt``
+    product beside ``step.output``."""
+    parameters = step.parameters
     with ExitStack() as open_files:
-        ramp = open_files.enter_context(open_model(args.input, (datamodels.RampModel,)))
-        paths = {reftype: reference_file(reftype, parameters, ramp) for reftype in REFERENCE_MODELS}
+        paths = {reftype: step.reference(reftype) for reftype in REFERENCE_MODELS}
         references = {reftype: open_files.enter_context(open_model(paths[reftype], (model_type,)))
                       for reftype, model_type in REFERENCE_MODELS.items()}
-        fit, segments = fit_ramp_model(ramp, references, paths, parameters, args.input)
-        if segments is not None:
-            write_atomic(fitopt_model(ramp, segments), fitopt_path(args.output, parameters["opt_name"]))
-        write_product(image_model(ramp, fit), args.output, STEP, args, parameters, paths)
+        fit, segments = fit_ramp_model(ramp, references, paths, parameters, step.input)
+    if segments is not None:
+        write_atomic(fitopt_model(ramp, segments), fitopt_path(step.output, parameters["opt_name"]))
+    return image_model(ramp, fit), COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[RampFit, SegmentFits | None]:

@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from romanpipe import cli, dqflags
 from romanpipe.detector import BORDER
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from asdf.tags.core.ndarray import NDArrayType
@@ -65,6 +65,7 @@ from roman_datamodels import datamodels
 log = logging.getLogger("refpix")
 
 STEP = "refpix"
+INPUT_MODELS = (datamodels.RampModel,)
 N_AMPLIFIERS = 32  # science outputs; amp33 is read in step with them
 ROW_OVERHEAD = 12  # idle pixel times at the end of every row, as romancal models the readout
 COSINE_HALF_WIDTH = N_AMPLIFIERS // 2  # romancal's interpolation kernel is as long as the amplifier count
@@ -317,11 +318,9 @@ def _border_stream(stream: np.ndarray, usable: np.ndarray, layout: ReadoutLayout
     return border.ravel()
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    ramp = open_model(args.input, (datamodels.RampModel,))
-    refpix_path = reference_file("refpix", parameters, ramp)
-    corrected = _corrected_data(ramp, args.input, refpix_path, parameters)
+def run(ramp, step: StepRun):
+    """Correct ``ramp`` (a RampModel, updated and returned) with the REFPIX reference's coefficients."""
+    corrected = _corrected_data(ramp, step.input, step.reference("refpix"), step.parameters)
     # asdf keeps the input's decompressed data until the file closes: the other arrays are
     # read in and the file closed, so that writing holds one full-size data array, not two.
     for name in list(ramp.keys()):
@@ -329,7 +328,11 @@ def main(argv=None) -> None:
             ramp[name] = np.asarray(ramp[name])
     ramp.data = corrected
     ramp.close()
-    write_product(ramp, args.output, STEP, args, parameters, {"refpix": refpix_path})
+    return ramp, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 def _corrected_data(ramp, input_path, refpix_path, parameters) -> np.ndarray:

@@ -31,7 +31,7 @@ from romanpipe.association import Association, listing, read_science_members, wr
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import product_name
 from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, write_product
+from romanpipe.steprun import parse_step_args, pass_on_skipped, write_product
 
 from roman_datamodels import datamodels
 
@@ -103,6 +103,9 @@ def write_single_mosaics(products: list, association: Association, output: Path,
 
 def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    if parameters["skip"]:
+        pass_on_skipped(STEP, args, parameters)
+        return
     association, members = read_science_members(args.input)
     if parameters["single"] and args.output.suffix != ".json":
         raise ParameterError("single=true writes one mosaic per exposure: OUTPUT must be an association "

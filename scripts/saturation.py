@@ -20,8 +20,8 @@ import sys
 
 from romanpipe import cli, dqflags
 from romanpipe.errors import InputFileError
-from romanpipe.products import open_model
-from romanpipe.steprun import parse_step_args, reference_file, write_product
+from romanpipe.products import COMPLETE, open_model
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -30,6 +30,7 @@ from scipy.ndimage import binary_dilation
 log = logging.getLogger("saturation")
 
 STEP = "saturation"
+INPUT_MODELS = (datamodels.RampModel,)
 # The threshold of unchecked pixels: one above the 16-bit A/D converter's largest value.
 UNCHECKED_THRESHOLD = 65536.0
 
@@ -82,11 +83,10 @@ def flag_saturation(data, groupdq, pixeldq, sat_thresh, sat_dq, read_pattern, *,
     return new_groupdq, new_pixeldq
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    ramp = open_model(args.input, (datamodels.RampModel,))
-    sat_path = reference_file("saturation", parameters, ramp)
-    with open_model(sat_path, (datamodels.SaturationRefModel,)) as reference:
+def run(ramp, step: StepRun):
+    """Flag ``ramp`` (a RampModel, updated and returned) with the SATURATION reference."""
+    parameters = step.parameters
+    with open_model(step.reference("saturation"), (datamodels.SaturationRefModel,)) as reference:
         try:
             ramp.groupdq, ramp.pixeldq = flag_saturation(
                 np.asarray(ramp.data), np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq),
@@ -94,10 +94,14 @@ def main(argv=None) -> None:
                 [list(reads) for reads in ramp.meta.exposure.read_pattern],
                 n_pix_grow_sat=parameters["n_pix_grow_sat"], backup=parameters["backup"])
         except ValueError as err:
-            raise InputFileError(args.input, str(err)) from None
+            raise InputFileError(step.input, str(err)) from None
     log.info("%d pixels saturated in the last resultant",
              int(np.count_nonzero(ramp.groupdq[-1] & dqflags.pixel.SATURATED)))
-    write_product(ramp, args.output, STEP, args, parameters, {"saturation": sat_path})
+    return ramp, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
 if __name__ == "__main__":

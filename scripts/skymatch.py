@@ -23,7 +23,7 @@ from romanpipe.association import read_association
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
-from romanpipe.steprun import parse_step_args, write_association_products
+from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -338,6 +338,9 @@ def record_background(model, level: float, valid: bool, skymethod: str, subtract
 
 def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    if parameters["skip"]:
+        pass_on_skipped(STEP, args, parameters)
+        return
     try:
         dqflags.interpret_bit_spec(parameters["dqbits"])  # a bad bit spec fails before any image is read
         statistic = SkyStatistic(parameters["skystat"], parameters["lower"], parameters["upper"],

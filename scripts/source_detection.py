@@ -72,8 +72,8 @@ from romanpipe import cli, dqflags
 from romanpipe.errors import NoScienceDataError, ParameterError
 from romanpipe.files import atomic_path
 from romanpipe.naming import product_name
-from romanpipe.products import open_model, plain_array, write_atomic
-from romanpipe.steprun import parse_step_args, write_product
+from romanpipe.products import COMPLETE, plain_array, write_atomic
+from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
 from astropy.stats import SigmaClip
@@ -87,6 +87,7 @@ from scipy import ndimage
 log = logging.getLogger("source_detection")
 
 STEP = "source_detection"
+INPUT_MODELS = (datamodels.ImageModel,)
 
 PIVOT_WAVELENGTH_UM = {"F062": 0.620, "F087": 0.869, "F106": 1.060, "F129": 1.293,
                        "F146": 1.464, "F158": 1.577, "F184": 1.842, "F213": 2.125}
@@ -372,36 +373,42 @@ def attach_catalog(image, catalog: Table, catalog_name: str | None) -> None:
     image.meta["source_catalog"] = source_catalog
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+def run(image, step: StepRun):
+    """``image`` (an ImageModel, updated and returned) with its catalog of point sources;
+    ``save_catalogs`` also writes the catalog beside ``step.output``."""
+    parameters = step.parameters
     settings = {name: parameters[name] for name in (
         "sharplo", "sharphi", "roundlo", "roundhi", "peakmax", "max_sources", "scalar_threshold",
         "calc_scalar_threshold", "snr_threshold", "bkg_estimator", "bkg_boxsize", "bkg_sigma",
         "bkg_filter_size")}
     if settings["scalar_threshold"] is None and not settings["calc_scalar_threshold"]:
         raise ParameterError(f"{STEP}: one of scalar_threshold or calc_scalar_threshold must be chosen")
-    with open_model(args.input, (datamodels.ImageModel,)) as image:
-        data, err, dq = (plain_array(image[name]) for name in ("data", "err", "dq"))
-        if data.ndim != 2 or 0 in data.shape or unusable_pixels(data, dq).all():
-            raise NoScienceDataError(f"{args.input}: no usable pixel in data of shape {data.shape} "
-                                     "(all DO_NOT_USE or not finite)")
-        instrument = image.meta.instrument
-        try:
-            kernel_fwhm = (default_kernel_fwhm(str(instrument.optical_element))
-                           if parameters["kernel_fwhm"] is None else parameters["kernel_fwhm"])
-            psf_model = (roman_psf_model(str(instrument.detector), str(instrument.optical_element))
-                         if parameters["fit_psf"] else None)
-        except ValueError as err:
-            raise ParameterError(f"{args.input}: {err}") from None
-        catalog = find_sources(data, err, dq, kernel_fwhm=kernel_fwhm, psf_model=psf_model, **settings)
-        catalog_name = None
-        if parameters["save_catalogs"]:
-            path = catalog_path(args.output, parameters["output_cat_filetype"])
-            catalog_name = write_catalog(image, catalog, path, args.output.name).name
-        # The product is the input plus its catalog: written from the open (memory-mapped) model,
-        # not from a copy of its arrays.
-        attach_catalog(image, catalog, catalog_name)
-        write_product(image, args.output, STEP, args, parameters)
+    data, err, dq = (plain_array(image[name]) for name in ("data", "err", "dq"))
+    if data.ndim != 2 or 0 in data.shape or unusable_pixels(data, dq).all():
+        raise NoScienceDataError(f"{step.input}: no usable pixel in data of shape {data.shape} "
+                                 "(all DO_NOT_USE or not finite)")
+    instrument = image.meta.instrument
+    try:
+        kernel_fwhm = (default_kernel_fwhm(str(instrument.optical_element))
+                       if parameters["kernel_fwhm"] is None else parameters["kernel_fwhm"])
+        psf_model = (roman_psf_model(str(instrument.detector), str(instrument.optical_element))
+                     if parameters["fit_psf"] else None)
+    except ValueError as err:
+        raise ParameterError(f"{step.input}: {err}") from None
+    catalog = find_sources(data, err, dq, kernel_fwhm=kernel_fwhm, psf_model=psf_model, **settings)
+    catalog_name = None
+    if parameters["save_catalogs"]:
+        path = catalog_path(step.output, parameters["output_cat_filetype"])
+        catalog_name = write_catalog(image, catalog, path, step.output.name).name
+    # The product is the input plus its catalog: the script writes it from the open
+    # (memory-mapped) model, not from a copy of its arrays.
+    attach_catalog(image, catalog, catalog_name)
+    return image, COMPLETE
+
+
+def main(argv=None) -> None:
+    run_script(STEP, __doc__, INPUT_MODELS, run, argv)
+
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -43,6 +43,7 @@ import math
 import os
 import sys
 from collections.abc import Hashable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,13 @@ from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.files import atomic_path
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
-from romanpipe.steprun import parse_step_args, write_association_products, write_product
+from romanpipe.steprun import (
+    StepRun,
+    parse_step_args,
+    pass_on_skipped,
+    run_on_file,
+    write_association_products,
+)
 
 import numpy as np
 from astropy import units as u
@@ -68,6 +75,7 @@ from assign_wcs import s_region
 log = logging.getLogger("tweakreg")
 
 STEP = "tweakreg"
+INPUT_MODELS = (datamodels.ImageModel,)
 FAILED = "FAILED"
 GAIA_CATALOGS = ("GAIADR1", "GAIADR2", "GAIADR3")
 DEFAULT_ABS_REFCAT = "GAIADR3"
@@ -574,41 +582,58 @@ def write_reference_catalog(refcat: Table, name: str, folder: Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    association = read_association(args.input) if args.input.suffix.lower() == ".json" else None
-    paths = association.members() if association else [args.input]
+def align_models(models, paths: Sequence[Path], parameters: Mapping, output: Path,
+                 association=None) -> list[str]:
+    """Align ``models`` (ImageModels read from ``paths``, updated in place) to each other and to the
+    absolute reference catalog; their cal_step statuses. ``save_abs_catalog`` writes the catalog
+    into ``catalog_path``, default beside ``output``."""
     custom = custom_catalog_paths(
         [path.name for path in paths], use_custom_catalogs=parameters["use_custom_catalogs"],
         catfile=Path(parameters["catfile"]) if parameters["catfile"] else None,
         association_entries=association_catalog_entries(association) if association else None)
-    models = []
+    images = [image_to_align(model, path, catalog, parameters["catalog_format"])
+              for model, path, catalog in zip(models, paths, custom, strict=True)]
+    epoch = exposure_epoch(models[0], paths[0])
     try:
-        for path in paths:
-            models.append(open_model(path, (datamodels.ImageModel,)))
-        images = [image_to_align(model, path, catalog, parameters["catalog_format"])
-                  for model, path, catalog in zip(models, paths, custom, strict=True)]
-        epoch = exposure_epoch(models[0], paths[0])
-        try:
-            refcat_name, refcat = reference_catalog(
-                parameters["abs_refcat"], [image.wcs for image in images], epoch,
-                margin_arcsec=parameters["abs_searchrad"], timeout=parameters["vo_timeout"])
-        except ValueError as err:  # e.g. a WCS without bounding box
-            raise InputFileError(paths[0], str(err)) from None
-        alignments = align_images(images, refcat, parameters, refcat_name)
-        for model, alignment in zip(models, alignments, strict=True):
-            apply_alignment(model, alignment)
-        if parameters["save_abs_catalog"]:
-            folder = Path(parameters["catalog_path"]) if parameters["catalog_path"] else args.output.parent
-            write_reference_catalog(refcat, refcat_name, folder)
-        if association is None:
-            write_product(models[0], args.output, STEP, args, parameters, status=alignments[0].status)
-            return
+        refcat_name, refcat = reference_catalog(
+            parameters["abs_refcat"], [image.wcs for image in images], epoch,
+            margin_arcsec=parameters["abs_searchrad"], timeout=parameters["vo_timeout"])
+    except ValueError as err:  # e.g. a WCS without bounding box
+        raise InputFileError(paths[0], str(err)) from None
+    alignments = align_images(images, refcat, parameters, refcat_name)
+    for model, alignment in zip(models, alignments, strict=True):
+        apply_alignment(model, alignment)
+    if parameters["save_abs_catalog"]:
+        folder = Path(parameters["catalog_path"]) if parameters["catalog_path"] else output.parent
+        write_reference_catalog(refcat, refcat_name, folder)
+    return [alignment.status for alignment in alignments]
+
+
+def run(image, step: StepRun):
+    """``image`` (an ImageModel, updated and returned) aligned alone to the absolute reference catalog."""
+    (status,) = align_models([image], [Path(step.input)], step.parameters, step.output)
+    return image, status
+
+
+def align_association(args, parameters: Mapping) -> None:
+    """The members of the association ``args.input`` aligned together, written beside ``args.output``."""
+    association = read_association(args.input)
+    paths = association.members()
+    with ExitStack() as open_files:
+        models = [open_files.enter_context(open_model(path, INPUT_MODELS)) for path in paths]
+        statuses = align_models(models, paths, parameters, args.output, association)
         write_association_products(models, association, args.output, STEP, STEP_SUFFIX[STEP], args,
-                                   parameters, statuses=[alignment.status for alignment in alignments])
-    finally:
-        for model in models:
-            model.close()
+                                   parameters, statuses=statuses)
+
+
+def main(argv=None) -> None:
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    if parameters["skip"]:
+        pass_on_skipped(STEP, args, parameters)
+    elif args.input.suffix.lower() == ".json":
+        align_association(args, parameters)
+    else:
+        run_on_file(STEP, run, INPUT_MODELS, args, parameters)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from .errors import (
     EXIT_SUCCESS,
     NoScienceDataError,
     PipelineError,
-    StepSkipped,
 )
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,6 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     """
     try:
         main(argv)
-    except StepSkipped as outcome:
-        log.info("%s", outcome)
-        return EXIT_SUCCESS
     except NoScienceDataError as err:
         log.error("no science data: %s", err)
         return EXIT_NO_SCIENCE_DATA

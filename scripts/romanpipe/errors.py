@@ -27,6 +27,3 @@ class ParameterError(PipelineError):
 class NoScienceDataError(PipelineError):
     """The input holds no science data (exit status 64, as strun's)."""
 
-
-class StepSkipped(Exception):  # noqa: N818 - an outcome, not an error
-    """The step was asked to skip: its input went on unchanged, recorded as SKIPPED. Exit status 0."""

@@ -6,7 +6,7 @@ the same file, so the workflow and the scripts cannot disagree. A value comes
 from, most significant first (the seed's "Parameter Precedence", with the
 workflow config between the parameter file and the step default):
 
-1. the command line (``--n-pix-grow-sat 2``),
+1. the command line (``--n-pix-grow-sat 2``) or a ``run_steps`` keyword,
 2. a parameter file (``--parameter-file``): YAML or the seed's ASDF form, a step
    file (``class``, ``name``, ``parameters``) or a pipeline file (``steps``),
 3. the workflow config, passed by the rule as ``--workflow-params JSON``,
@@ -34,13 +34,17 @@ log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-# stpipe's universal parameters: present in every parameter file romancal exports,
-# meaningless here (Snakemake decides names and folders), so accepted and ignored.
-STPIPE_UNIVERSAL = frozenset({
-    "pre_hooks", "post_hooks", "output_file", "output_dir", "output_ext", "output_use_model",
-    "output_use_index", "save_results", "suffix", "search_output_file", "input_dir",
-    "update_version", "save_calibrated_ramp",
-})
+# stpipe's universal parameters, with stpipe's defaults: every parameter file romancal
+# exports has them (and ``skip``, which only some of our steps take). A run honours those
+# that mean something to it (``steprun`` names the product from output_dir, output_file and
+# suffix when no OUTPUT is given); any other one set to something else than its default is
+# named in one warning line (:func:`report_ignored`), never dropped silently.
+STPIPE_UNIVERSAL: dict[str, Any] = {
+    "pre_hooks": [], "post_hooks": [], "output_file": None, "output_dir": None, "output_ext": ".asdf",
+    "output_use_model": False, "output_use_index": True, "save_results": False, "suffix": None,
+    "search_output_file": True, "input_dir": "", "update_version": False,
+    "save_calibrated_ramp": False, "skip": False,
+}
 
 # romancal's names for steps inside a pipeline parameter file, where they differ from ours.
 ROMANCAL_STEP_NAMES = {"rampfit": "ramp_fit", "flatfield": "flat_field",
@@ -83,21 +87,45 @@ def add_step_arguments(parser: argparse.ArgumentParser, step: str) -> None:
 
 
 def resolve_parameters(step: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Merge the four sources in precedence order and validate the result."""
+    """The parameters of a script's command line (:func:`add_step_arguments`), see :func:`resolve`."""
+    return resolve(step, given={key[len("param_"):]: value for key, value in vars(args).items()
+                                if key.startswith("param_")},
+                   parameter_file=args.parameter_file, workflow=json.loads(args.workflow_params))
+
+
+def resolve(step: str, *, given: dict[str, Any] | None = None, parameter_file: Path | None = None,
+            workflow: dict[str, Any] | None = None, given_by: str = "the command line") -> dict[str, Any]:
+    """Merge the four sources in precedence order and validate the result.
+
+    ``given`` are the most significant values (a script's command line, a ``run_steps``
+    keyword); ``given_by`` names them in the error for an unknown one.
+    """
     values = step_defaults(step)
-    workflow = json.loads(args.workflow_params)
-    values.update(_checked(step, workflow, "the workflow config"))
-    if args.parameter_file is not None:
-        values.update(_checked(step, read_parameter_file(args.parameter_file, step),
-                               str(args.parameter_file)))
-    values.update({key[len("param_"):]: value for key, value in vars(args).items()
-                   if key.startswith("param_")})
+    values.update(_checked(step, workflow or {}, "the workflow config"))
+    if parameter_file is not None:
+        values.update(_checked(step, read_parameter_file(Path(parameter_file), step), str(parameter_file)))
+    values.update(_checked(step, given or {}, given_by, universal=False))
     try:
         jsonschema.validate(values, step_schema(step))
     except jsonschema.ValidationError as err:
         where = ".".join(map(str, err.absolute_path)) or step
         raise ParameterError(f"{step}: parameter {where}: {err.message}") from None
     return values
+
+
+def stpipe_settings(parameter_file: Path, step: str) -> dict[str, Any]:
+    """stpipe's universal parameters the file sets for ``step`` to other than their defaults."""
+    known = step_schema(step)["properties"]
+    return {name: value for name, value in read_parameter_file(Path(parameter_file), step).items()
+            if name in STPIPE_UNIVERSAL and name not in known
+            and value not in (STPIPE_UNIVERSAL[name], None, "", [])}
+
+
+def report_ignored(parameter_file: Path, settings: dict[str, Any], why: str) -> None:
+    """One warning line naming each stpipe parameter of ``settings`` that this run does not use."""
+    if settings:
+        log.warning("%s: stpipe parameter(s) ignored (%s): %s", parameter_file, why,
+                    ", ".join(f"{name}={value!r}" for name, value in sorted(settings.items())))
 
 
 def read_parameter_file(path: Path, step: str) -> dict[str, Any]:
@@ -145,9 +173,11 @@ def _load_tree(path: Path) -> dict:
     return tree
 
 
-def _checked(step: str, values: dict[str, Any], source: str) -> dict[str, Any]:
+def _checked(step: str, values: dict[str, Any], source: str, universal: bool = True) -> dict[str, Any]:
+    """The step's own parameters of ``values``; any other name is an error unless ``universal``
+    allows stpipe's (which :func:`stpipe_settings` reads on its own)."""
     known = step_schema(step)["properties"]
-    unknown = sorted(set(values) - set(known) - STPIPE_UNIVERSAL)
+    unknown = sorted(set(values) - set(known) - (set(STPIPE_UNIVERSAL) if universal else set()))
     if unknown:
         raise ParameterError(f"{source}: unknown parameter(s) for step {step}: "
                              f"{', '.join(_with_suggestion(name, known) for name in unknown)} "

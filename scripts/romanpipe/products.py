@@ -86,12 +86,17 @@ def open_model(path: str | Path, expected: tuple[type, ...] | None = None, *, me
 def open_level1(path: str | Path):
     """Open a Level 1 exposure: a ScienceRawModel or a ground-test TvacModel."""
     model = open_model(path, LEVEL1_MODELS)
+    check_level1(model, path)
+    return model
+
+
+def check_level1(model, name: str | Path) -> None:
+    """A Level 1 model's data must be a non-empty ramp; ``name`` names it in the error."""
     data = plain_array(model.data)
     if data.ndim != 3:
-        raise InputFileError(path, f"data has shape {data.shape}, expected (nresultants, nrows, ncols)")
+        raise InputFileError(name, f"data has shape {data.shape}, expected (nresultants, nrows, ncols)")
     if 0 in data.shape:
-        raise NoScienceDataError(f"{path}: data has shape {data.shape}: no resultants or no pixels")
-    return model
+        raise NoScienceDataError(f"{name}: data has shape {data.shape}: no resultants or no pixels")
 
 
 def plain_array(array) -> np.ndarray:

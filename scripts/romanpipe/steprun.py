@@ -1,8 +1,10 @@
-"""What every step script does around its kernel: arguments, references, provenance.
+"""What every step script does around its model-level ``run``: arguments, references, provenance.
 
-A script's ``main`` reads its input, calls its pure kernel and writes its
-product; this module holds the parts that would otherwise be written once per
-script.
+A step script has three layers: pure array kernels; ``run(model, step: StepRun) ->
+(model, status)``, the step on an open model; and ``main``, which reads its input, calls
+``run`` through :func:`run_step` and writes the product (:func:`run_script`). The Python API
+(:mod:`romanpipe.api`) calls the same ``run`` through :func:`run_step`, so a product made by
+hand, by the workflow or in a notebook has the same arrays, cal_step and provenance.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import repeat
 from pathlib import Path
@@ -20,7 +23,7 @@ from . import params as step_params
 from . import refs
 from .association import Association, listing, read_association, write_association
 from .cli import setup_logging
-from .errors import InputFileError, StepSkipped
+from .errors import InputFileError, ParameterError
 from .naming import STEP_SUFFIX, product_name
 from .products import COMPLETE, SKIPPED, file_sha256, open_model, set_cal_step, write_atomic
 
@@ -28,40 +31,121 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# stpipe parameters that name a by-hand run's product when no OUTPUT is given.
+OUTPUT_NAMING = ("output_dir", "output_file", "suffix")
+
 
 def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Namespace, dict]:
-    """``<script> INPUT OUTPUT [--param value ...]``: parse, set up logging, resolve parameters."""
+    """``<script> INPUT [OUTPUT] [--param value ...]``: parse, set up logging, resolve parameters.
+
+    Without OUTPUT the product is named as strun names it (:func:`default_output`); stpipe
+    parameters of the parameter file that this run does not use are named in one warning.
+    """
     parser = argparse.ArgumentParser(prog=f"{step}.py", description=description)
     parser.add_argument("input", type=Path, help="input product")
-    parser.add_argument("output", type=Path, help="output product (written atomically)")
+    parser.add_argument("output", type=Path, nargs="?",
+                        help="output product, written atomically (default: the input's name with the "
+                             "step's suffix in the current folder, or as the parameter file's "
+                             "output_dir, output_file and suffix say)")
     parser.add_argument("--mark-skipped", nargs="+", default=[], metavar="STEP",
                         help="earlier steps the workflow skipped, recorded as SKIPPED")
     step_params.add_step_arguments(parser, step)
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     values = step_params.resolve_parameters(step, args)
+    settings = step_params.stpipe_settings(args.parameter_file, step) if args.parameter_file else {}
+    if args.output is None:
+        args.output = default_output(step, args.input, settings)
+        settings = {name: value for name, value in settings.items() if name not in OUTPUT_NAMING}
+    step_params.report_ignored(args.parameter_file, settings,
+                               "no meaning for a run of one step")
     log.info("%s parameters: %s", step, values)
-    if values.get("skip"):
-        # By hand as in a pipeline: the input goes on unchanged and says so in cal_step.
-        if args.input.suffix == ".json":
-            association = read_association(args.input)
-            write_association_products((open_model(path) for path in association.members()), association,
-                                       args.output, step, STEP_SUFFIX[step], args, values,
-                                       statuses=repeat(SKIPPED))
-        else:
-            write_product(open_model(args.input), args.output, step, args, values, status=SKIPPED)
-        raise StepSkipped(f"{step} skipped: {args.input} passed on as {args.output}")
     return args, values
 
 
-def reference_file(reftype: str, parameters: dict[str, Any], model) -> Path:
-    """The ``override_<reftype>`` file when given (the workflow always gives one), else CRDS's pick."""
-    override = parameters.get(f"override_{reftype}")
-    path = Path(refs.reference_path(reftype, model.meta, override=override))
-    if not path.is_file():
-        raise InputFileError(path, f"{reftype.upper()} reference file not found")
-    log.info("using %s reference %s", reftype.upper(), path)
-    return path
+def default_output(step: str, input_path: Path, settings: dict[str, Any]) -> Path:
+    """strun's product name: ``output_file``, else the input's name with ``suffix`` (default the
+    step's), in ``output_dir`` (default the current folder)."""
+    folder = Path(settings.get("output_dir") or ".")
+    if settings.get("output_file"):
+        name = Path(settings["output_file"])
+        return folder / (name if name.suffix else name.with_suffix(".asdf"))
+    if input_path.suffix.lower() == ".json":
+        raise ParameterError(f"{input_path}: an association input needs an OUTPUT (or output_file "
+                             "in the parameter file)")
+    return product_name(input_path, settings.get("suffix") or STEP_SUFFIX[step], folder)
+
+
+def pass_on_skipped(step: str, args: argparse.Namespace, parameters: dict) -> None:
+    """A skipped step by hand, as in a pipeline: the input goes on unchanged and says so in cal_step."""
+    if args.input.suffix == ".json":
+        association = read_association(args.input)
+        write_association_products((open_model(path) for path in association.members()), association,
+                                   args.output, step, STEP_SUFFIX[step], args, parameters,
+                                   statuses=repeat(SKIPPED))
+    else:
+        write_product(open_model(args.input), args.output, step, args, parameters, status=SKIPPED)
+    log.info("%s skipped: %s passed on as %s", step, args.input, args.output)
+
+
+@dataclass
+class StepRun:
+    """One run of a step on one input: what its ``run`` needs besides the model.
+
+    ``input`` names the input in error messages (a file, or the model's name in the API);
+    ``output`` is the product's path, written or not: side products a parameter asks for
+    (catalogs, ``_fitopt``) are named from it and go beside it. ``exposure`` is the input's
+    ``meta``, which selects the reference files; ``references`` holds those :meth:`reference`
+    returned, for the provenance.
+    """
+
+    name: str
+    parameters: dict[str, Any]
+    input: Path | str
+    output: Path
+    exposure: Any
+    references: dict[str, Path] = field(default_factory=dict)
+
+    def reference(self, reftype: str) -> Path:
+        """The ``override_<reftype>`` file when given (the workflow always gives one), else CRDS's pick."""
+        if reftype not in self.references:
+            override = self.parameters.get(f"override_{reftype}")
+            path = Path(refs.reference_path(reftype, self.exposure, override=override))
+            if not path.is_file():
+                raise InputFileError(path, f"{reftype.upper()} reference file not found")
+            log.info("using %s reference %s", reftype.upper(), path)
+            self.references[reftype] = path
+        return self.references[reftype]
+
+
+# A step's model-level function: the input model -> (the product, its cal_step status).
+StepFunction = Callable[[Any, StepRun], tuple[Any, str]]
+
+
+def run_step(run: StepFunction, model, step: StepRun, mark_skipped: Sequence[str] = ()):
+    """``run`` on ``model``, then the product's cal_step and provenance recorded (not written)."""
+    product, status = run(model, step)
+    record_step(product, step.name, step.parameters, step.references, status, mark_skipped)
+    return product
+
+
+def run_script(step: str, doc: str, input_models: tuple[type, ...], run: StepFunction, argv=None) -> None:
+    """The ``main`` of an exposure-level step script: parse, then :func:`run_on_file`, or
+    :func:`pass_on_skipped` when the step is skipped."""
+    args, parameters = parse_step_args(step, doc.split("\n\n")[0], argv)
+    if parameters.get("skip"):
+        pass_on_skipped(step, args, parameters)
+    else:
+        run_on_file(step, run, input_models, args, parameters)
+
+
+def run_on_file(step: str, run: StepFunction, input_models: tuple[type, ...], args: argparse.Namespace,
+                parameters: dict[str, Any]) -> None:
+    """Read INPUT (one of ``input_models``), ``run`` the step, write OUTPUT."""
+    with open_model(args.input, input_models) as model:
+        product = run_step(run, model, StepRun(step, parameters, args.input, args.output, model.meta),
+                           args.mark_skipped)
+        write_atomic(product, args.output)
 
 
 @cache
@@ -96,14 +180,20 @@ def record_provenance(model, step: str, parameters: dict[str, Any],
     model.meta["provenance"] = provenance
 
 
-def write_product(model, output: Path, step: str, args: argparse.Namespace,
-                  parameters: dict[str, Any], references: dict[str, Path] | None = None,
-                  status: str = COMPLETE) -> Path:
-    """Record cal_step (this step and any the workflow skipped), provenance, then write atomically."""
-    for skipped in args.mark_skipped:
+def record_step(model, step: str, parameters: dict[str, Any], references: dict[str, Path] | None = None,
+                status: str = COMPLETE, mark_skipped: Iterable[str] = ()) -> None:
+    """Record cal_step (this step and any the workflow skipped before it) and provenance."""
+    for skipped in mark_skipped:
         set_cal_step(model, skipped, SKIPPED)
     set_cal_step(model, step, status)
     record_provenance(model, step, parameters, references)
+
+
+def write_product(model, output: Path, step: str, args: argparse.Namespace,
+                  parameters: dict[str, Any], references: dict[str, Path] | None = None,
+                  status: str = COMPLETE) -> Path:
+    """Record cal_step and provenance (:func:`record_step`), then write atomically."""
+    record_step(model, step, parameters, references, status, args.mark_skipped)
     return write_atomic(model, output)
 
 
