@@ -29,6 +29,7 @@ import jsonschema
 import yaml
 
 from .errors import ParameterError
+from .steps import ROMANCAL_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,19 @@ def read_parameter_file(path: Path, step: str) -> dict[str, Any]:
     if "parameters" not in tree:
         raise ParameterError(f"{path}: a parameter file needs 'parameters' or 'steps'")
     return _step_entry_parameters(tree, path.parent)
+
+
+def named_step(path: Path) -> str | None:
+    """The step a step-form parameter file names (``name``, or romancal's ``class``); None for a
+    pipeline file or a step file that names none of ours."""
+    tree = _load_tree(Path(path))
+    if "steps" in tree:
+        return None
+    name = ROMANCAL_STEP_NAMES.get(tree.get("name"), tree.get("name"))
+    if name in ROMANCAL_CLASS:
+        return name
+    by_class = {cls.rsplit(".", 1)[1]: step for step, cls in ROMANCAL_CLASS.items()}
+    return by_class.get(str(tree.get("class", "")).rsplit(".", 1)[-1])
 
 
 def _step_entry_parameters(entry: dict, base_dir: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from romanpipe.exposure_types import (  # noqa: E402
 from romanpipe import refs  # noqa: E402
 from romanpipe.product_sizes import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
+from romanpipe.steps import STEP_REFTYPES  # noqa: E402
 
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
@@ -56,20 +57,6 @@ PYTHON = (
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
     else sys.executable
 )
-
-# The reference types each exposure-level step reads.
-STEP_REFTYPES = {
-    "dq_init": ["mask"],
-    "saturation": ["saturation"],
-    "refpix": ["refpix"],
-    "linearity": ["linearity"],
-    "dark_current": ["dark"],
-    "jump": ["gain", "readnoise"],
-    "ramp_fit": ["gain", "readnoise", "dark"],
-    "assign_wcs": ["distortion"],
-    "flat_field": ["flat"],
-    "photom": ["photom"],
-}
 
 
 wildcard_constraints:

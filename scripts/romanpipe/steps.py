@@ -1,0 +1,93 @@
+"""The steps: what each one reads, its romancal class, and its script as a module.
+
+Each step is a script, ``scripts/<step>.py``, beside this package (the workflow runs it,
+a user runs it by hand). The Python API and the ``romanpipe`` command import the same
+scripts as modules, from that folder; importing this module loads none of them (the
+workflow imports it at every Snakemake start).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+from .errors import ParameterError
+from .exposure_types import EXPOSURE_STEPS
+from .naming import STEP_SUFFIX
+
+SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+
+STEPS = tuple(STEP_SUFFIX)
+# The association-level steps, after the exposures' _cal products.
+MOSAIC_STEPS = tuple(step for step in STEPS if step not in EXPOSURE_STEPS)
+
+# The reference types each exposure-level step reads.
+STEP_REFTYPES = {
+    "dq_init": ["mask"],
+    "saturation": ["saturation"],
+    "refpix": ["refpix"],
+    "linearity": ["linearity"],
+    "dark_current": ["dark"],
+    "jump": ["gain", "readnoise"],
+    "ramp_fit": ["gain", "readnoise", "dark"],
+    "assign_wcs": ["distortion"],
+    "flat_field": ["flat"],
+    "photom": ["photom"],
+}
+
+# The romancal class each step follows, as a parameter file's ``class`` names it.
+ROMANCAL_CLASS = {
+    "dq_init": "romancal.step.DQInitStep",
+    "saturation": "romancal.step.SaturationStep",
+    "refpix": "romancal.step.RefPixStep",
+    "linearity": "romancal.step.LinearityStep",
+    "dark_current": "romancal.step.DarkCurrentStep",
+    "jump": "romancal.step.JumpStep",
+    "ramp_fit": "romancal.step.RampFitStep",
+    "assign_wcs": "romancal.step.AssignWcsStep",
+    "flat_field": "romancal.step.FlatFieldStep",
+    "photom": "romancal.step.PhotomStep",
+    "source_detection": "romancal.step.SourceCatalogStep",
+    "tweakreg": "romancal.step.TweakRegStep",
+    "flux": "romancal.step.FluxStep",
+    "skymatch": "romancal.step.SkyMatchStep",
+    "outlier_detection": "romancal.step.OutlierDetectionStep",
+    "resample": "romancal.step.ResampleStep",
+}
+
+
+def checked_step(step: str) -> str:
+    """``step`` if it is one of ours, else a ParameterError that lists them."""
+    if step not in STEP_SUFFIX:
+        raise ParameterError(f"unknown step {step!r} (steps: {', '.join(STEPS)})")
+    return step
+
+
+def script_path(step: str) -> Path:
+    return SCRIPTS_DIR / f"{checked_step(step)}.py"
+
+
+@cache
+def summary(step: str) -> str:
+    """The first line of the step script's docstring, without the leading ``<step>:``."""
+    docstring = ast.get_docstring(ast.parse(script_path(step).read_text())) or ""
+    return docstring.split("\n", 1)[0].removeprefix(f"{step}:").strip()
+
+
+def step_module(step: str) -> ModuleType:
+    """The step's script as a module (imported once, under its own name, as the tests do).
+
+    The scripts folder goes at the end of ``sys.path`` if it is not there (an editable
+    install puts it there): tweakreg imports another script.
+    """
+    path = script_path(step)
+    if str(SCRIPTS_DIR) not in sys.path:
+        sys.path.append(str(SCRIPTS_DIR))
+    module = importlib.import_module(step)
+    if Path(module.__file__).resolve() != path:
+        raise ImportError(f"module {step!r} is {module.__file__}, not the step script {path}")
+    return module
