@@ -50,6 +50,7 @@ STPIPE_UNIVERSAL: dict[str, Any] = {
 # romancal's names for steps inside a pipeline parameter file, where they differ from ours.
 ROMANCAL_STEP_NAMES = {"rampfit": "ramp_fit", "flatfield": "flat_field",
                        "source_catalog": "source_detection"}
+ROMANCAL_NAME = {ours: theirs for theirs, ours in ROMANCAL_STEP_NAMES.items()}
 
 
 @cache

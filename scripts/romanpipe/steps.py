@@ -16,14 +16,13 @@ from pathlib import Path
 from types import ModuleType
 
 from .errors import ParameterError
-from .exposure_types import EXPOSURE_STEPS
 from .naming import STEP_SUFFIX
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 
 STEPS = tuple(STEP_SUFFIX)
-# The association-level steps, after the exposures' _cal products.
-MOSAIC_STEPS = tuple(step for step in STEPS if step not in EXPOSURE_STEPS)
+# Steps whose script takes one image or an association (the others take one or the other).
+IMAGE_OR_ASSOCIATION_STEPS = ("tweakreg", "flux")
 
 # The reference types each exposure-level step reads.
 STEP_REFTYPES = {
