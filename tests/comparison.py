@@ -2,7 +2,7 @@
 from what names the run.
 
 Shared by the tests that run the same campaign two ways (SLURM and local, interrupted and
-not) and require the same products.
+not, the workflow and the Python API) and require the same products.
 """
 
 import re
@@ -45,6 +45,15 @@ def model_differences(path_a: Path, path_b: Path) -> list[str]:
     if used_a != used_b:
         problems.append(f"{path_a.name}: ASDF extensions differ: {used_a} != {used_b}")
     return problems
+
+
+def in_memory_differences(model, path: Path) -> list[str]:
+    """What differs between a model in memory (the Python API's) and the product at ``path``:
+    as :func:`model_differences`, but for the file's name, which only a written product has."""
+    with rdm.open(path) as written:
+        flat = [{key: value for key, value in tree.to_flat_dict().items() if key != "roman.meta.filename"}
+                for tree in (model, written)]
+        return flat_differences(*flat, path, path)
 
 
 def flat_differences(flat_a: dict, flat_b: dict, path_a: Path, path_b: Path) -> list[str]:

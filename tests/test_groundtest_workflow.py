@@ -2,8 +2,10 @@
 small simulated TVAC set (one bright-star exposure, one dark) runs dq_init -> saturation -> refpix
 -> linearity and nothing else."""
 
+from romanpipe import refs, run_steps
 from romanpipe.dqflags import pixel
 from romanpipe.naming import split_suffix
+from romanpipe.steps import STEP_REFTYPES
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ import yaml
 from roman_datamodels import datamodels
 
 import simulate
+from comparison import in_memory_differences
 from test_workflow import snakemake
 from wfisim.groundtest import truth_path
 from wfisim.truth import read_truth
@@ -118,3 +121,19 @@ def test_saturation_flags_of_the_bright_exposure_match_the_truth(groundtest_run)
         window = truth["guide_window"]
         assert gw_columns[:, window["xstart"]:window["xstop"]].all()
         assert gw_columns.sum() == 128 * (window["xstop"] - window["xstart"])
+
+
+def test_the_python_api_gives_the_workflow_product(groundtest_run, crds_environment, monkeypatch):
+    """The README's notebook call on the bright exposure, given the references the pool selected
+    (as the rules give them): the workflow's _linearity product, bit for bit and in its metadata."""
+    monkeypatch.chdir(groundtest_run)
+    monkeypatch.setenv("CRDS_PATH", str(groundtest_run / "crds_cache"))
+    refs.configure_crds()
+    pool = pd.read_csv(groundtest_run / "results" / "pool.csv").set_index("exposure")
+    bright = pool.index[pool["exposure_type"] == "WFI_IMAGE"][0]
+    overrides = {step: {f"override_{reftype}": pool.loc[bright, f"ref_{reftype}"]
+                        for reftype in STEP_REFTYPES[step]} for step in STEPS}
+    ramp = run_steps(groundtest_run / "uncal" / f"{bright}_uncal.asdf", STEPS, **overrides)
+    assert isinstance(ramp, datamodels.RampModel)
+    product = groundtest_run / "results" / "exposures" / f"{bright}_linearity.asdf"
+    assert in_memory_differences(ramp, product) == []
