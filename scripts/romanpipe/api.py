@@ -85,8 +85,9 @@ def _check_steps(names: list[str], step_parameters: Mapping[str, Any]) -> None:
     for step in names:
         step_catalog.checked_step(step)
         if step not in EXPOSURE_STEPS:
-            raise ParameterError(f"{step} works on an association of calibrated images: scripts/{step}.py "
-                                 f"or the workflow (run_steps takes {', '.join(EXPOSURE_STEPS)})")
+            raise ParameterError(f"{step} works on an association of calibrated images: run it with "
+                                 f"scripts/{step}.py or the workflow; run_steps takes "
+                                 f"{', '.join(EXPOSURE_STEPS)}")
     for step, values in step_parameters.items():
         if step not in names:
             raise ParameterError(f"run_steps({step}=...): {step} is not among the steps {names}")
