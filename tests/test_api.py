@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from romanpipe import cli, refs, run_steps
+from romanpipe import cli, params, refs, run_steps
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.exposure_types import EXPOSURE_STEPS
 from romanpipe.naming import STEP_SUFFIX
@@ -119,7 +119,9 @@ def test_the_parameter_file_is_below_the_keywords(in_campaign, tmp_path):
     ramp = run_steps(uncal, ["dq_init", "saturation"], parameter_file=pfile, saturation={"n_pix_grow_sat": 1})
     used = ramp.meta.provenance["saturation"]["parameters"]
     assert (used["n_pix_grow_sat"], used["backup"]) == (1, 1)  # the keyword, then the file
-    assert ramp.meta.provenance["dq_init"]["parameters"] == {}  # a saturation file: not dq_init's
+    # A saturation file: dq_init keeps its defaults.
+    defaults = {name: value for name, value in params.step_defaults("dq_init").items() if value is not None}
+    assert ramp.meta.provenance["dq_init"]["parameters"] == defaults
 
 
 def test_override_reference_wins_over_crds(in_campaign, tmp_path):
