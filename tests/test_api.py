@@ -104,11 +104,13 @@ def test_a_model_in_memory_is_left_unchanged(in_campaign, tmp_path):
     assert differences(saturated, scripts["saturation"]) == []
 
 
-def test_a_skipped_step_passes_its_input_on_and_says_so(in_campaign):
+def test_a_skipped_step_passes_its_input_on_and_says_so(in_campaign, tmp_path):
     uncal, _ = in_campaign
-    ramp = run_steps(uncal, ["dq_init", "saturation"], saturation={"skip": True})
+    ramp = run_steps(uncal, ["dq_init", "saturation"], saturation={"skip": True}, output_dir=tmp_path)
     assert ramp.meta.cal_step.saturation == "SKIPPED"
     assert not (np.asarray(ramp.groupdq) & 2).any()  # no SATURATED flag
+    # The last step's product is written even when that step was skipped.
+    assert [path.name for path in tmp_path.iterdir()] == [uncal.name.replace("_uncal", "_saturation")]
 
 
 def test_the_parameter_file_is_below_the_keywords(in_campaign, tmp_path):

@@ -69,13 +69,13 @@ def run_steps(input: str | Path | Any, steps: str | Sequence[str], *,
         if parameters.get("skip"):
             record_step(model, step, parameters, status=SKIPPED)
             log.info("%s skipped: its input passed on", step)
-            continue
-        module = step_catalog.step_module(step)
-        if not isinstance(model, module.INPUT_MODELS):
-            expected = " or ".join(kind.__name__ for kind in module.INPUT_MODELS)
-            raise InputFileError(source, f"{step} takes a {expected}, the input of the step is a "
-                                         f"{type(model).__name__}")
-        model = run_step(module.run, model, StepRun(step, parameters, source, output, model.meta))
+        else:
+            module = step_catalog.step_module(step)
+            if not isinstance(model, module.INPUT_MODELS):
+                expected = " or ".join(kind.__name__ for kind in module.INPUT_MODELS)
+                raise InputFileError(source, f"{step} takes a {expected}, the input of the step is a "
+                                             f"{type(model).__name__}")
+            model = run_step(module.run, model, StepRun(step, parameters, source, output, model.meta))
         if output_dir is not None and (save_intermediates or index == len(names) - 1):
             write_atomic(model, output)
     return model

@@ -57,8 +57,7 @@ def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Na
     if args.output is None:
         args.output = default_output(step, args.input, settings)
         settings = {name: value for name, value in settings.items() if name not in OUTPUT_NAMING}
-    step_params.report_ignored(args.parameter_file, settings,
-                               "no meaning for a run of one step")
+    step_params.report_ignored(args.parameter_file, settings, "no meaning for a run of one step")
     log.info("%s parameters: %s", step, values)
     return args, values
 
