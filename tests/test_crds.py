@@ -236,12 +236,12 @@ def test_delivery_names_a_file_without_a_serial_after_the_cache_and_the_delivery
     context = crds_cache.deliver(cache, [loose, named, saturation])
     # the cache holds flats 0001-0003 and saturations 0001-0003; this delivery names flat 0007
     delivered = {path.name for path in crds_cache.references_dir(cache).iterdir()}
-    assert {"roman_wfi_flat_0008.asdf", "roman_wfi_flat_0007.asdf", "roman_wfi_saturation_0004.asdf"} <= delivered
+    new = {"roman_wfi_flat_0007.asdf", "roman_wfi_flat_0008.asdf", "roman_wfi_saturation_0004.asdf"}
+    assert new <= delivered
     assert "my flat.asdf" not in delivered and "sat.asdf" not in delivered
-    assert crds_cache.context_references(cache, context) == sorted(
-        {"roman_wfi_flat_0001.asdf", "roman_wfi_flat_0002.asdf", "roman_wfi_flat_0003.asdf",
-         "roman_wfi_flat_0007.asdf", "roman_wfi_flat_0008.asdf", "roman_wfi_saturation_0001.asdf",
-         "roman_wfi_saturation_0002.asdf", "roman_wfi_saturation_0003.asdf", "roman_wfi_saturation_0004.asdf"})
+    first = {f"roman_wfi_{reftype}_000{serial}.asdf"
+             for reftype in ("flat", "saturation") for serial in (1, 2, 3)}
+    assert crds_cache.context_references(cache, context) == sorted(first | new)
     selected = refs.best_references(refs.selection_parameters(exposure("WFI03", "2027-01-01T00:00:00")),
                                     ["flat", "saturation"])
     assert {reftype: Path(path).name for reftype, path in selected.items()} == {
