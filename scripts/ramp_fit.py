@@ -5,20 +5,24 @@ Casertano et al. (2022) with the integrated jump detection (``use_ramp_jump_dete
 thresholds ``threshold_intercept`` / ``threshold_constant``; the documented queue and
 threshold, each candidate's significance from exact variances); ``algorithm=ols`` fits even
 ramps after Fixsen et al. (2000) and can write the per-segment ``_fitopt`` product
-(``save_opt``, ``opt_name``). The formulas are in ``rampfit_kernels.cas22`` and
-``rampfit_kernels.ols``. GAIN (e/DN) turns DN into electrons for the noise model,
-READNOISE is the noise of one read (DN), and the DARK reference's dark_slope (DN/s) is
+(``save_opt``, ``opt_name``); ``algorithm=likely`` is romancal 1.1's default, the
+maximum-likelihood fit of the resultant differences after Brandt (2024) with its iterative
+jump rejection (``rejection_threshold``). The formulas are in ``rampfit_kernels.cas22``,
+``rampfit_kernels.ols`` and ``rampfit_kernels.likely``. GAIN (e/DN) turns DN into
+electrons for the noise model, READNOISE is the noise of one read (DN), and the DARK
+reference's dark_slope (DN/s) is
 added back to the dark-subtracted ramp for its Poisson noise and removed from the slope.
 
 The product is an ImageModel of the 4088 x 4088 science pixels (border_ref_pix_*, their
-DQ and amp33 carried over): data = slope, VAR_POISSON, VAR_RNOISE, ERR = sqrt(VAR_POISSON +
-VAR_RNOISE), DQ = PIXELDQ | every GROUPDQ flag but DO_NOT_USE | JUMP_DET for jumps found |
-DO_NOT_USE (and NaN data and errors) where no slope could be measured. chisq is zero
-(neither algorithm computes one, as in romancal); dumo is the read-noise-weighted slope
+DQ and amp33 carried over): data = slope, VAR_POISSON, VAR_RNOISE (left out with
+``include_var_rnoise`` false), ERR = sqrt(VAR_POISSON + VAR_RNOISE), DQ = PIXELDQ | every
+GROUPDQ flag but DO_NOT_USE | JUMP_DET for jumps found | DO_NOT_USE (and NaN data and
+errors) where no slope could be measured. chisq is the likely fit's chi^2, zero for the
+others (they compute none, as in romancal); dumo is the read-noise-weighted slope
 of all resultants minus the fitted one (romancal's definition).
 
     python scripts/ramp_fit.py r..._darkcurrent.asdf r..._rampfit.asdf \\
-        --override-gain G --override-readnoise R --override-dark D [--algorithm ols]
+        --override-gain G --override-readnoise R --override-dark D [--algorithm likely]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from asdf.exceptions import ValidationError
 from roman_datamodels import datamodels
 
 from rampfit_kernels.cas22 import fit_ramps_cas22
+from rampfit_kernels.likely import fit_ramps_likely
 from rampfit_kernels.ols import SegmentFits, fit_ramps_ols
 from rampfit_kernels.pixelwise import RampFit
 
@@ -60,8 +65,12 @@ CARRIED_ARRAYS = ("amp33", "border_ref_pix_left", "border_ref_pix_right", "borde
 PHOTOMETRY_KEYS = ("conversion_megajanskys", "conversion_megajanskys_uncertainty", "pixel_area")
 
 
-def image_model(ramp, fit: RampFit):
-    """The rate ImageModel: the ramp's metadata, the fit's arrays, the ramp's reference pixels."""
+def image_model(ramp, fit: RampFit, *, include_var_rnoise: bool = True):
+    """The rate ImageModel: the ramp's metadata, the fit's arrays, the ramp's reference pixels.
+
+    Without ``include_var_rnoise`` VAR_RNOISE is left out, as romancal does by default
+    (ERR and VAR_POISSON still hold it: VAR_RNOISE = ERR^2 - VAR_POISSON).
+    """
     image = datamodels.ImageModel.create_from_model({"meta": copy.deepcopy(ramp["meta"])})
     image.meta.model_type = "ImageModel"
     image.meta.product_type = "l2"
@@ -72,8 +81,10 @@ def image_model(ramp, fit: RampFit):
     image.dq = fit.dq
     image.err = as_float16(fit.err)
     image.var_poisson = as_float16(fit.var_poisson)
-    image.var_rnoise = as_float16(fit.var_rnoise)
-    image.chisq = np.zeros(fit.slope.shape, dtype=np.float16)
+    if include_var_rnoise:
+        image.var_rnoise = as_float16(fit.var_rnoise)
+    # Only the likely fit computes a chi^2; romancal writes zeros for the others.
+    image.chisq = np.zeros(fit.slope.shape, dtype=np.float16) if fit.chisq is None else as_float16(fit.chisq)
     image.dumo = as_float16(fit.uniform_minus_optimal)
     for name in CARRIED_ARRAYS:
         image[name] = plain_array(ramp[name]).copy()
@@ -125,7 +136,7 @@ def run(ramp, step: StepRun):
         fit, segments = fit_ramp_model(ramp, references, paths, parameters, step.input)
     if segments is not None:
         write_atomic(fitopt_model(ramp, segments), fitopt_path(step.output, parameters["opt_name"]))
-    return image_model(ramp, fit), COMPLETE
+    return image_model(ramp, fit, include_var_rnoise=parameters["include_var_rnoise"]), COMPLETE
 
 
 def main(argv=None) -> None:
@@ -148,12 +159,12 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
 
     exposure = ramp.meta.exposure
     algorithm = parameters["algorithm"]
-    if algorithm == "ols_cas22" and (parameters["save_opt"] or parameters["opt_name"]):
+    if algorithm != "ols" and (parameters["save_opt"] or parameters["opt_name"]):
         log.warning("save_opt and opt_name apply to algorithm ols only: no _fitopt product")
     if algorithm == "ols" and parameters["use_ramp_jump_detection"]:
         # The parameter's default is True, so this is the normal case for ols: no warning.
-        log.info("use_ramp_jump_detection applies to ols_cas22; ols splits ramps at the "
-                 "JUMP_DET flags of the jump step")
+        log.info("use_ramp_jump_detection applies to ols_cas22 and likely; ols splits ramps at "
+                 "the JUMP_DET flags of the jump step")
     inputs = (science_pixels(data), science_pixels(plain_array(ramp.groupdq)),
               science_pixels(plain_array(ramp.pixeldq)), planes["gain"], planes["readnoise"],
               planes["dark"], [list(reads) for reads in exposure.read_pattern], float(exposure.frame_time))
@@ -164,6 +175,9 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
             fit = fit_ramps_cas22(*inputs, use_jump=parameters["use_ramp_jump_detection"],
                                   threshold_intercept=parameters["threshold_intercept"],
                                   threshold_constant=parameters["threshold_constant"], **common)
+        elif algorithm == "likely":
+            fit = fit_ramps_likely(*inputs, use_jump=parameters["use_ramp_jump_detection"],
+                                   rejection_threshold=parameters["rejection_threshold"], **common)
         else:
             fit, segments = fit_ramps_ols(*inputs, save_opt=parameters["save_opt"], **common)
     except ValueError as err:

@@ -24,6 +24,7 @@ import saturation
 from conftest import EXPO, TINY_SHAPE, make_level1
 from rampfit_kernels import cas22
 from rampfit_kernels.cas22 import build_tables, fit_ramps_cas22
+from rampfit_kernels.likely import fit_ramps_likely
 from rampfit_kernels.ols import fit_ramps_ols
 from rampfit_kernels.readout import resultant_times
 from wfisim.detector import build_detector
@@ -749,9 +750,9 @@ def rampfit_references(tmp_path):
     return paths
 
 
-def ramp_file(tmp_path, mask_file, saturation_file):
-    """The conftest's tiny exposure, with a frame time, through dq_init and saturation."""
-    level1 = make_level1()
+def ramp_file(tmp_path, mask_file, saturation_file, level1=None):
+    """The conftest's tiny exposure (or ``level1``), with a frame time, through dq_init and saturation."""
+    level1 = make_level1() if level1 is None else level1
     level1.meta.exposure.frame_time = 3.04
     level1_path = tmp_path / f"{EXPO}_uncal.asdf"
     level1.to_asdf(level1_path)
@@ -825,6 +826,39 @@ def test_script_uneven_ramp_with_ols_fails_in_one_line(tmp_path, mask_file, satu
     assert "use ols_cas22" in caplog.text
 
 
+def test_script_likely_writes_chi_square_and_can_leave_out_var_rnoise(tmp_path, mask_file,
+                                                                      saturation_file, rampfit_references):
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    level1 = make_level1(shape=(table.nresultants, *TINY_SHAPE[1:]), read_pattern=table.read_pattern_lists())
+    ramp_path = ramp_file(tmp_path, mask_file, saturation_file, level1)
+    out = tmp_path / f"{EXPO}_rampfit.asdf"
+    assert ramp_fit.cli.run(ramp_fit.main, [str(ramp_path), str(out), *reference_options(rampfit_references),
+                                            "--algorithm", "likely", "--include-var-rnoise", "false"]) == 0
+    with rdm.open(ramp_path) as ramp, rdm.open(out) as image:
+        inner = np.s_[..., 4:-4, 4:-4]
+        expected = fit_ramps_likely(np.asarray(ramp.data)[inner], np.asarray(ramp.groupdq)[inner],
+                                    np.asarray(ramp.pixeldq)[inner], planes((8, 8), GAIN),
+                                    planes((8, 8), READ_NOISE), planes((8, 8), 0.01),
+                                    [list(r) for r in ramp.meta.exposure.read_pattern],
+                                    ramp.meta.exposure.frame_time)
+        np.testing.assert_array_equal(image.data, expected.slope)
+        np.testing.assert_array_equal(image.dq, expected.dq)
+        np.testing.assert_array_equal(image.chisq, expected.chisq.astype(np.float16))
+        assert np.isfinite(expected.chisq).any() and np.any(expected.chisq != 0)
+        assert "var_rnoise" not in image
+        np.testing.assert_array_equal(image.err, expected.err.astype(np.float16))
+        assert image.meta.provenance["ramp_fit"]["parameters"]["algorithm"] == "likely"
+
+
+def test_script_likely_on_three_resultants_fails_in_one_line(tmp_path, mask_file, saturation_file,
+                                                             rampfit_references, caplog):
+    ramp_path = ramp_file(tmp_path, mask_file, saturation_file)  # the conftest's 3 resultants
+    out = tmp_path / f"{EXPO}_rampfit.asdf"
+    arguments = [str(ramp_path), str(out), *reference_options(rampfit_references), "--algorithm", "likely"]
+    assert ramp_fit.cli.run(ramp_fit.main, arguments) == 1 and not out.exists()
+    assert "needs 4 or more" in caplog.text and str(ramp_path) in caplog.text
+
+
 # ---------------------------------------------------------------- parity with romancal (peer extra)
 
 class CosmicRays(RampEffect):
@@ -839,26 +873,18 @@ class CosmicRays(RampEffect):
         charge[hit] += self.charge[chunk.rows][hit]
 
 
-@pytest.mark.peer
-def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment):
-    """Same ramp, same GAIN/READNOISE: romancal 1.1 RampFitStep(ols_cas22) against ours.
+def simulated_exposure(tmp_path, table, seed=4):
+    """A 264^2 detector on ``table``: 5 % of its pixels 10-3000 e/s, the rest a 1 e/s sky, cosmic rays,
+    saturation flagged; written as a ramp with GAIN, READNOISE and (zero) DARK references.
 
-    Ours with the documented power choice and jump statistic must match; our default
-    differs where the choice of P does (a 1 e/s sky on IMG_UNEVEN_6 sits on a table edge,
-    see cas22) and where its exact jump statistic finds cosmic rays the documented one
-    misses: against the injected truth it must flag at least as many hit pixels as the
-    peer and no more pixels without a hit.
+    Returns (ramp model, ramp path, reference paths, detector, cosmic rays).
     """
-    pytest.importorskip("romancal")
-    from romancal.ramp_fitting import RampFitStep
-
-    table = MA_TABLES["IMG_UNEVEN_6"]
-    detector = build_detector("WFI01", (264, 264), seed=4)
-    rng = np.random.default_rng(4)
-    bright = rng.random(detector.shape) < 0.05  # 5 % of the pixels 10-3000 e/s, the rest a 1 e/s sky
+    detector = build_detector("WFI01", (264, 264), seed=seed)
+    rng = np.random.default_rng(seed)
+    bright = rng.random(detector.shape) < 0.05
     sky_and_stars = np.where(bright, 10 ** rng.uniform(1, 3.5, detector.shape), 1.0)
     cosmic_rays = CosmicRays(detector.shape, table.last_read, rng)
-    ramp = simulate_ramp(detector.electron_rate(sky_and_stars), detector.science_readout(), table, seed=4,
+    ramp = simulate_ramp(detector.electron_rate(sky_and_stars), detector.science_readout(), table, seed=seed,
                          effects=[cosmic_rays])
     level1 = make_level1(shape=ramp.resultants.shape, read_pattern=table.read_pattern_lists())
     level1.data = ramp.resultants
@@ -879,15 +905,13 @@ def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment)
     dark.dark_slope = np.zeros(detector.shape, np.float32)  # romancal adds no dark back
     references["dark"] = tmp_path / "roman_wfi_dark_0001.asdf"
     dark.to_asdf(references["dark"])
+    return ramp_model, ramp_path, references, detector, cosmic_rays
 
-    ours_path = tmp_path / f"{EXPO}_rampfit.asdf"
-    assert ramp_fit.cli.run(ramp_fit.main,
-                            [str(ramp_path), str(ours_path), *reference_options(references)]) == 0
-    inner = np.s_[..., 4:-4, 4:-4]
-    documented = fit_ramps_cas22(np.asarray(ramp_model.data)[inner], ramp_model.groupdq[inner],
-                                 np.asarray(ramp_model.pixeldq)[inner], detector.gain[inner],
-                                 detector.read_noise[inner], None, table.read_pattern_lists(),
-                                 table.frame_time, power_signal="endpoints", jump_statistic="documented")
+
+def romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, algorithm):
+    """romancal 1.1's RampFitStep on the ramp with the GAIN and READNOISE references."""
+    pytest.importorskip("romancal")
+    from romancal.ramp_fitting import RampFitStep
 
     cache = tmp_path / "crds_cache"  # romancal asks CRDS for a context even with overrides
     crds_cache.deliver(cache, [references["gain"], references["readnoise"]])
@@ -896,8 +920,32 @@ def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment)
     monkeypatch.setenv("CRDS_SERVER_URL", "https://crds-serverless-mode.stsci.edu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ols_cas22 is deprecated in romancal 1.1
-        peer = RampFitStep.call(str(ramp_path), algorithm="ols_cas22", override_gain=str(references["gain"]),
+        return RampFitStep.call(str(ramp_path), algorithm=algorithm, override_gain=str(references["gain"]),
                                 override_readnoise=str(references["readnoise"]))
+
+
+@pytest.mark.peer
+def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment):
+    """Same ramp, same GAIN/READNOISE: romancal 1.1 RampFitStep(ols_cas22) against ours.
+
+    Ours with the documented power choice and jump statistic must match; our default
+    differs where the choice of P does (a 1 e/s sky on IMG_UNEVEN_6 sits on a table edge,
+    see cas22) and where its exact jump statistic finds cosmic rays the documented one
+    misses: against the injected truth it must flag at least as many hit pixels as the
+    peer and no more pixels without a hit.
+    """
+    pytest.importorskip("romancal")
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    ramp_model, ramp_path, references, detector, cosmic_rays = simulated_exposure(tmp_path, table)
+    ours_path = tmp_path / f"{EXPO}_rampfit.asdf"
+    assert ramp_fit.cli.run(ramp_fit.main,
+                            [str(ramp_path), str(ours_path), *reference_options(references)]) == 0
+    inner = np.s_[..., 4:-4, 4:-4]
+    documented = fit_ramps_cas22(np.asarray(ramp_model.data)[inner], ramp_model.groupdq[inner],
+                                 np.asarray(ramp_model.pixeldq)[inner], detector.gain[inner],
+                                 detector.read_noise[inner], None, table.read_pattern_lists(),
+                                 table.frame_time, power_signal="endpoints", jump_statistic="documented")
+    peer = romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, "ols_cas22")
 
     peer_jump = (peer.dq & JUMP) != 0
     with rdm.open(ours_path) as ours:
@@ -922,3 +970,48 @@ def test_parity_with_romancal_ols_cas22(tmp_path, monkeypatch, crds_environment)
     assert np.median(default) <= 0.01 and default_jumps_agree >= 0.995
     assert (ours_jump & hit).sum() >= (peer_jump & hit).sum()
     assert (ours_jump & ~hit).sum() <= (peer_jump & ~hit).sum()
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("table_name", UNEVEN_TABLES)
+def test_parity_with_romancal_likely(tmp_path, monkeypatch, crds_environment, table_name):
+    """Same ramp, same GAIN/READNOISE: romancal 1.1 RampFitStep(likely) (stcal 1.20's fit) against
+    ours. Where no resultant saturates: median |difference| / ERR <= 0.01, its 99.9th percentile
+    <= 0.1, ERR the same to float16 rounding, and the JUMP_DET flags of >= 99.9 % of the pixels
+    the same (measured on both tables: every slope and every flag the same).
+
+    Where the ramp saturates, stcal's rate guess (the median of all differences, the flat
+    saturated ones too) is too low and its covariance read-noise-only: romancal flags 43 % of
+    those pixels on IMG_UNEVEN_16 with jumps that are not there (ours, from the usable
+    differences, none). There ours must flag no pixel without a cosmic ray that the peer
+    does not.
+    """
+    pytest.importorskip("romancal")
+    table = MA_TABLES[table_name]
+    ramp_model, ramp_path, references, _, cosmic_rays = simulated_exposure(tmp_path, table, seed=6)
+    ours_path = tmp_path / f"{EXPO}_rampfit.asdf"
+    assert ramp_fit.cli.run(ramp_fit.main, [str(ramp_path), str(ours_path), *reference_options(references),
+                                            "--algorithm", "likely"]) == 0
+    peer = romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, "likely")
+    saturated = (ramp_model.groupdq[:, 4:-4, 4:-4] & SAT).any(axis=0)
+    hit = cosmic_rays.charge[4:-4, 4:-4] > 0
+    peer_jump = (peer.dq & JUMP) != 0
+    with rdm.open(ours_path) as ours:
+        ours_jump = (ours.dq & JUMP) != 0
+        compared = ((ours.dq & DNU) == 0) & ((peer.dq & DNU) == 0) & ~saturated
+        error = ours.err.astype(np.float32)[compared]
+        difference = np.abs(ours.data - peer.data)[compared] / error
+        same_error = np.abs(error / peer.err.astype(np.float32)[compared] - 1)
+    jumps_agree = np.mean((ours_jump == peer_jump)[~saturated])
+    log.info("likely parity, %s, %d pixels without saturation: median %.2e, 99.9 %% %.2e, max %.2e of ERR; "
+             "jumps agree on %.6f", table_name, compared.sum(), np.median(difference),
+             np.percentile(difference, 99.9), difference.max(), jumps_agree)
+    log.info("likely, %d saturating pixels: jumps without a cosmic ray, ours %d, the peer %d; hit pixels "
+             "flagged, ours %d, the peer %d", saturated.sum(), (ours_jump & saturated & ~hit).sum(),
+             (peer_jump & saturated & ~hit).sum(), (ours_jump & saturated & hit).sum(),
+             (peer_jump & saturated & hit).sum())
+    assert compared.mean() > 0.95 and ours_jump.mean() > 0.01  # fitted, and the cosmic rays are there
+    assert np.median(difference) <= 0.01 and np.percentile(difference, 99.9) <= 0.1
+    assert np.percentile(same_error, 99.9) <= 1e-3  # float16 ERR: 1e-3 is its rounding
+    assert jumps_agree >= 0.999
+    assert not np.any(ours_jump & saturated & ~hit & ~peer_jump)

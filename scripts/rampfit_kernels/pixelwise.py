@@ -24,7 +24,7 @@ ROWS_PER_CHUNK = 32
 
 # The GROUPDQ bits, all in the low byte; DO_NOT_USE marks a single resultant and is not
 # carried into the pixel's DQ (the pixel gets it only when no slope could be measured).
-_GROUP_FLAG_BITS = 0xFF
+GROUP_FLAG_BITS = 0xFF
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class RampFit:
     var_rnoise: np.ndarray  # float32 (DN/s)^2
     dq: np.ndarray  # uint32: PIXELDQ | collapsed GROUPDQ | what the fit found
     uniform_minus_optimal: np.ndarray  # float32 DN/s: read-noise-weighted slope minus ``slope``
+    chisq: np.ndarray | None = None  # float32 chi^2 of the fit, where the algorithm computes one
 
     @property
     def err(self) -> np.ndarray:
@@ -53,7 +54,7 @@ def flag_mask(flags: Mapping[str, int], names) -> int:
 
 def carried_group_flags(flags: Mapping[str, int]) -> int:
     """GROUPDQ bits OR-ed into the pixel's DQ: all but DO_NOT_USE."""
-    return _GROUP_FLAG_BITS & ~int(flags["DO_NOT_USE"])
+    return GROUP_FLAG_BITS & ~int(flags["DO_NOT_USE"])
 
 
 def check_inputs(resultants, groupdq, planes: Mapping[str, np.ndarray | None], read_pattern) -> None:
