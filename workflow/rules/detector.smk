@@ -187,7 +187,7 @@ rule jump:
 rule ramp_fit:
     """Fit each pixel's count rate and trim the reference border (romancal RampFitStep).
 
-    ols_cas22 (default) finds the jumps itself; with save_opt (ols) the script also
+    ols_cas22 (default) and likely find the jumps themselves; with save_opt (ols) the script also
     writes {expo}_fitopt.asdf beside the product.
     """
     input:
