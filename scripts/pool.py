@@ -25,26 +25,48 @@ import sys
 from pathlib import Path
 
 from romanpipe import cli, refs
+from romanpipe.asdf_blocks import check_blocks
+from romanpipe.detector import BORDER, matching_science_area
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.exposure_types import applicable_steps, science_exposure_type
-from romanpipe.files import atomic_path
+from romanpipe.files import atomic_path, workdir_relative
+from romanpipe.inputs import InputListError, discover_inputs
 from romanpipe.naming import split_suffix
+from romanpipe.pool_table import CONTEXT_COLUMN, QUARANTINE_COLUMNS, pool_columns, reference_column
 from romanpipe.products import open_level1, open_model
 
 import numpy as np
 import pandas as pd
+from roman_datamodels import datamodels
 
 log = logging.getLogger("pool")
 
-POOL_COLUMNS = [
-    "exposure", "path", "program", "execution_plan", "pass", "segment", "observation", "visit",
-    "exposure_number", "detector", "optical_element", "exposure_type", "ma_table_name",
-    "nresultants", "ny", "nx", "start_time", "ra_ref", "dec_ref", "roll_ref",
-]
+# The model each reference type must be, as the steps open it.
+REFERENCE_MODELS = {
+    "mask": datamodels.MaskRefModel,
+    "saturation": datamodels.SaturationRefModel,
+    "refpix": datamodels.RefpixRefModel,
+    "linearity": datamodels.LinearityRefModel,
+    "dark": datamodels.DarkRefModel,
+    "gain": datamodels.GainRefModel,
+    "readnoise": datamodels.ReadnoiseRefModel,
+    "distortion": datamodels.DistortionRefModel,
+    "flat": datamodels.FlatRefModel,
+    "photom": datamodels.WfiImgPhotomRefModel,
+}
+# References applied to the Level 2 image, which has lost the detector's reference border:
+# they may cover the science pixels only or the whole readout (romanpipe.detector).
+IMAGE_REFTYPES = frozenset({"flat"})
+# The arrays that carry a reference's values, by reference model; NaN flags single bad pixels,
+# but a reference without one finite value is unusable.
+REFERENCE_VALUE_ARRAYS = ("data", "coeffs", "dark_slope")
+# Arrays laid over the detector's pixels: their last two axes must fit the exposure's.
+REFERENCE_PIXEL_ARRAYS = ("data", "dq", "coeffs", "dark_slope", "err")
 
 
 def exposure_record(path: Path) -> dict:
-    """Metadata of one Level 1 file, after checking that it is usable."""
+    """Metadata of one Level 1 file, after checking that it is whole and usable."""
+    check_blocks(path)
     model = open_level1(path)
     with model:
         meta = model.meta
@@ -84,75 +106,107 @@ def exposure_record(path: Path) -> dict:
         }
 
 
-# The arrays that carry a reference's values, by reference model; NaN flags single bad pixels,
-# but a reference without one finite value is unusable.
-REFERENCE_VALUE_ARRAYS = ("data", "coeffs", "dark_slope")
-
-
 @functools.cache
-def unusable_reference(path: str) -> str | None:
-    """Why the reference at ``path`` cannot be used (unreadable, no finite value), or None.
+def reference_pixel_shapes(reftype: str, path: str) -> dict[str, tuple[int, ...]]:
+    """The shapes of a usable reference's pixel arrays; InputFileError saying why it is unusable.
 
-    Checked once per reference file, however many exposures select it.
+    Checked once per reference file, however many exposures select it: every block
+    readable, the model the step opens, at least one finite value.
     """
+    check_blocks(path)
+    expected = REFERENCE_MODELS.get(reftype)
+    with open_model(path, (expected,) if expected else None) as model:
+        for name in REFERENCE_VALUE_ARRAYS:
+            if name in model and not np.isfinite(np.asarray(model[name])).any():
+                raise InputFileError(Path(path).name, f"{name} holds no finite value")
+        return {name: tuple(np.shape(model[name])) for name in REFERENCE_PIXEL_ARRAYS
+                if name in model and np.ndim(model[name]) >= 2}
+
+
+def reference_problem(reftype: str, path: str, ny: int, nx: int) -> str | None:
+    """Why the ``reftype`` reference at ``path`` cannot calibrate an exposure of ny x nx pixels, or None."""
     try:
-        with open_model(path) as model:
-            for name in REFERENCE_VALUE_ARRAYS:
-                if name in model and not np.isfinite(np.asarray(model[name])).any():
-                    return f"reference {Path(path).name}: {name} holds no finite value"
-    except PipelineError as err:
-        return str(err)
+        shapes = reference_pixel_shapes(reftype, path)
+    except InputFileError as err:
+        return f"reference {Path(path).name}: {err.problem}"
+    for name, shape in shapes.items():
+        if reftype in IMAGE_REFTYPES:
+            image_shape = (ny - 2 * BORDER, nx - 2 * BORDER)
+            try:
+                matching_science_area(np.broadcast_to(np.float32(0), shape), image_shape)
+            except ValueError as err:
+                return f"reference {Path(path).name}: {name} {err}"
+        elif shape[-2:] != (ny, nx):
+            return (f"reference {Path(path).name}: {name} has shape {shape}, the exposure "
+                    f"{ny} x {nx} pixels")
     return None
 
 
+def selected_references(record: dict, step_reftypes: dict[str, list[str]],
+                        overrides: dict[str, dict[str, str]]) -> dict[str, str]:
+    """CRDS's picks for the exposure, by reference type, after checking them and the overrides
+    of its steps; InputFileError naming a bad one."""
+    steps = applicable_steps(record["exposure_type"])
+    needed = sorted({reftype for step in steps for reftype in step_reftypes.get(step, ())})
+    selection = refs.best_references(refs.selection_parameters(record), needed) if needed else {}
+    given = {(reftype, file) for step in steps for reftype, file in overrides.get(step, {}).items()}
+    for reftype, reference in sorted(set(selection.items()) | given):
+        problem = reference_problem(reftype, reference, record["ny"], record["nx"])
+        if problem:
+            raise InputFileError(record["path"], f"its {reftype.upper()} {problem}")
+    return {reftype: workdir_relative(path) for reftype, path in selection.items()}
+
+
+def rejection_reason(path: Path, err: Exception) -> str:
+    """One line naming the file and the problem, whatever raised."""
+    if isinstance(err, InputFileError):
+        text = str(err)
+    elif isinstance(err, PipelineError | LookupError):
+        text = f"{path}: {err}"
+    else:  # not foreseen: the exception's type says more than its message alone
+        text = f"{path}: {type(err).__name__}: {err}"
+    return " ".join(text.split())
+
+
 def build_pool(paths: list[Path], step_reftypes: dict[str, list[str]],
-               overrides: dict[str, dict[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+               overrides: dict[str, dict[str, str]] | None = None,
+               rejected_by_name: list[tuple[str, str, str]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pool, quarantine): valid exposures with their references, rejected ones with reasons.
 
     ``step_reftypes`` maps each step that runs to the reference types CRDS selects for it;
     a reference column is empty for an exposure whose type does not run that step.
     ``overrides`` maps steps to the reference files the configuration gives them
     (``override_<reftype>``): checked like CRDS's picks, never asked of CRDS, so a campaign
-    whose every reference is overridden needs no CRDS cache.
+    whose every reference is overridden needs no CRDS cache. Any failure while checking one
+    input rejects that input only. ``rejected_by_name`` are the inputs discovery already
+    refused (romanpipe.inputs): they lead the quarantine table.
     """
     overrides = overrides or {}
     reftypes = sorted({reftype for types in step_reftypes.values() for reftype in types})
-    rows, rejected = [], []
+    rows = []
+    rejected = [dict(zip(QUARANTINE_COLUMNS, entry, strict=True)) for entry in rejected_by_name]
+    for entry in rejected:
+        log.warning("quarantined %s", entry["reason"])
     for path in paths:
         try:
             record = exposure_record(path)
-            steps = applicable_steps(record["exposure_type"])
-            needed = sorted({reftype for step in steps for reftype in step_reftypes.get(step, ())})
-            selection = refs.best_references(refs.selection_parameters(record), needed) if needed else {}
-            given = {(reftype, file) for step in steps for reftype, file in overrides.get(step, {}).items()}
-            for reftype, reference in sorted(set(selection.items()) | given):
-                reason = unusable_reference(reference)
-                if reason:
-                    raise InputFileError(path, f"its {reftype.upper()} {reason}")
-            record.update({f"ref_{reftype}": selection.get(reftype, "") for reftype in reftypes})
+            selection = selected_references(record, step_reftypes, overrides)
+            record.update({reference_column(r): selection.get(r, "") for r in reftypes})
             rows.append(record)
-        except (PipelineError, LookupError) as err:
-            log.warning("quarantined %s: %s", path, err)
-            rejected.append({"exposure": split_suffix(path)[0], "path": str(path),
-                             "reason": str(err)})
-    pool = pd.DataFrame(rows, columns=POOL_COLUMNS + [f"ref_{r}" for r in reftypes])
-    pool["crds_context"] = refs.current_context() if reftypes else ""
-    return pool, pd.DataFrame(rejected, columns=["exposure", "path", "reason"])
-
-
-def input_paths(args: argparse.Namespace) -> list[Path]:
-    if args.exposure_list:
-        table = (pd.read_parquet(args.exposure_list) if args.exposure_list.suffix == ".parquet"
-                 else pd.read_csv(args.exposure_list))
-        return [Path(p) for p in table["path"]]
-    return sorted(args.uncal_dir.glob("*_uncal.asdf"))
+        except Exception as err:  # noqa: BLE001 - a bad input of any kind must not stop the campaign
+            reason = rejection_reason(path, err)
+            log.warning("quarantined %s", reason)
+            rejected.append({"exposure": split_suffix(path)[0], "path": str(path), "reason": reason})
+    pool = pd.DataFrame(rows, columns=pool_columns(reftypes))
+    pool[CONTEXT_COLUMN] = refs.current_context() if reftypes else ""
+    return pool, pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="pool.py", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--uncal-dir", type=Path)
-    source.add_argument("--exposure-list", type=Path)
+    source.add_argument("--uncal-dir")
+    source.add_argument("--exposure-list")
     parser.add_argument("--step-reftypes", type=json.loads, default={},
                         help="JSON object: step -> reference types CRDS selects for it (steps that run)")
     parser.add_argument("--overrides", type=json.loads, default={},
@@ -163,7 +217,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
 
-    pool, quarantine = build_pool(input_paths(args), args.step_reftypes, args.overrides)
+    try:
+        inputs = discover_inputs(args.uncal_dir, args.exposure_list)
+    except InputListError as err:
+        raise PipelineError(str(err)) from None
+    pool, quarantine = build_pool([Path(p) for p in inputs.exposures.values()], args.step_reftypes,
+                                  args.overrides, inputs.rejected)
     log.info("%d exposures in the pool, %d quarantined", len(pool), len(quarantine))
     for table, path in ((quarantine, args.quarantine), (pool, args.output)):
         with atomic_path(path) as staging:

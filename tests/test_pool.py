@@ -68,8 +68,8 @@ def test_pool_and_quarantine(campaign):
     reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
     assert sorted(reasons.index) == [EXPO.format(n, d) for n, d in
                                      ((3, "WFI01"), (4, "WFI01"), (5, "WFI01"), (6, "WFI07"))]
-    assert "not a readable Roman ASDF file" in reasons[EXPO.format(3, "WFI01")]
-    assert "not a readable Roman ASDF file" in reasons[EXPO.format(4, "WFI01")]
+    assert "truncated inside its metadata tree" in reasons[EXPO.format(3, "WFI01")]
+    assert "not an ASDF file" in reasons[EXPO.format(4, "WFI01")]
     assert "3 resultants but the MA table's read_pattern has 2" in reasons[EXPO.format(5, "WFI01")]
     assert "no MASK reference for detector=WFI07" in reasons[EXPO.format(6, "WFI07")]
     assert all("\n" not in reason for reason in reasons)
@@ -131,3 +131,117 @@ def test_exposures_selecting_an_all_nan_reference_are_quarantined(campaign):
     reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
     assert "SATURATION reference roman_wfi_saturation_0005.asdf: data holds no finite value" in \
         reasons[EXPO.format(2, "WFI02")]
+
+
+def run_pool(campaign, step_reftypes='{"dq_init": ["mask"], "saturation": ["saturation"]}'):
+    status = pool.cli.run(pool.main, [
+        "--uncal-dir", str(campaign / "uncal"), "--step-reftypes", step_reftypes,
+        "--output", str(campaign / "pool.csv"), "--quarantine", str(campaign / "quarantine.csv")])
+    assert status == 0
+    table = pd.read_csv(campaign / "pool.csv", index_col="exposure")
+    return table, pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
+
+
+def cached_reference(campaign, name):
+    return campaign / "crds_cache" / "references" / "roman" / "wfi" / name
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    # cut inside the data (the issue's "buffer is too small" crash), inside the last block,
+    # between the blocks (the last one missing), and one flipped bit in the data
+    (lambda raw, blocks: raw[: blocks[0] + 200], "truncated inside data block 0"),
+    (lambda raw, blocks: raw[: blocks[1] + 100], "truncated inside data block 1"),
+    (lambda raw, blocks: raw[: blocks[1]], "truncated: the tree uses 2 data blocks, the file holds 1"),
+    (lambda raw, blocks: raw[: blocks[0] + 90] + bytes([raw[blocks[0] + 90] ^ 1]) + raw[blocks[0] + 91:],
+     "data block 0 does not match its checksum"),
+])
+def test_an_exposure_damaged_inside_its_data_is_quarantined_with_one_line(campaign, damage, reason):
+    path = campaign / "uncal" / f"{EXPO.format(1, 'WFI01')}_uncal.asdf"
+    make_level1(seed=1).to_asdf(path, all_array_storage="internal")  # data and amp33 in blocks
+    raw = path.read_bytes()
+    blocks = [i for i in range(len(raw)) if raw.startswith(b"\xd3BLK", i)]
+    path.write_bytes(damage(raw, blocks))
+    table, reasons = run_pool(campaign)
+    assert EXPO.format(2, "WFI02") in table.index
+    assert reasons[EXPO.format(1, "WFI01")].startswith(f"{path}: {reason}")
+
+
+def test_a_reference_cut_in_half_or_of_the_wrong_model_quarantines_its_exposures_only(campaign):
+    """WFI01's MASK is cut in half and WFI02's SATURATION replaced by a MASK file: each
+    exposure names its own reference and the problem; nothing else stops."""
+    mask = cached_reference(campaign, "roman_wfi_mask_0001.asdf")
+    mask.write_bytes(mask.read_bytes()[: mask.stat().st_size // 2])
+    cached_reference(campaign, "roman_wfi_saturation_0004.asdf").write_bytes(
+        cached_reference(campaign, "roman_wfi_mask_0003.asdf").read_bytes())
+    table, reasons = run_pool(campaign)
+    assert EXPO.format(1, "WFI01") not in table.index and EXPO.format(2, "WFI02") not in table.index
+    assert "its MASK reference roman_wfi_mask_0001.asdf: truncated" in reasons[EXPO.format(1, "WFI01")]
+    assert ("its SATURATION reference roman_wfi_saturation_0004.asdf: is a MaskRefModel, expected "
+            "SaturationRefModel") in reasons[EXPO.format(2, "WFI02")]
+
+
+def test_an_exposure_smaller_than_its_references_is_quarantined(campaign):
+    """The issue's 64^2 ramp against 128^2 references, at 8^2 against 16^2."""
+    small = make_level1(shape=(3, 8, 8), seed=9)
+    small.to_asdf(campaign / "uncal" / f"{EXPO.format(9, 'WFI01')}_uncal.asdf")
+    table, reasons = run_pool(campaign)
+    assert EXPO.format(1, "WFI01") in table.index
+    assert reasons[EXPO.format(9, "WFI01")].endswith(
+        "its MASK reference roman_wfi_mask_0001.asdf: dq has shape (16, 16), the exposure 8 x 8 pixels")
+
+
+def test_an_unforeseen_error_while_checking_one_input_quarantines_that_input_only(campaign, monkeypatch):
+    checked = pool.exposure_record
+
+    def record(path):
+        if "_0002_" in path.name:
+            raise TypeError("buffer is too small for requested array")
+        return checked(path)
+
+    monkeypatch.setattr(pool, "exposure_record", record)
+    table, reasons = run_pool(campaign)
+    assert EXPO.format(1, "WFI01") in table.index
+    path = campaign / "uncal" / f"{EXPO.format(2, 'WFI02')}_uncal.asdf"
+    assert reasons[EXPO.format(2, "WFI02")] == f"{path}: TypeError: buffer is too small for requested array"
+
+
+def test_a_reference_missing_from_the_cache_is_named(campaign):
+    cached_reference(campaign, "roman_wfi_saturation_0002.asdf").unlink()
+    table, reasons = run_pool(campaign)
+    assert list(table.index) == [EXPO.format(2, "WFI02")]
+    assert reasons[EXPO.format(1, "WFI01")].endswith(
+        f"the SATURATION reference roman_wfi_saturation_0002.asdf selected by roman_0001.pmap is missing "
+        f"from the CRDS cache {campaign / 'crds_cache'}")
+
+
+def test_inputs_the_workflow_cannot_name_are_quarantined_with_their_reason(campaign):
+    """The issue's case 4: none of these may stop the campaign or get a misleading reason."""
+    uncal = campaign / "uncal"
+    good = (uncal / f"{EXPO.format(1, 'WFI01')}_uncal.asdf").read_bytes()
+    (uncal / "gone_uncal.asdf").symlink_to(uncal / "nowhere.asdf")
+    odd_names = ["{expo}_uncal.asdf", "a;b_uncal.asdf", "a#b_uncal.asdf", "a?b_uncal.asdf",
+                 "a%20b_uncal.asdf", "a\nb_uncal.asdf", "a b_uncal.asdf"]
+    for name in odd_names:
+        (uncal / name).write_bytes(good)
+    table, reasons = run_pool(campaign)
+    assert sorted(table.index) == [EXPO.format(1, "WFI01"), EXPO.format(2, "WFI02")]
+    assert reasons["gone"] == f"{uncal / 'gone_uncal.asdf'}: a dangling symbolic link (its target does not exist)"
+    assert reasons["{expo}"].endswith("braces in the path (Snakemake reads them as wildcards)")
+    assert len(reasons) == 4 + 1 + len(odd_names)  # the fixture's four bad ones, and these
+    for name in odd_names[1:]:
+        shown = str(uncal / name).replace("\n", "\\n")
+        (reason,) = [reason for reason in reasons if reason.startswith(f"{shown}: ")]
+        assert "holds characters the workflow does not pass on" in reason and "\n" not in reason
+
+
+def test_an_exposure_list_naming_a_missing_file(campaign):
+    listed = campaign / "exposures.csv"
+    present = campaign / "uncal" / f"{EXPO.format(1, 'WFI01')}_uncal.asdf"
+    pd.DataFrame({"path": [str(present), str(campaign / "absent_uncal.asdf")]}).to_csv(listed, index=False)
+    status = pool.cli.run(pool.main, [
+        "--exposure-list", str(listed), "--step-reftypes", '{"dq_init": ["mask"]}',
+        "--output", str(campaign / "pool.csv"), "--quarantine", str(campaign / "quarantine.csv")])
+    assert status == 0
+    assert list(pd.read_csv(campaign / "pool.csv", index_col="exposure").index) == [EXPO.format(1, "WFI01")]
+    reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
+    assert reasons["absent"] == f"{campaign / 'absent_uncal.asdf'}: no such file"

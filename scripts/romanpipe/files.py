@@ -8,6 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def workdir_relative(path: str) -> str:
+    """``path`` relative to the working directory when inside it, else as given: a campaign moved
+    with its CRDS cache keeps its references' paths, which Snakemake compares to decide what reruns."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A hidden name beside ``path`` to write to; it becomes ``path`` only if the block succeeds.

@@ -25,20 +25,14 @@ from pathlib import Path
 
 from romanpipe import crds_layout
 from romanpipe.errors import InputFileError, PipelineError
+from romanpipe.pool_table import SELECTION_COLUMNS
 
 log = logging.getLogger(__name__)
 
 # crds' own "no server" URL: its JSON-RPC proxy refuses every call to it without networking.
 _SERVERLESS_URL = "https://crds-serverless-mode.stsci.edu"
 _CRDS_PREFIX = "ROMAN.META."
-# Columns of the exposure pool table and the datamodel metadata they hold.
-_POOL_COLUMNS = {
-    "detector": "instrument.detector",
-    "optical_element": "instrument.optical_element",
-    "start_time": "exposure.start_time",
-    "exposure_type": "exposure.type",
-}
-_SELECTION_METADATA = ("instrument.name", *_POOL_COLUMNS.values())
+_SELECTION_METADATA = ("instrument.name", *SELECTION_COLUMNS.values())
 
 
 class ReferenceNotFoundError(PipelineError, LookupError):
@@ -125,7 +119,7 @@ def selection_parameters(meta) -> dict[str, str]:
     Missing values are left out; a reference type that needs one then finds no match.
     """
     if "detector" in meta:
-        values = {path: meta[column] for column, path in _POOL_COLUMNS.items() if column in meta}
+        values = {path: meta[column] for column, path in SELECTION_COLUMNS.items() if column in meta}
         values["instrument.name"] = crds_layout.INSTRUMENT.upper()
     else:
         values = {path: _metadata_value(meta, path) for path in _SELECTION_METADATA}
@@ -170,6 +164,16 @@ def best_references(parameters, reftypes, *, context=None) -> dict[str, str]:
                 f"{reason} (context {context})"
             )
     best = {reftype: recommended[reftype] for reftype in reftypes}
+    if not settings.server_url:
+        # Offline, crds would try to download a missing file and fail with a network error
+        # that names neither the file nor the cache.
+        locate = _crds("crds.core.config").locate_file
+        for reftype, name in best.items():
+            if not Path(locate(name, crds_layout.OBSERVATORY)).is_file():
+                raise ReferenceNotFoundError(
+                    f"the {reftype.upper()} reference {name} selected by {context} is missing from "
+                    f"the CRDS cache {settings.cache_dir}"
+                )
     paths = _crds("crds.client.api").cache_references(context, best)
     return {reftype: str(Path(path).resolve()) for reftype, path in paths.items()}
 
@@ -209,5 +213,5 @@ def _describe(parameters: dict, context: str, reftype: str) -> str:
         keys = [key for group in rmapping.parkey for key in group]
     except crds.CrdsError:
         keys = list(parameters)
-    names = {_CRDS_PREFIX + path.upper(): column for column, path in _POOL_COLUMNS.items()}
+    names = {_CRDS_PREFIX + path.upper(): column for column, path in SELECTION_COLUMNS.items()}
     return ", ".join(f"{names.get(key, key)}={parameters.get(key, 'UNDEFINED')}" for key in keys)

@@ -7,7 +7,6 @@ selected references) comes from the pool checkpoint's table.
 """
 
 import functools
-import glob
 import json
 import math
 import os
@@ -27,6 +26,9 @@ from romanpipe.exposure_types import (  # noqa: E402
     applicable_steps,
 )
 from romanpipe import refs  # noqa: E402
+from romanpipe.pool_table import reference_column  # noqa: E402
+from romanpipe.inputs import InputListError, discover_inputs  # noqa: E402
+from romanpipe.files import workdir_relative  # noqa: E402
 from romanpipe.product_sizes import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
@@ -64,21 +66,22 @@ wildcard_constraints:
 
 
 def discover_exposures():
-    """Exposure name -> Level 1 path, from the exposure table or the uncal folder."""
+    """Exposure name -> Level 1 path, from the exposure table or the uncal folder.
+
+    Inputs that cannot be named safely or are not there are left out here; the pool finds the
+    same ones (romanpipe.inputs) and quarantines them with their reason.
+    """
     table = config["inputs"]["exposure_list"]
-    if table:
-        frame = pd.read_parquet(table) if table.endswith(".parquet") else pd.read_csv(table)
-        if "path" not in frame.columns:
-            raise WorkflowError(f"{table}: the exposure list needs a column 'path'")
-        paths = frame["path"].astype(str).tolist()
-    else:
-        paths = sorted(glob.glob(os.path.join(config["inputs"]["uncal_dir"], "*_uncal.asdf")))
-    if not paths:
+    try:
+        inputs = discover_inputs(config["inputs"]["uncal_dir"], table)
+    except InputListError as err:
+        raise WorkflowError(str(err)) from None
+    if not inputs.exposures and not inputs.rejected:
         raise WorkflowError(
             f"no *_uncal.asdf inputs found (inputs.uncal_dir={config['inputs']['uncal_dir']!r}, "
             f"inputs.exposure_list={table!r})"
         )
-    return {split_suffix(path)[0]: path for path in paths}
+    return inputs.exposures
 
 
 EXPOSURES = discover_exposures()
@@ -195,7 +198,31 @@ def crds_context_file():
             f"no CRDS context in {CRDS_PATH}: build a cache (make demo), set CRDS_SERVER_URL, "
             f"or give every reference file ({', '.join(selected)})"
         )
-    return os.path.join(CRDS_PATH, "mappings", "roman", context)
+    return workdir_relative(os.path.join(CRDS_PATH, "mappings", "roman", context))
+
+
+def pool_step_reftypes():
+    """JSON: step -> the reference types CRDS selects for it (changing which steps run reruns
+    this cheap job)."""
+    return json.dumps(crds_reftypes(), sort_keys=True)
+
+
+def pool_overrides():
+    """JSON: step -> {reftype: file} of the overrides the pool checks instead of asking CRDS."""
+    return json.dumps(override_references(), sort_keys=True)
+
+
+def override_files():
+    """The overridden reference files, inputs of the pool: a changed one reruns it."""
+    return sorted({path for files in override_references().values() for path in files.values()})
+
+
+def pool_sources_option():
+    """The pool's inputs: the exposure table, else the folder to scan (quoted for the shell)."""
+    table = config["inputs"]["exposure_list"]
+    if table:
+        return f"--exposure-list {shlex.quote(table)}"
+    return f"--uncal-dir {shlex.quote(config['inputs']['uncal_dir'])}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -235,12 +262,14 @@ def reference(step, reftype):
     if override(step, reftype):
         return override(step, reftype)
 
+    column = reference_column(reftype)
+
     def crds_selection(wildcards):
         record = pool_record(wildcards.expo)
-        if f"ref_{reftype}" not in record:
+        if column not in record:
             raise WorkflowError(f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
                                 f"references for the enabled steps up to the target ({config['target']})")
-        return record[f"ref_{reftype}"]
+        return record[column]
 
     crds_selection.__name__ = f"crds_{reftype}"
     return crds_selection

@@ -12,7 +12,7 @@ checkpoint pool:
     input:
         uncal=list(EXPOSURES.values()),
         context=crds_context_file(),
-        overrides=sorted({path for files in override_references().values() for path in files.values()}),
+        overrides=override_files(),
         code=step_script("pool"),
     output:
         pool=report(os.path.join(RESULTS, "pool.csv"), caption="../report/pool.rst",
@@ -21,16 +21,18 @@ checkpoint pool:
                           category="Tables", labels={"table": "quarantine"}),
     params:
         python=PYTHON,
-        # Changing which steps run, or an override, reruns this cheap job.
-        step_reftypes=json.dumps(crds_reftypes(), sort_keys=True),
-        overrides=json.dumps(override_references(), sort_keys=True),
-        sources=(
-            f"--exposure-list {config['inputs']['exposure_list']}"
-            if config["inputs"]["exposure_list"]
-            else f"--uncal-dir {config['inputs']['uncal_dir']}"
-        ),
+        step_reftypes=pool_step_reftypes(),
+        overrides=pool_overrides(),
+        sources=pool_sources_option(),
+    resources:
+        # Reads every input once in bounded chunks (romanpipe.asdf_blocks) and one exposure's
+        # metadata at a time: memory does not grow with the campaign; time does.
+        mem_mb=2000,
+        runtime=step_runtime_min(1),
     log:
         os.path.join(LOGS, "pool.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "pool.tsv")
     conda:
         "../../envs/detector.yaml"
     shell:
