@@ -25,6 +25,10 @@ include: "workflow/rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+onerror:
+    after_failed_run()
+
+
 rule all:
     default_target: True
     input:
@@ -35,3 +39,4 @@ rule all:
         quicklook_mosaics=quicklook_mosaics,
         provenance=os.path.join(RESULTS, "provenance.csv"),
         benchmarks=os.path.join(RESULTS, "benchmarks.csv"),
+        quarantine=QUARANTINE_REPORT,

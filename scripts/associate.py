@@ -144,6 +144,8 @@ def main(argv=None) -> None:
     index.add_argument("--cal", type=Path, nargs="*", default=[], help="calibrated imaging products")
     index.add_argument("--output", type=Path, required=True, help="index CSV to write")
     index.add_argument("--user-dir", type=Path, help="use the *_asn.json files here as given")
+    index.add_argument("--left-out", type=json.loads, default={},
+                       help="JSON object: imaging exposures that did not reach _cal -> why (logged)")
     write = commands.add_parser("write", help="write one association file from its index tree")
     write.add_argument("--tree", type=json.loads, required=True, help="the association as JSON")
     write.add_argument("--output", type=Path, required=True)
@@ -155,6 +157,8 @@ def main(argv=None) -> None:
     if args.command == "write":
         write_association(args.tree, args.output)
         return
+    for exposure, reason in args.left_out.items():
+        log.warning("left out %s: it did not reach _cal (%s)", exposure, reason)
     index_dir = args.output.parent / "associations"
     if args.user_dir:
         rows = user_associations(args.user_dir, args.cal, index_dir)

@@ -225,7 +225,8 @@ def test_inputs_the_workflow_cannot_name_are_quarantined_with_their_reason(campa
         (uncal / name).write_bytes(good)
     table, reasons = run_pool(campaign)
     assert sorted(table.index) == [EXPO.format(1, "WFI01"), EXPO.format(2, "WFI02")]
-    assert reasons["gone"] == f"{uncal / 'gone_uncal.asdf'}: a dangling symbolic link (its target does not exist)"
+    assert reasons["gone"] == (f"{uncal / 'gone_uncal.asdf'}: a dangling symbolic link "
+                               "(its target does not exist)")
     assert reasons["{expo}"].endswith("braces in the path (Snakemake reads them as wildcards)")
     assert len(reasons) == 4 + 1 + len(odd_names)  # the fixture's four bad ones, and these
     for name in odd_names[1:]:

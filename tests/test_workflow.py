@@ -513,7 +513,7 @@ def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
     assert planned_jobs(result) == {"dark_current": 4, "ramp_fit": 4, "assign_wcs": 4, "flat_field": 3,
                                     "photom": 3, "source_detection": 3, "tweakreg": 3, "cal": 4,
                                     "flux": 1, "skymatch": 1, "outlier_detection": 1, "resample": 1,
-                                    **report_jobs(4, 1), "all": 1}
+                                    **report_jobs(4, 1), "quarantine_table": 1, "all": 1}
     assert "WFI01_darkcurrent" not in result.stdout
 
 
@@ -534,7 +534,7 @@ def test_new_f158_flat_of_one_detector_reruns_its_images_from_flat_field_only(fu
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result) == {"flat_field": 3, "photom": 3, "source_detection": 3, "tweakreg": 3,
                                     "cal": 3, "flux": 1, "skymatch": 1, "outlier_detection": 1,
-                                    "resample": 1, **report_jobs(3, 1), "all": 1}
+                                    "resample": 1, **report_jobs(3, 1), "quarantine_table": 1, "all": 1}
     assert "WFI02_flat" not in result.stdout
 
 

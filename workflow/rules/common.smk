@@ -11,10 +11,12 @@ import json
 import math
 import os
 import shlex
+import subprocess
 import sys
 
 import pandas as pd
 from snakemake.exceptions import IncompleteCheckpointException
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
@@ -29,6 +31,7 @@ from romanpipe import refs  # noqa: E402
 from romanpipe.pool_table import reference_column  # noqa: E402
 from romanpipe.inputs import InputListError, discover_inputs  # noqa: E402
 from romanpipe.files import workdir_relative  # noqa: E402
+from romanpipe.failures import error_line, read_ledger, record_failures  # noqa: E402
 from romanpipe.product_sizes import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
@@ -245,6 +248,39 @@ def pool_table():
     return _read_table(path, os.path.getmtime(path), "exposure")
 
 
+POOL_QUARANTINE = os.path.join(RESULTS, "quarantine.csv")
+FAILURE_LEDGER = os.path.join(RESULTS, "failed.csv")
+QUARANTINE_REPORT = os.path.join(RESULTS, "quarantine_report.csv")
+
+
+def failure_ledger_file():
+    """The failure ledger as an input, when a run has written one (a new entry remakes the table)."""
+    return [FAILURE_LEDGER] if os.path.exists(FAILURE_LEDGER) else []
+
+
+def failure_ledger_option():
+    return f"--ledger {shlex.quote(FAILURE_LEDGER)}" if os.path.exists(FAILURE_LEDGER) else ""
+
+
+@functools.lru_cache(maxsize=8)
+def _failed(ledger_mtime, pool_path):
+    return frozenset(read_ledger(FAILURE_LEDGER, pool_path))
+
+
+def failed_exposures():
+    """Exposures that failed after the pool in an earlier run (romanpipe.failures): left out."""
+    pool_path = _complete_pool_path()
+    mtime = os.path.getmtime(FAILURE_LEDGER) if os.path.exists(FAILURE_LEDGER) else None
+    return _failed(mtime, pool_path)
+
+
+def campaign_table():
+    """The pool's exposures that the campaign goes on with: the pool's, less the failed ones."""
+    pool = pool_table()
+    failed = failed_exposures()
+    return pool.drop(index=[expo for expo in pool.index if expo in failed]) if failed else pool
+
+
 @functools.lru_cache(maxsize=8)
 def _records(path, mtime):
     return _read_table(path, mtime, "exposure").to_dict("index")
@@ -423,7 +459,7 @@ def exposure_target(expo):
 
 def exposure_products(wildcards):
     """Every valid exposure's target product; quarantined inputs make none."""
-    return [exposure_target(expo) for expo in pool_table().index]
+    return [exposure_target(expo) for expo in campaign_table().index]
 
 
 def final_mosaics(wildcards):
@@ -449,10 +485,21 @@ wildcard_constraints:
 
 
 def imaging_cal_products(wildcards):
-    """The _cal products that go on to mosaics (imaging exposures)."""
-    pool = pool_table()
+    """The _cal products that go on to mosaics (imaging exposures that did not fail)."""
+    pool = campaign_table()
     return [CAL_PRODUCT.format(expo=expo) for expo in pool.index
             if pool.loc[expo, "exposure_type"] in MOSAIC_TYPES]
+
+
+def left_out_option(wildcards):
+    """The imaging exposures that failed after the pool, with their reasons: the association
+    checkpoint lists them in its log (they are in no association)."""
+    pool_path = _complete_pool_path()
+    pool = pool_table()
+    ledger = read_ledger(FAILURE_LEDGER, pool_path)
+    left_out = {expo: row["reason"] for expo, row in sorted(ledger.items())
+                if expo in pool.index and pool.loc[expo, "exposure_type"] in MOSAIC_TYPES}
+    return f"--left-out {shlex.quote(json.dumps(left_out))}" if left_out else ""
 
 
 def user_associations_option():
@@ -536,7 +583,7 @@ wildcard_constraints:
 
 def dark_exposures(wildcards):
     """The raw files of one detector's dark exposures (the seed fits the darks unprocessed)."""
-    pool = pool_table()
+    pool = campaign_table()
     darks = pool.index[pool["exposure_type"].isin(DARK_EXPOSURE_TYPES) & (pool["detector"] == wildcards.detector)]
     if len(darks) == 0:
         raise WorkflowError(f"no dark exposure of {wildcards.detector} in the pool")
@@ -546,7 +593,7 @@ def dark_exposures(wildcards):
 def groundtest_products(wildcards):
     """The references and figures config.groundtest asks for."""
     settings = config["groundtest"]
-    pool = pool_table()
+    pool = campaign_table()
     is_dark = pool["exposure_type"].isin(DARK_EXPOSURE_TYPES)
     products = []
     if settings["dark_references"]:
@@ -574,7 +621,7 @@ def quicklook_images(wildcards):
     """A quicklook of every _cal, when the target is cal or i2d."""
     if config["target"] not in ("cal", "i2d"):
         return []
-    return [os.path.join(RESULTS, "quicklook", f"{expo}_cal.png") for expo in pool_table().index]
+    return [os.path.join(RESULTS, "quicklook", f"{expo}_cal.png") for expo in campaign_table().index]
 
 
 def quicklook_mosaics(wildcards):
@@ -583,3 +630,63 @@ def quicklook_mosaics(wildcards):
         return []
     return [os.path.join(RESULTS, "quicklook", f"{product}_i2d.png")
             for product in association_index()["product"]]
+
+
+# A run that ends with failed jobs (onerror in the Snakefile).
+SECOND_PASS_VARIABLE = "ROMANPIPE_SECOND_PASS"
+# Options under which a second pass would redo more than the first asked for.
+_FORCING_OPTIONS = ("-F", "--forceall", "-f", "--force", "-R", "--forcerun", "--until", "-U",
+                    "--omit-from", "-O", "--touch", "-t")
+
+
+def exposure_chain(expo):
+    """The rules that make an exposure's target, in order: (rule, product, log)."""
+    applicable = applicable_steps(exposure_type(expo))
+    steps = [s for s in EXPOSURE_STEPS if s in applicable and is_enabled(s) and within_target(s)]
+    chain = [(s, product(s).format(expo=expo)) for s in steps]
+    if config["target"] in ("cal", "i2d"):
+        chain.append(("cal", CAL_PRODUCT.format(expo=expo)))
+    return [(rule, path, os.path.join(LOGS, rule, f"{expo}.log")) for rule, path in chain]
+
+
+def exposure_failures():
+    """Ledger rows of the exposures whose chain stopped at a job that logged an error.
+
+    A job killed from outside (a lost node, out of memory, Ctrl-C) logs no error line
+    and is not among them: it reruns next time.
+    """
+    pool = pool_table()
+    failures = []
+    for expo in pool.index:
+        # Snakemake deletes a failed job's output (and keeps what was made downstream before).
+        for rule, path, log in exposure_chain(expo):
+            reason = None if os.path.exists(path) else error_line(log)
+            if reason:
+                failures.append({"exposure": expo, "path": pool.loc[expo, "path"], "step": rule,
+                                 "reason": f"{rule} failed: {reason}"})
+                break
+    return failures
+
+
+def after_failed_run():
+    """Record the exposures that failed and, once, run again without them, so that every
+    association is built from the members that reached _cal. Snakemake exits non-zero."""
+    try:
+        pool_path = _complete_pool_path()
+    except IncompleteCheckpointException:
+        return  # the pool itself did not finish: nothing is known about the exposures
+    new = record_failures(FAILURE_LEDGER, pool_path, exposure_failures())
+    if not new:
+        return
+    logger.error(f"{len(new)} exposure(s) failed after the pool and are left out of the campaign "
+                 f"(see {FAILURE_LEDGER}): {', '.join(new)}")
+    command = sys.argv[1:]
+    launched = os.path.basename(sys.argv[0]) == "snakemake" or sys.argv[0].endswith(
+        os.path.join("snakemake", "__main__.py"))
+    if (os.environ.get(SECOND_PASS_VARIABLE) or not launched
+            or any(arg.split("=")[0] in _FORCING_OPTIONS for arg in command)):
+        logger.error("Run the same command again to build the associations of the other members.")
+        return
+    logger.error("Running again without them, to build the associations of the members that reached _cal.")
+    subprocess.run([sys.executable, "-m", "snakemake", *command, "--nolock"],
+                   cwd=workflow.workdir_init, env={**os.environ, SECOND_PASS_VARIABLE: "1"}, check=False)

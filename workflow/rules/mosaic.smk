@@ -21,13 +21,14 @@ checkpoint associations:
     params:
         python=PYTHON,
         user_dir=user_associations_option(),
+        left_out=left_out_option,
     log:
         os.path.join(LOGS, "associations.log"),
     conda:
         "../../envs/mosaic.yaml"
     shell:
         "{params.python} {input.code:q} index --cal {input.cal:q} --output {output:q} "
-        "{params.user_dir} > {log:q} 2>&1"
+        "{params.user_dir} {params.left_out} > {log:q} 2>&1"
 
 
 rule association_file:

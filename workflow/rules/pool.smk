@@ -17,8 +17,7 @@ checkpoint pool:
     output:
         pool=report(os.path.join(RESULTS, "pool.csv"), caption="../report/pool.rst",
                     category="Tables", labels={"table": "pool"}),
-        quarantine=report(os.path.join(RESULTS, "quarantine.csv"), caption="../report/quarantine.rst",
-                          category="Tables", labels={"table": "quarantine"}),
+        quarantine=POOL_QUARANTINE,
     params:
         python=PYTHON,
         step_reftypes=pool_step_reftypes(),

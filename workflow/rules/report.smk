@@ -13,6 +13,7 @@ OUTPUTS:         results/quicklook/<product>.png, results/provenance.csv,
 localrules:
     provenance,
     benchmarks,
+    quarantine_table,
 
 
 rule quicklook_cal:
@@ -99,3 +100,27 @@ rule benchmarks:
         "../../envs/mosaic.yaml"
     shell:
         "{params.python} {input.code:q} {params.folder:q} --output {output:q} > {log:q} 2>&1"
+
+
+rule quarantine_table:
+    """Every input left out of the campaign: rejected by the pool, or failed after it."""
+    input:
+        quarantine=POOL_QUARANTINE,
+        pool=os.path.join(RESULTS, "pool.csv"),
+        ledger=failure_ledger_file(),
+        code=step_script("quarantine_table"),
+    output:
+        report(QUARANTINE_REPORT, caption="../report/quarantine.rst", category="Tables",
+               labels={"table": "quarantine"}),
+    params:
+        python=PYTHON,
+        ledger=failure_ledger_option(),
+    log:
+        os.path.join(LOGS, "quarantine_table.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "quarantine_table.tsv")
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.quarantine:q} --pool {input.pool:q} {params.ledger} "
+        "--output {output:q} > {log:q} 2>&1"
