@@ -107,3 +107,48 @@ def test_missing_parameter_file_is_a_clear_error(tmp_path):
 def test_nullable_override_from_command_line():
     assert resolve(["--override-saturation", "none"])["override_saturation"] is None
     assert resolve(["--override-saturation", "ref.asdf"])["override_saturation"] == "ref.asdf"
+
+
+def test_a_parameter_file_with_an_alias_bomb_is_refused_in_one_line(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(lines) + "\nparameters:\n  n_pix_grow_sat: *a8\n")
+    with pytest.raises(ParameterError) as raised:
+        params.read_parameter_file(bomb, "saturation")
+    assert str(raised.value) == f"{bomb}: YAML alias *a0 at line 2: aliases are not allowed"
+
+
+def test_a_parameter_file_too_big_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("parameters:\n  n_pix_grow_sat: 1\n" + "# padding\n" * 200_000)
+    with pytest.raises(ParameterError, match=r"big.yaml: \d+ bytes, more than the 1048576"):
+        params.read_parameter_file(big, "saturation")
+
+
+def test_a_shared_node_in_a_loaded_config_is_refused():
+    shared = {"a": 1}
+    with pytest.raises(ParameterError, match="a mapping or list used twice"):
+        params.check_tree_size({"x": shared, "y": shared}, "the workflow config")
+    params.check_tree_size({"x": {"a": 1}, "y": {"a": 1}}, "the workflow config")
+
+
+def test_a_step_refuses_to_write_over_its_input(tmp_path):
+    from romanpipe.steprun import parse_step_args
+
+    product = tmp_path / "x_dqinit.asdf"
+    product.write_bytes(b"")
+    with pytest.raises(ParameterError, match="the output is the input"):
+        parse_step_args("saturation", "", [str(product), str(tmp_path / "." / "x_dqinit.asdf")])
+
+
+@pytest.mark.parametrize(("step", "option", "value"), [
+    ("ramp_fit", "--threshold-intercept", "-5"),  # the case: 14,396 of 14,400 pixels jumped
+    ("ramp_fit", "--threshold-constant", "-1"),
+    ("source_detection", "--peakmax", "0"),
+    ("source_detection", "--scalar-threshold", "-2"),
+    ("resample", "--rotation", "400"),
+])
+def test_numeric_parameters_out_of_their_bounds_are_refused(step, option, value):
+    with pytest.raises(ParameterError, match=f"{step}: parameter {option[2:].replace('-', '_')}"):
+        resolve([option, value], step)

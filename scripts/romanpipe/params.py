@@ -168,6 +168,54 @@ def _step_entry_parameters(entry: dict, base_dir: Path) -> dict[str, Any]:
     return parameters
 
 
+# A parameter file is a few kB; the workflow config a few. Bounds stop a hostile or broken
+# file before it costs memory: a YAML alias bomb expands to gigabytes from a few hundred bytes.
+MAX_PARAMETER_FILE_BYTES = 1 << 20
+MAX_TREE_NODES = 100_000
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: parameter files and configs have no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ParameterError(f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: "
+                                 "aliases are not allowed")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: str | Path):
+    """A YAML file of bounded size without aliases; ParameterError naming the file otherwise."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_PARAMETER_FILE_BYTES:
+        raise ParameterError(f"{path}: {size} bytes, more than the {MAX_PARAMETER_FILE_BYTES} a "
+                             "parameter file may hold")
+    with open(path) as stream:
+        try:
+            return yaml.load(stream, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+        except ParameterError as err:
+            raise ParameterError(f"{path}: {err}") from None
+
+
+def check_tree_size(tree, source: str) -> None:
+    """ParameterError when ``tree`` (loaded YAML or JSON) has more than MAX_TREE_NODES values or
+    shares a node between two places (what a YAML alias makes)."""
+    seen, stack, count = set(), [tree], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_TREE_NODES:
+            raise ParameterError(f"{source}: more than {MAX_TREE_NODES} values")
+        if isinstance(node, dict | list):
+            if id(node) in seen:
+                raise ParameterError(f"{source}: a mapping or list used twice (a YAML alias); "
+                                     "aliases are not allowed")
+            seen.add(id(node))
+            stack.extend(node.values() if isinstance(node, dict) else node)
+
+
 def _load_tree(path: Path) -> dict:
     if not path.is_file():
         raise ParameterError(f"{path}: parameter file not found")
@@ -179,8 +227,9 @@ def _load_tree(path: Path) -> dict:
                 tree = {k: v for k, v in af.tree.items()
                         if k not in ("asdf_library", "history")}
         else:
-            with open(path) as stream:
-                tree = yaml.safe_load(stream) or {}
+            tree = load_yaml(path) or {}
+    except ParameterError:
+        raise
     except Exception as err:  # yaml and asdf raise many types
         raise ParameterError(f"{path}: unreadable parameter file ({type(err).__name__})") from None
     if not isinstance(tree, dict):

@@ -57,9 +57,17 @@ def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Na
     if args.output is None:
         args.output = default_output(step, args.input, settings)
         settings = {name: value for name, value in settings.items() if name not in OUTPUT_NAMING}
+    refuse_overwriting_input(args.input, args.output)
     step_params.report_ignored(args.parameter_file, settings, "no meaning for a run of one step")
     log.info("%s parameters: %s", step, values)
     return args, values
+
+
+def refuse_overwriting_input(input_path: Path, output: Path) -> None:
+    """A product never replaces its own input: a by-hand run with one path twice would lose it."""
+    if output.resolve() == input_path.resolve() or (output.exists() and input_path.exists()
+                                                    and output.samefile(input_path)):
+        raise ParameterError(f"{output}: the output is the input; give another output path")
 
 
 def default_output(step: str, input_path: Path, settings: dict[str, Any]) -> Path:

@@ -32,12 +32,35 @@ from romanpipe.pool_table import reference_column  # noqa: E402
 from romanpipe.inputs import InputListError, discover_inputs  # noqa: E402
 from romanpipe.files import workdir_relative  # noqa: E402
 from romanpipe.failures import error_line, read_ledger, record_failures  # noqa: E402
+from romanpipe.errors import ParameterError  # noqa: E402
+from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.product_sizes import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
 
 
+try:
+    # Before validation: a YAML alias bomb would otherwise be walked (and printed) in full.
+    check_tree_size(config, "the workflow config")
+except ParameterError as err:
+    raise WorkflowError(str(err)) from None
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+
+
+def check_settings():
+    """Settings the schema cannot check: files that must exist, folders that must stay inside."""
+    for key in ("results_dir", "logs_dir"):
+        path = config[key]
+        # Absolute folders are a choice; a relative one leaving the working directory is a slip.
+        if not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] == os.pardir:
+            raise WorkflowError(f"{key}: {path!r} leaves the working directory; give an absolute path "
+                                "to write there on purpose")
+    path = config["parameter_file"]
+    if path and not os.path.isfile(path):
+        raise WorkflowError(f"parameter_file: {path!r}: no such file")
+
+
+check_settings()
 
 RESULTS = config["results_dir"]
 LOGS = config["logs_dir"]
