@@ -25,6 +25,10 @@ include: "workflow/rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+onstart:
+    remove_leftovers()
+
+
 onerror:
     after_failed_run()
 

@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# Every staging name ends so: a run killed mid-write leaves them behind, and the next run
+# (or the end of a failed one) removes them by this mark (remove_staging).
+STAGING_MARK = ".staging"
+
+
+def staging_folder(path: str | Path) -> Path:
+    """A new hidden folder beside ``path`` to write it in under its own name, then move it out."""
+    path = Path(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=STAGING_MARK, dir=path.parent))
+
+
+def remove_staging(folder: str | Path) -> list[Path]:
+    """Remove the staging files and folders under ``folder`` that writers left (killed mid-write)."""
+    removed = []
+    for staging in sorted(Path(folder).rglob(f".*{STAGING_MARK}")):
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
+        removed.append(staging)
+    return removed
 
 
 def workdir_relative(path: str) -> str:
@@ -24,7 +48,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging = path.with_name(f".{path.name}.{os.getpid()}{STAGING_MARK}")
     try:
         yield staging
         os.replace(staging, path)

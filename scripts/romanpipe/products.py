@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
@@ -22,6 +21,7 @@ import roman_datamodels as rdm
 from roman_datamodels import datamodels
 
 from .errors import InputFileError, NoScienceDataError
+from .files import staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def write_atomic(model, path: str | Path) -> Path:
     model.meta.filename = type(model.meta.filename)(path.name) if "filename" in model.meta else path.name
     # The file keeps its final name inside a private folder (the name is also
     # recorded in meta.filename), then moves into place in one rename.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = staging_folder(path)
     try:
         model.to_asdf(staging / path.name, all_array_compression=None, all_array_storage="internal")
         os.replace(staging / path.name, path)

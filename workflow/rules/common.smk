@@ -34,6 +34,7 @@ from romanpipe.files import workdir_relative  # noqa: E402
 from romanpipe.failures import error_line, read_ledger, record_failures  # noqa: E402
 from romanpipe.errors import ParameterError  # noqa: E402
 from romanpipe.params import check_tree_size  # noqa: E402
+from romanpipe.files import remove_staging  # noqa: E402
 from romanpipe.product_sizes import product_size_mb  # noqa: E402
 from romanpipe.cores import worker_count  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
@@ -691,6 +692,29 @@ def exposure_failures():
     return failures
 
 
+def remove_failed_ramps(exposures):
+    """The temporary ramps the failed exposures left (their next step never ran to consume them)."""
+    if config["keep_ramp_intermediates"]:
+        return
+    for expo in exposures:
+        for step in RAMP_INTERMEDIATE_STEPS:
+            path = product(step).format(expo=expo)
+            if os.path.exists(path) and step != partial_target_step():
+                os.remove(path)
+                logger.info(f"removed the temporary ramp {path} of a failed exposure")
+
+
+def remove_leftovers():
+    """What killed or failed runs left behind: staging files (writes cut short) and the
+    temporary ramps of exposures that failed. Runs as the run starts, before any job."""
+    for path in remove_staging(RESULTS) if os.path.isdir(RESULTS) else []:
+        logger.info(f"removed {path}, left by an interrupted write")
+    try:
+        remove_failed_ramps(failed_exposures())
+    except (IncompleteCheckpointException, FileNotFoundError):
+        pass  # no pool yet: no exposure has failed
+
+
 def after_failed_run():
     """Record the exposures that failed and, once, run again without them, so that every
     association is built from the members that reached _cal. Snakemake exits non-zero."""
@@ -699,6 +723,8 @@ def after_failed_run():
     except IncompleteCheckpointException:
         return  # the pool itself did not finish: nothing is known about the exposures
     new = record_failures(FAILURE_LEDGER, pool_path, exposure_failures())
+    remove_staging(RESULTS)
+    remove_failed_ramps(new)
     if not new:
         return
     logger.error(f"{len(new)} exposure(s) failed after the pool and are left out of the campaign "
