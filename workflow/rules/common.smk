@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -692,27 +693,62 @@ def exposure_failures():
     return failures
 
 
-def remove_failed_ramps(exposures):
-    """The temporary ramps the failed exposures left (their next step never ran to consume them)."""
+def remove_spent_ramps(failed=()):
+    """Temporary ramps no job will read: those of exposures that failed, and those of exposures
+    whose ramp chain is done (``_rampfit`` made). Snakemake defers deleting temporary files
+    while a checkpoint is pending, and a run that stops early (killed, or failed with the
+    association checkpoint still waiting) never gets to delete them."""
     if config["keep_ramp_intermediates"]:
         return
-    for expo in exposures:
+    try:
+        pool = pool_table()
+    except (IncompleteCheckpointException, FileNotFoundError):
+        return  # no pool yet: no ramp either
+    kept = partial_target_step()
+    for expo in pool.index:
+        if expo not in failed and not os.path.exists(product("ramp_fit").format(expo=expo)):
+            continue
         for step in RAMP_INTERMEDIATE_STEPS:
             path = product(step).format(expo=expo)
-            if os.path.exists(path) and step != partial_target_step():
+            if step != kept and os.path.exists(path):
                 os.remove(path)
-                logger.info(f"removed the temporary ramp {path} of a failed exposure")
+                logger.info(f"removed the temporary ramp {path}: no job reads it any more")
+
+
+# Signals Snakemake received during this run: a run the operator stopped gets no second pass.
+STOP_SIGNALS = []
+
+
+def note_stop_signals():
+    """Remember SIGINT and SIGTERM, then let Snakemake handle them as before."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(number)
+
+        def handler(signum, frame, previous=previous):
+            STOP_SIGNALS.append(signum)
+            if callable(previous):
+                return previous(signum, frame)
+            if previous != signal.SIG_DFL:  # ignored, or set outside Python: leave it so
+                return None
+            signal.signal(signum, signal.SIG_DFL)
+            return os.kill(os.getpid(), signum)
+
+        try:
+            signal.signal(number, handler)
+        except ValueError:  # not the main thread: Snakemake's own handling stays
+            return
 
 
 def remove_leftovers():
     """What killed or failed runs left behind: staging files (writes cut short) and the
     temporary ramps of exposures that failed. Runs as the run starts, before any job."""
+    note_stop_signals()
     for path in remove_staging(RESULTS) if os.path.isdir(RESULTS) else []:
         logger.info(f"removed {path}, left by an interrupted write")
     try:
-        remove_failed_ramps(failed_exposures())
+        remove_spent_ramps(failed_exposures())
     except (IncompleteCheckpointException, FileNotFoundError):
-        pass  # no pool yet: no exposure has failed
+        pass  # no pool yet: no ramp either
 
 
 def after_failed_run():
@@ -724,7 +760,7 @@ def after_failed_run():
         return  # the pool itself did not finish: nothing is known about the exposures
     new = record_failures(FAILURE_LEDGER, pool_path, exposure_failures())
     remove_staging(RESULTS)
-    remove_failed_ramps(new)
+    remove_spent_ramps(failed_exposures())
     if not new:
         return
     logger.error(f"{len(new)} exposure(s) failed after the pool and are left out of the campaign "
@@ -732,7 +768,7 @@ def after_failed_run():
     command = sys.argv[1:]
     launched = os.path.basename(sys.argv[0]) == "snakemake" or sys.argv[0].endswith(
         os.path.join("snakemake", "__main__.py"))
-    if (os.environ.get(SECOND_PASS_VARIABLE) or not launched
+    if (os.environ.get(SECOND_PASS_VARIABLE) or not launched or STOP_SIGNALS
             or any(arg.split("=")[0] in _FORCING_OPTIONS for arg in command)):
         logger.error("Run the same command again to build the associations of the other members.")
         return
