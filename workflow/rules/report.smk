@@ -115,6 +115,10 @@ rule quarantine_table:
     params:
         python=PYTHON,
         ledger=failure_ledger_option(),
+    resources:
+        # two small tables: the base memory and time of every job
+        mem_mb=step_memory_mb(0),
+        runtime=step_runtime_min(0),
     log:
         os.path.join(LOGS, "quarantine_table.log"),
     benchmark:
