@@ -1,9 +1,10 @@
 """as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would."""
 
-from romanpipe.products import as_float16
+from romanpipe.products import as_float16, open_model
 
 import numpy as np
 import pytest
+from roman_datamodels import datamodels
 
 
 def test_float16_conversion_is_numpys_bit_for_bit_and_fast_path_covers_subnormals():
@@ -21,3 +22,13 @@ def test_float16_conversion_is_numpys_bit_for_bit_and_fast_path_covers_subnormal
     np.testing.assert_array_equal(as_float16(values).view(np.uint16), expected.view(np.uint16))
     with pytest.raises(TypeError, match="float64"):
         as_float16(values.astype(np.float64))
+
+
+def test_a_file_whose_path_holds_url_characters_opens(tmp_path, mask_file):
+    """asdf reads a path as a URL: ';', '#', '?' and '%' cut it short ("No such file")."""
+    folder = tmp_path / "refs;2026#a?b%20c"
+    folder.mkdir()
+    odd = folder / "mask;1#x?y%20z.asdf"
+    odd.write_bytes(mask_file.read_bytes())
+    with open_model(odd, (datamodels.MaskRefModel,)) as model:
+        assert model.dq[5, 6] == 1024

@@ -70,7 +70,7 @@ def open_model(path: str | Path, expected: tuple[type, ...] | None = None, *, me
             # asdf warns about unknown tags of other software versions; a bad
             # file fails below anyway, with a clearer message.
             warnings.simplefilter("ignore")
-            model = rdm.open(path, memmap=memmap)
+            model = rdm.open(_asdf_source(path), memmap=memmap)
     except Exception as err:  # asdf/yaml/validation raise many types
         # roman_datamodels re-raises asdf's precise error as a vague TypeError.
         cause = err.__context__ if isinstance(err, TypeError) and err.__context__ else err
@@ -81,6 +81,15 @@ def open_model(path: str | Path, expected: tuple[type, ...] | None = None, *, me
         names = " or ".join(t.__name__ for t in expected)
         raise InputFileError(path, f"is a {type(model).__name__}, expected {names}")
     return model
+
+
+# asdf reads a path as a URL: these characters would cut it short or change it.
+_URL_CHARACTERS = frozenset(";#?%")
+
+
+def _asdf_source(path: Path) -> Path | str:
+    """``path``, or its file URL (characters escaped) when asdf would misread it as a path."""
+    return path.resolve().as_uri() if _URL_CHARACTERS & set(str(path)) else path
 
 
 def open_level1(path: str | Path):
