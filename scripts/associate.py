@@ -32,6 +32,7 @@ from romanpipe import cli
 from romanpipe.association import asn_from_list, association_name, read_association, write_association
 from romanpipe.errors import InputFileError
 from romanpipe.files import atomic_path
+from romanpipe.footprints import s_region_vertices
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_model
 
@@ -165,16 +166,12 @@ def main(argv=None) -> None:
 
 
 def _polygon(path: Path, s_region: str) -> SphericalPolygon:
-    words = s_region.split()
     try:
-        if words[:2] != ["POLYGON", "ICRS"] or len(words) < 8 or len(words) % 2:
-            raise ValueError
-        corners = np.array(words[2:], dtype=float).reshape(-1, 2)
+        ra, dec = s_region_vertices(s_region)
     except ValueError:
         raise InputFileError(path, f"meta.wcsinfo.s_region {s_region[:60]!r} is not a POLYGON ICRS "
                                    "footprint: run assign_wcs first") from None
-    return SphericalPolygon.from_radec(corners[:, 0], corners[:, 1])
-
+    return SphericalPolygon.from_radec(ra, dec)
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -51,8 +51,9 @@ from romanpipe import cli
 from romanpipe.association import read_association
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.files import atomic_path
+from romanpipe.footprints import s_region
 from romanpipe.naming import STEP_SUFFIX
-from romanpipe.products import COMPLETE, SKIPPED, open_model
+from romanpipe.products import COMPLETE, SKIPPED, exposure_group, open_model
 from romanpipe.steprun import (
     StepRun,
     parse_step_args,
@@ -69,8 +70,6 @@ from roman_datamodels import datamodels
 from tweakwcs import RomanWCSCorrector, align_wcs
 from tweakwcs.imalign import NotEnoughCatalogs
 from tweakwcs.matchutils import MatchSourceConfusionError, XYXYMatch
-
-from assign_wcs import s_region
 
 log = logging.getLogger("tweakreg")
 
@@ -540,17 +539,6 @@ def image_to_align(model, path: Path, custom_catalog: Path | None, catalog_forma
             raise InputFileError(custom_catalog or path, str(err)) from None
         log.info("%s: %d sources in the catalog, %d inside the image", path.name, len(table), len(catalog))
     return ImageToAlign(path.name, wcs, wcsinfo, catalog, exposure_group(model, path.name))
-
-
-def exposure_group(model, fallback: str) -> str:
-    """The exposure an image belongs to (its detectors align together): group_id, observation_id or itself."""
-    group = model.meta.get("group_id")
-    if group:
-        return str(group)
-    observation_id = model.meta.get("observation", {}).get("observation_id")
-    if observation_id and observation_id != "?":
-        return str(observation_id)
-    return fallback
 
 
 def exposure_epoch(model, path: Path) -> float:

@@ -48,6 +48,15 @@ def test_the_import_check_sees_an_import(tmp_path):
     assert "stcal" in imported_top_modules(sample)
 
 
+
+def test_no_script_imports_another_script():
+    """What two steps share lives in romanpipe: a script that imports another's drags its
+    dependencies and start-up along, and hides where the shared code is."""
+    scripts = {path.stem: path for path in (ROOT / "scripts").glob("*.py")}
+    offenders = {name: sorted(imported_top_modules(path) & (scripts.keys() - {name}))
+                 for name, path in scripts.items() if imported_top_modules(path) & (scripts.keys() - {name})}
+    assert offenders == {}
+
 def test_the_workflow_loads_without_crds_or_roman_datamodels():
     """Snakemake starts again for every rule of a SLURM group job: importing these two made
     each start 1.8 s slower (README, per-job overhead of the profile)."""

@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from romanpipe import cli, drizzling
+from romanpipe import cli
+from romanpipe.drizzle_models import exposure_from_model
 from romanpipe.params import step_defaults
 from romanpipe.products import set_cal_step
+from romanpipe.resample_setup import OutputTooLargeError
 
 import numpy as np
 import pytest
@@ -48,7 +50,7 @@ def parameters(**changes):
 
 
 def exposures_of(models):
-    return [drizzling.exposure_from_model(m, m.meta.filename, i) for i, m in enumerate(models)]
+    return [exposure_from_model(m, m.meta.filename) for m in models]
 
 
 def pixels(mask):
@@ -270,7 +272,7 @@ def test_nlow_nhigh_and_unresampled_comparison_find_the_same_hits():
 
 def test_allowed_memory_too_small_raises(field_with_cosmic_rays):
     models, _, _ = field_with_cosmic_rays
-    with pytest.raises(drizzling.OutputTooLargeError):
+    with pytest.raises(OutputTooLargeError):
         flag_outliers(exposures_of(models), parameters(allowed_memory=1e-12))
 
 

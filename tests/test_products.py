@@ -1,9 +1,11 @@
-"""as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would."""
+"""as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would; the exposure
+an image belongs to."""
 
-from romanpipe.products import as_float16
+from romanpipe.products import as_float16, exposure_group
 
 import numpy as np
 import pytest
+from roman_datamodels import datamodels
 
 
 def test_float16_conversion_is_numpys_bit_for_bit_and_fast_path_covers_subnormals():
@@ -21,3 +23,14 @@ def test_float16_conversion_is_numpys_bit_for_bit_and_fast_path_covers_subnormal
     np.testing.assert_array_equal(as_float16(values).view(np.uint16), expected.view(np.uint16))
     with pytest.raises(TypeError, match="float64"):
         as_float16(values.astype(np.float64))
+
+
+def test_exposure_group_is_group_id_then_observation_id_then_the_image_itself():
+    """As romancal 1.1's ModelLibrary: tweakreg and outlier detection group by the same rule."""
+    model = datamodels.ImageModel.create_fake_data(shape=(2, 2))
+    assert model.meta.observation.observation_id == "?"           # rad's placeholder is no id
+    assert exposure_group(model, "image.asdf") == "image.asdf"
+    model.meta.observation.observation_id = "0000101001001001001"
+    assert exposure_group(model, "image.asdf") == "0000101001001001001"
+    model.meta["group_id"] = "roman00001_exposure1"
+    assert exposure_group(model, "image.asdf") == "roman00001_exposure1"

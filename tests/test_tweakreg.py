@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from romanpipe.association import asn_from_list, read_association, write_association
+from romanpipe.footprints import s_region
 from romanpipe.params import step_defaults
 
 import numpy as np
@@ -32,7 +33,7 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 import tweakreg
-from assign_wcs import build_wcs, s_region
+from assign_wcs import build_wcs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 0.11  # arcsec per pixel
