@@ -27,7 +27,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from romanpipe import cli, drizzling
-from romanpipe.association import Association, listing, read_science_members, write_association
+from romanpipe.association import (
+    Association,
+    is_association,
+    listing,
+    read_science_members,
+    write_association,
+)
 from romanpipe.drizzle_models import exposure_from_model, mosaic_model
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import product_name
@@ -106,7 +112,7 @@ def main(argv=None) -> None:
         pass_on_skipped(STEP, args, parameters)
         return
     association, members = read_science_members(args.input)
-    if parameters["single"] and args.output.suffix != ".json":
+    if parameters["single"] and not is_association(args.output):
         raise ParameterError("single=true writes one mosaic per exposure: OUTPUT must be an association "
                              "(.json) listing them")
     with ExitStack() as stack:

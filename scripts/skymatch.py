@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from romanpipe import cli, dqflags
-from romanpipe.association import read_association
+from romanpipe.association import read_science_members
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
@@ -348,10 +348,7 @@ def main(argv=None) -> None:
                                  parameters["binwidth"])
     except ValueError as err:
         raise ParameterError(f"{STEP}: {err}") from None
-    association = read_association(args.input)
-    members = association.members()
-    if not members:
-        raise InputFileError(args.input, "the association has no science members")
+    association, members = read_science_members(args.input)
     models, images = [], []
     for path in members:
         model = open_model(path, (datamodels.ImageModel,))

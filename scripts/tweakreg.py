@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from romanpipe import cli
-from romanpipe.association import read_association
+from romanpipe.association import read_step_input
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.files import atomic_path
 from romanpipe.footprints import s_region
@@ -603,10 +603,8 @@ def run(image, step: StepRun):
     return image, status
 
 
-def align_association(args, parameters: Mapping) -> None:
-    """The members of the association ``args.input`` aligned together, written beside ``args.output``."""
-    association = read_association(args.input)
-    paths = association.members()
+def align_association(association, paths: Sequence[Path], args, parameters: Mapping) -> None:
+    """The science members ``paths`` of ``association`` aligned together, written beside ``args.output``."""
     with ExitStack() as open_files:
         models = [open_files.enter_context(open_model(path, INPUT_MODELS)) for path in paths]
         statuses = align_models(models, paths, parameters, args.output, association)
@@ -618,10 +616,12 @@ def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
     if parameters["skip"]:
         pass_on_skipped(STEP, args, parameters)
-    elif args.input.suffix.lower() == ".json":
-        align_association(args, parameters)
-    else:
+        return
+    association, paths = read_step_input(args.input)
+    if association is None:
         run_on_file(STEP, run, INPUT_MODELS, args, parameters)
+    else:
+        align_association(association, paths, args, parameters)
 
 
 if __name__ == "__main__":

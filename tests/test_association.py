@@ -6,9 +6,10 @@ from romanpipe.association import (
     asn_from_list,
     association_name,
     read_association,
+    read_step_input,
     write_association,
 )
-from romanpipe.errors import InputFileError
+from romanpipe.errors import EXIT_NO_SCIENCE_DATA, InputFileError, NoScienceDataError
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ import roman_datamodels as rdm
 from roman_datamodels import datamodels
 
 import asn_from_list as asn_from_list_cli
+import flux
+import outlier_detection
+import resample
 import skymatch
+import tweakreg
 
 SEED_ITEMS = {"r0000101001001001001_01101_0001_WFI01_uncal.asdf": "science",
               "r0000101001001001001_3_01101_0001_WFI01_uncal.asdf": "guide_window",
@@ -96,3 +101,36 @@ def test_skip_on_an_association_passes_every_member_on_as_skipped(tmp_path):
         with rdm.open(path) as product:
             assert product.meta.cal_step.skymatch == "SKIPPED"
             assert product.data[1, 1] == 7.0
+
+
+def test_step_input_is_one_product_or_an_associations_science_members(tmp_path):
+    assert read_step_input(tmp_path / "a_photom.asdf") == (None, [tmp_path / "a_photom.asdf"])
+    path = write_association(asn_from_list(list(SEED_ITEMS.items()), "p", with_exptype=True),
+                             tmp_path / "x_asn.JSON")
+    association, members = read_step_input(path)
+    assert association.path == path
+    assert members == [tmp_path / "r0000101001001001001_01101_0001_WFI01_uncal.asdf"]
+
+
+def association_without_science(tmp_path):
+    items = [("a_photom.asdf", "guide_window"), ("b_photom.asdf", "background")]
+    return write_association(asn_from_list(items, "p", with_exptype=True), tmp_path / "p_asn.json")
+
+
+def test_an_association_without_science_members_is_no_science_data_naming_the_file(tmp_path):
+    path = association_without_science(tmp_path)
+    with pytest.raises(NoScienceDataError, match=f"{path}: the association has no science members"):
+        read_step_input(path)
+
+
+@pytest.mark.parametrize("step, options", [
+    (flux, []), (flux, ["--skip", "true"]), (skymatch, []), (tweakreg, []), (outlier_detection, []),
+    (resample, []),
+])
+def test_every_step_ends_on_an_association_without_science_members_the_same_way(tmp_path, caplog, step,
+                                                                                 options):
+    path = association_without_science(tmp_path)
+    output = tmp_path / "out" / "p_step_asn.json"
+    assert step.cli.run(step.main, [str(path), str(output), *options]) == EXIT_NO_SCIENCE_DATA
+    assert f"{path}: the association has no science members" in caplog.text
+    assert not output.parent.exists()

@@ -116,6 +116,23 @@ def read_science_members(path: str | Path) -> tuple[Association, list[Path]]:
     return association, members
 
 
+def is_association(path: str | Path) -> bool:
+    """Whether a step's input is an association (a ``.json`` file) rather than one product."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def read_step_input(path: str | Path) -> tuple[Association | None, list[Path]]:
+    """A step's input as ``(association, its science members)``, or ``(None, [path])`` for one product.
+
+    Every step decides "image or association?" here, so an association without science
+    members ends every step the same way: NoScienceDataError naming the file (exit status 64,
+    the romancal documentation, section "Exit Status").
+    """
+    if is_association(path):
+        return read_science_members(path)
+    return None, [Path(path)]
+
+
 def write_association(tree: dict, path: str | Path) -> Path:
     """Write an association atomically (a reader never sees half a file)."""
     with atomic_path(path) as staging:
