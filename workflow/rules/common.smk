@@ -9,26 +9,23 @@ selected references) comes from the pool checkpoint's table.
 import functools
 import glob
 import json
-import math
 import os
 import shlex
 import sys
 
 import pandas as pd
-from snakemake.exceptions import IncompleteCheckpointException
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 from romanpipe.naming import STEP_SUFFIX, split_suffix  # noqa: E402
 from romanpipe.exposure_types import (  # noqa: E402
+    DARK_TYPES,
     EXPOSURE_STEPS,
     MOSAIC_TYPES,
     applicable_steps,
 )
 from romanpipe import refs  # noqa: E402
-from romanpipe.product_sizes import product_size_mb  # noqa: E402
-from romanpipe.cores import worker_count  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
 
 
@@ -99,19 +96,20 @@ CAL_PRODUCT = os.path.join(RESULTS, "exposures", "{expo}_cal.asdf")
 RAMP_INTERMEDIATE_STEPS = EXPOSURE_STEPS[: EXPOSURE_STEPS.index("ramp_fit")]
 
 
+# The exposure-level step whose product is the configured target; None for cal and i2d.
+TARGET_STEP = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}.get(config["target"])
+
+
 def within_target(step):
     """Whether ``step`` is at or before the configured target (for cal and i2d: every step)."""
-    suffix_step = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}
-    target = suffix_step.get(config["target"])
-    return target is None or EXPOSURE_STEPS.index(step) <= EXPOSURE_STEPS.index(target)
+    return TARGET_STEP is None or EXPOSURE_STEPS.index(step) <= EXPOSURE_STEPS.index(TARGET_STEP)
 
 
 def partial_target_step():
     """The ramp step whose product is the configured target, if the target is a ramp."""
-    suffix_step = {STEP_SUFFIX[s]: s for s in RAMP_INTERMEDIATE_STEPS}
-    if config["target"] not in suffix_step:
+    if TARGET_STEP not in RAMP_INTERMEDIATE_STEPS:
         return None
-    up_to = RAMP_INTERMEDIATE_STEPS.index(suffix_step[config["target"]])
+    up_to = RAMP_INTERMEDIATE_STEPS.index(TARGET_STEP)
     enabled = [s for s in RAMP_INTERMEDIATE_STEPS[: up_to + 1] if is_enabled(s)]
     return enabled[-1] if enabled else None
 
@@ -280,87 +278,6 @@ def dark_output_option(wildcards):
     return f"--dark-output {shlex.quote(path)}"
 
 
-def step_threads(maximum_cores):
-    """Threads of a step with a maximum_cores setting (the seed's none/quarter/half/all).
-
-    A share of this machine's cores: Snakemake lowers it to --cores when running locally.
-    Each job gets its threads as OMP_NUM_THREADS, which caps the step's workers
-    (romanpipe.cores).
-    """
-    return worker_count(maximum_cores, os.cpu_count() or 1)
-
-
-def step_cpus(maximum_cores):
-    """cpus_per_task of a step's SLURM job: its threads for a big ramp, one CPU for a small
-    one (threads cost more than they save there). The job's CPU affinity then caps the
-    step's workers (romanpipe.cores)."""
-    most = step_threads(maximum_cores)
-
-    def cpus_per_task(wildcards):
-        return most if exposure_input_mb("ramp")(wildcards) >= SMALL_RAMP_MB else 1
-
-    return cpus_per_task
-
-
-# Below this size (inputs and references together) a ramp step gets one CPU on SLURM:
-# about a 1024 x 1024 detector region of 16 resultants.
-SMALL_RAMP_MB = 64
-
-
-def exposure_input_mb(kind):
-    """The size of an exposure's ``kind`` of product (level1, ramp, image), from the pool's
-    shape of its Level 1 data (resultants x pixels).
-
-    Known when the DAG is built, before the product exists, and costs no file access: a
-    campaign plans hundreds of thousands of jobs (README, Performance).
-    """
-
-    def input_mb(wildcards, input=None):
-        try:
-            record = pool_record(wildcards.expo)
-        except IncompleteCheckpointException:
-            # The pool runs again first (Snakemake 9 cannot take this exception from a
-            # resource function); the jobs are then planned again from its new table.
-            return 0
-        return product_size_mb(kind, int(record["nresultants"]), int(record["ny"]), int(record["nx"]))
-
-    input_mb.__name__ = f"{kind}_mb"
-    return input_mb
-
-
-def step_memory_mb(factor, size_mb=None):
-    """A step's mem_mb: 1 GB plus ``factor`` times its input's size, doubled on each retry.
-
-    Ramp factors from the full-detector peaks in the README (steps hold about two
-    ramps; dq_init turns 2-byte raw counts into 4-byte floats); a job killed for
-    memory comes back with more. ``size_mb(wildcards, input)`` gives the input's size in
-    MB (exposure_input_mb, association_data_mb); without it, the declared inputs' files.
-    """
-
-    def mem_mb(wildcards, input, attempt):
-        data_mb = size_mb(wildcards, input) if size_mb else input.size_mb
-        return int((1024 + factor * data_mb) * 2 ** (attempt - 1))
-
-    mem_mb.__name__ = f"step_memory_mb_x{factor}"
-    return mem_mb
-
-
-def step_runtime_min(minutes_per_gb, size_mb=None):
-    """A step's runtime (minutes; SLURM's time limit): 5 plus ``minutes_per_gb`` per GB of
-    its input (``size_mb`` as for step_memory_mb), doubled on each retry (a job killed for time comes back with more).
-
-    The factors are about ten times the full-detector times measured here (README,
-    Performance), room for slower nodes and shared file systems.
-    """
-
-    def runtime(wildcards, input, attempt):
-        data_mb = size_mb(wildcards, input) if size_mb else input.size_mb
-        return math.ceil((5 + minutes_per_gb * data_mb / 1024) * 2 ** (attempt - 1))
-
-    runtime.__name__ = f"step_runtime_min_x{minutes_per_gb}"
-    return runtime
-
-
 def exposure_type(expo):
     return pool_record(expo)["exposure_type"]
 
@@ -386,10 +303,9 @@ def not_applicable_option(wildcards):
 
 def exposure_target(expo):
     """The configured target of one exposure: its _cal, or the last product up to a partial target."""
-    if config["target"] in ("cal", "i2d"):
+    if TARGET_STEP is None:
         return CAL_PRODUCT.format(expo=expo)
-    suffix_step = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}
-    return product(last_step(expo, up_to=suffix_step[config["target"]])).format(expo=expo)
+    return product(last_step(expo, up_to=TARGET_STEP)).format(expo=expo)
 
 
 def exposure_products(wildcards):
@@ -477,19 +393,11 @@ def resample_input(wildcards):
     return mosaic_upstream("resample").format(asn=association_of(wildcards))
 
 
-def association_data_mb(wildcards, input):
-    """The members' _cal products' size: what a high-level step reads (its declared input is
-    the association file)."""
-    return sum(os.path.getsize(path) for path in association_members(wildcards)
-               if os.path.exists(path)) / 2**20
-
-
 def mosaic_products():
     return [MOSAIC_PRODUCT.format(product=product) for product in association_index()["product"]]
 
 
 # Ground-test (TVAC) products (groundtest.smk).
-DARK_EXPOSURE_TYPES = ("WFI_IM_DARK", "WFI_SP_DARK")
 DARK_REFERENCE = os.path.join(RESULTS, "references", "{detector}_{kind}.asdf")
 DIAGNOSTICS_DIR = os.path.join(RESULTS, "diagnostics", "{expo}")
 DIAGNOSTIC_FIGURES = (
@@ -502,13 +410,12 @@ DIAGNOSTIC_FIGURES = (
 
 wildcard_constraints:
     detector=r"WFI\d\d",
-    kind=r"superbias|dark",
 
 
 def dark_exposures(wildcards):
     """The raw files of one detector's dark exposures (the seed fits the darks unprocessed)."""
     pool = pool_table()
-    darks = pool.index[pool["exposure_type"].isin(DARK_EXPOSURE_TYPES) & (pool["detector"] == wildcards.detector)]
+    darks = pool.index[pool["exposure_type"].isin(DARK_TYPES) & (pool["detector"] == wildcards.detector)]
     if len(darks) == 0:
         raise WorkflowError(f"no dark exposure of {wildcards.detector} in the pool")
     return [EXPOSURES[expo] for expo in darks]
@@ -518,7 +425,7 @@ def groundtest_products(wildcards):
     """The references and figures config.groundtest asks for."""
     settings = config["groundtest"]
     pool = pool_table()
-    is_dark = pool["exposure_type"].isin(DARK_EXPOSURE_TYPES)
+    is_dark = pool["exposure_type"].isin(DARK_TYPES)
     products = []
     if settings["dark_references"]:
         products += [DARK_REFERENCE.format(detector=detector, kind=kind)

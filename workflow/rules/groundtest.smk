@@ -64,6 +64,8 @@ rule ramp_diagnostics:
         runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "ramp_diagnostics", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "ramp_diagnostics", "{expo}.tsv")
     conda:
         "../../envs/detector.yaml"
     shell:

@@ -21,8 +21,14 @@ checkpoint associations:
     params:
         python=PYTHON,
         user_dir=user_associations_option(),
+    resources:
+        # the members' metadata only, one at a time
+        mem_mb=step_memory_mb(0),
+        runtime=metadata_runtime_min(0.2),
     log:
         os.path.join(LOGS, "associations.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "associations.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -39,8 +45,13 @@ rule association_file:
     params:
         python=PYTHON,
         tree=association_tree,
+    resources:
+        mem_mb=step_memory_mb(0),
+        runtime=step_runtime_min(0),
     log:
         os.path.join(LOGS, "association_file", "{asn}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "association_file", "{asn}.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:

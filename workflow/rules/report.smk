@@ -30,8 +30,13 @@ rule quicklook_cal:
         ),
     params:
         python=PYTHON,
+    resources:
+        mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(1),
     log:
         os.path.join(LOGS, "quicklook", "{expo}_cal.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "quicklook_cal", "{expo}.tsv")
     conda:
         "../../envs/image.yaml"
     shell:
@@ -53,8 +58,13 @@ rule quicklook_mosaic:
         ),
     params:
         python=PYTHON,
+    resources:
+        mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(1),
     log:
         os.path.join(LOGS, "quicklook", "{product}_i2d.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "quicklook_mosaic", "{product}.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -72,8 +82,14 @@ rule provenance:
                category="Tables", labels={"table": "provenance"}),
     params:
         python=PYTHON,
+    resources:
+        # every product's metadata, one at a time
+        mem_mb=step_memory_mb(0),
+        runtime=metadata_runtime_min(0.2),
     log:
         os.path.join(LOGS, "provenance.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "provenance.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -82,10 +98,15 @@ rule provenance:
 
 
 rule benchmarks:
-    """Every job's benchmark record in one table (the products are inputs: it runs last)."""
+    """Every job's benchmark record in one table: every other job's output is an input, so it
+    runs last (its own record is the previous run's)."""
     input:
         exposures=exposure_products,
         mosaics=final_mosaics,
+        groundtest=groundtest_products,
+        quicklook_images=quicklook_images,
+        quicklook_mosaics=quicklook_mosaics,
+        provenance=os.path.join(RESULTS, "provenance.csv"),
         code=step_script("benchmark_table"),
     output:
         report(os.path.join(RESULTS, "benchmarks.csv"), caption="../report/benchmarks.rst",
@@ -93,8 +114,14 @@ rule benchmarks:
     params:
         python=PYTHON,
         folder=BENCHMARKS,
+    resources:
+        # one small record per job
+        mem_mb=step_memory_mb(0),
+        runtime=metadata_runtime_min(0.02),
     log:
         os.path.join(LOGS, "benchmarks.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "benchmarks.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
