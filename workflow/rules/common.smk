@@ -28,7 +28,6 @@ from romanpipe.exposure_types import (  # noqa: E402
 from romanpipe import refs  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
 
-
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 
 RESULTS = config["results_dir"]
@@ -39,9 +38,7 @@ BENCHMARKS = os.path.join(LOGS, "benchmarks")
 CRDS_PATH = str(refs.configure_crds(os.path.abspath(config["crds"]["path"])).cache_dir)
 # numba's compiled kernels are cached with the results, not next to the scripts, unless the
 # environment names a cache (an installation's, shared by campaigns: kernels compile once).
-NUMBA_CACHE = os.path.abspath(
-    os.environ.get("NUMBA_CACHE_DIR") or os.path.join(RESULTS, ".cache", "numba")
-)
+NUMBA_CACHE = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR") or os.path.join(RESULTS, ".cache", "numba"))
 shell.prefix(
     f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
     f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
@@ -50,9 +47,7 @@ shell.prefix(
 # Under --software-deployment-method conda each rule's env provides `python`; otherwise
 # the scripts run with the interpreter that runs Snakemake (the project's venv).
 PYTHON = (
-    "python"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else sys.executable
+    "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 )
 
 
@@ -117,8 +112,11 @@ def partial_target_step():
 def step_output(step):
     """A step's product: a ramp between two steps is temporary unless the config keeps it."""
     path = product(step)
-    if (step in RAMP_INTERMEDIATE_STEPS and not config["keep_ramp_intermediates"]
-            and step != partial_target_step()):
+    if (
+        step in RAMP_INTERMEDIATE_STEPS
+        and not config["keep_ramp_intermediates"]
+        and step != partial_target_step()
+    ):
         return temp(path)
     return path
 
@@ -169,22 +167,28 @@ def crds_reftypes():
     Only the steps that run need references: a skipped step's, or one after a partial
     target, must not quarantine an exposure.
     """
-    return {step: [reftype for reftype in STEP_REFTYPES[step] if not override(step, reftype)]
-            for step in pipeline_steps() if step in STEP_REFTYPES}
+    return {
+        step: [reftype for reftype in STEP_REFTYPES[step] if not override(step, reftype)]
+        for step in pipeline_steps()
+        if step in STEP_REFTYPES
+    }
 
 
 def override_references():
     """Step -> {reftype: file} of the overrides of the steps that run (the pool checks them)."""
-    return {step: {reftype: override(step, reftype) for reftype in STEP_REFTYPES[step]
-                   if override(step, reftype)}
-            for step in pipeline_steps() if step in STEP_REFTYPES}
+    return {
+        step: {reftype: override(step, reftype) for reftype in STEP_REFTYPES[step] if override(step, reftype)}
+        for step in pipeline_steps()
+        if step in STEP_REFTYPES
+    }
 
 
 def crds_context_file():
     """The operational context's .pmap, an input of the pool: a new context reruns the pool,
     which reselects references. None needed when every reference is overridden."""
-    selected = [f"{step}.override_{reftype}" for step, reftypes in crds_reftypes().items()
-                for reftype in reftypes]
+    selected = [
+        f"{step}.override_{reftype}" for step, reftypes in crds_reftypes().items() for reftype in reftypes
+    ]
     if not selected:
         return []
     context = refs.current_context()
@@ -236,8 +240,10 @@ def reference(step, reftype):
     def crds_selection(wildcards):
         record = pool_record(wildcards.expo)
         if f"ref_{reftype}" not in record:
-            raise WorkflowError(f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
-                                f"references for the enabled steps up to the target ({config['target']})")
+            raise WorkflowError(
+                f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
+                f"references for the enabled steps up to the target ({config['target']})"
+            )
         return record[f"ref_{reftype}"]
 
     crds_selection.__name__ = f"crds_{reftype}"
@@ -338,8 +344,11 @@ wildcard_constraints:
 def imaging_cal_products(wildcards):
     """The _cal products that go on to mosaics (imaging exposures)."""
     pool = pool_table()
-    return [CAL_PRODUCT.format(expo=expo) for expo in pool.index
-            if pool.loc[expo, "exposure_type"] in MOSAIC_TYPES]
+    return [
+        CAL_PRODUCT.format(expo=expo)
+        for expo in pool.index
+        if pool.loc[expo, "exposure_type"] in MOSAIC_TYPES
+    ]
 
 
 def user_associations_option():
@@ -374,8 +383,11 @@ def association_tree(wildcards):
 def association_members(wildcards):
     """The members' _cal products (paths in the tree are relative to the associations folder)."""
     tree = json.loads(association_tree(wildcards))
-    return [os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
-            for product in tree["products"] for member in product["members"]]
+    return [
+        os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
+        for product in tree["products"]
+        for member in product["members"]
+    ]
 
 
 def mosaic_asn(step):
@@ -428,12 +440,17 @@ def groundtest_products(wildcards):
     is_dark = pool["exposure_type"].isin(DARK_TYPES)
     products = []
     if settings["dark_references"]:
-        products += [DARK_REFERENCE.format(detector=detector, kind=kind)
-                     for detector in sorted(set(pool.loc[is_dark, "detector"]))
-                     for kind in ("superbias", "dark")]
+        products += [
+            DARK_REFERENCE.format(detector=detector, kind=kind)
+            for detector in sorted(set(pool.loc[is_dark, "detector"]))
+            for kind in ("superbias", "dark")
+        ]
     if settings["diagnostics"]:
-        products += [os.path.join(DIAGNOSTICS_DIR.format(expo=expo), f"{figure}.png")
-                     for expo in pool.index[~is_dark] for figure in DIAGNOSTIC_FIGURES]
+        products += [
+            os.path.join(DIAGNOSTICS_DIR.format(expo=expo), f"{figure}.png")
+            for expo in pool.index[~is_dark]
+            for figure in DIAGNOSTIC_FIGURES
+        ]
     return products
 
 
@@ -459,5 +476,6 @@ def quicklook_mosaics(wildcards):
     """A quicklook of every mosaic (held back, alone, while the association checkpoint is pending)."""
     if config["target"] != "i2d":
         return []
-    return [os.path.join(RESULTS, "quicklook", f"{product}_i2d.png")
-            for product in association_index()["product"]]
+    return [
+        os.path.join(RESULTS, "quicklook", f"{product}_i2d.png") for product in association_index()["product"]
+    ]

@@ -8,6 +8,7 @@ OUTPUTS:         results/references/{detector}_superbias.asdf and {detector}_dar
                  results/diagnostics/{expo}/<figure>.png (in the report)
 """
 
+
 rule dark_references:
     """Superbias and dark rate of one detector from its dark exposures (the seed's bias_intercept_from_cube)."""
     input:

@@ -16,8 +16,12 @@ checkpoint associations:
         cal=imaging_cal_products,
         code=step_script("associate"),
     output:
-        report(ASSOCIATION_INDEX, caption="../report/associations.rst", category="Tables",
-               labels={"table": "associations"}),
+        report(
+            ASSOCIATION_INDEX,
+            caption="../report/associations.rst",
+            category="Tables",
+            labels={"table": "associations"},
+        ),
     params:
         python=PYTHON,
         user_dir=user_associations_option(),

@@ -78,8 +78,12 @@ rule provenance:
         mosaics=final_mosaics,
         code=step_script("provenance_table"),
     output:
-        report(os.path.join(RESULTS, "provenance.csv"), caption="../report/provenance.rst",
-               category="Tables", labels={"table": "provenance"}),
+        report(
+            os.path.join(RESULTS, "provenance.csv"),
+            caption="../report/provenance.rst",
+            category="Tables",
+            labels={"table": "provenance"},
+        ),
     params:
         python=PYTHON,
     resources:
@@ -109,8 +113,12 @@ rule benchmarks:
         provenance=os.path.join(RESULTS, "provenance.csv"),
         code=step_script("benchmark_table"),
     output:
-        report(os.path.join(RESULTS, "benchmarks.csv"), caption="../report/benchmarks.rst",
-               category="Tables", labels={"table": "benchmarks"}),
+        report(
+            os.path.join(RESULTS, "benchmarks.csv"),
+            caption="../report/benchmarks.rst",
+            category="Tables",
+            labels={"table": "benchmarks"},
+        ),
     params:
         python=PYTHON,
         folder=BENCHMARKS,

@@ -111,5 +111,6 @@ def metadata_runtime_min(seconds_per_file):
 def association_data_mb(wildcards, input):
     """The members' _cal products' size: what a high-level step reads (its declared input is
     the association file)."""
-    return sum(os.path.getsize(path) for path in association_members(wildcards)
-               if os.path.exists(path)) / 2**20
+    return (
+        sum(os.path.getsize(path) for path in association_members(wildcards) if os.path.exists(path)) / 2**20
+    )
