@@ -3,7 +3,8 @@
 Default rule: images of the same program and optical element whose footprints
 (``meta.wcsinfo.s_region``, after tweakreg) overlap on the sky, directly or through
 a chain of overlaps, make one mosaic. Overlaps are computed with spherical-geometry.
-Association files follow the seed's layout and naming
+Association files follow the layout and naming of the romancal documentation (sections
+"asn_from_list" and "Association Naming")
 ``rPPPPP-a3NNN_YYYYMMDDtHHMMSS_image_MMM_asn.json``; the version id is the earliest
 member's start time, so that the same inputs always give the same names.
 With ``--user-dir``, the ``*_asn.json`` files there are used as given instead: only

@@ -1,6 +1,6 @@
 """outlier_detection: flag cosmic rays and other outliers left in a stack of dithered Level 2 images.
 
-Seed, "Outlier Detection": each exposure (all its detectors, a "grouped mosaic")
+The romancal documentation, section "Outlier Detection": each exposure (all its detectors, a "grouped mosaic")
 is drizzled onto one common grid (``weight_type``, ``pixfrac``, ``kernel``,
 ``fillval``, ``good_bits``); pixels weighing less than ``maskpt`` times the mean
 weight are dropped and the rest combined into a median image that ignores the
@@ -16,16 +16,16 @@ background is the sky level skymatch recorded without subtracting, else
 ``backg``. Outliers get DQ OUTLIER and DO_NOT_USE. With ``resample_data=false``
 the median of the unresampled inputs is compared directly. ``in_memory=false``
 keeps the grouped mosaics on disk and computes the median one section of rows
-at a time (the seed's memory model); ``allowed_memory`` (or
+at a time (its section "Memory Model for Outlier Detection Algorithm"); ``allowed_memory`` (or
 DMODEL_ALLOWED_MEMORY) refuses work arrays larger than that fraction of the
 available memory; ``save_intermediate_results`` also writes the ``_outlier_i2d``,
 ``_median`` and ``_blot`` products.
 
-Ours, not the seed's: ``pixel_scale_ratio`` (default 1, the seed's grid) sets the
+Ours, not the documentation's: ``pixel_scale_ratio`` (default 1, the documented grid) sets the
 common grid's pixel scale relative to the inputs'. Roman's PSF is undersampled: at the
 inputs' scale each grouped mosaic smooths a star core over a second pixel and the
 blotted median misses its peak by more than ``scale`` times the derivative allows,
-so the seed's rule flags star cores. Half the scale keeps each input pixel's
+so the documented rule flags star cores. Half the scale keeps each input pixel's
 value where it fell (the workflow's configuration uses 0.5 with ``scale`` "1.0 0.8").
 
     python scripts/outlier_detection.py r..._asn.json r..._outlier_detection_asn.json [--snr "5 4"]
@@ -57,14 +57,16 @@ from scipy import ndimage
 log = logging.getLogger("outlier_detection")
 
 STEP = "outlier_detection"
-# Values of each grouped mosaic read per section of the median (the seed's "1Mb of each input").
+# Values of each grouped mosaic read per section of the median (the romancal documentation,
+# section "Memory Model for Outlier Detection Algorithm": "1Mb of each input").
 SECTION_BYTES = 1 << 20
 
 Intermediate = Callable[..., None]
 
 
 def parse_two(text: str, name: str) -> tuple[float, float]:
-    """The seed's ``"4.0 3.0"`` form: two numbers for the detection and the neighbour pass."""
+    """Two numbers for the detection and the neighbour pass, in the ``"4.0 3.0"`` form of the
+    romancal documentation, section "Outlier Detection"."""
     try:
         first, second = (float(v) for v in str(text).replace(",", " ").split())
     except ValueError:
@@ -121,7 +123,8 @@ def abs_derivative(image: np.ndarray) -> np.ndarray:
 
 def outlier_mask(data, err, blot, *, snr: tuple[float, float], scale: tuple[float, float],
                  background: float = 0.0, grow: int = 1) -> np.ndarray:
-    """The seed's two-pass rule: detections at (snr[0], scale[0]), their neighbours within ``grow``
+    """The two-pass rule of the romancal documentation, section "Outlier Detection Algorithm":
+    detections at (snr[0], scale[0]), their neighbours within ``grow``
     pixels kept where they pass (snr[1], scale[1])."""
     noise = np.nan_to_num(np.asarray(err, dtype=np.float32))
     derivative = abs_derivative(blot)

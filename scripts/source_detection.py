@@ -11,12 +11,13 @@ are set to the background, so they neither make nor hide a source, and no source
 peak on one. With ``fit_psf`` a Roman PSF (see below) is fitted to every detection
 with photutils' PSFPhotometry and the fitted x, y and flux replace DAOStarFinder's.
 
-The computed threshold is the seed's and romancal's ("based on the background level",
-"the SNR for the threshold image"). DAOStarFinder compares a threshold with the
-background-free amplitude of its zero-sum kernel, so this one asks for snr_threshold +
-background/RMS standard deviations, about 15 for 1 DN/s of sky at 0.08 DN/s RMS.
-That suits tweakreg: on a 4088 x 4088 image with 2000 stars, snr_threshold x RMS
-alone (3 sigma) gives 53 000 detections, 51 000 of them noise; this threshold 2 002.
+The computed threshold is the romancal documentation's (section "Source Detection") and
+romancal's ("based on the background level", "the SNR for the threshold image").
+DAOStarFinder compares a threshold with the background-free amplitude of its zero-sum
+kernel, so this one asks for snr_threshold + background/RMS standard deviations, about 15
+for 1 DN/s of sky at 0.08 DN/s RMS. That suits tweakreg: on a 4088 x 4088 image with 2000
+stars, snr_threshold x RMS alone (3 sigma) gives 53 000 detections, 51 000 of them noise;
+this threshold 2 002.
 
 The catalog (``id``, ``x``, ``y`` 0-based, ``flux`` in data units summed over the
 source, ``sharpness``, ``roundness1``, ``roundness2``; with ``fit_psf`` also
@@ -166,7 +167,7 @@ def find_sources(data, err, dq, *, kernel_fwhm, sharplo=0.0, sharphi=1.0, roundl
     if scalar_threshold is not None:
         threshold = float(scalar_threshold)
     else:
-        # The seed's threshold image and its median (romancal's definition): see the module docstring.
+        # The documented threshold image and its median (romancal's definition): see the module docstring.
         threshold = float(np.median(level + snr_threshold * rms))
     log.info("background median %.4g, RMS %.4g; detection threshold %.4g, kernel FWHM %.3f pixels",
              float(background.background_median), float(background.background_rms_median), threshold,

@@ -82,7 +82,7 @@ CATALOG_SERVICE_URL = "https://gsss.stsci.edu/webservices"
 CATALOG_SERVICE_VARIABLE = "ASTROMETRIC_CATALOG_URL"  # as stcal: points the step at another service
 CONNECT_TIMEOUT = 10.0  # seconds: an unreachable service must fail fast, whatever vo_timeout is
 
-# The seed's example of meta.wcs_fit_results, in its order.
+# The example of meta.wcs_fit_results in the romancal documentation, section "TweakReg", in its order.
 WCS_FIT_KEYS = ("status", "fitgeom", "matrix", "shift", "center", "proper_rot", "proper", "rot", "<rot>",
                 "scale", "<scale>", "skew", "rmse", "mae", "nmatches")
 XY_COLUMNS = (("x", "y"), ("x_psf", "y_psf"), ("xcentroid", "ycentroid"), ("x_centroid", "y_centroid"))
@@ -224,7 +224,7 @@ def _absolute_alignment(correctors, refcat: Table, parameters) -> tuple[str | No
         return (f"not enough reference sources in the field ({len(refcat)} < abs_minobj "
                 f"{parameters['abs_minobj']})", 0)
     if parameters["abs_separation"] <= math.sqrt(2) * parameters["abs_tolerance"]:
-        log.info("abs_separation %.3g arcsec is not larger than sqrt(2) x abs_tolerance %.3g (the seed's "
+        log.info("abs_separation %.3g arcsec is not larger than sqrt(2) x abs_tolerance %.3g (the documented "
                  "defaults): close pairs may be confused", parameters["abs_separation"],
                  parameters["abs_tolerance"])
     match = _CountingMatch(searchrad=parameters["abs_searchrad"], separation=parameters["abs_separation"],
@@ -489,7 +489,8 @@ def read_catfile(path: Path) -> dict[str, Path | None]:
 
 def custom_catalog_paths(image_names: Sequence[str], *, use_custom_catalogs: bool, catfile: Path | None,
                          association_entries: Sequence[Path | None] | None = None) -> list[Path | None]:
-    """Each image's custom catalog, or None for its detected one (seed: the catfile wins over the ASN)."""
+    """Each image's custom catalog, or None for its detected one (the romancal documentation:
+    the catfile wins over the ASN)."""
     if not use_custom_catalogs:
         return [None] * len(image_names)
     if catfile:
@@ -551,7 +552,8 @@ def exposure_epoch(model, path: Path) -> float:
 
 
 def apply_alignment(model, alignment: Alignment) -> None:
-    """Put the alignment into the model; the in-memory source catalog goes (seed: tweakreg deletes it)."""
+    """Put the alignment into the model; the in-memory source catalog goes (the romancal
+    documentation: tweakreg deletes it)."""
     model.meta.wcs = alignment.wcs
     model.meta["wcs_fit_results"] = alignment.fit_results
     if alignment.status == COMPLETE:

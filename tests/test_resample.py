@@ -1,6 +1,6 @@
-"""resample: the seed's decode_context example, flux and surface-brightness conservation, a dithered
-star field measured back (photometry to 1 %, astrometry to 10 mas), output grid options by hand,
-variances by hand, the memory limit, and the CLI end to end.
+"""resample: the romancal documentation's decode_context example, flux and surface-brightness
+conservation, a dithered star field measured back (photometry to 1 %, astrometry to 10 mas),
+output grid options by hand, variances by hand, the memory limit, and the CLI end to end.
 
 Inputs are Level 2 ImageModels in MJy/sr with tangent-plane GWCSs (0.11"/px, east left) built
 here, independently of romanpipe. The dithered field is two 128 x 128 "detectors" 140 px
@@ -159,7 +159,7 @@ def run(models, **changes):
 
 # ---------------------------------------------------------------- context image
 
-def test_decode_context_reproduces_the_seed_example():
+def test_decode_context_reproduces_the_documented_example():
     con = np.array([[[0, 0, 0, 0, 0, 0], [0, 0, 0, 36196864, 0, 0], [0, 0, 0, 0, 0, 0],
                      [0, 0, 0, 0, 0, 0], [0, 0, 537920000, 0, 0, 0]],
                     [[0, 0, 0, 0, 0, 0], [0, 0, 0, 67125536, 0, 0], [0, 0, 0, 0, 0, 0],

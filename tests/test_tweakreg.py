@@ -421,7 +421,7 @@ def test_cli_too_few_matches_exits_0_with_the_wcs_unchanged(tmp_path):
         assert product.meta.wcs.available_frames == ["detector", "v2v3", "world"]
         assert np.array_equal(product.meta.wcs(field.x, field.y), before.meta.wcs(field.x, field.y))
         assert product.meta.wcsinfo.s_region == before.meta.wcsinfo.s_region
-        assert "tweakreg_catalog" not in product.meta.source_catalog  # the seed: tweakreg deletes it
+        assert "tweakreg_catalog" not in product.meta.source_catalog  # the documentation: tweakreg deletes it
 
 
 def test_cli_custom_catalog_from_catfile_replaces_the_detected_one(tmp_path):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LEVEL1_MODELS = (datamodels.ScienceRawModel, datamodels.TvacModel)
 
-# meta.cal_step values (seed "Tracking Pipeline Progress").
+# meta.cal_step values (the romancal documentation, section "Tracking Pipeline Progress").
 COMPLETE, SKIPPED, INCOMPLETE = "COMPLETE", "SKIPPED", "INCOMPLETE"
 
 

@@ -425,7 +425,7 @@ wildcard_constraints:
 
 
 def dark_exposures(wildcards):
-    """The raw files of one detector's dark exposures (the seed fits the darks unprocessed)."""
+    """The raw files of one detector's dark exposures (the TVAC tutorial fits the darks unprocessed)."""
     pool = pool_table()
     darks = pool.index[pool["exposure_type"].isin(DARK_TYPES) & (pool["detector"] == wildcards.detector)]
     if len(darks) == 0:

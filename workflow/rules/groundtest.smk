@@ -1,7 +1,7 @@
 """
 Ground-test (TVAC) products beside the partial pipeline (config/groundtest.yaml, README
 "Ground-test data"): superbias and DARK references fitted from each detector's dark
-exposures, and the seed's ramp diagnostics of every other exposure.
+exposures, and the TVAC tutorial's ramp diagnostics of every other exposure.
 
 REQUIRED INPUTS: the Level 1 files and the pool (pool.smk); the _linearity products (detector.smk)
 OUTPUTS:         results/references/{detector}_superbias.asdf and {detector}_dark.asdf,
@@ -10,7 +10,7 @@ OUTPUTS:         results/references/{detector}_superbias.asdf and {detector}_dar
 
 
 rule dark_references:
-    """Superbias and dark rate of one detector from its dark exposures (the seed's bias_intercept_from_cube)."""
+    """Superbias and dark rate of one detector from its dark exposures (the TVAC tutorial's bias_intercept_from_cube)."""
     input:
         darks=dark_exposures,
         code=step_script("dark_references"),
@@ -37,7 +37,7 @@ rule dark_references:
 
 
 rule ramp_diagnostics:
-    """The seed's figures of one exposure's partially calibrated ramp."""
+    """The TVAC tutorial's figures of one exposure's partially calibrated ramp."""
     input:
         ramp=upstream_product("dark_current"),
         raw=uncal_path,

@@ -16,7 +16,7 @@ from romanpipe.product_sizes import product_size_mb
 
 
 def step_threads(maximum_cores):
-    """Threads of a step with a maximum_cores setting (the seed's none/quarter/half/all).
+    """Threads of a step with a maximum_cores setting (none, quarter, half or all: the romancal documentation, section "Jump Detection").
 
     A share of this machine's cores: Snakemake lowers it to --cores when running locally.
     Each job gets its threads as OMP_NUM_THREADS, which caps the step's workers
