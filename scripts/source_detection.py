@@ -48,11 +48,12 @@ The PSF for ``fit_psf`` is an effective PSF: the Roman PSF at the detector's cen
 that is installed with its data (``STPSF_PATH``); otherwise from galsim.roman
 (pupil_bin 8, a star of flat photon spectrum across galsim's bandpass of the
 filter: F062->R062, F087->Z087, F106->Y106, F129->J129, F146->W146, F158->H158,
-F184->F184, F213->K213). It is computed once per detector and filter in a process,
-and shifted so that its light centroid (first moment over the stamp) sits on its origin:
-the fitted x, y are then where the star's light is centred, as DAOStarFinder's and a
-catalog's positions are. The optical model's own origin is ~0.1 pixel (11-15 mas) from
-that centroid, which fitted positions would otherwise carry into tweakreg as a shift.
+F184->F184, F213->K213). It is computed once per detector and filter in a process.
+Its origin is the optical model's (galsim's ``drawImage(center=...)``, where romanisim
+places a star and on which romancal's ePSF is centred): a fitted x, y is where that
+origin lies. The light centroid (first moment) of the Roman PSF is ~0.1 pixel (11-15
+mas) from it, and DAOStarFinder's positions, which follow the core, are within a few
+thousandths of a pixel of it.
 
     python scripts/source_detection.py r..._photom.asdf r..._sourcedetection.asdf \\
         [--fit-psf true] [--save-catalogs true --output-cat-filetype ecsv]
@@ -83,7 +84,6 @@ from photutils.background import Background2D, MeanBackground, MedianBackground,
 from photutils.detection import DAOStarFinder
 from photutils.utils.exceptions import NoDetectionsWarning
 from roman_datamodels import datamodels
-from scipy import ndimage
 
 log = logging.getLogger("source_detection")
 
@@ -241,18 +241,8 @@ def _effective_psf(sca: int, optical_element: str) -> np.ndarray:
     data = _stpsf_effective_psf(sca, optical_element)
     if data is None:
         data = _galsim_effective_psf(sca, optical_element)
-    data = centred_on_first_moment(data)
     data.flags.writeable = False
     return data
-
-
-def centred_on_first_moment(image: np.ndarray) -> np.ndarray:
-    """``image`` (odd-sized, origin on the central sample) shifted so its first moment is the origin."""
-    offsets = np.arange(image.shape[0]) - (image.shape[0] - 1) / 2
-    total = image.sum()
-    moment = (image.sum(axis=1) @ offsets / total, image.sum(axis=0) @ offsets / total)
-    # The oversampled PSF is smooth: a cubic spline moves it without measurable loss.
-    return ndimage.shift(image, (-moment[0], -moment[1]), order=3, mode="constant")
 
 
 def _stpsf_effective_psf(sca: int, optical_element: str) -> np.ndarray | None:
