@@ -221,6 +221,34 @@ def test_roman_psf_model_is_normalised_to_unit_flux_per_native_pixel_grid():
     assert shifted == pytest.approx(within_stamp, abs=0.01)
 
 
+def test_the_psf_is_built_once_per_detector_and_filter_into_the_cache_folder(tmp_path, monkeypatch, caplog):
+    built = source_detection.roman_psf_model("WFI03", "F158").data
+    monkeypatch.setenv(source_detection.PSF_CACHE_VARIABLE, str(tmp_path))
+    source_detection._effective_psf.cache_clear()
+    with caplog.at_level(logging.INFO, logger="source_detection"):
+        first = source_detection.roman_psf_model("WFI03", "F158").data
+    [kept] = tmp_path.glob("*.npy")
+    assert "SCA03_F158_galsim" in kept.name and "x4_41px" in kept.name
+    np.testing.assert_array_equal(np.load(kept), built)
+    np.testing.assert_array_equal(first, built)
+    assert not list(tmp_path.glob(".*"))  # no staging file left
+
+    # A later job reads the file instead of building the PSF.
+    source_detection._effective_psf.cache_clear()
+    monkeypatch.setattr(source_detection, "_galsim_effective_psf", lambda *_: pytest.fail("PSF built again"))
+    np.testing.assert_array_equal(source_detection.roman_psf_model("WFI03", "F158").data, built)
+
+    # An unreadable file is built again and replaced.
+    kept.write_bytes(b"not a numpy file")
+    source_detection._effective_psf.cache_clear()
+    monkeypatch.setattr(source_detection, "_galsim_effective_psf", lambda *_: built.copy())
+    with caplog.at_level(logging.WARNING, logger="source_detection"):
+        np.testing.assert_array_equal(source_detection.roman_psf_model("WFI03", "F158").data, built)
+    assert "unreadable" in caplog.text
+    np.testing.assert_array_equal(np.load(kept), built)
+    source_detection._effective_psf.cache_clear()
+
+
 def test_unknown_detector_is_an_error():
     with pytest.raises(ValueError, match="WFI19"):
         source_detection.roman_psf_model("WFI19", "F158")
@@ -323,6 +351,24 @@ def test_computed_threshold_is_the_median_of_background_plus_snr_threshold_times
     assert len(computed) == len(given) > 0
     np.testing.assert_allclose(computed["x"], given["x"])
     assert len(noise_only) > len(computed)  # the sky level is part of the computed threshold
+
+
+@pytest.mark.parametrize("filter_size", [3, (3, 5), 1])
+def test_background_mesh_filter_equals_photutils(filter_size):
+    """The vectorised mesh median gives photutils' own background and RMS, masked boxes included."""
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, MedianBackground
+
+    _, data, _ = grid_field()
+    data = data.astype(np.float64) + np.linspace(0.0, 2.0, data.shape[1])  # a gradient to filter
+    mask = np.zeros(data.shape, bool)
+    mask[40:70, 100:130] = True  # whole boxes without a pixel: their mesh points are interpolated
+    options = dict(filter_size=filter_size, mask=mask, sigma_clip=SigmaClip(sigma=2.0),
+                   bkg_estimator=MedianBackground())
+    expected = Background2D(data, 9, **options)
+    ours = source_detection.MeshMedianBackground2D(data, 9, **options)
+    np.testing.assert_array_equal(ours.background, expected.background)
+    np.testing.assert_array_equal(ours.background_rms, expected.background_rms)
 
 
 @pytest.mark.parametrize("estimator", ["mean", "median", "mode"])

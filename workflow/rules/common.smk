@@ -39,9 +39,13 @@ CRDS_PATH = str(refs.configure_crds(os.path.abspath(config["crds"]["path"])).cac
 # numba's compiled kernels are cached with the results, not next to the scripts, unless the
 # environment names a cache (an installation's, shared by campaigns: kernels compile once).
 NUMBA_CACHE = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR") or os.path.join(RESULTS, ".cache", "numba"))
+# source_detection's Roman PSF, built once per detector and filter for the campaign (or
+# for every campaign of an installation that names its own folder).
+PSF_CACHE = os.path.abspath(os.environ.get("ROMANPIPE_PSF_CACHE") or os.path.join(RESULTS, ".cache", "psf"))
 shell.prefix(
     f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
     f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
+    f"export ROMANPIPE_PSF_CACHE={shlex.quote(PSF_CACHE)}; "
 )
 
 # Under --software-deployment-method conda each rule's env provides `python`; otherwise
