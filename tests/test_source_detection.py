@@ -210,6 +210,35 @@ def test_fit_psf_finds_stars_romanisim_rendered_at_their_catalog_positions():
     assert centroid_rms(fitted, x, y, found, index) <= 0.02
 
 
+def test_vectorised_fits_agree_with_photutils_psf_photometry(roman_field):
+    """All sources fitted at once give photutils' source-by-source fit: the same model, box of
+    5 x 5 pixels, 1/error^2 weights, masked pixels left out, positions bound to +-1 pixel."""
+    from photutils.psf import PSFPhotometry
+
+    _, data, err = roman_field
+    data = data.astype(np.float64) - SKY
+    error = err.astype(np.float64)
+    mask = np.zeros(data.shape, bool)
+    mask[::7, ::5] = True  # some boxes lose a pixel or two
+    model = source_detection.roman_psf_model("WFI03", "F158")
+    dao = source_detection.find_sources(data + SKY, err, np.zeros(data.shape, np.uint32),
+                                        kernel_fwhm=source_detection.default_kernel_fwhm("F158"))
+    ours = source_detection.fit_psf_photometry(data, error, mask, dao, model)
+    photometry = PSFPhotometry(model, source_detection.PSF_FIT_SHAPE,
+                               xy_bounds=source_detection.PSF_FIT_MAX_SHIFT, aperture_radius=2.5)
+    expected = photometry(data, mask=mask, error=error,
+                          init_params=Table({"id": dao["id"], "x": dao["x"], "y": dao["y"]}))
+    assert len(ours) == len(expected) > 50
+    np.testing.assert_allclose(ours["x"], expected["x_fit"], atol=1e-3)
+    np.testing.assert_allclose(ours["y"], expected["y_fit"], atol=1e-3)
+    np.testing.assert_allclose(ours["flux"], expected["flux_fit"], rtol=1e-3)
+    np.testing.assert_allclose(ours["qfit"], expected["qfit"], rtol=0.01, atol=1e-3)
+    # photutils scales the formal errors by the square root of the reduced chi-square (~1 here).
+    assert np.median(ours["x_err"] / expected["x_err"]) == pytest.approx(1.0, abs=0.2)
+    partial = (np.asarray(expected["flags"]) & 1) != 0
+    np.testing.assert_array_equal((np.asarray(ours["psf_flags"]) & 1) != 0, partial)
+
+
 def test_roman_psf_model_is_normalised_to_unit_flux_per_native_pixel_grid():
     model = source_detection.roman_psf_model("WFI03", "F158")
     rows, cols = np.mgrid[-20:21, -20:21]
