@@ -15,8 +15,9 @@ a star loses its detection only when a cosmic ray hits its brightest pixel (0.08
 the pixels of a 6-resultant exposure are JUMP_DET). romancal 1.1's source catalog avoids
 the residuals by asking for 25 connected pixels, which also drops faint stars (36
 sources on that exposure, where DAOStarFinder finds 171 stars). With ``fit_psf`` a Roman
-PSF (see below) is fitted to every detection with photutils' PSFPhotometry and the fitted
-x, y and flux replace DAOStarFinder's.
+PSF (see below) is fitted to every detection (all at once: the fit of photutils'
+PSFPhotometry, see :func:`fit_psf_photometry`) and the fitted x, y and flux replace
+DAOStarFinder's.
 
 The computed threshold is the romancal documentation's (section "Source Detection") and
 romancal's ("based on the background level", "the SNR for the threshold image").
