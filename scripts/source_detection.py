@@ -300,7 +300,8 @@ def fit_psf_photometry(data, error, mask, catalog: Table, psf_model) -> Table:
         normal = np.einsum("sij,sijk,sijl->skl", weight, jacobian, jacobian)
         gradient = np.einsum("sij,sijk,sij->sk", weight, jacobian, residual)
         damped = normal + damping[:, None, None] * normal * np.eye(3)
-        step = np.linalg.solve(damped + 1e-300 * np.eye(3), gradient[..., None])[..., 0]
+        # A pseudo-inverse: a box with fewer usable pixels than parameters does not move.
+        step = np.einsum("skl,sl->sk", np.linalg.pinv(damped), gradient)
         trial_flux = flux + step[:, 0]
         trial_x = np.clip(x0 + step[:, 1], x_init - PSF_FIT_MAX_SHIFT, x_init + PSF_FIT_MAX_SHIFT)
         trial_y = np.clip(y0 + step[:, 2], y_init - PSF_FIT_MAX_SHIFT, y_init + PSF_FIT_MAX_SHIFT)

@@ -239,6 +239,30 @@ def test_vectorised_fits_agree_with_photutils_psf_photometry(roman_field):
     np.testing.assert_array_equal((np.asarray(ours["psf_flags"]) & 1) != 0, partial)
 
 
+def test_a_source_without_pixels_to_fit_keeps_daostarfinders_position(roman_field):
+    """A box whose pixels are all masked (or all but two) is not fitted: DAOStarFinder's
+    position and flux stay, flagged; the other sources are fitted as usual."""
+    _, data, err = roman_field
+    data = data.astype(np.float64) - SKY
+    dao = source_detection.find_sources(data + SKY, err, np.zeros(data.shape, np.uint32),
+                                        kernel_fwhm=source_detection.default_kernel_fwhm("F158"))
+    mask = np.zeros(data.shape, bool)
+    first, second = (np.rint([dao["y"][i], dao["x"][i]]).astype(int) for i in (0, 1))
+    mask[first[0] - 2:first[0] + 3, first[1] - 2:first[1] + 3] = True
+    mask[second[0] - 2:second[0] + 3, second[1] - 2:second[1] + 3] = True
+    mask[second[0], second[1]:second[1] + 2] = False  # two pixels left: fewer than the parameters
+    model = source_detection.roman_psf_model("WFI03", "F158")
+
+    fitted = source_detection.fit_psf_photometry(data, err.astype(np.float64), mask, dao, model)
+
+    for i in (0, 1):
+        for name in ("x", "y", "flux"):
+            assert fitted[name][i] == dao[name][i]
+        assert fitted["psf_flags"][i] & 1
+    assert np.all(np.isfinite(fitted["x"])) and np.all(fitted["flux"][2:] > 0)
+    assert np.median(np.hypot(fitted["x"][2:] - dao["x"][2:], fitted["y"][2:] - dao["y"][2:])) > 0.01
+
+
 def test_roman_psf_model_is_normalised_to_unit_flux_per_native_pixel_grid():
     model = source_detection.roman_psf_model("WFI03", "F158")
     rows, cols = np.mgrid[-20:21, -20:21]
