@@ -59,6 +59,7 @@ test-slurm: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check scripts tests
+	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
 
 # Side by side with romancal on the same input and references (needs the peer extra).

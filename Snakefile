@@ -14,6 +14,7 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/pool.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/exposure.smk"

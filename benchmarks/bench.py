@@ -15,7 +15,7 @@ skipped, ours not asked for), run alternately ``--repeat`` times:
 Then a one-step rerun (``flat_field.include_var_flat`` changed: flat_field and photom
 rerun) against the full run, and the mosaic level: our flux → skymatch →
 outlier_detection → resample on four dithered ``_cal`` files against romancal's
-MosaicPipeline on the same files (outlier_detection at the seed's grid and scale, like
+MosaicPipeline on the same files (outlier_detection at the romancal documentation's grid and scale, like
 romancal's; then once more as the workflow configures it). Every process is timed by
 ``/usr/bin/time -v``; peak RSS is the largest single process's. Results:
 ``<out>/bench_<size>_<ma table>.md``::
@@ -40,10 +40,10 @@ import peer  # noqa: E402
 from measure import (  # noqa: E402
     clean_environment,
     cpu_seconds,
+    documented_outlier_settings,
     machine_description,
     markdown_table,
     run_measured,
-    seed_outlier_settings,
     simulate_campaign,
     snakemake_command,
 )
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     # association against romancal's MosaicPipeline on the same _cal files.
     mosaic_run = (args.out / f"bench_{args.size}_{args.ma_table}" / "mosaic").resolve()
     prepare_run_folder(sim, mosaic_run, exposures, "i2d")
-    like_romancal = seed_outlier_settings(mosaic_run)
+    like_romancal = documented_outlier_settings(mosaic_run)
     run_ours(mosaic_run, env, *like_romancal)
     # Only the mosaic part reruns once its products are gone (the config stays the same).
     for generated in ("results/mosaics", "results/associations", "logs/benchmarks/flux",

@@ -175,9 +175,9 @@ def snakemake_command(folder: Path, *extra: str, cores: int = 2) -> list[str]:
             "--configfile", str(folder / "workflow.yaml"), *extra, "--quiet", "all"]
 
 
-def seed_outlier_settings(folder: Path) -> list[str]:
+def documented_outlier_settings(folder: Path) -> list[str]:
     """Snakemake arguments: ``folder``'s workflow.yaml and, over it, a config file running our
-    outlier_detection at the seed's grid and ``scale`` (the schema's defaults), not the
+    outlier_detection at the romancal documentation's grid and ``scale`` (the schema's defaults), not the
     workflow configuration's finer grid: romancal has no such setting, and a comparison is
     like with like."""
     from romanpipe.params import step_defaults
@@ -185,7 +185,7 @@ def seed_outlier_settings(folder: Path) -> list[str]:
     import yaml
 
     defaults = step_defaults("outlier_detection")
-    path = folder / "seed_outlier_detection.yaml"
+    path = folder / "documented_outlier_detection.yaml"
     path.write_text(yaml.safe_dump({"outlier_detection": {
         name: defaults[name] for name in ("pixel_scale_ratio", "scale")}}))
     return ["--configfile", str(folder / "workflow.yaml"), str(path)]

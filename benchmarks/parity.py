@@ -34,10 +34,10 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 import peer  # noqa: E402
 from measure import (  # noqa: E402
     clean_environment,
+    documented_outlier_settings,
     machine_description,
     markdown_table,
     parity_stats,
-    seed_outlier_settings,
     simulate_campaign,
     snakemake_command,
 )
@@ -48,11 +48,11 @@ HEADERS = ["step", "input (ours)", "pixels compared", "median \\|Δ\\|/σ", "99.
 # Where we differ from romancal 1.1 on purpose (README, "Where we differ from romancal 1.1 on purpose").
 REASONS = {
     "dq_init": "we flag the 4-pixel border REFERENCE_PIXEL in PIXELDQ",
-    "saturation": "seed rule: threshold × ⟨t⟩/max(t) on multi-read resultants (stcal: plain threshold)",
+    "saturation": "documented rule: threshold × ⟨t⟩/max(t) on multi-read resultants (stcal: plain threshold)",
     "refpix": "missing samples by position, not by value 0.0; romancal's options shift by one",
-    "linearity": "seed: polynomial of each resultant; romancal 1.1 goes read by read through an "
+    "linearity": "documented: polynomial of each resultant; romancal 1.1 goes read by read through an "
                  "INVERSELINEARITY (identity here): differs on multi-read resultants",
-    "dark_current": "seed: dark subtracted from the ramp before the fit; romancal 1.1: from the slope "
+    "dark_current": "documented: dark subtracted from the ramp before the fit; romancal 1.1: from the slope "
                     "after it (romancal ramp_fit + dark_current on our _linearity)",
     "ramp_fit": "weighting power from the segment's fitted signal (not endpoints); exact jump statistic; "
                 "dark rate added back for Poisson noise; NaN where romancal writes 0",
@@ -395,8 +395,8 @@ def main(argv=None) -> int:
     kept = any((folder / "results" / "exposures").glob("*_dqinit.asdf"))
     done = (folder / "results" / "pool.csv").is_file()
     rerun = ["--forcerun", "dq_init"] if done and not kept else []
-    subprocess.run(snakemake_command(folder, "--notemp", *seed_outlier_settings(folder), *rerun), check=True,
-                   env=env)
+    subprocess.run(snakemake_command(folder, "--notemp", *documented_outlier_settings(folder), *rerun),
+                   check=True, env=env)
     print(f"our workflow: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     peer.configure_environment(folder / "crds_cache")
 

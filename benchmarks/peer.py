@@ -2,7 +2,7 @@
 
 romancal is pointed at the very reference files our run used (``override_<reftype>``,
 taken from our pool table) and at the simulated CRDS cache in local mode, so no CRDS
-server is needed. Where romancal 1.1 needs a reference our seed does not define, a
+server is needed. Where romancal 1.1 needs a reference the romancal documentation does not define, a
 neutral one is written (an identity INVERSELINEARITY) or the step is skipped
 (DARKDECAYSIGNAL); a FLAT covering the whole readout is trimmed to the science area,
 the shape romancal requires. Also a command line, so that ``bench.py`` can time each
@@ -140,7 +140,8 @@ def exposure_pipeline_steps(pool_row, folder: Path, readout_shape, algorithm: st
     steps = reference_overrides(pool_row, folder, readout_shape)
     steps["rampfit"]["algorithm"] = algorithm
     steps["flatfield"]["include_var_flat"] = include_var_flat
-    # No DARKDECAYSIGNAL in the seed; source catalog and tweakreg would need Gaia on the network.
+    # No DARKDECAYSIGNAL in the romancal documentation; source catalog and tweakreg would need Gaia
+    # on the network.
     steps["dark_decay"] = {"skip": True}
     steps["source_catalog"] = {"skip": True}
     steps["tweakreg"] = {"skip": True}

@@ -1,10 +1,13 @@
-"""asn_from_list: make an association from a list of files (the seed's command).
+"""asn_from_list: make an association from a list of files (the romancal documentation's command).
+
+The romancal documentation, section "asn_from_list".
 
     python scripts/asn_from_list.py -o detector_asn.json \\
         --product-name r0000101001001001001_01101_0001_WFI_cal.asdf data/*_cal.asdf
 
 Members are written as given (relative to where the association is read from),
-each a ``science`` member; the rule is the seed's Level 2 rule ``DMS_ELPP_Base``.
+each a ``science`` member; the rule is the Level 2 rule ``DMS_ELPP_Base`` (the romancal documentation,
+section "Level2 Associations").
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import sys
 
 from romanpipe import cli
 from romanpipe.errors import InputFileError
+from romanpipe.footprints import s_region
 from romanpipe.products import COMPLETE, open_model
 from romanpipe.steprun import StepRun, run_script
 
@@ -72,12 +73,6 @@ def build_wcs(distortion, wcsinfo, shape: tuple[int, int]) -> gwcs_wcs.WCS:
     wcs = gwcs_wcs.WCS([(detector, detector_to_v2v3), (v2v3, v2v3_to_sky(wcsinfo)), (world, None)])
     wcs.bounding_box = ((-0.5, ncols - 0.5), (-0.5, nrows - 0.5))
     return wcs
-
-
-def s_region(wcs) -> str:
-    """``POLYGON ICRS`` of the outer corners of the bounding box."""
-    footprint = wcs.footprint(center=False)
-    return "POLYGON ICRS " + " ".join(f"{ra % 360.0:.9f} {dec:.9f}" for ra, dec in footprint)
 
 
 def assign_wcs(model, distortion):

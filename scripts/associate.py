@@ -3,7 +3,8 @@
 Default rule: images of the same program and optical element whose footprints
 (``meta.wcsinfo.s_region``, after tweakreg) overlap on the sky, directly or through
 a chain of overlaps, make one mosaic. Overlaps are computed with spherical-geometry.
-Association files follow the seed's layout and naming
+Association files follow the layout and naming of the romancal documentation (sections
+"asn_from_list" and "Association Naming")
 ``rPPPPP-a3NNN_YYYYMMDDtHHMMSS_image_MMM_asn.json``; the version id is the earliest
 member's start time, so that the same inputs always give the same names.
 With ``--user-dir``, the ``*_asn.json`` files there are used as given instead: only
@@ -32,6 +33,7 @@ from romanpipe import cli
 from romanpipe.association import asn_from_list, association_name, read_association, write_association
 from romanpipe.errors import InputFileError
 from romanpipe.files import atomic_path
+from romanpipe.footprints import s_region_vertices
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_model
 
@@ -169,16 +171,12 @@ def main(argv=None) -> None:
 
 
 def _polygon(path: Path, s_region: str) -> SphericalPolygon:
-    words = s_region.split()
     try:
-        if words[:2] != ["POLYGON", "ICRS"] or len(words) < 8 or len(words) % 2:
-            raise ValueError
-        corners = np.array(words[2:], dtype=float).reshape(-1, 2)
+        ra, dec = s_region_vertices(s_region)
     except ValueError:
         raise InputFileError(path, f"meta.wcsinfo.s_region {s_region[:60]!r} is not a POLYGON ICRS "
                                    "footprint: run assign_wcs first") from None
-    return SphericalPolygon.from_radec(corners[:, 0], corners[:, 1])
-
+    return SphericalPolygon.from_radec(ra, dec)
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -1,8 +1,9 @@
 """benchmark_table: every job's Snakemake benchmark record as one table (CSV).
 
-Snakemake writes one TSV per job (``benchmark:``, in logs/benchmarks/<rule>/<job>.tsv):
-wall seconds, peak memory (max_rss, MB), CPU seconds and I/O. This lists them with the
-rule and the job's name, slowest first.
+Snakemake writes one TSV per job (``benchmark:``, in logs/benchmarks/<rule>/<job>.tsv, or
+logs/benchmarks/<rule>.tsv for a rule of one job per run): wall seconds, peak memory
+(max_rss, MB), CPU seconds and I/O. This lists them with the rule and the job's name,
+slowest first.
 
     python scripts/benchmark_table.py logs/benchmarks --output results/benchmarks.csv
 """
@@ -24,12 +25,12 @@ COLUMNS = ["rule", "job", "s", "cpu_time", "max_rss", "io_in", "io_out", "mean_l
 
 def benchmark_table(folder: Path) -> pd.DataFrame:
     frames = []
-    for path in sorted(folder.glob("*/*.tsv")):
+    for path in sorted(folder.glob("*.tsv")) + sorted(folder.glob("*/*.tsv")):
         try:
             frame = pd.read_csv(path, sep="\t")
         except (OSError, ValueError) as err:
             raise InputFileError(path, f"not a benchmark table ({type(err).__name__})") from None
-        frame.insert(0, "rule", path.parent.name)
+        frame.insert(0, "rule", path.stem if path.parent == folder else path.parent.name)
         frame.insert(1, "job", path.stem)
         frames.append(frame)
     if not frames:

@@ -1,11 +1,11 @@
 """dark_references: a superbias (BIAS) and a dark rate (DARK) reference file from raw dark exposures.
 
-Seed (TVAC bright-star notebook, "Super Bias from darks"): the raw Level 1 data of
-each dark (not a calibrated product: the seed fits the uncal cubes) get a
+The TVAC tutorial, section "Optional: Super Bias from darks": the raw Level 1 data of
+each dark (not a calibrated product: the tutorial fits the uncal cubes) get a
 least-squares line y = a + b t per pixel over the frames after the first (the
-seed leaves the reset-affected frame 0 out); the intercepts of the darks are
+tutorial leaves the reset-affected frame 0 out); the intercepts of the darks are
 median-combined into the superbias. The time t is counted in frame times: the
-seed uses the frame index; we take the read number of each (single-read)
+tutorial uses the frame index; we take the read number of each (single-read)
 resultant from ``meta.exposure.read_pattern`` when the file has one (read j
 happens j frame times after the reset, as in romanpipe.readpattern), so the
 superbias is the level at the reset, the one dark subtraction assumes; the two
@@ -63,8 +63,8 @@ def fit_lines(cube, times=None, *, drop_first: bool = True, chunk_rows: int | No
 
     cube (nframes, nrows, ncols), any array that slices (a memory map is read a block
     of ``chunk_rows`` rows at a time; by default the rows of a 32 MB float64 block).
-    times (nframes,): of each frame, in frame times; default the frame index (seed).
-    ``drop_first`` leaves frame 0 out of the fit, as the seed does for the
+    times (nframes,): of each frame, in frame times; default the frame index (the TVAC tutorial's).
+    ``drop_first`` leaves frame 0 out of the fit, as the TVAC tutorial does for the
     reset-affected first read. The input is not modified.
     """
     nframes, nrows, ncols = cube.shape
@@ -76,7 +76,7 @@ def fit_lines(cube, times=None, *, drop_first: bool = True, chunk_rows: int | No
     if times.size < 2:
         raise ValueError(f"{nframes} frames: at least 2 are needed to fit a line"
                          + (" after dropping the first" if drop_first else ""))
-    # Centred times: the same least-squares solution as the seed's normal equations,
+    # Centred times: the same least-squares solution as the tutorial's normal equations,
     # without their cancellation between large sums.
     centred = times - times.mean()
     slope_weights = centred / np.dot(centred, centred)
@@ -206,7 +206,7 @@ def dark_references(fits: Sequence[dict], *, author: str, useafter: Time, pedigr
 def default_useafter(fits: Sequence[dict]) -> Time:
     """00:00 UTC of the day before the first dark, as the simulator dates its references.
 
-    Exposures of the test taken before the darks (the seed's illuminated one) then select them too.
+    Exposures of the test taken before the darks (the TVAC tutorial's illuminated one) then select them too.
     """
     first = min(fit["start_time"] for fit in fits)
     return Time((first - TimeDelta(1, format="jd")).strftime("%Y-%m-%dT00:00:00"), format="isot", scale="utc")
@@ -224,7 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pedigree", default="GROUND", choices=PEDIGREES, help="meta.pedigree")
     parser.add_argument("--chunk-rows", type=int, help="rows fitted at a time (default: a 32 MB block)")
     parser.add_argument("--keep-first-frame", action="store_true",
-                        help="fit frame 0 too (the seed leaves the reset-affected first read out)")
+                        help="fit frame 0 too (the TVAC tutorial leaves the reset-affected first read out)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)

@@ -17,8 +17,9 @@ N > 0 grows that DO_NOT_USE rectangle by N pixels on each side (clipped to the a
 which also gets GW_AFFECTED_DATA, as romancal's. A window whose start
 lies outside the array (unset metadata is -999999) flags nothing. Where we differ:
 romancal 1.1 converts a TvacModel to a ScienceRawModel first and so reads the
-placeholder ``guide_star`` values, never the TVAC window (the seed's log shows
--999999); we read the TVAC record. TVAC exposure types become the science schemas'
+placeholder ``guide_star`` values, never the TVAC window (the TVAC tutorial's log,
+section "Calibrate the data", shows -999999); we read the TVAC record. TVAC exposure
+types become the science schemas'
 (WFI_DARK -> WFI_IM_DARK, WFI_GRISM and WFI_PRISM -> WFI_SPECTRAL).
 
 Reference read (romancal's DQInitStep): when the spacecraft subtracted a reference read
@@ -59,7 +60,8 @@ log = logging.getLogger("dq_init")
 STEP = "dq_init"
 INPUT_MODELS = LEVEL1_MODELS
 
-# Seed: guide-star data carry the MASK flags in "dq" instead of "pixeldq".
+# The romancal documentation, section "Data Quality (DQ) Initialization": guide-star data carry
+# the MASK flags in "dq" instead of "pixeldq".
 GUIDE_STAR_EXPOSURE_TYPES = frozenset(
     {"WFI_WIM_ACQ", "WFI_WIM_TRACK", "WFI_WSM_ACQ1", "WFI_WSM_ACQ2", "WFI_WSM_TRACK"}
 )

@@ -3,13 +3,14 @@
 Seed, "Flatfield Correction": flat pixels that are NaN or zero get NO_FLAT_FIELD
 and the value 1.0 (as does any pixel the reference already flags NO_FLAT_FIELD);
 data and ERR are divided by the flat; VAR_POISSON and VAR_RNOISE by its square;
-VAR_FLAT = data_flattened^2 * (flat_err / flat)^2 (the seed's lost formula, as in
+VAR_FLAT = data_flattened^2 * (flat_err / flat)^2 (the romancal documentation's lost formula, section
+"Flatfield Correction", as in
 romancal: the relative error of the flat applied to the corrected signal); ERR
 becomes sqrt(VAR_POISSON + VAR_RNOISE + VAR_FLAT); the flat's DQ is OR-ed in. A FLAT
-covering the whole readout (4096 x 4096, as the seed describes it) loses its
+covering the whole readout (4096 x 4096, as its section "FLAT Reference File" describes it) loses its
 reference border to match the image.
 ``include_var_flat=False`` leaves VAR_FLAT zero and ERR without it (romancal's
-default; ours follows the seed).
+default; ours follows the documentation).
 
     python scripts/flat_field.py r..._assignwcs.asdf r..._flat.asdf --override-flat F
 """

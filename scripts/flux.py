@@ -16,7 +16,7 @@ import logging
 import sys
 
 from romanpipe import cli
-from romanpipe.association import read_association
+from romanpipe.association import read_step_input
 from romanpipe.errors import InputFileError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, open_model
@@ -64,13 +64,12 @@ def main(argv=None) -> None:
     if parameters["skip"]:
         pass_on_skipped(STEP, args, parameters)
         return
-    if args.input.suffix == ".json":
-        association = read_association(args.input)
-        models = (flux_image(member) for member in association.members())
-        write_association_products(models, association, args.output, STEP, STEP_SUFFIX[STEP], args,
-                                   parameters)
-    else:
+    association, paths = read_step_input(args.input)
+    if association is None:
         write_product(flux_image(args.input), args.output, STEP, args, parameters)
+        return
+    write_association_products((flux_image(member) for member in paths), association, args.output, STEP,
+                               STEP_SUFFIX[STEP], args, parameters)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def check_even_read_pattern(read_pattern, nresultants: int) -> None:
 
 
 def clipped_median(sorted_values: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """Seed's median of each row of ``sorted_values`` (ascending, unusable NaN at the end).
+    """The clipped median of each row of ``sorted_values`` (ascending, unusable NaN at the end).
+
+    The romancal documentation, section "Jump Detection" (Two-Point Difference Method).
 
     ``usable`` values per row: 4 or more -> median without the largest; 3 -> plain
     median; 2 -> the smaller (the larger is what gets compared); fewer -> NaN.

@@ -1,6 +1,6 @@
 """outlier_detection: flag cosmic rays and other outliers left in a stack of dithered Level 2 images.
 
-Seed, "Outlier Detection": each exposure (all its detectors, a "grouped mosaic")
+The romancal documentation, section "Outlier Detection": each exposure (all its detectors, a "grouped mosaic")
 is drizzled onto one common grid (``weight_type``, ``pixfrac``, ``kernel``,
 ``fillval``, ``good_bits``); pixels weighing less than ``maskpt`` times the mean
 weight are dropped and the rest combined into a median image that ignores the
@@ -16,16 +16,16 @@ background is the sky level skymatch recorded without subtracting, else
 ``backg``. Outliers get DQ OUTLIER and DO_NOT_USE. With ``resample_data=false``
 the median of the unresampled inputs is compared directly. ``in_memory=false``
 keeps the grouped mosaics on disk and computes the median one section of rows
-at a time (the seed's memory model); ``allowed_memory`` (or
+at a time (its section "Memory Model for Outlier Detection Algorithm"); ``allowed_memory`` (or
 DMODEL_ALLOWED_MEMORY) refuses work arrays larger than that fraction of the
 available memory; ``save_intermediate_results`` also writes the ``_outlier_i2d``,
 ``_median`` and ``_blot`` products.
 
-Ours, not the seed's: ``pixel_scale_ratio`` (default 1, the seed's grid) sets the
+Ours, not the documentation's: ``pixel_scale_ratio`` (default 1, the documented grid) sets the
 common grid's pixel scale relative to the inputs'. Roman's PSF is undersampled: at the
 inputs' scale each grouped mosaic smooths a star core over a second pixel and the
 blotted median misses its peak by more than ``scale`` times the derivative allows,
-so the seed's rule flags star cores. Half the scale keeps each input pixel's
+so the documented rule flags star cores. Half the scale keeps each input pixel's
 value where it fell (the workflow's configuration uses 0.5 with ``scale`` "1.0 0.8").
 
     python scripts/outlier_detection.py r..._asn.json r..._outlier_detection_asn.json [--snr "5 4"]
@@ -42,9 +42,12 @@ from pathlib import Path
 
 from romanpipe import cli, dqflags, drizzling
 from romanpipe.association import Association, read_science_members
+from romanpipe.drizzle_models import exposure_from_model, mosaic_model
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX, product_name
-from romanpipe.products import SKIPPED, open_model
+from romanpipe.output_grid import make_output_wcs
+from romanpipe.products import SKIPPED, exposure_group, open_model
+from romanpipe.resample_setup import check_memory, mosaic_bytes, parse_fillval, scratch_space
 from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products, write_product
 
 import numpy as np
@@ -54,14 +57,16 @@ from scipy import ndimage
 log = logging.getLogger("outlier_detection")
 
 STEP = "outlier_detection"
-# Values of each grouped mosaic read per section of the median (the seed's "1Mb of each input").
+# Values of each grouped mosaic read per section of the median (the romancal documentation,
+# section "Memory Model for Outlier Detection Algorithm": "1Mb of each input").
 SECTION_BYTES = 1 << 20
 
 Intermediate = Callable[..., None]
 
 
 def parse_two(text: str, name: str) -> tuple[float, float]:
-    """The seed's ``"4.0 3.0"`` form: two numbers for the detection and the neighbour pass."""
+    """Two numbers for the detection and the neighbour pass, in the ``"4.0 3.0"`` form of the
+    romancal documentation, section "Outlier Detection"."""
     try:
         first, second = (float(v) for v in str(text).replace(",", " ").split())
     except ValueError:
@@ -118,7 +123,8 @@ def abs_derivative(image: np.ndarray) -> np.ndarray:
 
 def outlier_mask(data, err, blot, *, snr: tuple[float, float], scale: tuple[float, float],
                  background: float = 0.0, grow: int = 1) -> np.ndarray:
-    """The seed's two-pass rule: detections at (snr[0], scale[0]), their neighbours within ``grow``
+    """The two-pass rule of the romancal documentation, section "Outlier Detection Algorithm":
+    detections at (snr[0], scale[0]), their neighbours within ``grow``
     pixels kept where they pass (snr[1], scale[1])."""
     noise = np.nan_to_num(np.asarray(err, dtype=np.float32))
     derivative = abs_derivative(blot)
@@ -142,14 +148,14 @@ def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
     snr = parse_two(parameters["snr"], "snr")
     scale = parse_two(parameters["scale"], "scale")
     with ExitStack() as stack:
-        scratch = stack.enter_context(drizzling.scratch_space(parameters["in_memory"], scratch_dir))
+        scratch = stack.enter_context(scratch_space(parameters["in_memory"], scratch_dir))
         if parameters["resample_data"]:
             median, grid = _resampled_median(exposures, parameters, scratch, intermediate)
         else:
             median, grid = _unresampled_median(exposures, parameters, scratch)
     if intermediate:
         intermediate("median", 0, median, grid)
-    fill = drizzling.parse_fillval(parameters["fillval"])
+    fill = parse_fillval(parameters["fillval"])
     outliers = []
     for index, exposure in enumerate(exposures):
         if parameters["resample_data"]:
@@ -170,19 +176,16 @@ def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
 
 def _resampled_median(exposures, parameters, scratch, intermediate):
     """Drizzle each exposure group onto a common grid, mask low weights, and take the median."""
-    grid, _ = drizzling.make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures],
-                                        pixel_scale_ratio=parameters["pixel_scale_ratio"])
-    groups: dict[str, list[int]] = {}
-    for index, exposure in enumerate(exposures):
-        groups.setdefault(exposure.group, []).append(index)
+    grid, _ = make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures],
+                              pixel_scale_ratio=parameters["pixel_scale_ratio"])
+    groups = drizzling.exposure_indices(exposure.group for exposure in exposures)
     shape = tuple(grid.array_shape)
     kept_at_once = len(groups) if parameters["in_memory"] else 1
-    drizzling.check_memory(drizzling.mosaic_bytes(shape, 1, with_variances=False) * kept_at_once
-                           + 4 * int(np.prod(shape)), parameters["allowed_memory"],
-                           f"{kept_at_once} grouped mosaic(s) of {shape}")
+    check_memory(mosaic_bytes(shape, 1, with_variances=False) * kept_at_once + 4 * int(np.prod(shape)),
+                 parameters["allowed_memory"], f"{kept_at_once} grouped mosaic(s) of {shape}")
     log.info("median grid %d x %d pixels, %d exposure groups", shape[1], shape[0], len(groups))
     resampled = []
-    for number, indices in enumerate(groups.values()):
+    for number, indices in enumerate(groups):
         mosaic = drizzling.resample(
             (exposures[i] for i in indices), grid, n_inputs=len(indices), kernel=parameters["kernel"],
             pixfrac=parameters["pixfrac"], fillval=parameters["fillval"],
@@ -204,8 +207,8 @@ def _unresampled_median(exposures, parameters, scratch):
         raise ParameterError(f"resample_data=false needs inputs of one shape, got {sorted(shapes)}")
     shape = shapes.pop()
     kept_at_once = len(exposures) if parameters["in_memory"] else 1
-    drizzling.check_memory(4 * int(np.prod(shape)) * (kept_at_once + 1), parameters["allowed_memory"],
-                           f"{kept_at_once} input copies of {shape}")
+    check_memory(4 * int(np.prod(shape)) * (kept_at_once + 1), parameters["allowed_memory"],
+                 f"{kept_at_once} input copies of {shape}")
     images = []
     for exposure in exposures:
         weight = drizzling.drizzle_weight(exposure, parameters["weight_type"], parameters["good_bits"])
@@ -245,15 +248,13 @@ class FlaggedProducts(Sequence):
 def intermediate_writer(models, members: list[Path], association: Association, output: Path, args,
                         parameters: dict) -> Intermediate:
     """Write the grouped mosaics, the median and the blots beside ``output`` as Roman products."""
-    groups: dict[str, list[int]] = {}
-    for index, model in enumerate(models):
-        groups.setdefault(drizzling.exposure_group(model, index), []).append(index)
-    group_members = list(groups.values())
+    groups = [exposure_group(model, member.name) for model, member in zip(models, members, strict=True)]
+    group_members = drizzling.exposure_indices(groups)
 
     def as_mosaic_model(mosaic, inputs):
-        return drizzling.mosaic_model(mosaic, inputs, association_name=association.path.name,
-                                      good_bits=parameters["good_bits"],
-                                      weight_type=parameters["weight_type"], pixfrac=parameters["pixfrac"])
+        return mosaic_model(mosaic, inputs, association_name=association.path.name,
+                            good_bits=parameters["good_bits"], weight_type=parameters["weight_type"],
+                            pixfrac=parameters["pixfrac"])
 
     def write(kind: str, index: int, content, wcs) -> None:
         if kind == "outlier_i2d":
@@ -263,7 +264,7 @@ def intermediate_writer(models, members: list[Path], association: Association, o
         elif kind == "median":
             # Its weight is 1 where the median has a value.
             mosaic = drizzling.Mosaic(data=content, weight=np.isfinite(content).astype(np.float32), wcs=wcs,
-                                      members=[m.name for m in members], groups=list(groups))
+                                      members=[m.name for m in members], groups=list(dict.fromkeys(groups)))
             model = as_mosaic_model(mosaic, models)
             asn_id = association.tree.get("asn_id")
             base = Path(association.product_name).stem + (f"_{asn_id}" if asn_id else "")
@@ -298,8 +299,7 @@ def main(argv=None) -> None:
             write_skipped(models, association, args.output, args, parameters)
             return
         try:
-            exposures = [drizzling.exposure_from_model(m, p.name, i)
-                         for i, (m, p) in enumerate(zip(models, members, strict=True))]
+            exposures = [exposure_from_model(m, p.name) for m, p in zip(models, members, strict=True)]
         except ValueError as err:
             raise InputFileError(args.input, f"a member cannot be resampled: {err}") from None
         writer = (intermediate_writer(models, members, association, args.output, args, parameters)

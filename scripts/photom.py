@@ -4,7 +4,8 @@ Seed, "Photometric Calibration": the PHOTOM reference's ``phot_table`` row for
 ``meta.instrument.optical_element`` gives ``photmjsr`` (MJy/sr per DN/s), its
 uncertainty and ``pixelareasr``. They go into ``meta.photometry``: the schema's
 ``conversion_megajanskys``, ``conversion_megajanskys_uncertainty`` and
-``pixel_area``, plus the seed's ``conversion_microjanskys`` (+ uncertainty) in
+``pixel_area``, plus the ``conversion_microjanskys`` of the romancal documentation (section
+"Photometric Calibration") (+ uncertainty) in
 uJy/arcsec^2 (converted, not copied) and ``pixelarea_steradians`` /
 ``pixelarea_arcsecsq``. A row without values (spectral elements, DARK) leaves
 them null; an element missing from the table is an error naming the reference.

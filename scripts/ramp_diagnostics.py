@@ -1,9 +1,10 @@
-"""ramp_diagnostics: the seed's TVAC figures of a partially calibrated ramp, as PNG files.
+"""ramp_diagnostics: the TVAC tutorial's figures of a partially calibrated ramp, as PNG files.
 
-Seed (TVAC bright-star notebook, "Make plots" to "Final visualizations"), drawn from
+The TVAC tutorial, sections "Make plots" to "Final visualizations of saturation and slope
+deviations", drawn from
 the ``_linearity`` product (RampModel: dq_init, saturation, refpix and linearity
 done) of one exposure and the SATURATION reference, for chosen frames k (default
-2, N//2 and N-1) and a cutout (default the seed's centre x = y = 1900, half-size
+2, N//2 and N-1) and a cutout (default the tutorial's centre x = y = 1900, half-size
 256; a centre off the detector is moved onto it, the window clipped to it):
 
 difference_frames_full.png
@@ -20,14 +21,14 @@ relative_slope_neighbours.png
     frame by frame, that ratio for the 8-neighbours of saturated pixels against
     clean pixels (never saturated nor a neighbour, PIXELDQ 0): median and 16-84 %.
 
-Saturated, as in the seed, means at or above the SATURATION threshold in the raw
+Saturated, as in the tutorial, means at or above the SATURATION threshold in the raw
 frame (``--raw`` gives the Level 1 exposure; NaN or NO_SAT_CHECK thresholds never
 saturate).
 Without ``--raw`` the SATURATED flags of GROUPDQ stand in for it: the saturation
 step set them by that comparison with the same reference. The pixel's mean
 difference leaves out frames in which it is saturated or a 4-neighbour of a
-saturated pixel (seed); ``--min-mean-slope`` leaves pixels with less signal out
-of the ratio (the seed keeps all). Only the cutout and the chosen frames are read
+saturated pixel (the tutorial's); ``--min-mean-slope`` leaves pixels with less signal out
+of the ratio (the tutorial keeps all). Only the cutout and the chosen frames are read
 from the memory-mapped ramp.
 
     python scripts/ramp_diagnostics.py r..._linearity.asdf --saturation roman_wfi_saturation_0001.asdf
@@ -59,12 +60,12 @@ from scipy.ndimage import binary_dilation  # noqa: E402
 
 log = logging.getLogger("ramp_diagnostics")
 
-SEED_CENTER = (1900, 1900)  # x, y
-SEED_HALF_SIZE = 256
+TUTORIAL_CENTER = (1900, 1900)  # x, y
+TUTORIAL_HALF_SIZE = 256
 BASELINE_FRAME = 1
 FIGURES = ("difference_frames_full.png", "difference_frames_cutout.png", "saturation_frames.png",
            "relative_slope_neighbours.png")
-# Mask classes of the seed's "Saturated or Corrupted" panel.
+# Mask classes of the TVAC tutorial's "Saturated or Corrupted" panel.
 SATURATED, NEIGHBOUR, DIAGONAL = 3, 2, 1
 _FOUR_NEIGHBOURS = np.array([[[0, 1, 0], [1, 0, 1], [0, 1, 0]]], dtype=bool)
 _DIAGONALS = np.array([[[1, 0, 1], [0, 0, 0], [1, 0, 1]]], dtype=bool)
@@ -88,7 +89,7 @@ def cutout_window(shape: tuple[int, int], center: tuple[int, int], half_size: in
 
 
 def default_frames(nframes: int) -> list[int]:
-    """The seed's frames: the first usable one (2), the middle one and the last one."""
+    """The TVAC tutorial's frames: the first usable one (2), the middle one and the last one."""
     return sorted({2, max(2, nframes // 2), nframes - 1})
 
 
@@ -115,7 +116,7 @@ def neighbour_masks(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mask_classes(saturated: np.ndarray, four: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
-    """The seed's mask image: 3 saturated, 2 4-neighbour, 1 diagonal neighbour, 0 clean (uint8)."""
+    """The TVAC tutorial's mask image: 3 saturated, 2 4-neighbour, 1 diagonal neighbour, 0 clean (uint8)."""
     return (SATURATED * saturated + NEIGHBOUR * four + DIAGONAL * diagonal).astype(np.uint8)
 
 
@@ -266,7 +267,7 @@ def make_figures(data, pixeldq, saturated_cutout, *, frames, window, label: str,
     frames: the chosen frames (2 <= k <= N-1); unchecked_count: cutout pixels without a
     usable threshold, named in the mask panel's title; min_mean_slope (DN per frame):
     pixels with a smaller mean difference get no ratio (in a dark background the
-    ratio of two noise values says nothing); None keeps every pixel, as the seed.
+    ratio of two noise values says nothing); None keeps every pixel, as the tutorial.
     """
     rows, cols = window
     origin = (rows.start, cols.start)
@@ -310,14 +311,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--saturation", type=Path, required=True, help="the SATURATION reference file")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder of the PNG files")
     parser.add_argument("--raw", type=Path, help="the exposure's Level 1 file: saturation from its raw "
-                                                 "frames, as the seed (default: GROUPDQ SATURATED)")
-    parser.add_argument("--center", type=int, nargs=2, default=SEED_CENTER, metavar=("X", "Y"),
+                                                 "frames, as the TVAC tutorial (default: GROUPDQ SATURATED)")
+    parser.add_argument("--center", type=int, nargs=2, default=TUTORIAL_CENTER, metavar=("X", "Y"),
                         help="cutout centre, 0-based readout pixel (default: %(default)s)")
-    parser.add_argument("--half-size", type=int, default=SEED_HALF_SIZE, help="cutout half-size (pixels)")
+    parser.add_argument("--half-size", type=int, default=TUTORIAL_HALF_SIZE, help="cutout half-size (pixels)")
     parser.add_argument("--frames", type=int, nargs="+", help="frames k to show (default: 2, N//2, N-1)")
     parser.add_argument("--min-mean-slope", type=float, help="DN per frame: no slope ratio for pixels with "
                                                              "a smaller mean difference (default: all, as "
-                                                             "the seed)")
+                                                             "the TVAC tutorial)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
     return parser.parse_args(argv)

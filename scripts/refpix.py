@@ -33,8 +33,8 @@ Where we differ from romancal 1.1 on purpose:
   their mean is often exactly 0.0, so those pixels miss the trend subtraction;
 * BAD_REF_PIXEL pixels are left out of every fit and stream but keep their data
   (corrected like their neighbours); romancal sets them to 0 first;
-* amp33 and the border_ref_pix_* copies are left as dq_init wrote them (seed: the
-  copies "reflect the original state of the border pixels before any
+* amp33 and the border_ref_pix_* copies are left as dq_init wrote them (the romancal documentation,
+  section "Reference Pixel Correction": the copies "reflect the original state of the border pixels before any
   calibration"); romancal overwrites amp33 (absolute value, truncated to uint16)
   and the left/right copies with corrected values;
 * the layout scales: 32 amplifiers of ``ncols / 32`` columns, an amp33 as wide as

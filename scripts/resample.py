@@ -27,10 +27,19 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from romanpipe import cli, drizzling
-from romanpipe.association import Association, listing, read_science_members, write_association
+from romanpipe.association import (
+    Association,
+    is_association,
+    listing,
+    read_science_members,
+    write_association,
+)
+from romanpipe.drizzle_models import exposure_from_model, mosaic_model
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import product_name
+from romanpipe.output_grid import load_output_wcs, make_output_wcs
 from romanpipe.products import open_model
+from romanpipe.resample_setup import Scratch, check_memory, mosaic_bytes, parse_pair, scratch_space
 from romanpipe.steprun import parse_step_args, pass_on_skipped, write_product
 
 from roman_datamodels import datamodels
@@ -42,7 +51,7 @@ STEP = "resample"
 
 def output_grid(exposures: list[drizzling.Exposure], parameters: dict):
     """The output WCS: ``output_wcs`` from its file, else built around every input's footprint."""
-    output_shape = drizzling.parse_pair(parameters["output_shape"], int, "output_shape")
+    output_shape = parse_pair(parameters["output_shape"], int, "output_shape")
     if output_shape is not None and min(output_shape) < 1:
         raise ParameterError(f"output_shape: values must be >= 1, got {output_shape}")
     if parameters["output_wcs"]:
@@ -50,34 +59,30 @@ def output_grid(exposures: list[drizzling.Exposure], parameters: dict):
         if not path.is_file():
             raise InputFileError(path, "output_wcs file not found")
         try:
-            return drizzling.load_output_wcs(path, output_shape)
+            return load_output_wcs(path, output_shape)
         except Exception as err:  # asdf and gwcs raise many types
             raise InputFileError(path, f"no usable GWCS under 'wcs' ({err})") from None
-    wcs, _ = drizzling.make_output_wcs(
+    wcs, _ = make_output_wcs(
         [e.wcs for e in exposures], [e.shape for e in exposures],
         pixel_scale_ratio=parameters["pixel_scale_ratio"], pixel_scale=parameters["pixel_scale"],
-        rotation=parameters["rotation"], crpix=drizzling.parse_pair(parameters["crpix"], float, "crpix"),
-        crval=drizzling.parse_pair(parameters["crval"], float, "crval"), output_shape=output_shape)
+        rotation=parameters["rotation"], crpix=parse_pair(parameters["crpix"], float, "crpix"),
+        crval=parse_pair(parameters["crval"], float, "crval"), output_shape=output_shape)
     return wcs
 
 
 def resample_models(models: list, names: list[str], parameters: dict, *, association_name: str,
-                    scratch: drizzling.Scratch | None = None) -> list:
+                    scratch: Scratch | None = None) -> list:
     """MosaicModels of ``models`` (one, or one per exposure with ``single``); inputs are not modified."""
     try:
-        exposures = [drizzling.exposure_from_model(m, name, i)
-                     for i, (m, name) in enumerate(zip(models, names, strict=True))]
+        exposures = [exposure_from_model(m, name) for m, name in zip(models, names, strict=True)]
     except ValueError as err:
         raise ParameterError(f"an input cannot be resampled: {err}") from None
     output_wcs = output_grid(exposures, parameters)
-    drizzling.check_memory(drizzling.mosaic_bytes(output_wcs.array_shape, len(exposures)),
-                           parameters["allowed_memory"], f"a {output_wcs.array_shape} resampled image")
+    check_memory(mosaic_bytes(output_wcs.array_shape, len(exposures)), parameters["allowed_memory"],
+                 f"a {output_wcs.array_shape} resampled image")
     log.info("output grid %d x %d pixels", output_wcs.array_shape[1], output_wcs.array_shape[0])
     if parameters["single"]:
-        groups: dict[str, list[int]] = {}
-        for index, exposure in enumerate(exposures):
-            groups.setdefault(exposure.group, []).append(index)
-        selections = list(groups.values())
+        selections = drizzling.exposure_indices(exposure.group for exposure in exposures)
     else:
         selections = [list(range(len(exposures)))]
     products = []
@@ -86,7 +91,7 @@ def resample_models(models: list, names: list[str], parameters: dict, *, associa
             (exposures[i] for i in selection), output_wcs, n_inputs=len(selection),
             kernel=parameters["kernel"], pixfrac=parameters["pixfrac"], fillval=parameters["fillval"],
             weight_type=parameters["weight_type"], good_bits=parameters["good_bits"], scratch=scratch)
-        products.append(drizzling.mosaic_model(
+        products.append(mosaic_model(
             mosaic, [models[i] for i in selection], association_name=association_name,
             good_bits=parameters["good_bits"], weight_type=parameters["weight_type"],
             pixfrac=parameters["pixfrac"], blend=parameters["blendheaders"]))
@@ -107,12 +112,12 @@ def main(argv=None) -> None:
         pass_on_skipped(STEP, args, parameters)
         return
     association, members = read_science_members(args.input)
-    if parameters["single"] and args.output.suffix != ".json":
+    if parameters["single"] and not is_association(args.output):
         raise ParameterError("single=true writes one mosaic per exposure: OUTPUT must be an association "
                              "(.json) listing them")
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(path, (datamodels.ImageModel,))) for path in members]
-        scratch = stack.enter_context(drizzling.scratch_space(parameters["in_memory"], args.output.parent))
+        scratch = stack.enter_context(scratch_space(parameters["in_memory"], args.output.parent))
         try:
             products = resample_models(models, [p.name for p in members], parameters,
                                        association_name=args.input.name, scratch=scratch)

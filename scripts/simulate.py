@@ -9,7 +9,7 @@ The first two write <out>/uncal, <out>/truth, <out>/catalogs (the Gaia-like cata
 <out>/crds_cache and <out>/workflow.yaml (the workflow then runs with ``--directory <out>``).
 ``groundtest`` writes TVAC-like TvacModel exposures (one bright-star exposure and darks) with their
 truth in <out>/uncal, and <out>/references, <out>/crds_cache and <out>/workflow.yaml for the
-seed's partial pipeline (dq_init to linearity, see config/groundtest.yaml).
+TVAC tutorial's partial pipeline (dq_init to linearity, see config/groundtest.yaml).
 """
 
 from __future__ import annotations

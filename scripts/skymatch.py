@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from romanpipe import cli, dqflags
-from romanpipe.association import read_association
+from romanpipe.association import read_science_members
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
@@ -42,8 +42,8 @@ SKYSTATS = ("mean", "median", "midpt", "mode")
 class SkyStatistic:
     """The sky of a set of pixel values: range cut, sigma clipping, then ``skystat``.
 
-    The seed gives ``mean``, ``mode`` and ``midpt`` the meaning of IRAF's
-    gstatistics/imstatistics. Pixels outside [lower, upper] are never used. Each of
+    The romancal documentation (section "SkyMatch") gives ``mean``, ``mode`` and ``midpt``
+    the meaning of IRAF's gstatistics/imstatistics. Pixels outside [lower, upper] are never used. Each of
     the ``nclip`` iterations keeps, among those, the values within
     [mean - lsigma*std, mean + usigma*std] of the previous selection (std with N-1).
     ``mode`` and ``midpt`` come from a histogram of the final selection, resolution
@@ -263,7 +263,7 @@ def match_offsets(images: list[SkyImage], statistic: SkyStatistic) -> np.ndarray
     sky of each image in its own pixels of the overlap and w the mean of their pixel
     counts (Drizzlepac's skymatch). Offsets of a connected group of images are known
     only up to a constant: the minimum-norm solution puts each group's mean offset at
-    zero, which is what the seed's second example shows for two disjoint mosaics.
+    zero, which is what the documentation's second example shows for two disjoint mosaics.
     """
     rows, rhs = [], []
     for i in range(len(images)):
@@ -298,7 +298,8 @@ def match_offsets(images: list[SkyImage], statistic: SkyStatistic) -> np.ndarray
 
 def sky_levels(images: list[SkyImage], skymethod: str = "match", match_down: bool = True,
                statistic: SkyStatistic | None = None) -> SkyLevels:
-    """Each image's sky level by the seed's ``skymethod``; the images are not modified."""
+    """Each image's sky level by ``skymethod`` (the romancal documentation, section "SkyMatch");
+    the images are not modified."""
     if skymethod not in SKYMETHODS:
         raise ValueError(f"skymethod must be one of {', '.join(SKYMETHODS)}, not {skymethod!r}")
     if not images:
@@ -348,10 +349,7 @@ def main(argv=None) -> None:
                                  parameters["binwidth"])
     except ValueError as err:
         raise ParameterError(f"{STEP}: {err}") from None
-    association = read_association(args.input)
-    members = association.members()
-    if not members:
-        raise InputFileError(args.input, "the association has no science members")
+    association, members = read_science_members(args.input)
     models, images = [], []
     for path in members:
         model = open_model(path, (datamodels.ImageModel,))

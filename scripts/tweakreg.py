@@ -48,11 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from romanpipe import cli
-from romanpipe.association import read_association
+from romanpipe.association import read_step_input
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.files import atomic_path
+from romanpipe.footprints import s_region
 from romanpipe.naming import STEP_SUFFIX
-from romanpipe.products import COMPLETE, SKIPPED, open_model
+from romanpipe.products import COMPLETE, SKIPPED, exposure_group, open_model
 from romanpipe.steprun import (
     StepRun,
     parse_step_args,
@@ -70,8 +71,6 @@ from tweakwcs import RomanWCSCorrector, align_wcs
 from tweakwcs.imalign import NotEnoughCatalogs
 from tweakwcs.matchutils import MatchSourceConfusionError, XYXYMatch
 
-from assign_wcs import s_region
-
 log = logging.getLogger("tweakreg")
 
 STEP = "tweakreg"
@@ -83,7 +82,7 @@ CATALOG_SERVICE_URL = "https://gsss.stsci.edu/webservices"
 CATALOG_SERVICE_VARIABLE = "ASTROMETRIC_CATALOG_URL"  # as stcal: points the step at another service
 CONNECT_TIMEOUT = 10.0  # seconds: an unreachable service must fail fast, whatever vo_timeout is
 
-# The seed's example of meta.wcs_fit_results, in its order.
+# The example of meta.wcs_fit_results in the romancal documentation, section "TweakReg", in its order.
 WCS_FIT_KEYS = ("status", "fitgeom", "matrix", "shift", "center", "proper_rot", "proper", "rot", "<rot>",
                 "scale", "<scale>", "skew", "rmse", "mae", "nmatches")
 XY_COLUMNS = (("x", "y"), ("x_psf", "y_psf"), ("xcentroid", "ycentroid"), ("x_centroid", "y_centroid"))
@@ -225,7 +224,7 @@ def _absolute_alignment(correctors, refcat: Table, parameters) -> tuple[str | No
         return (f"not enough reference sources in the field ({len(refcat)} < abs_minobj "
                 f"{parameters['abs_minobj']})", 0)
     if parameters["abs_separation"] <= math.sqrt(2) * parameters["abs_tolerance"]:
-        log.info("abs_separation %.3g arcsec is not larger than sqrt(2) x abs_tolerance %.3g (the seed's "
+        log.info("abs_separation %.3g arcsec is not larger than sqrt(2) x abs_tolerance %.3g (the documented "
                  "defaults): close pairs may be confused", parameters["abs_separation"],
                  parameters["abs_tolerance"])
     match = _CountingMatch(searchrad=parameters["abs_searchrad"], separation=parameters["abs_separation"],
@@ -490,7 +489,8 @@ def read_catfile(path: Path) -> dict[str, Path | None]:
 
 def custom_catalog_paths(image_names: Sequence[str], *, use_custom_catalogs: bool, catfile: Path | None,
                          association_entries: Sequence[Path | None] | None = None) -> list[Path | None]:
-    """Each image's custom catalog, or None for its detected one (seed: the catfile wins over the ASN)."""
+    """Each image's custom catalog, or None for its detected one (the romancal documentation:
+    the catfile wins over the ASN)."""
     if not use_custom_catalogs:
         return [None] * len(image_names)
     if catfile:
@@ -542,17 +542,6 @@ def image_to_align(model, path: Path, custom_catalog: Path | None, catalog_forma
     return ImageToAlign(path.name, wcs, wcsinfo, catalog, exposure_group(model, path.name))
 
 
-def exposure_group(model, fallback: str) -> str:
-    """The exposure an image belongs to (its detectors align together): group_id, observation_id or itself."""
-    group = model.meta.get("group_id")
-    if group:
-        return str(group)
-    observation_id = model.meta.get("observation", {}).get("observation_id")
-    if observation_id and observation_id != "?":
-        return str(observation_id)
-    return fallback
-
-
 def exposure_epoch(model, path: Path) -> float:
     """meta.exposure.start_time in Julian years (the scale of Gaia's ref_epoch)."""
     try:
@@ -563,7 +552,8 @@ def exposure_epoch(model, path: Path) -> float:
 
 
 def apply_alignment(model, alignment: Alignment) -> None:
-    """Put the alignment into the model; the in-memory source catalog goes (seed: tweakreg deletes it)."""
+    """Put the alignment into the model; the in-memory source catalog goes (the romancal
+    documentation: tweakreg deletes it)."""
     model.meta.wcs = alignment.wcs
     model.meta["wcs_fit_results"] = alignment.fit_results
     if alignment.status == COMPLETE:
@@ -615,10 +605,8 @@ def run(image, step: StepRun):
     return image, status
 
 
-def align_association(args, parameters: Mapping) -> None:
-    """The members of the association ``args.input`` aligned together, written beside ``args.output``."""
-    association = read_association(args.input)
-    paths = association.members()
+def align_association(association, paths: Sequence[Path], args, parameters: Mapping) -> None:
+    """The science members ``paths`` of ``association`` aligned together, written beside ``args.output``."""
     with ExitStack() as open_files:
         models = [open_files.enter_context(open_model(path, INPUT_MODELS)) for path in paths]
         statuses = align_models(models, paths, parameters, args.output, association)
@@ -630,10 +618,12 @@ def main(argv=None) -> None:
     args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
     if parameters["skip"]:
         pass_on_skipped(STEP, args, parameters)
-    elif args.input.suffix.lower() == ".json":
-        align_association(args, parameters)
-    else:
+        return
+    association, paths = read_step_input(args.input)
+    if association is None:
         run_on_file(STEP, run, INPUT_MODELS, args, parameters)
+    else:
+        align_association(association, paths, args, parameters)
 
 
 if __name__ == "__main__":

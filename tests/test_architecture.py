@@ -1,11 +1,14 @@
 """Rules of the architecture that code review alone would not hold."""
 
 import ast
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +51,21 @@ def test_the_import_check_sees_an_import(tmp_path):
     assert "stcal" in imported_top_modules(sample)
 
 
+
+def test_no_script_imports_another_script():
+    """What two steps share lives in romanpipe: a script that imports another's drags its
+    dependencies and start-up along, and hides where the shared code is."""
+    scripts = {path.stem: path for path in (ROOT / "scripts").glob("*.py")}
+    offenders = {name: sorted(imported_top_modules(path) & (scripts.keys() - {name}))
+                 for name, path in scripts.items() if imported_top_modules(path) & (scripts.keys() - {name})}
+    assert offenders == {}
+
 def test_the_workflow_loads_without_crds_or_roman_datamodels():
     """Snakemake starts again for every rule of a SLURM group job: importing these two made
     each start 1.8 s slower (README, per-job overhead of the profile)."""
-    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    modules = set(re.findall(r"^from (romanpipe(?:\.\w+)?) import", common, re.MULTILINE))
-    modules |= {f"romanpipe.{name}" for name in re.findall(r"^from romanpipe import (\w+)", common,
+    rules = "\n".join(path.read_text() for path in (ROOT / "workflow" / "rules").glob("*.smk"))
+    modules = set(re.findall(r"^from (romanpipe(?:\.\w+)?) import", rules, re.MULTILINE))
+    modules |= {f"romanpipe.{name}" for name in re.findall(r"^from romanpipe import (\w+)", rules,
                                                            re.MULTILINE)}
     assert "romanpipe.refs" in modules and "romanpipe.product_sizes" in modules
     loaded = subprocess.run(
@@ -82,10 +94,51 @@ def test_conda_env_pins_equal_pyproject_pins():
             assert pins[key] == version, f"{env_file.name}: {name}={version}, pyproject {pins[key]}"
 
 
-def test_every_rule_has_log_and_conda():
-    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        text = smk.read_text()
-        for rule in re.split(r"^(?=(?:rule|checkpoint) )", text, flags=re.MULTILINE)[1:]:
-            name = rule.split()[1].rstrip(":")
-            assert "log:" in rule, f"{smk.name}: rule {name} has no log"
-            assert "conda:" in rule, f"{smk.name}: rule {name} has no conda env"
+# Loads the workflow with Snakemake's API (in its own process: loading configures CRDS and
+# the shell for the process) and reports what each rule that runs something declares.
+RULES_PROBE = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
+                            storage_settings=StorageSettings(), snakefile=Path(sys.argv[1]),
+                            workdir=Path(sys.argv[2]))._workflow
+    print(json.dumps({rule.name: {"log": bool(rule.log), "conda": rule.conda_env is not None,
+                                  "benchmark": rule.benchmark is not None,
+                                  "resources": sorted(rule.resources)}
+                      for rule in workflow.rules if not rule.norun}))
+"""
+@pytest.fixture(scope="module")
+def workflow_rules(tmp_path_factory):
+    """Rule name -> what it declares, from the workflow loaded on a one-file campaign (inputs are
+    found by name and the CRDS context is read from the cache's server_config)."""
+    workdir = tmp_path_factory.mktemp("campaign")
+    (workdir / "uncal").mkdir()
+    (workdir / "uncal" / "r0000101001001001001_01101_0001_WFI01_uncal.asdf").touch()
+    (workdir / "crds_cache" / "config" / "roman").mkdir(parents=True)
+    (workdir / "crds_cache" / "config" / "roman" / "server_config").write_text(
+        repr({"operational_context": "roman_0001.pmap"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
+    result = subprocess.run([sys.executable, "-c", RULES_PROBE, str(ROOT / "Snakefile"), str(workdir)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_rule_has_log_and_conda(workflow_rules):
+    assert {name for name, rule in workflow_rules.items() if not (rule["log"] and rule["conda"])} == set()
+
+
+def lacking_benchmark_or_resources(rule: dict) -> bool:
+    """No benchmark record, or no memory and runtime for the scheduler (SLURM's mem and time)."""
+    return not rule["benchmark"] or not {"mem_mb", "runtime"} <= set(rule["resources"])
+
+
+def test_every_rule_has_a_benchmark_and_resources(workflow_rules):
+    """Every job's record reaches results/benchmarks.csv, and every job asks SLURM for its
+    memory and time instead of the profile's fallbacks."""
+    assert "dq_init" in workflow_rules and "benchmarks" in workflow_rules
+    assert {name for name, rule in workflow_rules.items() if lacking_benchmark_or_resources(rule)} == set()

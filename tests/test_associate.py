@@ -74,7 +74,7 @@ def test_same_inputs_give_the_same_index(campaign):
     pd.testing.assert_frame_equal(first, second)
 
 
-def test_written_association_has_the_seed_layout_and_resolves_members(campaign):
+def test_written_association_has_the_documented_layout_and_resolves_members(campaign):
     folder, paths = campaign
     row = next(run_index(folder, paths).itertuples())
     output = folder / "associations" / f"{row.asn}_asn.json"

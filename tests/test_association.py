@@ -1,4 +1,4 @@
-"""Associations: the seed's asn_from_list example, the naming rule, reading members back."""
+"""Associations: the romancal documentation's asn_from_list example, the naming rule, reading members back."""
 
 import json
 
@@ -6,9 +6,10 @@ from romanpipe.association import (
     asn_from_list,
     association_name,
     read_association,
+    read_step_input,
     write_association,
 )
-from romanpipe.errors import InputFileError
+from romanpipe.errors import EXIT_NO_SCIENCE_DATA, InputFileError, NoScienceDataError
 
 import numpy as np
 import pytest
@@ -16,15 +17,19 @@ import roman_datamodels as rdm
 from roman_datamodels import datamodels
 
 import asn_from_list as asn_from_list_cli
+import flux
+import outlier_detection
+import resample
 import skymatch
+import tweakreg
 
-SEED_ITEMS = {"r0000101001001001001_01101_0001_WFI01_uncal.asdf": "science",
+DOCUMENTED_ITEMS = {"r0000101001001001001_01101_0001_WFI01_uncal.asdf": "science",
               "r0000101001001001001_3_01101_0001_WFI01_uncal.asdf": "guide_window",
               "c": "somethingelse"}
 
 
-def test_seed_level2_example():
-    asn = asn_from_list(list(SEED_ITEMS.items()), product_name="test_product", with_exptype=True)
+def test_documented_level2_example():
+    asn = asn_from_list(list(DOCUMENTED_ITEMS.items()), product_name="test_product", with_exptype=True)
     assert asn["asn_rule"] == "DMS_ELPP_Base"
     assert asn["products"] == [{"name": "test_product", "members": [
         {"expname": "r0000101001001001001_01101_0001_WFI01_uncal.asdf", "exptype": "science"},
@@ -32,7 +37,7 @@ def test_seed_level2_example():
         {"expname": "c", "exptype": "somethingelse"}]}]
 
 
-def test_seed_example_keys_in_order():
+def test_documented_example_keys_in_order():
     asn = asn_from_list(["img_1.asdf", "img_2.asdf"], product_name="files.asdf")
     assert list(asn) == ["asn_type", "asn_rule", "version_id", "code_version", "degraded_status", "program",
                          "constraints", "asn_id", "target", "asn_pool", "products"]
@@ -44,7 +49,7 @@ def test_unknown_rule_is_refused():
         asn_from_list(["a"], "p", rule="Asn_Lv3Image")
 
 
-def test_association_name_follows_the_seed_rule():
+def test_association_name_follows_the_documented_rule():
     assert association_name(1, "o001", "20270301t000000", "image", 1) == \
         "r00001-o001_20270301t000000_image_001_asn.json"
     with pytest.raises(ValueError):
@@ -63,7 +68,7 @@ def test_cli_writes_members_relative_and_reads_back(tmp_path):
 
 
 def test_only_science_members_by_default(tmp_path):
-    path = write_association(asn_from_list(list(SEED_ITEMS.items()), "p", with_exptype=True),
+    path = write_association(asn_from_list(list(DOCUMENTED_ITEMS.items()), "p", with_exptype=True),
                              tmp_path / "x_asn.json")
     assert [p.name for p in read_association(path).members()] == [
         "r0000101001001001001_01101_0001_WFI01_uncal.asdf"]
@@ -96,3 +101,36 @@ def test_skip_on_an_association_passes_every_member_on_as_skipped(tmp_path):
         with rdm.open(path) as product:
             assert product.meta.cal_step.skymatch == "SKIPPED"
             assert product.data[1, 1] == 7.0
+
+
+def test_step_input_is_one_product_or_an_associations_science_members(tmp_path):
+    assert read_step_input(tmp_path / "a_photom.asdf") == (None, [tmp_path / "a_photom.asdf"])
+    path = write_association(asn_from_list(list(DOCUMENTED_ITEMS.items()), "p", with_exptype=True),
+                             tmp_path / "x_asn.JSON")
+    association, members = read_step_input(path)
+    assert association.path == path
+    assert members == [tmp_path / "r0000101001001001001_01101_0001_WFI01_uncal.asdf"]
+
+
+def association_without_science(tmp_path):
+    items = [("a_photom.asdf", "guide_window"), ("b_photom.asdf", "background")]
+    return write_association(asn_from_list(items, "p", with_exptype=True), tmp_path / "p_asn.json")
+
+
+def test_an_association_without_science_members_is_no_science_data_naming_the_file(tmp_path):
+    path = association_without_science(tmp_path)
+    with pytest.raises(NoScienceDataError, match=f"{path}: the association has no science members"):
+        read_step_input(path)
+
+
+@pytest.mark.parametrize("step, options", [
+    (flux, []), (flux, ["--skip", "true"]), (skymatch, []), (tweakreg, []), (outlier_detection, []),
+    (resample, []),
+])
+def test_every_step_ends_on_an_association_without_science_members_the_same_way(tmp_path, caplog, step,
+                                                                                 options):
+    path = association_without_science(tmp_path)
+    output = tmp_path / "out" / "p_step_asn.json"
+    assert step.cli.run(step.main, [str(path), str(output), *options]) == EXIT_NO_SCIENCE_DATA
+    assert f"{path}: the association has no science members" in caplog.text
+    assert not output.parent.exists()

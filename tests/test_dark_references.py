@@ -8,7 +8,7 @@ S = sum (t_k - tbar)^2; the slope is b^ = sum_k v_k y_k with v_k = (t_k - tbar) 
 For a noise covariance C, Var(a^) = w^T C w and Var(b^) = v^T C v.
 
 * White noise per read, sigma_e^2 = sigma_read^2 + 1/12 (the read noise plus the
-  rounding of the integer DN): Var(a^) = sigma_e^2 (1/n + tbar^2 / S). For the seed's
+  rounding of the integer DN): Var(a^) = sigma_e^2 (1/n + tbar^2 / S). For the TVAC tutorial's
   t_k = k = 1..n, tbar = (n + 1)/2 and S = n (n^2 - 1) / 12, so
   Var(a^) = sigma_e^2 * 2 (2n + 1) / (n (n - 1)), about (2 sigma_e / sqrt(n))^2: the
   extrapolation to t = 0 doubles the naive sigma_e / sqrt(n) (for N = 55,
@@ -71,7 +71,7 @@ def test_noiseless_ramp_gives_intercept_and_slope_exactly():
     intercept = rng.uniform(5000, 20000, (6, 5)).round()
     slope = rng.uniform(0, 40, (6, 5)).round(2)
     cube = linear_cube(intercept, slope, 12)
-    cube[0] += 300.0  # the reset-affected first frame, which the seed leaves out
+    cube[0] += 300.0  # the reset-affected first frame, which the TVAC tutorial leaves out
     fitted_intercept, fitted_slope = dark_references.fit_lines(cube)
     assert fitted_intercept.dtype == np.float32 and fitted_slope.dtype == np.float32
     np.testing.assert_allclose(fitted_intercept, intercept, rtol=0, atol=2e-3)
@@ -130,8 +130,8 @@ def test_read_times_put_the_intercept_at_the_reset():
     fitted_intercept, fitted_slope = dark_references.fit_lines(cube, reads)
     np.testing.assert_allclose(fitted_intercept, 500.0, atol=1e-4)
     np.testing.assert_allclose(fitted_slope, 7.0, atol=1e-5)
-    seed_intercept, _ = dark_references.fit_lines(cube)  # frame index: the first read's level
-    np.testing.assert_allclose(seed_intercept, 507.0, atol=1e-4)
+    tutorial_intercept, _ = dark_references.fit_lines(cube)  # frame index: the first read's level
+    np.testing.assert_allclose(tutorial_intercept, 507.0, atol=1e-4)
 
 
 def test_too_few_frames_is_refused():

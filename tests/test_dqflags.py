@@ -1,12 +1,13 @@
-"""The DQ flag table and the bit-spec forms of the seed's "Parameter Specification"."""
+"""The DQ flag table and the bit-spec forms of the romancal documentation, section
+"Parameter Specification"."""
 
 from romanpipe.dqflags import FLAG_NAMES, good_pixel_mask, interpret_bit_spec, pixel
 
 import numpy as np
 import pytest
 
-# The seed's table: bit number -> name.
-SEED_TABLE = {
+# The documented table (section "Data Quality Flags"): bit number -> name.
+DOCUMENTED_TABLE = {
     0: "DO_NOT_USE", 1: "SATURATED", 2: "JUMP_DET", 3: "DROPOUT", 4: "GW_AFFECTED_DATA",
     5: "PERSISTENCE", 6: "AD_FLOOR", 7: "OUTLIER", 8: "UNRELIABLE_ERROR", 9: "NON_SCIENCE",
     10: "DEAD", 11: "HOT", 12: "WARM", 13: "LOW_QE", 15: "TELEGRAPH", 16: "NONLINEAR",
@@ -17,8 +18,8 @@ SEED_TABLE = {
 }
 
 
-@pytest.mark.parametrize(("bit", "name"), sorted(SEED_TABLE.items()))
-def test_every_flag_of_the_seed_table_has_its_bit(bit, name):
+@pytest.mark.parametrize(("bit", "name"), sorted(DOCUMENTED_TABLE.items()))
+def test_every_flag_of_the_documented_table_has_its_bit(bit, name):
     assert FLAG_NAMES[name] == 2**bit
     assert pixel[name] == 2**bit
 

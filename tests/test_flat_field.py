@@ -1,4 +1,4 @@
-"""flat_field: hand-computed values for every rule of the seed, and the CLI."""
+"""flat_field: hand-computed values for every rule of the romancal documentation, and the CLI."""
 
 from romanpipe.detector import matching_science_area
 

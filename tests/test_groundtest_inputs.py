@@ -113,7 +113,8 @@ def test_truth_keys_and_one_detector_for_every_exposure(groundtest_set):
 
 
 def test_darks_intercept_and_slope_are_the_truth_bias_and_dark_rate(groundtest_set):
-    """A straight line through each dark's ramp (the seed's bias_intercept_from_cube, frame 0 dropped)."""
+    """A straight line through each dark's ramp (the TVAC tutorial's bias_intercept_from_cube,
+    frame 0 dropped)."""
     slopes = []
     for path in exposures(groundtest_set, "dark"):
         truth = read_truth(truth_path(path))

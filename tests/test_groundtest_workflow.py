@@ -1,4 +1,4 @@
-"""The seed's partial pipeline on ground-test data: config/groundtest.yaml run by Snakemake on a
+"""The TVAC tutorial's partial pipeline on ground-test data: config/groundtest.yaml run by Snakemake on a
 small simulated TVAC set (one bright-star exposure, one dark) runs dq_init -> saturation -> refpix
 -> linearity and nothing else."""
 

@@ -1,4 +1,5 @@
-"""linearity: hand-computed corrections for every rule of the seed, the script, and simulated ramps."""
+"""linearity: hand-computed corrections for every rule of the romancal documentation, the script,
+and simulated ramps."""
 
 from dataclasses import replace
 
@@ -361,9 +362,9 @@ def test_corrected_simulated_ramps_are_linear_to_a_thousandth(detector, table_na
 
 
 def test_multi_read_resultants_keep_the_nonlinearity_of_their_average(detector):
-    """The seed corrects the mean of a resultant's reads, not each read. The step's output is
-    the polynomial of that mean (to the uint16 rounding of the resultant), and what it leaves,
-    F_c(mean of raw reads) - (bias + mean of linear signals), is about -P''/2 times the spread
+    """The romancal documentation corrects the mean of a resultant's reads, not each read. The
+    step's output is the polynomial of that mean (to the uint16 rounding of the resultant), and
+    what it leaves, F_c(mean of raw reads) - (bias + mean of linear signals), is about -P''/2 times the spread
     of the reads' signals: in IMG_UNEVEN_6, whose long resultants average 8 of 24 reads, it
     exceeds 0.1 % of the signal (up to ~0.2 %)."""
     table = ma_table("IMG_UNEVEN_6")
@@ -390,7 +391,7 @@ def test_multi_read_resultants_keep_the_nonlinearity_of_their_average(detector):
 @pytest.mark.peer
 def test_same_result_as_romancal_on_single_read_resultants(tmp_path, detector):
     """romancal 1.1's LinearityStep corrects reads through an INVERSELINEARITY reference; on
-    resultants of one read each that reduces to the seed's polynomial, so the two must agree."""
+    resultants of one read each that reduces to the documented polynomial, so the two must agree."""
     romancal_linearity = pytest.importorskip("romancal.linearity")
     response = nonlinear_response(detector)
     reference = linearity_reference_arrays(detector, np.random.default_rng(0))

@@ -1,4 +1,4 @@
-"""Product names: the seed's exposure naming scheme and suffix replacement rule."""
+"""Product names: the romancal documentation's exposure naming scheme and suffix replacement rule."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import pytest
 EXPO = "r0008308002010007027_06311_0019_WFI01"
 
 
-def test_exposure_name_matches_the_seed_example():
+def test_exposure_name_matches_the_documented_example():
     name = exposure_name(program=83, execution_plan=8, pass_=2, segment=10, observation=7,
                          visit=27, visit_file_group=6, visit_file_sequence=3,
                          visit_file_activity="11", exposure=19, detector="wfi01")
@@ -44,7 +44,7 @@ def test_parse_rejects_other_names():
         (f"{EXPO}_cal.asdf", "outlier_detection", f"{EXPO}_outlier_detection.asdf"),
         (f"{EXPO}_outlier_detection.asdf", "resample", f"{EXPO}_resample.asdf"),
         (f"{EXPO}_outlier_i2d.asdf", "i2d", f"{EXPO}_i2d.asdf"),
-        ("foo.asdf", "cleanup", "foo_cleanup.asdf"),  # the seed's stpipe example
+        ("foo.asdf", "cleanup", "foo_cleanup.asdf"),  # the documented stpipe example
         (f"{EXPO}_mine.asdf", "dqinit", f"{EXPO}_mine_dqinit.asdf"),  # unknown suffix kept
         ("TVAC2_TOHOTQUAL_WFISAT_20240506204523_WFI11_uncal.asdf", "linearity",
          "TVAC2_TOHOTQUAL_WFISAT_20240506204523_WFI11_linearity.asdf"),

@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from romanpipe import cli, drizzling
+from romanpipe import cli
+from romanpipe.drizzle_models import exposure_from_model
 from romanpipe.params import step_defaults
 from romanpipe.products import set_cal_step
+from romanpipe.resample_setup import OutputTooLargeError
 
 import numpy as np
 import pytest
@@ -48,7 +50,7 @@ def parameters(**changes):
 
 
 def exposures_of(models):
-    return [drizzling.exposure_from_model(m, m.meta.filename, i) for i, m in enumerate(models)]
+    return [exposure_from_model(m, m.meta.filename) for m in models]
 
 
 def pixels(mask):
@@ -212,13 +214,13 @@ def test_stars_and_clean_sky_are_not_flagged(field_with_cosmic_rays, flags_in_me
 
 
 def test_a_finer_median_grid_spares_undersampled_star_cores():
-    """Stars of 1.3 px FWHM (Roman's at F087-F158): the seed's grid and scale flag their cores;
+    """Stars of 1.3 px FWHM (Roman's at F087-F158): the documented grid and scale flag their cores;
     the median at half the pixel scale with scale 1.0 0.8 (the workflow's configuration) does not,
     and still finds the cosmic rays."""
     field = field_of(psf_sigma=0.55)
     exposures = exposures_of(field[0])
-    seed_flags = masks(flag_outliers(exposures, parameters(in_memory=True)))
-    assert flagged_fractions(field, seed_flags)[0] > 0.01
+    documented_flags = masks(flag_outliers(exposures, parameters(in_memory=True)))
+    assert flagged_fractions(field, documented_flags)[0] > 0.01
     workflow_settings = parameters(in_memory=True, pixel_scale_ratio=0.5, scale="1.0 0.8")
     finer = masks(flag_outliers(exposures, workflow_settings))
     on_stars, on_sky, star_pixels = flagged_fractions(field, finer)
@@ -270,7 +272,7 @@ def test_nlow_nhigh_and_unresampled_comparison_find_the_same_hits():
 
 def test_allowed_memory_too_small_raises(field_with_cosmic_rays):
     models, _, _ = field_with_cosmic_rays
-    with pytest.raises(drizzling.OutputTooLargeError):
+    with pytest.raises(OutputTooLargeError):
         flag_outliers(exposures_of(models), parameters(allowed_memory=1e-12))
 
 

@@ -82,7 +82,7 @@ def test_unknown_parameter_in_file_is_named(tmp_path):
 
 
 def test_unknown_parameter_names_the_known_one_it_resembles(tmp_path):
-    """The seed's prose says calc_threshold; the parameter is calc_scalar_threshold."""
+    """The prose of the romancal documentation says calc_threshold; the parameter is calc_scalar_threshold."""
     pfile = write_yaml(tmp_path / "sd.yaml", {"parameters": {"calc_threshold": True}})
     suggestion = r"calc_threshold \(did you mean \w+ or calc_scalar_threshold\?\)"
     with pytest.raises(ParameterError, match=suggestion):

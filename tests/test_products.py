@@ -1,6 +1,7 @@
-"""as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would."""
+"""as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would; the exposure
+an image belongs to."""
 
-from romanpipe.products import as_float16, open_model
+from romanpipe.products import as_float16, exposure_group, open_model
 
 import numpy as np
 import pytest
@@ -32,3 +33,12 @@ def test_a_file_whose_path_holds_url_characters_opens(tmp_path, mask_file):
     odd.write_bytes(mask_file.read_bytes())
     with open_model(odd, (datamodels.MaskRefModel,)) as model:
         assert model.dq[5, 6] == 1024
+def test_exposure_group_is_group_id_then_observation_id_then_the_image_itself():
+    """As romancal 1.1's ModelLibrary: tweakreg and outlier detection group by the same rule."""
+    model = datamodels.ImageModel.create_fake_data(shape=(2, 2))
+    assert model.meta.observation.observation_id == "?"           # rad's placeholder is no id
+    assert exposure_group(model, "image.asdf") == "image.asdf"
+    model.meta.observation.observation_id = "0000101001001001001"
+    assert exposure_group(model, "image.asdf") == "0000101001001001001"
+    model.meta["group_id"] = "roman00001_exposure1"
+    assert exposure_group(model, "image.asdf") == "roman00001_exposure1"

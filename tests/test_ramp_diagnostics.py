@@ -18,7 +18,7 @@ SATURATED = dqflags.pixel.SATURATED
 # ---- pure functions -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("shape", "center", "half", "expected"), [
-    ((4096, 4096), (1900, 1900), 256, ((1644, 2156), (1644, 2156))),   # the seed's cutout
+    ((4096, 4096), (1900, 1900), 256, ((1644, 2156), (1644, 2156))),   # the TVAC tutorial's cutout
     ((256, 256), (1900, 1900), 256, ((0, 256), (0, 256))),             # centre moved onto the detector
     ((256, 256), (10, 250), 20, ((230, 256), (0, 30))),                # clipped at two edges
     ((100, 200), (150, 20), 5, ((15, 25), (145, 155))),                # x is the column, y the row
@@ -28,7 +28,7 @@ def test_cutout_window(shape, center, half, expected):
     assert ((rows.start, rows.stop), (cols.start, cols.stop)) == expected
 
 
-def test_default_frames_are_the_seeds():
+def test_default_frames_are_the_tutorials():
     assert rd.default_frames(55) == [2, 27, 54]
     assert rd.check_frames(None, 55) == [2, 27, 54]
     assert rd.check_frames([9, 3, 9], 10) == [3, 9]
@@ -46,17 +46,17 @@ def test_neighbours_of_one_saturated_pixel():
                                   [[1, 2, 1], [2, 3, 2], [1, 2, 1]])
 
 
-def test_neighbours_match_the_seeds_convolution():
-    """The seed's make_saturation_mask_dn, frame by frame with scipy.signal.convolve2d."""
+def test_neighbours_match_the_tutorials_convolution():
+    """The TVAC tutorial's make_saturation_mask_dn, frame by frame with scipy.signal.convolve2d."""
     saturated = np.random.default_rng(1).random((4, 30, 40)) > 0.93
     four, diagonal = rd.neighbour_masks(saturated)
     kernel_4 = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]])
     kernel_diag = np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]])
     for frame, plane in enumerate(saturated):
-        seed_four = ~plane & (convolve2d(plane, kernel_4, mode="same") > 0)
-        seed_diag = ~plane & ~seed_four & (convolve2d(plane, kernel_diag, mode="same") > 0)
-        np.testing.assert_array_equal(four[frame], seed_four)
-        np.testing.assert_array_equal(diagonal[frame], seed_diag)
+        tutorial_four = ~plane & (convolve2d(plane, kernel_4, mode="same") > 0)
+        tutorial_diag = ~plane & ~tutorial_four & (convolve2d(plane, kernel_diag, mode="same") > 0)
+        np.testing.assert_array_equal(four[frame], tutorial_four)
+        np.testing.assert_array_equal(diagonal[frame], tutorial_diag)
 
 
 def test_saturation_from_thresholds_and_from_groupdq():
@@ -165,7 +165,7 @@ def test_cli_writes_the_four_figures(star_files, tmp_path, extra):
 
 
 def test_star_masks_from_groupdq_and_from_raw_agree(star_files):
-    """The saturation step's flags and the seed's raw >= threshold give the same pixels."""
+    """The saturation step's flags and the TVAC tutorial's raw >= threshold give the same pixels."""
     ramp_path, raw_path, _ = star_files
     with datamodels.open(ramp_path) as ramp, datamodels.open(raw_path) as raw:
         from_groupdq = rd.saturated_from_groupdq(ramp.groupdq)

@@ -96,12 +96,15 @@ def test_provenance_table_has_a_row_per_step_and_reference(tmp_path):
 
 def test_benchmark_table_lists_every_job_slowest_first(tmp_path):
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rule, job, seconds in (("ramp_fit", "e1", 7.5), ("dq_init", "e1", 2.0), ("ramp_fit", "e2", 9.0)):
-        (tmp_path / "benchmarks" / rule).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "benchmarks" / rule / f"{job}.tsv").write_text(
+    # A rule of one job per run (the pool) writes <rule>.tsv beside the rules' folders.
+    for path, seconds in (("ramp_fit/e1.tsv", 7.5), ("dq_init/e1.tsv", 2.0), ("ramp_fit/e2.tsv", 9.0),
+                          ("pool.tsv", 3.0)):
+        (tmp_path / "benchmarks" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "benchmarks" / path).write_text(
             header + f"{seconds}\t0:00:0{int(seconds)}\t100.0\t200\t90\t95\t1\t2\t50\t{seconds / 2}\n")
     out = tmp_path / "benchmarks.csv"
     assert cli.run(benchmark_table.main, [str(tmp_path / "benchmarks"), "--output", str(out)]) == 0
     table = pd.read_csv(out)
     assert table[["rule", "job", "s", "cpu_time"]].values.tolist() == [
-        ["ramp_fit", "e2", 9.0, 4.5], ["ramp_fit", "e1", 7.5, 3.75], ["dq_init", "e1", 2.0, 1.0]]
+        ["ramp_fit", "e2", 9.0, 4.5], ["ramp_fit", "e1", 7.5, 3.75], ["pool", "pool", 3.0, 1.5],
+        ["dq_init", "e1", 2.0, 1.0]]

@@ -1,10 +1,10 @@
-"""resample: the seed's decode_context example, flux and surface-brightness conservation, a dithered
-star field measured back (photometry to 1 %, astrometry to 10 mas), output grid options by hand,
-variances by hand, the memory limit, and the CLI end to end.
+"""resample: the romancal documentation's decode_context example, flux and surface-brightness
+conservation, a dithered star field measured back (photometry to 1 %, astrometry to 10 mas),
+output grid options by hand, variances by hand, the memory limit, and the CLI end to end.
 
 Inputs are Level 2 ImageModels in MJy/sr with tangent-plane GWCSs (0.11"/px, east left) built
-here, independently of romanpipe.drizzling. The dithered field is two 128 x 128 "detectors"
-140 px apart seen in four exposures with sub-pixel dithers and small rolls; its stars are
+here, independently of romanpipe. The dithered field is two 128 x 128 "detectors" 140 px
+apart seen in four exposures with sub-pixel dithers and small rolls; its stars are
 circular Gaussians (sigma 1.2 px) integrated over each pixel at known sky positions, on a sky of
 0.3 MJy/sr that skymatch recorded but did not subtract.
 """
@@ -20,8 +20,10 @@ from pathlib import Path
 
 from romanpipe import cli, drizzling
 from romanpipe.association import asn_from_list, write_association
+from romanpipe.drizzle_models import exposure_from_model
 from romanpipe.errors import InputFileError
 from romanpipe.params import step_defaults
+from romanpipe.resample_setup import OutputTooLargeError, scratch_space
 
 import asdf
 import numpy as np
@@ -32,6 +34,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.modeling.models import AffineTransformation2D, Pix2Sky_TAN, RotateNative2Celestial, Shift
 from astropy.time import Time
+from drizzle.utils import decode_context
 from gwcs import coordinate_frames as cf
 from gwcs import wcs as gwcs_wcs
 from photutils.aperture import CircularAperture, aperture_photometry
@@ -156,14 +159,14 @@ def run(models, **changes):
 
 # ---------------------------------------------------------------- context image
 
-def test_decode_context_reproduces_the_seed_example():
+def test_decode_context_reproduces_the_documented_example():
     con = np.array([[[0, 0, 0, 0, 0, 0], [0, 0, 0, 36196864, 0, 0], [0, 0, 0, 0, 0, 0],
                      [0, 0, 0, 0, 0, 0], [0, 0, 537920000, 0, 0, 0]],
                     [[0, 0, 0, 0, 0, 0], [0, 0, 0, 67125536, 0, 0], [0, 0, 0, 0, 0, 0],
                      [0, 0, 0, 0, 0, 0], [0, 0, 163856, 0, 0, 0]],
                     [[0, 0, 0, 0, 0, 0], [0, 0, 0, 8203, 0, 0], [0, 0, 0, 0, 0, 0],
                      [0, 0, 0, 0, 0, 0], [0, 0, 32865, 0, 0, 0]]], dtype=np.int32)
-    first, second = drizzling.decode_context(con, [3, 2], [1, 4])
+    first, second = decode_context(con, [3, 2], [1, 4])
     assert first.tolist() == [9, 12, 14, 19, 21, 25, 37, 40, 46, 58, 64, 65, 67, 77]
     assert second.tolist() == [9, 20, 29, 36, 47, 49, 64, 69, 70, 79]
 
@@ -179,10 +182,10 @@ def test_context_has_a_plane_per_32_inputs_and_names_each_contributor():
     context = np.asarray(mosaic.context)
     assert context.dtype == np.uint32 and context.shape[0] == 2
     x, y = (int(v) for v in np.round(mosaic.meta.wcs.backward_transform(*FIELD_CENTRE)))
-    assert drizzling.decode_context(context, [x], [y])[0].tolist() == list(range(33))
+    assert decode_context(context, [x], [y])[0].tolist() == list(range(33))
     east_x = int(np.round(mosaic.meta.wcs.backward_transform(*tan_gwcs(
         (8, 8), FIELD_CENTRE, 0.0, (16, 16))(-12.0, 8.0, with_bounding_box=False))[0]))
-    assert drizzling.decode_context(context, [east_x], [y])[0].tolist() == [33, 34]
+    assert decode_context(context, [east_x], [y])[0].tolist() == [33, 34]
     assert mosaic.meta.resample.pointings == 35
 
 
@@ -221,7 +224,7 @@ def test_tophat_reaches_only_output_pixels_within_half_pixfrac(shift, reached):
     model = image_model(data, tan_gwcs((5.0, 5.0), FIELD_CENTRE, 0.0, (10, 10)))
     grid = tan_gwcs((5.0 + shift, 5.0), FIELD_CENTRE, 0.0, (10, 10))
     grid.pixel_shape = (10, 10)
-    exposure = drizzling.exposure_from_model(model, "image", 0)
+    exposure = exposure_from_model(model, "image")
     mosaic = drizzling.resample([exposure], grid, n_inputs=1, kernel="tophat", pixfrac=0.5)
     if reached:
         # Input pixel x lands on output pixel x + shift, nearest centre x: the same values.
@@ -412,13 +415,24 @@ def test_output_wcs_file_defines_the_grid(two_images, tmp_path):
         run(two_images, output_wcs=str(bare))
 
 
+
+def test_single_groups_the_images_of_an_exposure_by_group_id_then_observation_id(two_images):
+    """romancal 1.1's ModelLibrary grouping: meta.group_id wins over observation_id."""
+    assert len(run(two_images, single=True)) == 2                 # observation ids e0 and e1
+    for model in two_images:
+        model.meta["group_id"] = "roman00001_exposure1"
+    together, = run(two_images, single=True)
+    assert together.meta.resample.members == ["i0_cal.asdf", "i1_cal.asdf"]
+    assert together.meta.resample.pointings == 1
+
+
 # ---------------------------------------------------------------- memory
 
 def test_allowed_memory_too_small_raises_output_too_large(two_images, monkeypatch):
-    with pytest.raises(drizzling.OutputTooLargeError, match="allowed_memory=1e-12"):
+    with pytest.raises(OutputTooLargeError, match="allowed_memory=1e-12"):
         run(two_images, allowed_memory=1e-12)
     monkeypatch.setenv("DMODEL_ALLOWED_MEMORY", "1e-12")
-    with pytest.raises(drizzling.OutputTooLargeError):
+    with pytest.raises(OutputTooLargeError):
         run(two_images)
     monkeypatch.setenv("DMODEL_ALLOWED_MEMORY", "0.9")
     mosaic, = run(two_images)
@@ -427,7 +441,7 @@ def test_allowed_memory_too_small_raises_output_too_large(two_images, monkeypatc
 
 def test_on_disk_work_arrays_give_the_same_mosaic(two_images, tmp_path):
     in_memory, = run(two_images)
-    with drizzling.scratch_space(False, tmp_path) as scratch:
+    with scratch_space(False, tmp_path) as scratch:
         names = [m.meta.filename for m in two_images]
         on_disk, = resample.resample_models(two_images, names, parameters(in_memory=False),
                                             association_name="a.json", scratch=scratch)

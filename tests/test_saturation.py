@@ -1,4 +1,4 @@
-"""saturation kernel: hand-computed flags for every rule of the seed's description."""
+"""saturation kernel: hand-computed flags for every rule of the romancal documentation's description."""
 
 import numpy as np
 import pytest

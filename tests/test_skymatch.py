@@ -1,7 +1,8 @@
-"""skymatch: the seed's two Examples tables by all four methods, statistics by hand, overlaps on the sky, CLI.
+"""skymatch: the romancal documentation's two Examples tables by all four methods, statistics by
+hand, overlaps on the sky, CLI.
 
 Images are constant skies with tangent-plane GWCSs (0.11"/px, each its own tangent
-point and a small roll), laid out in a common mosaic tangent plane as the seed's
+point and a small roll), laid out in a common mosaic tangent plane as the documentation's
 examples describe.
 """
 
@@ -98,10 +99,10 @@ def table_and_images(request):
     return table, constant_images(table)
 
 
-# ---------------------------------------------------------------- the seed's examples
+# ---------------------------------------------------------------- the documented examples
 
 @pytest.mark.parametrize("method", METHODS)
-def test_seed_examples_are_reproduced(table_and_images, method):
+def test_documented_examples_are_reproduced(table_and_images, method):
     table, images = table_and_images
     result = sky_levels(images, method, match_down=True)
     assert result.levels == pytest.approx(table[method], abs=1e-9)
@@ -396,7 +397,7 @@ def image_models(table, data):
 
 @pytest.mark.peer
 @pytest.mark.parametrize("table_name", list(TABLES))
-def test_peer_romancal_also_reproduces_the_seed_tables_on_these_images(table_name):
+def test_peer_romancal_also_reproduces_the_documented_tables_on_these_images(table_name):
     pytest.importorskip("romancal")
     table = TABLES[table_name]
     data = [np.full(SHAPE, sky, np.float32) for sky in table["sky"]]

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from romanpipe.association import asn_from_list, read_association, write_association
+from romanpipe.footprints import s_region
 from romanpipe.params import step_defaults
 
 import numpy as np
@@ -32,7 +33,7 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 import tweakreg
-from assign_wcs import build_wcs, s_region
+from assign_wcs import build_wcs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 0.11  # arcsec per pixel
@@ -420,7 +421,7 @@ def test_cli_too_few_matches_exits_0_with_the_wcs_unchanged(tmp_path):
         assert product.meta.wcs.available_frames == ["detector", "v2v3", "world"]
         assert np.array_equal(product.meta.wcs(field.x, field.y), before.meta.wcs(field.x, field.y))
         assert product.meta.wcsinfo.s_region == before.meta.wcsinfo.s_region
-        assert "tweakreg_catalog" not in product.meta.source_catalog  # the seed: tweakreg deletes it
+        assert "tweakreg_catalog" not in product.meta.source_catalog  # the documentation: tweakreg deletes it
 
 
 def test_cli_custom_catalog_from_catfile_replaces_the_detected_one(tmp_path):

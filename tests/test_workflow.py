@@ -315,7 +315,7 @@ def test_outlier_detection_flags_residual_cosmic_rays_and_not_undersampled_star_
     """The issue's test on the simulator's own cosmic rays: those left >= 10 sigma above the truth
     in a _cal image, where the three other exposures see the sky and none of them has a hit of
     its own within 2 pixels (a median of four cannot reject two), are >= 95 % flagged; < 0.1 %
-    of the pixels of stars are (the seed's scale and grid flag 5-13 % of them at F087: README)."""
+    of the pixels of stars are (the documented scale and grid flag 5-13 % of them at F087: README)."""
     run = cosmic_ray_campaign
     products = sorted((run / "results" / "mosaics").glob("*/*_outlier_detection.asdf"))
     assert len(products) == 4
@@ -387,7 +387,7 @@ def test_mosaics_photometry_and_astrometry_match_the_truth(full_run):
             assert bright.sum() >= 4
             # Measured 0.987 and 0.961 (2026-11-23): the photom pixel area is nominal, the WCS's
             # differs by ~1.3 % here, and these 120^2 images align to 10-50 mas (DAOStarFinder
-            # centroids); the resample unit test holds 1 %. With the seed's outlier settings
+            # centroids); the resample unit test holds 1 %. With the documented outlier settings
             # star cores were flagged and a quarter of a star's flux could go.
             assert 0.94 < np.median(ratio) < 1.01
             centroids = centroid_sources(data, x[inside][isolated][bright], y[inside][isolated][bright],
@@ -413,7 +413,7 @@ def test_saturation_flags_match_the_simulated_truth(full_run):
             truly = science & (expected >= 0)
             assert truly.any()
             # Every truly saturated pixel is flagged, at its first saturated resultant or, by
-            # the seed's dilution rule (threshold x <t>/max(t), bias included), one before it.
+            # the documented dilution rule (threshold x <t>/max(t), bias included), one before it.
             assert (flagged[truly] >= 0).all()
             assert ((expected[truly] - flagged[truly]) <= 1).all()
             assert (flagged[truly] <= expected[truly]).all()

@@ -32,10 +32,10 @@ quantity, estimated with less noise and nearly uncorrelated with the optimal fit
 the bias falls below 0.01 sigma and the scatter does not grow. ``power_signal="endpoints"``
 gives the documented choice (and stcal's results, for the parity test).
 
-Dark current (seed "Dark current"): the DARK rate times t_i is added back to the
-dark-subtracted resultants before the fit, so the weights, the Poisson variance and the
-jump statistic see the charge the pixel collected; the dark rate is subtracted from the
-fitted slope again.
+Dark current (the romancal documentation, section "Ramp Fitting", "Dark current"): the DARK
+rate times t_i is added back to the dark-subtracted resultants before the fit, so the
+weights, the Poisson variance and the jump statistic see the charge the pixel collected; the
+dark rate is subtracted from the fitted slope again.
 
 Jump detection (Sharma et al., as described in romancal's "Jump Detection" and coded in
 stcal's ols_cas22 ``_jump``): each fitted ramp [R_a..R_b] with slope alpha is tested at
@@ -45,8 +45,8 @@ d = 1 and 2 (d = 1 only for i = b - 1); S is the largest s_i, at i*;
 * a jump when S >= intercept - constant * log10(alpha), alpha clipped to [1, 1e4] e/s
   (5.5 sigma at 1 e/s and 4.5 sigma at 1000 e/s by default);
 * R_i* and R_i*+1 are dropped and [R_a..R_i*-1] and [R_i*+2..R_b] go back on the queue;
-  a side with fewer than two resultants cannot be fitted and drops out (the seed's note
-  on jumps at the first, second, second-to-last or last resultant). A pixel with a jump
+  a side with fewer than two resultants cannot be fitted and drops out (the documentation's
+  note on jumps at the first, second, second-to-last or last resultant). A pixel with a jump
   gets JUMP_DET in its DQ.
 
 The documented statistic (``jump_statistic="documented"``, stcal's):
@@ -100,7 +100,7 @@ covariance terms of every segment and the two side fits at i*.
 Other deliberate differences from romancal/stcal: the statistic's noise terms use
 max(alpha, 0) (a negative fitted rate has no Poisson variance; stcal can take the root
 of a negative variance), all sums are float64, the dark current is added back as the
-seed says (romancal 1.1 ignores it), and a pixel without a slope gets NaN (romancal:
+documentation says (romancal 1.1 ignores it), and a pixel without a slope gets NaN (romancal:
 slope 0 and ERR 0) with DO_NOT_USE in both.
 """
 

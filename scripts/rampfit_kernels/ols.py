@@ -1,8 +1,8 @@
 """ols: optimally weighted least-squares fit of evenly sampled ramps (Fixsen et al. 2000).
 
-The seed's "Optimized Least-squares with Even Ramps" (the JWST algorithm, formulas from
-the romancal/JWST ramp-fitting documentation), with N reads per group and group time
-dt (the spacing of the resultants' mean times):
+The romancal documentation, section "Description: Optimized Least-squares with Even
+Ramps" (the JWST algorithm, formulas from the romancal/JWST ramp-fitting documentation),
+with N reads per group and group time dt (the spacing of the resultants' mean times):
 
 * segments: runs of usable groups; DO_NOT_USE, SATURATED, DROPOUT, AD_FLOOR or NaN
   make a group unusable; a usable group flagged JUMP_DET starts a new segment (the
@@ -29,7 +29,7 @@ dt (the spacing of the resultants' mean times):
 * DQ: PIXELDQ and every GROUPDQ bit but DO_NOT_USE, so a JUMP_DET group counts even
   when it is DO_NOT_USE (as stcal and romancal); DO_NOT_USE only without a slope.
 
-Special cases of the seed follow from these rules: one group (value / its time), two
+The documented special cases follow from these rules: one group (value / its time), two
 groups (their difference / dt), saturated from the second group (first group / its
 time), first group the only good one (its rate is also the slope estimate).
 
@@ -240,7 +240,7 @@ def _count_rows(resultants, groupdq, masks, usable, jump_start, starts, ends, se
 
 @numba.njit(**INLINED)
 def _slope_estimate(values, usable, jump_start, mean_time, group_time, differences):
-    """Median first difference per second of usable, jump-free pairs (seed's slope_est)."""
+    """Median first difference per second of usable, jump-free pairs (the documentation's slope_est)."""
     count = 0
     for k in range(values.size - 1):
         if usable[k] and usable[k + 1] and not jump_start[k + 1]:

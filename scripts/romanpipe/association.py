@@ -1,7 +1,7 @@
-"""Associations: the seed's JSON layout, its naming rule, and reading members back.
+"""Associations: the JSON layout of the romancal documentation, its naming rule, and reading members back.
 
 An association lists the exposures (``members``) that make one product. The
-layout follows the seed's example (Outlier Detection -> Examples; asn_from_list)::
+layout follows its examples (sections "Outlier Detection", Examples, and "asn_from_list")::
 
     {"asn_type": ..., "asn_rule": "DMS_ELPP_Base", "version_id": ..., "code_version": ...,
      "degraded_status": ..., "program": ..., "constraints": ..., "asn_id": ...,
@@ -27,7 +27,7 @@ from .files import atomic_path
 LEVEL2_RULE = "DMS_ELPP_Base"
 NO_DEGRADATION = "No known degraded exposures in association."
 
-# rPPPPP-TNNNN_YYYYMMDDtHHMMSS_ATYPE_MMM_asn.json (seed, "Association Naming").
+# rPPPPP-TNNNN_YYYYMMDDtHHMMSS_ATYPE_MMM_asn.json (the romancal documentation, "Association Naming").
 ASSOCIATION_NAME_RE = re.compile(
     r"^r(?P<program>\d{5})-(?P<candidate>o\d{3}|c1\d{3}|a3\d{3}|r\d{4})_"
     r"(?P<version_id>\d{8}t\d{6})_(?P<asn_type>[a-z0-9]+)_(?P<counter>\d{3})_asn\.json$"
@@ -35,7 +35,7 @@ ASSOCIATION_NAME_RE = re.compile(
 
 
 def association_name(program: int, candidate: str, version_id: str, asn_type: str, counter: int) -> str:
-    """File name of an association by the seed's rule; ValueError for a malformed part."""
+    """File name of an association by the documented rule; ValueError for a malformed part."""
     name = f"r{program:05d}-{candidate}_{version_id}_{asn_type.lower()}_{counter:03d}_asn.json"
     if not ASSOCIATION_NAME_RE.match(name):
         raise ValueError(f"{name}: not of the form rPPPPP-TNNNN_YYYYMMDDtHHMMSS_ATYPE_MMM_asn.json")
@@ -47,7 +47,7 @@ def asn_from_list(items: Iterable, product_name: str, *, with_exptype: bool = Fa
                   program: str = "noprogram", target: str = "none", asn_pool: str = "none",
                   version_id: str | None = None, code_version: str = "",
                   constraints: str = "No constraints") -> dict:
-    """An association of ``items`` making ``product_name`` (the seed's asn_from_list).
+    """An association of ``items`` making ``product_name`` (the romancal documentation's asn_from_list).
 
     ``items`` are member names, or ``(name, exptype)`` pairs with ``with_exptype``;
     plain names are science members.
@@ -114,6 +114,23 @@ def read_science_members(path: str | Path) -> tuple[Association, list[Path]]:
     if not members:
         raise NoScienceDataError(f"{path}: the association has no science members")
     return association, members
+
+
+def is_association(path: str | Path) -> bool:
+    """Whether a step's input is an association (a ``.json`` file) rather than one product."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def read_step_input(path: str | Path) -> tuple[Association | None, list[Path]]:
+    """A step's input as ``(association, its science members)``, or ``(None, [path])`` for one product.
+
+    Every step decides "image or association?" here, so an association without science
+    members ends every step the same way: NoScienceDataError naming the file (exit status 64,
+    the romancal documentation, section "Exit Status").
+    """
+    if is_association(path):
+        return read_science_members(path)
+    return None, [Path(path)]
 
 
 def write_association(tree: dict, path: str | Path) -> Path:

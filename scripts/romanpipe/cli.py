@@ -39,7 +39,8 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
-    """Run a script's ``main`` and map its outcome to the seed's exit statuses.
+    """Run a script's ``main`` and map its outcome to the exit statuses of the romancal documentation,
+    section "Exit Status".
 
     Expected failures print one line naming the file and the problem; an
     unexpected exception also prints one line, with the traceback at DEBUG.

@@ -1,4 +1,5 @@
-"""Threads for a step's ``maximum_cores`` setting: the seed's none / quarter / half / all."""
+"""Threads for a step's ``maximum_cores`` setting: none / quarter / half / all (the romancal
+documentation, section "Jump Detection")."""
 
 from __future__ import annotations
 

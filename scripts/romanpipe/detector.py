@@ -15,7 +15,7 @@ def science_pixels(array: np.ndarray) -> np.ndarray:
 def matching_science_area(reference: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
     """A reference array cut to a Level 2 image: as is, or without its border if it covers the readout.
 
-    Reference files describe the full readout (4096 x 4096, as the seed's FLAT) or just
+    Reference files describe the full readout (4096 x 4096, as the FLAT of the romancal documentation) or just
     the science pixels; ValueError for any other shape.
     """
     if reference.shape[-2:] == tuple(image_shape[-2:]):

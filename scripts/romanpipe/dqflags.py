@@ -1,4 +1,5 @@
-"""Roman DQ flags and the bit-spec strings of the seed's "Parameter Specification".
+"""Roman DQ flags and the bit-spec strings of the romancal documentation,
+section "Parameter Specification".
 
 The flag values are roman_datamodels' own (`pixel` for PIXELDQ/DQ, `group` for
 GROUPDQ), so our products and romancal's agree bit for bit. Kernels receive the
@@ -26,7 +27,7 @@ FLAG_NAMES: dict[str, int] = {
 def interpret_bit_spec(spec: str | int | None) -> int | None:
     """Return the "good bits" value of a DQ bit spec, or None to ignore DQ.
 
-    Accepts every form of the seed: ``"12"``, ``"4+8"``, ``"4, 8"``,
+    Accepts every documented form: ``"12"``, ``"4+8"``, ``"4, 8"``,
     ``"JUMP_DET, DROPOUT"``, ``"~4+8"``, ``"~DO_NOT_USE+NON_SCIENCE"``, ``None``
     and ``"~0"``. A leading ``~`` turns the listed bits into the *bad* bits; the
     returned value is then the bitwise complement (a negative int), so ``"~0"``

@@ -1,4 +1,5 @@
-"""Errors the scripts turn into one-line messages and the seed's exit statuses."""
+"""Errors the scripts turn into one-line messages and exit statuses (the romancal
+documentation, section "Exit Status")."""
 
 from __future__ import annotations
 

@@ -15,13 +15,16 @@ RAMP_STEPS = ("dq_init", "saturation", "refpix", "linearity", "dark_current", "j
 IMAGE_STEPS = ("assign_wcs", "flat_field", "photom", "source_detection", "tweakreg")
 EXPOSURE_STEPS = RAMP_STEPS + IMAGE_STEPS
 
+# Dark exposures (imaging and spectroscopic): the ground-test superbias and DARK references
+# are fitted from them.
+DARK_TYPES = ("WFI_IM_DARK", "WFI_SP_DARK")
+
 _IMAGE_STEPS_BY_TYPE = {
     "WFI_IMAGE": IMAGE_STEPS,
     "WFI_LOLO": IMAGE_STEPS,
     "WFI_WFSC": ("assign_wcs", "flat_field", "photom"),
     "WFI_SPECTRAL": ("assign_wcs",),
-    "WFI_IM_DARK": ("assign_wcs",),
-    "WFI_SP_DARK": ("assign_wcs",),
+    **dict.fromkeys(DARK_TYPES, ("assign_wcs",)),
     "WFI_FLAT": ("assign_wcs",),
 }
 EXPOSURE_TYPES = tuple(_IMAGE_STEPS_BY_TYPE)

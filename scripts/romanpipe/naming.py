@@ -1,6 +1,6 @@
 """File names: the exposure naming scheme and the one registry of product suffixes.
 
-A product is ``<base>_<suffix>.asdf``. Following the seed's "Individual Step
+A product is ``<base>_<suffix>.asdf``. Following the romancal documentation, section "Individual Step
 Outputs", a known suffix at the end of an input name is replaced and an unknown
 one is kept (the new suffix is appended). Names are parsed against the known
 suffixes, never by splitting on the last underscore: exposure names and some
@@ -70,7 +70,7 @@ def split_suffix(name: str | Path) -> tuple[str, str | None]:
 
 
 def product_name(input_name: str | Path, suffix: str, output_dir: str | Path | None = None) -> Path:
-    """Name of the product with ``suffix`` made from ``input_name`` (seed's naming rule)."""
+    """Name of the product with ``suffix`` made from ``input_name`` (the documented naming rule)."""
     base, _ = split_suffix(input_name)
     directory = Path(output_dir) if output_dir is not None else Path(input_name).parent
     return directory / f"{base}_{suffix}.asdf"

@@ -3,12 +3,13 @@
 Each step's parameters, their types, bounds and defaults are the step's block in
 ``workflow/schemas/config.schema.yaml``; Snakemake validates the config against
 the same file, so the workflow and the scripts cannot disagree. A value comes
-from, most significant first (the seed's "Parameter Precedence", with the
-workflow config between the parameter file and the step default):
+from, most significant first (the romancal documentation, section "Parameter
+Precedence", with the workflow config between the parameter file and the step default):
 
 1. the command line (``--n-pix-grow-sat 2``) or a ``run_steps`` keyword,
-2. a parameter file (``--parameter-file``): YAML or the seed's ASDF form, a step
-   file (``class``, ``name``, ``parameters``) or a pipeline file (``steps``),
+2. a parameter file (``--parameter-file``): YAML or the documented ASDF form (section
+   "ASDF Parameter Files"), a step file (``class``, ``name``, ``parameters``) or a
+   pipeline file (``steps``),
 3. the workflow config, passed by the rule as ``--workflow-params JSON``,
 4. the step default in the schema.
 
@@ -159,7 +160,7 @@ def named_step(path: Path) -> str | None:
 
 def _step_entry_parameters(entry: dict, base_dir: Path) -> dict[str, Any]:
     parameters = dict(entry.get("parameters") or {})
-    # A step entry may point at its own file; local values override it (seed).
+    # A step entry may point at its own file; local values override it (the documentation).
     nested = parameters.pop("config_file", None)
     if nested:
         nested_path = Path(nested) if Path(nested).is_absolute() else base_dir / nested
@@ -250,8 +251,8 @@ def _checked(step: str, values: dict[str, Any], source: str, universal: bool = T
 
 
 def _with_suggestion(name: str, known) -> str:
-    """An unknown name with the known ones it most resembles: the seed's prose calls some
-    parameters by older names (``calc_threshold`` for ``calc_scalar_threshold``)."""
+    """An unknown name with the known ones it most resembles: the prose of the romancal
+    documentation calls some parameters by older names (``calc_threshold`` for ``calc_scalar_threshold``)."""
     close = difflib.get_close_matches(name, known, n=2)
     return f"{name} (did you mean {' or '.join(close)}?)" if close else name
 

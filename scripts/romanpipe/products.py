@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LEVEL1_MODELS = (datamodels.ScienceRawModel, datamodels.TvacModel)
 
-# meta.cal_step values (seed "Tracking Pipeline Progress").
+# meta.cal_step values (the romancal documentation, section "Tracking Pipeline Progress").
 COMPLETE, SKIPPED, INCOMPLETE = "COMPLETE", "SKIPPED", "INCOMPLETE"
 
 
@@ -111,6 +111,24 @@ def check_level1(model, name: str | Path) -> None:
 def plain_array(array) -> np.ndarray:
     """The ndarray behind a value; ground-test models still carry astropy Quantities."""
     return np.asarray(getattr(array, "value", array))
+
+
+def exposure_group(model, fallback: str) -> str:
+    """The exposure an image belongs to: every detector of one exposure shares it.
+
+    As romancal 1.1's ModelLibrary groups its models (tweakreg aligns a group as one,
+    outlier detection drizzles it into one grouped mosaic): ``meta.group_id`` when set,
+    else ``meta.observation.observation_id`` (rad's placeholder ``?`` is no id), else
+    ``fallback``, which makes the image its own group.
+    """
+    group_id = model.meta.get("group_id")
+    if group_id:
+        return str(group_id)
+    observation = model.meta.get("observation", {})
+    observation_id = observation.get("observation_id") if hasattr(observation, "get") else None
+    if observation_id not in (None, "", "?"):
+        return str(observation_id)
+    return fallback
 
 
 def write_atomic(model, path: str | Path) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import params as step_params
 from . import refs
-from .association import Association, listing, read_association, write_association
+from .association import Association, is_association, listing, read_step_input, write_association
 from .cli import setup_logging
 from .errors import InputFileError, ParameterError
 from .naming import STEP_SUFFIX, product_name
@@ -77,7 +77,7 @@ def default_output(step: str, input_path: Path, settings: dict[str, Any]) -> Pat
     if settings.get("output_file"):
         name = Path(settings["output_file"])
         return folder / (name if name.suffix else name.with_suffix(".asdf"))
-    if input_path.suffix.lower() == ".json":
+    if is_association(input_path):
         raise ParameterError(f"{input_path}: an association input needs an OUTPUT (or output_file "
                              "in the parameter file)")
     return product_name(input_path, settings.get("suffix") or STEP_SUFFIX[step], folder)
@@ -85,13 +85,12 @@ def default_output(step: str, input_path: Path, settings: dict[str, Any]) -> Pat
 
 def pass_on_skipped(step: str, args: argparse.Namespace, parameters: dict) -> None:
     """A skipped step by hand, as in a pipeline: the input goes on unchanged and says so in cal_step."""
-    if args.input.suffix == ".json":
-        association = read_association(args.input)
-        write_association_products((open_model(path) for path in association.members()), association,
-                                   args.output, step, STEP_SUFFIX[step], args, parameters,
-                                   statuses=repeat(SKIPPED))
-    else:
+    association, paths = read_step_input(args.input)
+    if association is None:
         write_product(open_model(args.input), args.output, step, args, parameters, status=SKIPPED)
+    else:
+        write_association_products((open_model(path) for path in paths), association, args.output, step,
+                                   STEP_SUFFIX[step], args, parameters, statuses=repeat(SKIPPED))
     log.info("%s skipped: %s passed on as %s", step, args.input, args.output)
 
 

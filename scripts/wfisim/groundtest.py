@@ -1,6 +1,6 @@
 """Ground-test (TVAC) exposures: ``TvacModel`` files like those of the WFI thermal-vacuum campaigns.
 
-The seed (a detector scientist's look at the TVAC2 Bright Star Saturation test) reads
+The TVAC tutorial (README, References: a look at the TVAC2 Bright Star Saturation test) reads
 one illuminated exposure and three darks of SCA 11, each 55 resultants of one read.
 This module makes such a set for one simulated detector, reusing the campaign
 simulator's parts: the detector truth (``detector``), the ramp generator with
@@ -97,14 +97,14 @@ log = logging.getLogger(__name__)
 SCENES = ("bright", "dark")
 DARK_EXPOSURE_TYPE = "WFI_DARK"  # the TVAC schema's name; the science schemas call it WFI_IM_DARK
 BRIGHT_EXPOSURE_TYPE = "WFI_IMAGE"
-# The references of the seed's four steps (the pool selects none for steps after the target).
+# The references of the tutorial's four steps (the pool selects none for steps after the target).
 PIPELINE_REFTYPES = ("mask", "saturation", "refpix", "linearity")
 _SCENE_STREAM = {"bright": 11, "dark": 12}
 _RESET_STREAM = 13  # reset and reference reads, apart from the ramp's streams
 DETECTOR_TEMPERATURE_K = 95.0
 FRAME_TEMPERATURE_SCATTER_K = 0.002
 PIXEL_SIZE_CM = 1.0e-3  # 10 micron H4RG pixels
-# The workflow settings of the seed's partial pipeline; out/workflow.yaml adds the set's folders.
+# The workflow settings of the tutorial's partial pipeline; out/workflow.yaml adds the set's folders.
 PARTIAL_PIPELINE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "groundtest.yaml"
 
 
@@ -130,7 +130,7 @@ class GroundTestConfig(SettingsFile):
     star_grid: tuple[int, int] = (3, 3)  # rows, columns of sources
     star_magnitudes: tuple[float, float] = (4.0, 18.0)  # brightest (first cell), faintest (last)
     psf: str = "gaussian"
-    # e/s on every pixel of the bright exposure (the chamber's background light): the seed
+    # e/s on every pixel of the bright exposure (the chamber's background light): the tutorial
     # compares each frame's slope with the pixel's mean slope, which needs signal everywhere.
     illumination: float = 50.0
     # [xstart, ystart, xsize, ysize] in readout pixels; None: a square window (16 pixels at
@@ -376,7 +376,7 @@ def make_tvac(config: GroundTestConfig, ramp: Ramp, amp33: Ramp, *, name: str, v
         "readout_col_num": config.size + amp33.resultants.shape[2],
         "detector_pixel_size": u.Quantity(np.array([PIXEL_SIZE_CM, PIXEL_SIZE_CM]), u.cm),
         "sensor_error": np.zeros(nresultants),
-        "activity_number": 22 if scene == "bright" else 40,  # the seed's activities
+        "activity_number": 22 if scene == "bright" else 40,  # the tutorial's activities
         "wfi_opt_targettype": "POINT SOURCE" if scene == "bright" else "DARK",
         "analysis_tag": "BrightStar" if scene == "bright" else "FinalDark",
     })

@@ -8,14 +8,15 @@ at the centre of the simulated cutout, monochromatic at the filter's effective
 wavelength (pupil sampled with ``pupil_bin`` 8), convolved with the 0.11"
 pixel and drawn 4x oversampled: an *effective* PSF whose value at an offset is
 the fraction of the flux a pixel centred there receives. A star's pixels sample
-it (cubic spline) at their offsets from the star. Every star stamp is
+it (cubic spline) at their offsets from the star. The PSF's origin (GalSim's: where
+``drawImage(center=...)`` puts a star, as romanisim places its stars and romancal's
+ePSF is centred) sits at the star's position, so the truth position
+(``catalog.x``, ``catalog.y``) is that origin; the light centroid of the Roman PSF is
+~0.1 pixel away from it (its coma). Every star stamp is
 ``2 * ROMAN_STAMP_HALF_WIDTH + 1`` pixels wide and normalised to sum to the
-star's flux (the wings beyond, ~5 % of the light, are dropped), and the PSF is
-shifted so that the first moment of its stamp is at the star's position: the
-truth position (``catalog.x``, ``catalog.y``) is the flux-weighted centroid of
-the injected light. GalSim's PSF is drawn in its own SCA pixel frame, taken here
-as the simulator's science-pixel frame. One effective PSF per (detector,
-filter), cached in the process.
+star's flux (the wings beyond, ~5 % of the light, are dropped). GalSim's PSF is
+drawn in its own SCA pixel frame, taken here as the simulator's science-pixel frame.
+One effective PSF per (detector, filter), cached in the process.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ PSF_MODELS = ("gaussian", "roman")
 OVERSAMPLING = 4
 ROMAN_STAMP_HALF_WIDTH = 16  # pixels
 ROMAN_PUPIL_BIN = 8
-CENTROID_ITERATIONS = 2
 # GalSim names the WFI bandpasses by their band letter.
 GALSIM_BANDPASS = {"F062": "R062", "F087": "Z087", "F106": "Y106", "F129": "J129",
                    "F146": "W146", "F158": "H158", "F184": "F184", "F213": "K213"}
@@ -57,17 +57,11 @@ def render_stars(shape: tuple[int, int], catalog: Catalog, sky: float, optical_e
         col, row = round(x), round(y)
         if col + half < 0 or col - half >= ncols or row + half < 0 or row - half >= nrows:
             continue
-        # The stamp cuts the PSF's wings unevenly: place the PSF so that the stamp's own first
-        # moment lands on the star (two corrections bring it within ~1e-4 pixel).
-        at_x, at_y = x, y
-        for _ in range(CENTROID_ITERATIONS + 1):
-            grid_y = centre + (row + offsets - at_y) * OVERSAMPLING
-            grid_x = centre + (col + offsets - at_x) * OVERSAMPLING
-            stamp = ndimage.map_coordinates(effective, np.meshgrid(grid_y, grid_x, indexing="ij"), order=3,
-                                            mode="constant", prefilter=False)
-            total = stamp.sum()
-            at_x += x - (col + (stamp.sum(axis=0) @ offsets) / total)
-            at_y += y - (row + (stamp.sum(axis=1) @ offsets) / total)
+        grid_y = centre + (row + offsets - y) * OVERSAMPLING
+        grid_x = centre + (col + offsets - x) * OVERSAMPLING
+        stamp = ndimage.map_coordinates(effective, np.meshgrid(grid_y, grid_x, indexing="ij"), order=3,
+                                        mode="constant", prefilter=False)
+        total = stamp.sum()
         stamp *= flux / total
         rows, cols = slice(max(0, row - half), min(nrows, row + half + 1)), \
             slice(max(0, col - half), min(ncols, col + half + 1))
@@ -78,7 +72,7 @@ def render_stars(shape: tuple[int, int], catalog: Catalog, sky: float, optical_e
 
 @cache
 def roman_effective_psf(detector: str, optical_element: str) -> np.ndarray:
-    """The pixel-convolved Roman PSF, 4x oversampled, centred on its first moment; spline coefficients."""
+    """The pixel-convolved Roman PSF, 4x oversampled, origin on the central sample; spline coefficients."""
     import galsim
     import galsim.roman
 
@@ -98,17 +92,9 @@ def roman_effective_psf(detector: str, optical_element: str) -> np.ndarray:
     effective = galsim.Convolve(optical, galsim.Pixel(galsim.roman.pixel_scale))
     # Room for the stamp plus a pixel either side for the interpolation.
     size = (2 * ROMAN_STAMP_HALF_WIDTH + 3) * OVERSAMPLING + 1
-    draw = lambda offset: effective.drawImage(  # noqa: E731
-        nx=size, ny=size, scale=galsim.roman.pixel_scale / OVERSAMPLING, method="no_pixel",
-        offset=offset).array.astype(np.float64)
-    image = draw((0.0, 0.0))
-    # Shift the drawing so that the first moment of the star's stamp sits on the centre.
-    half = ROMAN_STAMP_HALF_WIDTH * OVERSAMPLING + OVERSAMPLING // 2
-    centre = size // 2
-    window = image[centre - half:centre + half + 1, centre - half:centre + half + 1]
-    y, x = np.mgrid[-half:half + 1, -half:half + 1]
-    moment = (float((x * window).sum() / window.sum()), float((y * window).sum() / window.sum()))
-    image = draw((-moment[0], -moment[1]))
+    # Odd-sized and drawn without offset: the PSF's origin is the central sample.
+    image = effective.drawImage(nx=size, ny=size, scale=galsim.roman.pixel_scale / OVERSAMPLING,
+                                method="no_pixel").array.astype(np.float64)
     return ndimage.spline_filter(image, order=3)
 
 

@@ -32,7 +32,7 @@ Tree (units in the key names):
     every star within ``stamp_half_width`` pixels of the readout (stars further out
     add no light): ``source_id`` (as in the sky and Gaia-like catalogs), ``x``, ``y``
     (readout pixels where the true attitude and the forward SIAF distortion put the
-    star; for the roman PSF, where the centroid of its injected light is), ``ra``,
+    star: where the PSF's origin sits, for the roman PSF too), ``ra``,
     ``dec`` (deg, true, at ``epoch_jyear``), ``flux_e_per_s`` (the star's photo-electron
     rate before the flat, summed over all its pixels); imaging also ``flux_dn_per_s``
     (= flux_e_per_s / nominal gain: what the star's flat-fielded pixels sum to) and

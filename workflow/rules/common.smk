@@ -8,7 +8,6 @@ selected references) comes from the pool checkpoint's table.
 
 import functools
 import json
-import math
 import os
 import shlex
 import signal
@@ -24,6 +23,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 from romanpipe.naming import STEP_SUFFIX, split_suffix  # noqa: E402
 from romanpipe.exposure_types import (  # noqa: E402
+    DARK_TYPES,
     EXPOSURE_STEPS,
     MOSAIC_TYPES,
     applicable_steps,
@@ -36,10 +36,7 @@ from romanpipe.failures import error_line, read_ledger, record_failures  # noqa:
 from romanpipe.errors import ParameterError  # noqa: E402
 from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.files import remove_staging  # noqa: E402
-from romanpipe.product_sizes import product_size_mb  # noqa: E402
-from romanpipe.cores import worker_count  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
-
 
 try:
     # Before validation: a YAML alias bomb would otherwise be walked (and printed) in full.
@@ -55,8 +52,10 @@ def check_settings():
         path = config[key]
         # Absolute folders are a choice; a relative one leaving the working directory is a slip.
         if not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] == os.pardir:
-            raise WorkflowError(f"{key}: {path!r} leaves the working directory; give an absolute path "
-                                "to write there on purpose")
+            raise WorkflowError(
+                f"{key}: {path!r} leaves the working directory; give an absolute path "
+                "to write there on purpose"
+            )
     path = config["parameter_file"]
     if path and not os.path.isfile(path):
         raise WorkflowError(f"parameter_file: {path!r}: no such file")
@@ -72,20 +71,20 @@ BENCHMARKS = os.path.join(LOGS, "benchmarks")
 CRDS_PATH = str(refs.configure_crds(os.path.abspath(config["crds"]["path"])).cache_dir)
 # numba's compiled kernels are cached with the results, not next to the scripts, unless the
 # environment names a cache (an installation's, shared by campaigns: kernels compile once).
-NUMBA_CACHE = os.path.abspath(
-    os.environ.get("NUMBA_CACHE_DIR") or os.path.join(RESULTS, ".cache", "numba")
-)
+NUMBA_CACHE = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR") or os.path.join(RESULTS, ".cache", "numba"))
+# source_detection's Roman PSF, built once per detector and filter for the campaign (or
+# for every campaign of an installation that names its own folder).
+PSF_CACHE = os.path.abspath(os.environ.get("ROMANPIPE_PSF_CACHE") or os.path.join(RESULTS, ".cache", "psf"))
 shell.prefix(
     f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
     f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
+    f"export ROMANPIPE_PSF_CACHE={shlex.quote(PSF_CACHE)}; "
 )
 
 # Under --software-deployment-method conda each rule's env provides `python`; otherwise
 # the scripts run with the interpreter that runs Snakemake (the project's venv).
 PYTHON = (
-    "python"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else sys.executable
+    "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 )
 
 
@@ -130,19 +129,20 @@ CAL_PRODUCT = os.path.join(RESULTS, "exposures", "{expo}_cal.asdf")
 RAMP_INTERMEDIATE_STEPS = EXPOSURE_STEPS[: EXPOSURE_STEPS.index("ramp_fit")]
 
 
+# The exposure-level step whose product is the configured target; None for cal and i2d.
+TARGET_STEP = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}.get(config["target"])
+
+
 def within_target(step):
     """Whether ``step`` is at or before the configured target (for cal and i2d: every step)."""
-    suffix_step = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}
-    target = suffix_step.get(config["target"])
-    return target is None or EXPOSURE_STEPS.index(step) <= EXPOSURE_STEPS.index(target)
+    return TARGET_STEP is None or EXPOSURE_STEPS.index(step) <= EXPOSURE_STEPS.index(TARGET_STEP)
 
 
 def partial_target_step():
     """The ramp step whose product is the configured target, if the target is a ramp."""
-    suffix_step = {STEP_SUFFIX[s]: s for s in RAMP_INTERMEDIATE_STEPS}
-    if config["target"] not in suffix_step:
+    if TARGET_STEP not in RAMP_INTERMEDIATE_STEPS:
         return None
-    up_to = RAMP_INTERMEDIATE_STEPS.index(suffix_step[config["target"]])
+    up_to = RAMP_INTERMEDIATE_STEPS.index(TARGET_STEP)
     enabled = [s for s in RAMP_INTERMEDIATE_STEPS[: up_to + 1] if is_enabled(s)]
     return enabled[-1] if enabled else None
 
@@ -150,8 +150,11 @@ def partial_target_step():
 def step_output(step):
     """A step's product: a ramp between two steps is temporary unless the config keeps it."""
     path = product(step)
-    if (step in RAMP_INTERMEDIATE_STEPS and not config["keep_ramp_intermediates"]
-            and step != partial_target_step()):
+    if (
+        step in RAMP_INTERMEDIATE_STEPS
+        and not config["keep_ramp_intermediates"]
+        and step != partial_target_step()
+    ):
         return temp(path)
     return path
 
@@ -202,22 +205,28 @@ def crds_reftypes():
     Only the steps that run need references: a skipped step's, or one after a partial
     target, must not quarantine an exposure.
     """
-    return {step: [reftype for reftype in STEP_REFTYPES[step] if not override(step, reftype)]
-            for step in pipeline_steps() if step in STEP_REFTYPES}
+    return {
+        step: [reftype for reftype in STEP_REFTYPES[step] if not override(step, reftype)]
+        for step in pipeline_steps()
+        if step in STEP_REFTYPES
+    }
 
 
 def override_references():
     """Step -> {reftype: file} of the overrides of the steps that run (the pool checks them)."""
-    return {step: {reftype: override(step, reftype) for reftype in STEP_REFTYPES[step]
-                   if override(step, reftype)}
-            for step in pipeline_steps() if step in STEP_REFTYPES}
+    return {
+        step: {reftype: override(step, reftype) for reftype in STEP_REFTYPES[step] if override(step, reftype)}
+        for step in pipeline_steps()
+        if step in STEP_REFTYPES
+    }
 
 
 def crds_context_file():
     """The operational context's .pmap, an input of the pool: a new context reruns the pool,
     which reselects references. None needed when every reference is overridden."""
-    selected = [f"{step}.override_{reftype}" for step, reftypes in crds_reftypes().items()
-                for reftype in reftypes]
+    selected = [
+        f"{step}.override_{reftype}" for step, reftypes in crds_reftypes().items() for reftype in reftypes
+    ]
     if not selected:
         return []
     context = refs.current_context()
@@ -328,8 +337,10 @@ def reference(step, reftype):
     def crds_selection(wildcards):
         record = pool_record(wildcards.expo)
         if column not in record:
-            raise WorkflowError(f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
-                                f"references for the enabled steps up to the target ({config['target']})")
+            raise WorkflowError(
+                f"no {reftype.upper()} reference in the pool for {step}: the pool selects "
+                f"references for the enabled steps up to the target ({config['target']})"
+            )
         return record[column]
 
     crds_selection.__name__ = f"crds_{reftype}"
@@ -370,87 +381,6 @@ def dark_output_option(wildcards):
     return f"--dark-output {shlex.quote(path)}"
 
 
-def step_threads(maximum_cores):
-    """Threads of a step with a maximum_cores setting (the seed's none/quarter/half/all).
-
-    A share of this machine's cores: Snakemake lowers it to --cores when running locally.
-    Each job gets its threads as OMP_NUM_THREADS, which caps the step's workers
-    (romanpipe.cores).
-    """
-    return worker_count(maximum_cores, os.cpu_count() or 1)
-
-
-def step_cpus(maximum_cores):
-    """cpus_per_task of a step's SLURM job: its threads for a big ramp, one CPU for a small
-    one (threads cost more than they save there). The job's CPU affinity then caps the
-    step's workers (romanpipe.cores)."""
-    most = step_threads(maximum_cores)
-
-    def cpus_per_task(wildcards):
-        return most if exposure_input_mb("ramp")(wildcards) >= SMALL_RAMP_MB else 1
-
-    return cpus_per_task
-
-
-# Below this size (inputs and references together) a ramp step gets one CPU on SLURM:
-# about a 1024 x 1024 detector region of 16 resultants.
-SMALL_RAMP_MB = 64
-
-
-def exposure_input_mb(kind):
-    """The size of an exposure's ``kind`` of product (level1, ramp, image), from the pool's
-    shape of its Level 1 data (resultants x pixels).
-
-    Known when the DAG is built, before the product exists, and costs no file access: a
-    campaign plans hundreds of thousands of jobs (README, Performance).
-    """
-
-    def input_mb(wildcards, input=None):
-        try:
-            record = pool_record(wildcards.expo)
-        except IncompleteCheckpointException:
-            # The pool runs again first (Snakemake 9 cannot take this exception from a
-            # resource function); the jobs are then planned again from its new table.
-            return 0
-        return product_size_mb(kind, int(record["nresultants"]), int(record["ny"]), int(record["nx"]))
-
-    input_mb.__name__ = f"{kind}_mb"
-    return input_mb
-
-
-def step_memory_mb(factor, size_mb=None):
-    """A step's mem_mb: 1 GB plus ``factor`` times its input's size, doubled on each retry.
-
-    Ramp factors from the full-detector peaks in the README (steps hold about two
-    ramps; dq_init turns 2-byte raw counts into 4-byte floats); a job killed for
-    memory comes back with more. ``size_mb(wildcards, input)`` gives the input's size in
-    MB (exposure_input_mb, association_data_mb); without it, the declared inputs' files.
-    """
-
-    def mem_mb(wildcards, input, attempt):
-        data_mb = size_mb(wildcards, input) if size_mb else input.size_mb
-        return int((1024 + factor * data_mb) * 2 ** (attempt - 1))
-
-    mem_mb.__name__ = f"step_memory_mb_x{factor}"
-    return mem_mb
-
-
-def step_runtime_min(minutes_per_gb, size_mb=None):
-    """A step's runtime (minutes; SLURM's time limit): 5 plus ``minutes_per_gb`` per GB of
-    its input (``size_mb`` as for step_memory_mb), doubled on each retry (a job killed for time comes back with more).
-
-    The factors are about ten times the full-detector times measured here (README,
-    Performance), room for slower nodes and shared file systems.
-    """
-
-    def runtime(wildcards, input, attempt):
-        data_mb = size_mb(wildcards, input) if size_mb else input.size_mb
-        return math.ceil((5 + minutes_per_gb * data_mb / 1024) * 2 ** (attempt - 1))
-
-    runtime.__name__ = f"step_runtime_min_x{minutes_per_gb}"
-    return runtime
-
-
 def exposure_type(expo):
     return pool_record(expo)["exposure_type"]
 
@@ -476,10 +406,9 @@ def not_applicable_option(wildcards):
 
 def exposure_target(expo):
     """The configured target of one exposure: its _cal, or the last product up to a partial target."""
-    if config["target"] in ("cal", "i2d"):
+    if TARGET_STEP is None:
         return CAL_PRODUCT.format(expo=expo)
-    suffix_step = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}
-    return product(last_step(expo, up_to=suffix_step[config["target"]])).format(expo=expo)
+    return product(last_step(expo, up_to=TARGET_STEP)).format(expo=expo)
 
 
 def exposure_products(wildcards):
@@ -512,8 +441,11 @@ wildcard_constraints:
 def imaging_cal_products(wildcards):
     """The _cal products that go on to mosaics (imaging exposures that did not fail)."""
     pool = campaign_table()
-    return [CAL_PRODUCT.format(expo=expo) for expo in pool.index
-            if pool.loc[expo, "exposure_type"] in MOSAIC_TYPES]
+    return [
+        CAL_PRODUCT.format(expo=expo)
+        for expo in pool.index
+        if pool.loc[expo, "exposure_type"] in MOSAIC_TYPES
+    ]
 
 
 def left_out_option(wildcards):
@@ -522,8 +454,11 @@ def left_out_option(wildcards):
     pool_path = _complete_pool_path()
     pool = pool_table()
     ledger = read_ledger(FAILURE_LEDGER, pool_path)
-    left_out = {expo: row["reason"] for expo, row in sorted(ledger.items())
-                if expo in pool.index and pool.loc[expo, "exposure_type"] in MOSAIC_TYPES}
+    left_out = {
+        expo: row["reason"]
+        for expo, row in sorted(ledger.items())
+        if expo in pool.index and pool.loc[expo, "exposure_type"] in MOSAIC_TYPES
+    }
     return f"--left-out {shlex.quote(json.dumps(left_out))}" if left_out else ""
 
 
@@ -559,8 +494,11 @@ def association_tree(wildcards):
 def association_members(wildcards):
     """The members' _cal products (paths in the tree are relative to the associations folder)."""
     tree = json.loads(association_tree(wildcards))
-    return [os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
-            for product in tree["products"] for member in product["members"]]
+    return [
+        os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
+        for product in tree["products"]
+        for member in product["members"]
+    ]
 
 
 def mosaic_asn(step):
@@ -578,19 +516,11 @@ def resample_input(wildcards):
     return mosaic_upstream("resample").format(asn=association_of(wildcards))
 
 
-def association_data_mb(wildcards, input):
-    """The members' _cal products' size: what a high-level step reads (its declared input is
-    the association file)."""
-    return sum(os.path.getsize(path) for path in association_members(wildcards)
-               if os.path.exists(path)) / 2**20
-
-
 def mosaic_products():
     return [MOSAIC_PRODUCT.format(product=product) for product in association_index()["product"]]
 
 
 # Ground-test (TVAC) products (groundtest.smk).
-DARK_EXPOSURE_TYPES = ("WFI_IM_DARK", "WFI_SP_DARK")
 DARK_REFERENCE = os.path.join(RESULTS, "references", "{detector}_{kind}.asdf")
 DIAGNOSTICS_DIR = os.path.join(RESULTS, "diagnostics", "{expo}")
 DIAGNOSTIC_FIGURES = (
@@ -603,13 +533,12 @@ DIAGNOSTIC_FIGURES = (
 
 wildcard_constraints:
     detector=r"WFI\d\d",
-    kind=r"superbias|dark",
 
 
 def dark_exposures(wildcards):
-    """The raw files of one detector's dark exposures (the seed fits the darks unprocessed)."""
+    """The raw files of one detector's dark exposures (the TVAC tutorial fits the darks unprocessed)."""
     pool = campaign_table()
-    darks = pool.index[pool["exposure_type"].isin(DARK_EXPOSURE_TYPES) & (pool["detector"] == wildcards.detector)]
+    darks = pool.index[pool["exposure_type"].isin(DARK_TYPES) & (pool["detector"] == wildcards.detector)]
     if len(darks) == 0:
         raise WorkflowError(f"no dark exposure of {wildcards.detector} in the pool")
     return [EXPOSURES[expo] for expo in darks]
@@ -619,15 +548,20 @@ def groundtest_products(wildcards):
     """The references and figures config.groundtest asks for."""
     settings = config["groundtest"]
     pool = campaign_table()
-    is_dark = pool["exposure_type"].isin(DARK_EXPOSURE_TYPES)
+    is_dark = pool["exposure_type"].isin(DARK_TYPES)
     products = []
     if settings["dark_references"]:
-        products += [DARK_REFERENCE.format(detector=detector, kind=kind)
-                     for detector in sorted(set(pool.loc[is_dark, "detector"]))
-                     for kind in ("superbias", "dark")]
+        products += [
+            DARK_REFERENCE.format(detector=detector, kind=kind)
+            for detector in sorted(set(pool.loc[is_dark, "detector"]))
+            for kind in ("superbias", "dark")
+        ]
     if settings["diagnostics"]:
-        products += [os.path.join(DIAGNOSTICS_DIR.format(expo=expo), f"{figure}.png")
-                     for expo in pool.index[~is_dark] for figure in DIAGNOSTIC_FIGURES]
+        products += [
+            os.path.join(DIAGNOSTICS_DIR.format(expo=expo), f"{figure}.png")
+            for expo in pool.index[~is_dark]
+            for figure in DIAGNOSTIC_FIGURES
+        ]
     return products
 
 
@@ -653,15 +587,28 @@ def quicklook_mosaics(wildcards):
     """A quicklook of every mosaic (held back, alone, while the association checkpoint is pending)."""
     if config["target"] != "i2d":
         return []
-    return [os.path.join(RESULTS, "quicklook", f"{product}_i2d.png")
-            for product in association_index()["product"]]
+    return [
+        os.path.join(RESULTS, "quicklook", f"{product}_i2d.png") for product in association_index()["product"]
+    ]
 
 
 # A run that ends with failed jobs (onerror in the Snakefile).
 SECOND_PASS_VARIABLE = "ROMANPIPE_SECOND_PASS"
 # Options under which a second pass would redo more than the first asked for.
-_FORCING_OPTIONS = ("-F", "--forceall", "-f", "--force", "-R", "--forcerun", "--until", "-U",
-                    "--omit-from", "-O", "--touch", "-t")
+_FORCING_OPTIONS = (
+    "-F",
+    "--forceall",
+    "-f",
+    "--force",
+    "-R",
+    "--forcerun",
+    "--until",
+    "-U",
+    "--omit-from",
+    "-O",
+    "--touch",
+    "-t",
+)
 
 
 def exposure_chain(expo):
@@ -687,8 +634,14 @@ def exposure_failures():
         for rule, path, log in exposure_chain(expo):
             reason = None if os.path.exists(path) else error_line(log)
             if reason:
-                failures.append({"exposure": expo, "path": pool.loc[expo, "path"], "step": rule,
-                                 "reason": f"{rule} failed: {reason}"})
+                failures.append(
+                    {
+                        "exposure": expo,
+                        "path": pool.loc[expo, "path"],
+                        "step": rule,
+                        "reason": f"{rule} failed: {reason}",
+                    }
+                )
                 break
     return failures
 
@@ -763,15 +716,26 @@ def after_failed_run():
     remove_spent_ramps(failed_exposures())
     if not new:
         return
-    logger.error(f"{len(new)} exposure(s) failed after the pool and are left out of the campaign "
-                 f"(see {FAILURE_LEDGER}): {', '.join(new)}")
+    logger.error(
+        f"{len(new)} exposure(s) failed after the pool and are left out of the campaign "
+        f"(see {FAILURE_LEDGER}): {', '.join(new)}"
+    )
     command = sys.argv[1:]
     launched = os.path.basename(sys.argv[0]) == "snakemake" or sys.argv[0].endswith(
-        os.path.join("snakemake", "__main__.py"))
-    if (os.environ.get(SECOND_PASS_VARIABLE) or not launched or STOP_SIGNALS
-            or any(arg.split("=")[0] in _FORCING_OPTIONS for arg in command)):
+        os.path.join("snakemake", "__main__.py")
+    )
+    if (
+        os.environ.get(SECOND_PASS_VARIABLE)
+        or not launched
+        or STOP_SIGNALS
+        or any(arg.split("=")[0] in _FORCING_OPTIONS for arg in command)
+    ):
         logger.error("Run the same command again to build the associations of the other members.")
         return
     logger.error("Running again without them, to build the associations of the members that reached _cal.")
-    subprocess.run([sys.executable, "-m", "snakemake", *command, "--nolock"],
-                   cwd=workflow.workdir_init, env={**os.environ, SECOND_PASS_VARIABLE: "1"}, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", *command, "--nolock"],
+        cwd=workflow.workdir_init,
+        env={**os.environ, SECOND_PASS_VARIABLE: "1"},
+        check=False,
+    )

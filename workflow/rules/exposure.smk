@@ -108,6 +108,8 @@ rule cal:
         runtime=step_runtime_min(2, exposure_input_mb("image")),
     log:
         os.path.join(LOGS, "cal", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "cal", "{expo}.tsv")
     conda:
         "../../envs/image.yaml"
     shell:

@@ -1,15 +1,16 @@
 """
 Ground-test (TVAC) products beside the partial pipeline (config/groundtest.yaml, README
 "Ground-test data"): superbias and DARK references fitted from each detector's dark
-exposures, and the seed's ramp diagnostics of every other exposure.
+exposures, and the TVAC tutorial's ramp diagnostics of every other exposure.
 
 REQUIRED INPUTS: the Level 1 files and the pool (pool.smk); the _linearity products (detector.smk)
 OUTPUTS:         results/references/{detector}_superbias.asdf and {detector}_dark.asdf,
                  results/diagnostics/{expo}/<figure>.png (in the report)
 """
 
+
 rule dark_references:
-    """Superbias and dark rate of one detector from its dark exposures (the seed's bias_intercept_from_cube)."""
+    """Superbias and dark rate of one detector from its dark exposures (the TVAC tutorial's bias_intercept_from_cube)."""
     input:
         darks=dark_exposures,
         code=step_script("dark_references"),
@@ -36,7 +37,7 @@ rule dark_references:
 
 
 rule ramp_diagnostics:
-    """The seed's figures of one exposure's partially calibrated ramp."""
+    """The TVAC tutorial's figures of one exposure's partially calibrated ramp."""
     input:
         ramp=upstream_product("dark_current"),
         raw=uncal_path,
@@ -64,6 +65,8 @@ rule ramp_diagnostics:
         runtime=step_runtime_min(2),
     log:
         os.path.join(LOGS, "ramp_diagnostics", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "ramp_diagnostics", "{expo}.tsv")
     conda:
         "../../envs/detector.yaml"
     shell:

@@ -16,14 +16,24 @@ checkpoint associations:
         cal=imaging_cal_products,
         code=step_script("associate"),
     output:
-        report(ASSOCIATION_INDEX, caption="../report/associations.rst", category="Tables",
-               labels={"table": "associations"}),
+        report(
+            ASSOCIATION_INDEX,
+            caption="../report/associations.rst",
+            category="Tables",
+            labels={"table": "associations"},
+        ),
     params:
         python=PYTHON,
         user_dir=user_associations_option(),
         left_out=left_out_option,
+    resources:
+        # the members' metadata only, one at a time
+        mem_mb=step_memory_mb(0),
+        runtime=metadata_runtime_min(0.2),
     log:
         os.path.join(LOGS, "associations.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "associations.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -40,8 +50,13 @@ rule association_file:
     params:
         python=PYTHON,
         tree=association_tree,
+    resources:
+        mem_mb=step_memory_mb(0),
+        runtime=step_runtime_min(0),
     log:
         os.path.join(LOGS, "association_file", "{asn}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "association_file", "{asn}.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:

@@ -15,8 +15,12 @@ checkpoint pool:
         overrides=override_files(),
         code=step_script("pool"),
     output:
-        pool=report(os.path.join(RESULTS, "pool.csv"), caption="../report/pool.rst",
-                    category="Tables", labels={"table": "pool"}),
+        pool=report(
+            os.path.join(RESULTS, "pool.csv"),
+            caption="../report/pool.rst",
+            category="Tables",
+            labels={"table": "pool"},
+        ),
         quarantine=POOL_QUARANTINE,
     params:
         python=PYTHON,

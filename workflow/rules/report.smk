@@ -31,8 +31,13 @@ rule quicklook_cal:
         ),
     params:
         python=PYTHON,
+    resources:
+        mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(1),
     log:
         os.path.join(LOGS, "quicklook", "{expo}_cal.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "quicklook_cal", "{expo}.tsv")
     conda:
         "../../envs/image.yaml"
     shell:
@@ -54,8 +59,13 @@ rule quicklook_mosaic:
         ),
     params:
         python=PYTHON,
+    resources:
+        mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(1),
     log:
         os.path.join(LOGS, "quicklook", "{product}_i2d.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "quicklook_mosaic", "{product}.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -69,12 +79,22 @@ rule provenance:
         mosaics=final_mosaics,
         code=step_script("provenance_table"),
     output:
-        report(os.path.join(RESULTS, "provenance.csv"), caption="../report/provenance.rst",
-               category="Tables", labels={"table": "provenance"}),
+        report(
+            os.path.join(RESULTS, "provenance.csv"),
+            caption="../report/provenance.rst",
+            category="Tables",
+            labels={"table": "provenance"},
+        ),
     params:
         python=PYTHON,
+    resources:
+        # every product's metadata, one at a time
+        mem_mb=step_memory_mb(0),
+        runtime=metadata_runtime_min(0.2),
     log:
         os.path.join(LOGS, "provenance.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "provenance.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -83,19 +103,34 @@ rule provenance:
 
 
 rule benchmarks:
-    """Every job's benchmark record in one table (the products are inputs: it runs last)."""
+    """Every job's benchmark record in one table: every other job's output is an input, so it
+    runs last (its own record is the previous run's)."""
     input:
         exposures=exposure_products,
         mosaics=final_mosaics,
+        groundtest=groundtest_products,
+        quicklook_images=quicklook_images,
+        quicklook_mosaics=quicklook_mosaics,
+        provenance=os.path.join(RESULTS, "provenance.csv"),
         code=step_script("benchmark_table"),
     output:
-        report(os.path.join(RESULTS, "benchmarks.csv"), caption="../report/benchmarks.rst",
-               category="Tables", labels={"table": "benchmarks"}),
+        report(
+            os.path.join(RESULTS, "benchmarks.csv"),
+            caption="../report/benchmarks.rst",
+            category="Tables",
+            labels={"table": "benchmarks"},
+        ),
     params:
         python=PYTHON,
         folder=BENCHMARKS,
+    resources:
+        # one small record per job
+        mem_mb=step_memory_mb(0),
+        runtime=metadata_runtime_min(0.02),
     log:
         os.path.join(LOGS, "benchmarks.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "benchmarks.tsv")
     conda:
         "../../envs/mosaic.yaml"
     shell:
@@ -110,8 +145,12 @@ rule quarantine_table:
         ledger=failure_ledger_file(),
         code=step_script("quarantine_table"),
     output:
-        report(QUARANTINE_REPORT, caption="../report/quarantine.rst", category="Tables",
-               labels={"table": "quarantine"}),
+        report(
+            QUARANTINE_REPORT,
+            caption="../report/quarantine.rst",
+            category="Tables",
+            labels={"table": "quarantine"},
+        ),
     params:
         python=PYTHON,
         ledger=failure_ledger_option(),
