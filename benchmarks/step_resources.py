@@ -1,9 +1,13 @@
-"""Wall time and peak memory of each ramp step on one simulated exposure, one process per step.
+"""Wall time, peak memory and where the time goes, for each ramp step on one simulated
+exposure, one process per step.
 
 Each step's script runs as the workflow runs it (its own process, the previous
 product as input, references chosen by CRDS from the simulated cache) under
-``/usr/bin/time -v``; the table gives wall and CPU seconds and the peak resident
-set size. Public tools only, so anyone can rerun it:
+``/usr/bin/time -v``; the table gives wall and CPU seconds, the peak resident set
+size, and the split each script logs (:mod:`romanpipe.timing`): process start and
+imports, reading the input, the step's own work, provenance, writing the product, and
+the rest (the interpreter's exit, from ``/usr/bin/time``'s wall). Public tools only, so
+anyone can rerun it:
 
     python benchmarks/step_resources.py --size 4096 --ma-table EVEN_55 --out bench/ramp55
 """
@@ -23,6 +27,7 @@ sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from romanpipe.naming import STEP_SUFFIX, product_name  # noqa: E402
+from romanpipe.timing import PHASES, read_timings  # noqa: E402
 
 from measure import run_measured  # noqa: E402
 
@@ -56,14 +61,19 @@ def main(argv=None) -> int:
             continue
         output = product_name(product, STEP_SUFFIX[step], args.out / "products")
         output.parent.mkdir(parents=True, exist_ok=True)
-        figures = run_measured([sys.executable, str(script), str(product), str(output), "-q"], env)
-        rows.append((step, figures))
+        log = output.with_suffix(".log")
+        figures = run_measured([sys.executable, str(script), str(product), str(output)], env, log=log)
+        rows.append((step, figures, read_timings(log.read_text())[-1]))
         product = output
-    print(f"| step | wall (s) | CPU (s) | peak RSS (GB) |   size {args.size}, MA table {args.ma_table}")
-    print("|---|---|---|---|")
-    for step, f in rows:
+    print(f"size {args.size}, MA table {args.ma_table}; wall (CPU) seconds")
+    print("| step | wall (s) | CPU (s) | peak RSS (GB) | " + " | ".join(PHASES) + " | other |")
+    print("|---|---|---|---|" + "---|" * (len(PHASES) + 1))
+    for step, f, timing in rows:
+        split = [f"{timing['wall'].get(phase, 0):.2f} ({timing['cpu'].get(phase, 0):.2f})"
+                 for phase in PHASES]
+        other = f["wall_s"] - sum(timing["wall"].get(phase, 0) for phase in PHASES)
         print(f"| {step} | {f['wall_s']:.1f} | {f['user_s'] + f['system_s']:.1f} | "
-              f"{f['max_rss_kb'] / 1024**2:.2f} |")
+              f"{f['max_rss_kb'] / 1024**2:.2f} | " + " | ".join(split) + f" | {other:.2f} |")
     return 0
 
 

@@ -26,6 +26,7 @@ from .cli import setup_logging
 from .errors import InputFileError, ParameterError
 from .naming import STEP_SUFFIX, product_name
 from .products import COMPLETE, SKIPPED, file_sha256, open_model, set_cal_step, write_atomic
+from .timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,15 @@ class StepRun:
 StepFunction = Callable[[Any, StepRun], tuple[Any, str]]
 
 
-def run_step(run: StepFunction, model, step: StepRun, mark_skipped: Sequence[str] = ()):
-    """``run`` on ``model``, then the product's cal_step and provenance recorded (not written)."""
-    product, status = run(model, step)
-    record_step(product, step.name, step.parameters, step.references, status, mark_skipped)
+def run_step(run: StepFunction, model, step: StepRun, mark_skipped: Sequence[str] = (),
+             timer: PhaseTimer | None = None):
+    """``run`` on ``model``, then the product's cal_step and provenance recorded (not written);
+    ``timer`` times the two phases."""
+    timer = timer or PhaseTimer()
+    with timer.phase("step"):
+        product, status = run(model, step)
+    with timer.phase("provenance"):
+        record_step(product, step.name, step.parameters, step.references, status, mark_skipped)
     return product
 
 
@@ -147,11 +153,17 @@ def run_script(step: str, doc: str, input_models: tuple[type, ...], run: StepFun
 
 def run_on_file(step: str, run: StepFunction, input_models: tuple[type, ...], args: argparse.Namespace,
                 parameters: dict[str, Any]) -> None:
-    """Read INPUT (one of ``input_models``), ``run`` the step, write OUTPUT."""
-    with open_model(args.input, input_models) as model:
+    """Read INPUT (one of ``input_models``), ``run`` the step, write OUTPUT; log where the
+    process's time went (:mod:`romanpipe.timing`)."""
+    timer = PhaseTimer()
+    with timer.phase("read"):
+        model = open_model(args.input, input_models)
+    with model:
         product = run_step(run, model, StepRun(step, parameters, args.input, args.output, model.meta),
-                           args.mark_skipped)
-        write_atomic(product, args.output)
+                           args.mark_skipped, timer)
+        with timer.phase("write"):
+            write_atomic(product, args.output)
+    timer.log(step)
 
 
 @cache
