@@ -1,10 +1,14 @@
 """as_float16: the Level 2 float16 arrays, converted fast and exactly as numpy would; the exposure
-an image belongs to."""
+an image belongs to; which products carry block checksums."""
 
-from romanpipe.products import as_float16, exposure_group, open_model
+from pathlib import Path
 
+from romanpipe.products import as_float16, carries_checksums, exposure_group, open_model, write_atomic
+
+import asdf
 import numpy as np
 import pytest
+import roman_datamodels as rdm
 from roman_datamodels import datamodels
 
 
@@ -42,3 +46,50 @@ def test_exposure_group_is_group_id_then_observation_id_then_the_image_itself():
     assert exposure_group(model, "image.asdf") == "0000101001001001001"
     model.meta["group_id"] = "roman00001_exposure1"
     assert exposure_group(model, "image.asdf") == "roman00001_exposure1"
+
+
+def block_checksums(path) -> list[bytes]:
+    """The 16-byte MD5 field of every binary block header of an ASDF file (zeros: none written).
+
+    Header after the 4-byte magic: header size (2 bytes), flags (4), compression (4),
+    allocated, used and data sizes (8 each), then the checksum (ASDF standard, "Blocks").
+    """
+    content = Path(path).read_bytes()
+    checksums, start = [], content.find(BLOCK_MAGIC)
+    while start >= 0:
+        offset = start + len(BLOCK_MAGIC) + 2 + 4 + 4 + 3 * 8
+        checksums.append(content[offset:offset + 16])
+        start = content.find(BLOCK_MAGIC, offset)
+    return checksums
+
+
+BLOCK_MAGIC = b"\xd3BLK"
+
+
+def test_intermediates_leave_out_block_checksums_delivered_products_keep_them(tmp_path):
+    model = datamodels.ImageModel.create_fake_data(shape=(16, 16))
+    model.data = np.arange(256, dtype=np.float32).reshape(16, 16)
+    intermediate = write_atomic(model, tmp_path / "r0000101001001001001_01101_0001_WFI01_flat.asdf")
+    delivered = write_atomic(model, tmp_path / "r0000101001001001001_01101_0001_WFI01_cal.asdf")
+    by_hand = write_atomic(model, tmp_path / "image.asdf")
+
+    assert set(block_checksums(intermediate)) == {bytes(16)}
+    for path in (delivered, by_hand):
+        checksums = block_checksums(path)
+        assert checksums and bytes(16) not in checksums
+        # asdf verifies them when asked: each is the MD5 of its block's bytes.
+        with asdf.open(path, validate_checksums=True) as af:
+            np.testing.assert_array_equal(af["roman"]["data"], model.data)
+    # Both read back as the same valid product, named as written.
+    for path in (intermediate, delivered):
+        with rdm.open(path) as read:
+            assert isinstance(read, datamodels.ImageModel) and read.meta.filename == path.name
+            np.testing.assert_array_equal(read.data, model.data)
+
+
+def test_which_products_carry_checksums():
+    assert not carries_checksums("a/r0000101001001001001_01101_0001_WFI01_rampfit.asdf")
+    assert not carries_checksums("mosaic/x_outlier_detection.asdf")
+    assert carries_checksums("r0000101001001001001_01101_0001_WFI01_uncal.asdf")
+    assert carries_checksums("x_i2d.asdf") and carries_checksums("x_resample.asdf")
+    assert carries_checksums("roman_wfi_flat_0001.asdf")

@@ -32,6 +32,11 @@ STEP_SUFFIX: dict[str, str] = {
     "resample": "resample",
 }
 
+# Products that only the next step of the chain reads, moments later on the same file system:
+# every step's product except resample's mosaic. Delivered products (_cal, _i2d) and Level 1
+# inputs are not among them.
+INTERMEDIATE_SUFFIXES: frozenset[str] = frozenset(STEP_SUFFIX.values()) - {STEP_SUFFIX["resample"]}
+
 # Suffixes that are not a step's own output, and the spellings romancal also uses.
 OTHER_SUFFIXES = (
     "uncal", "ramp", "fitopt", "cal", "i2d", "median", "blot", "outlier_i2d", "asn",
