@@ -8,7 +8,6 @@ and renamed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -204,14 +203,6 @@ def set_cal_step(model, step: str, status: str) -> None:
     if "cal_step" not in model.meta:
         model.meta.cal_step = dict.fromkeys(level2_cal_steps(), INCOMPLETE)
     model.meta.cal_step[CAL_STEP_KEY.get(step, step)] = status
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(err: Exception) -> str:

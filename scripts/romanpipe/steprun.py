@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,11 @@ from .association import Association, is_association, listing, read_step_input, 
 from .cli import setup_logging
 from .errors import InputFileError, ParameterError
 from .naming import STEP_SUFFIX, product_name
-from .products import COMPLETE, SKIPPED, file_sha256, open_model, set_cal_step, write_atomic
+from .products import COMPLETE, SKIPPED, open_model, set_cal_step, write_atomic
+from .revision import code_revision, reference_sha256
 from .timing import PhaseTimer
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # stpipe parameters that name a by-hand run's product when no OUTPUT is given.
 OUTPUT_NAMING = ("output_dir", "output_file", "suffix")
@@ -166,18 +163,6 @@ def run_on_file(step: str, run: StepFunction, input_models: tuple[type, ...], ar
     timer.log(step)
 
 
-@cache
-def code_revision() -> str:
-    """The git revision of the code that ran, with ``+dirty`` for uncommitted edits."""
-    try:
-        rev = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty=+dirty",
-                              "--abbrev=12"], capture_output=True, text=True, check=True,
-                             timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    return rev or "unknown"
-
-
 def record_provenance(model, step: str, parameters: dict[str, Any],
                       references: dict[str, Path] | None = None) -> None:
     """Write what produced this product into it (ccdproc-style): code, parameters, references."""
@@ -192,7 +177,7 @@ def record_provenance(model, step: str, parameters: dict[str, Any],
         "code_revision": code_revision(),
         "crds_context": (refs.current_context() or "N/A") if references else "",
         "parameters": {k: v for k, v in parameters.items() if v is not None},
-        "references": {reftype: {"file": Path(path).name, "sha256": file_sha256(path)}
+        "references": {reftype: {"file": Path(path).name, "sha256": reference_sha256(path)}
                        for reftype, path in references.items()},
     }
     model.meta["provenance"] = provenance

@@ -37,6 +37,7 @@ from romanpipe.errors import ParameterError  # noqa: E402
 from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.files import remove_staging  # noqa: E402
 from romanpipe.steps import STEP_REFTYPES  # noqa: E402
+from romanpipe import revision  # noqa: E402
 
 try:
     # Before validation: a YAML alias bomb would otherwise be walked (and printed) in full.
@@ -75,10 +76,15 @@ NUMBA_CACHE = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
 # source_detection's Roman PSF, built once per detector and filter for the campaign (or
 # for every campaign of an installation that names its own folder).
 PSF_CACHE = os.path.abspath(os.environ.get("ROMANPIPE_PSF_CACHE") or os.path.join(RESULTS, ".cache", "psf"))
+# What every product's provenance records, worked out once per run instead of in every job:
+# the code's git revision, and each reference file's SHA-256 (kept per file version).
+CHECKSUM_CACHE = os.path.abspath(os.path.join(RESULTS, ".cache", "reference_sha256"))
 shell.prefix(
     f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
     f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
     f"export ROMANPIPE_PSF_CACHE={shlex.quote(PSF_CACHE)}; "
+    f"export {revision.CODE_REVISION_ENV}={shlex.quote(revision.code_revision())}; "
+    f"export {revision.CHECKSUM_CACHE_ENV}={shlex.quote(CHECKSUM_CACHE)}; "
 )
 
 # Under --software-deployment-method conda each rule's env provides `python`; otherwise
