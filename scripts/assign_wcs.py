@@ -14,7 +14,6 @@ metadata gives a wrong WCS, which tweakreg corrects.
 from __future__ import annotations
 
 import logging
-import sys
 
 from romanpipe import cli
 from romanpipe.errors import InputFileError
@@ -107,4 +106,4 @@ def _number(value) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,4 +178,4 @@ def _polygon(path: Path, s_region: str) -> SphericalPolygon:
     return SphericalPolygon.from_radec(ra, dec)
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

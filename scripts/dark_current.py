@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 
 from romanpipe import cli
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
@@ -147,4 +146,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

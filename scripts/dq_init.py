@@ -40,7 +40,6 @@ ramp.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping
 
 from romanpipe import cli, dqflags
@@ -288,4 +287,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -18,7 +18,6 @@ default; ours follows the documentation).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 from romanpipe import cli, dqflags
@@ -99,4 +98,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -13,7 +13,6 @@ members are then written as ``<member>_flux.asdf`` beside the output association
 from __future__ import annotations
 
 import logging
-import sys
 
 from romanpipe import cli
 from romanpipe.association import read_step_input
@@ -73,4 +72,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -21,7 +21,6 @@ buffer, which is then corrected in place instead.
 from __future__ import annotations
 
 import logging
-import sys
 
 from romanpipe import cli, dqflags
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
@@ -115,4 +114,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

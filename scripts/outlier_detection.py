@@ -34,7 +34,6 @@ value where it fell (the workflow's configuration uses 0.5 with ``scale`` "1.0 0
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from itertools import repeat
@@ -310,4 +309,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

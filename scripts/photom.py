@@ -16,7 +16,6 @@ them null; an element missing from the table is an error naming the reference.
 from __future__ import annotations
 
 import logging
-import sys
 
 from romanpipe import cli
 from romanpipe.errors import InputFileError
@@ -83,4 +82,4 @@ def _scaled(value: float | None, factor: float) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -21,7 +21,6 @@ import argparse
 import functools
 import json
 import logging
-import sys
 from pathlib import Path
 
 from romanpipe import cli, refs
@@ -230,4 +229,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -369,4 +368,4 @@ def cutout_thresholds(path: Path, shape: tuple[int, int], window) -> np.ndarray:
         return np.where(unchecked, np.nan, thresholds[window]).astype(np.float32)
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

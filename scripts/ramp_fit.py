@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -189,4 +188,4 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -49,7 +49,6 @@ Where we differ from romancal 1.1 on purpose:
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 from romanpipe import cli, dqflags
@@ -352,4 +351,4 @@ def _corrected_data(ramp, input_path, refpix_path, parameters) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

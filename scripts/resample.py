@@ -22,7 +22,6 @@ false keeps the output arrays in memory-mapped files beside OUTPUT while drizzli
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -130,4 +129,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

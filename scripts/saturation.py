@@ -16,7 +16,6 @@ of a saturated neighbour (``n_pix_grow_sat``) can still flag it.
 from __future__ import annotations
 
 import logging
-import sys
 
 from romanpipe import cli, dqflags
 from romanpipe.errors import InputFileError
@@ -105,4 +104,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

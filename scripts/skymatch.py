@@ -14,7 +14,6 @@ subtracted) and, with ``subtract``, is subtracted from the data.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -377,4 +376,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -627,4 +626,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .errors import (
     EXIT_ERROR,
@@ -60,3 +62,18 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
         log.error("%s: %s", type(err).__name__, err)
         return EXIT_ERROR
     return EXIT_SUCCESS
+
+
+def run_and_exit(main: Callable[[Sequence[str] | None], None]) -> NoReturn:
+    """A script's ``__main__``: :func:`run` ``main``, flush the logs and streams, and end the process.
+
+    The interpreter's own teardown (freeing every module and every array, 0.4-0.6 CPU
+    seconds for a step at full size) is skipped: by then the product is complete under
+    its final name (written atomically) and nothing is left to save. Library ``atexit``
+    handlers are skipped with it; logging's, the one that matters, runs here.
+    """
+    status = run(main)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
