@@ -11,7 +11,7 @@ DEMO   ?= demo
 INSTALLED := $(VENV)/.installed-base
 PEER_INSTALLED := $(VENV)/.installed-peer
 
-.PHONY: setup demo groundtest test test-slurm lint peer-test bench bench-slurm parity clean-demo
+.PHONY: setup demo groundtest test test-slurm lint peer-test bench bench-campaign bench-slurm parity clean-demo
 
 setup: $(INSTALLED)
 
@@ -62,13 +62,22 @@ lint: $(INSTALLED)
 	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
 
-# Side by side with romancal on the same input and references (needs the peer extra).
-# Full size by default (minutes, up to ~10 GB); SIZE=512 for a quick run. Results in bench/*.md.
-SIZE     ?= 4096
-MA_TABLE ?= IMG_UNEVEN_6
-REPEAT   ?= 1
+# Side by side with romancal on the same input and references (needs the peer extra):
+# uncal -> cal at 6 and 16 resultants, where each side's time goes, a one-step rerun, the
+# mosaic level. Full size by default (tens of minutes, up to ~10 GB); SIZE=512 for a quick
+# run. Results in bench/*.md.
+SIZE      ?= 4096
+MA_TABLE  ?= IMG_UNEVEN_6
+MA_TABLES ?= IMG_UNEVEN_6 IMG_UNEVEN_16
+REPEAT    ?= 1
 bench: $(PEER_INSTALLED)
-	$(BIN)/python benchmarks/bench.py --size $(SIZE) --ma-table $(MA_TABLE) --repeat $(REPEAT) --out bench
+	$(BIN)/python benchmarks/bench.py --size $(SIZE) --ma-table $(MA_TABLES) --repeat $(REPEAT) --out bench
+
+# Four exposures on $(CORES) cores: our Snakemake run against romancal's ExposurePipeline
+# $(CORES) processes at a time; exposures per hour, CPU seconds per exposure.
+bench-campaign: $(PEER_INSTALLED)
+	$(BIN)/python benchmarks/campaign.py --size $(SIZE) --ma-table $(MA_TABLE) --cores $(CORES) \
+	    --repeat $(REPEAT) --out bench
 
 # Per-job overhead of profiles/slurm on the one-node cluster of test-slurm -> bench/slurm_overhead.md
 bench-slurm: $(INSTALLED)

@@ -1,26 +1,29 @@
 """Side-by-side wall time, CPU time and peak memory: our workflow against romancal 1.1, same input.
 
-Exposure level: one simulated exposure (``--size``, ``--ma-table``) from Level 1 to
-the flux-calibrated image (dq_init … photom; romancal's source catalog and tweakreg
-skipped, ours not asked for), run alternately ``--repeat`` times:
+Exposure level, for each ``--ma-table`` (default 6 and 16 resultants): one simulated
+exposure (``--size``) from Level 1 to the calibrated ``_cal`` with source detection and
+tweakreg against the campaign's local catalog, ours and romancal's alternately, ``--repeat``
+times:
 
-- ours: Snakemake with the local profile (2 cores), every intermediate file written as
-  configured by default, from an empty results folder, numba's kernels already compiled
-  (an untimed first run fills the cache named by ``NUMBA_CACHE_DIR``); per step from each
-  rule's ``benchmark:`` table;
+- ours: Snakemake with the local profile (2 cores) at the workflow's default settings
+  (target ``cal``), every intermediate file written as configured by default, from an empty
+  results folder, numba's kernels already compiled (an untimed first run fills the cache
+  named by ``NUMBA_CACHE_DIR``); per job from each rule's ``benchmark:`` table, and where
+  each job's time went from the ``romanpipe-timing`` line of its log (:mod:`romanpipe.timing`);
 - romancal's ExposurePipeline in one process with ``ramp_fit`` ``ols_cas22`` (like with
-  like) and with its default algorithm (``likely``), our reference files;
-- romancal's steps each in its own process (as ours run), ``ols_cas22``.
+  like) and with its default algorithm (``likely``), our reference files, its source_catalog
+  and tweakreg against the same catalog file (``peer.py``); where its time went from the
+  timestamps of its log.
 
-Then a one-step rerun (``flat_field.include_var_flat`` changed: flat_field and photom
-rerun) against the full run, and the mosaic level: our flux → skymatch →
+Then a one-step rerun (``flat_field.include_var_flat`` changed: flat_field and every later
+job rerun) against the full run, and the mosaic level: our flux → skymatch →
 outlier_detection → resample on four dithered ``_cal`` files against romancal's
 MosaicPipeline on the same files (outlier_detection at the romancal documentation's grid and scale, like
 romancal's; then once more as the workflow configures it). Every process is timed by
 ``/usr/bin/time -v``; peak RSS is the largest single process's. Results:
-``<out>/bench_<size>_<ma table>.md``::
+``<out>/bench_<size>.md``::
 
-    python benchmarks/bench.py --size 4096 --ma-table IMG_UNEVEN_6 --out bench
+    python benchmarks/bench.py --size 4096 --ma-table IMG_UNEVEN_6 IMG_UNEVEN_16 --out bench
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -35,6 +40,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
+
+from romanpipe.timing import PHASES, read_timings  # noqa: E402
 
 import peer  # noqa: E402
 from measure import (  # noqa: E402
@@ -49,13 +56,14 @@ from measure import (  # noqa: E402
 )
 
 EXPOSURE_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "ramp_fit", "assign_wcs",
-                  "flat_field", "photom"]
+                  "flat_field", "photom", "source_detection", "tweakreg"]
+# Jobs whose logs carry a romanpipe-timing line: the steps and the _cal product.
+TIMED_JOBS = [*EXPOSURE_CHAIN, "cal"]
 MOSAIC_CHAIN = ["flux", "skymatch", "outlier_detection", "resample"]
-# romancal's order and aliases (ramp fitting before dark_current, photom before flatfield).
-PEER_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "rampfit", "dark_current", "assign_wcs",
-              "photom", "flatfield"]
-PEER_NAME = {"rampfit": "ramp_fit", "flatfield": "flat_field"}
+# romancal's step names in its log -> ours (it fits ramps before dark_current, photom before flatfield).
+PEER_NAME = {"rampfit": "ramp_fit", "flatfield": "flat_field", "source_catalog": "source_detection"}
 RERUN_CONFIG = {"flat_field": {"include_var_flat": False}}
+DEFAULT_MA_TABLES = ["IMG_UNEVEN_6", "IMG_UNEVEN_16"]
 
 
 def read_rule_benchmarks(logs: Path, steps: list[str]) -> dict[str, dict[str, float]]:
@@ -71,6 +79,75 @@ def read_rule_benchmarks(logs: Path, steps: list[str]) -> dict[str, dict[str, fl
         figures[step] = {"wall_s": float(frame["s"].sum()), "cpu_s": float(frame["cpu_time"].sum()),
                          "max_rss_gb": float(frame["max_rss"].max()) / 1024}
     return figures
+
+
+def read_job_timings(logs: Path, jobs: list[str]) -> dict[str, dict]:
+    """Each job's ``romanpipe-timing`` record (summed over its exposures) from ``logs/<job>/*.log``."""
+    timings = {}
+    for job in jobs:
+        records = [record for path in sorted((logs / job).glob("*.log"))
+                   for record in read_timings(path.read_text())]
+        if records:
+            timings[job] = {clock: {phase: sum(record[clock].get(phase, 0.0) for record in records)
+                                    for phase in (*PHASES, "total")} for clock in ("wall", "cpu")}
+    return timings
+
+
+def split_rows(jobs: dict[str, dict], timings: dict[str, dict], total_wall: float) -> list[list[str]]:
+    """Where our run's wall time went: per job its phases, ``other`` = the job's benchmark wall
+    minus its logged total (shell, interpreter exit), and the time outside the timed jobs
+    (Snakemake's start and planning, the pool, quicklook and report jobs)."""
+    rows, accounted = [], 0.0
+    for job in TIMED_JOBS:
+        if job not in timings:
+            continue
+        wall = jobs[job]["wall_s"] if job in jobs else timings[job]["wall"]["total"]
+        accounted += wall
+        phases = timings[job]["wall"]
+        rows.append([job, f"{wall:.1f}", *(f"{phases[phase]:.2f}" for phase in PHASES),
+                     f"{wall - phases['total']:.2f}", f"{timings[job]['cpu']['total']:.1f}"])
+    rows.append(["outside the timed jobs", f"{total_wall - accounted:.1f}", *[""] * (len(PHASES) + 2)])
+    return rows
+
+
+SPLIT_HEADERS = ["job", "wall (s)", "start + imports", "read", "step", "provenance", "write", "other",
+                 "CPU in the script (s)"]
+
+
+def peer_log_split(log_text: str, launched: float, wall: float) -> dict[str, float]:
+    """Where romancal's ExposurePipeline process spent its time, from its log's timestamps.
+
+    ``start + imports``: launch to the pipeline's first step; ``read``: the pipeline's start
+    to its first step's; each step from its ``running`` to its ``done`` line; ``between
+    steps``: the gaps stpipe leaves between them; ``write``: the last step's end to the
+    pipeline's (saving the products); ``exit``: the rest of the process's wall.
+    """
+    events = []
+    for line in log_text.splitlines():
+        stamp, _, message = line.partition(" - stpipe.step - INFO - ")
+        if not message.startswith("Step "):
+            continue
+        name, _, state = message[len("Step "):].partition(" ")
+        if state.startswith("running") or state.startswith("done"):
+            moment = datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            events.append((moment, name, state.split()[0]))
+    pipeline = [moment for moment, name, _ in events if name == "ExposurePipeline"]
+    steps = [(moment, name, state) for moment, name, state in events if name != "ExposurePipeline"]
+    split = {"start + imports": pipeline[0] - launched, "read": steps[0][0] - pipeline[0]}
+    # A skipped step logs no "done": its time counts as stpipe's, between steps.
+    between, previous_end, started = 0.0, None, None
+    for moment, name, state in steps:
+        if state == "running":
+            if previous_end is not None:
+                between += moment - previous_end
+            previous_end = started = moment
+        else:
+            split[PEER_NAME.get(name, name)] = moment - started
+            previous_end = moment
+    split["between steps"] = between
+    split["write"] = pipeline[-1] - previous_end
+    split["exit"] = launched + wall - pipeline[-1]
+    return split
 
 
 def summary(figures: dict[str, float]) -> dict[str, float]:
@@ -93,6 +170,12 @@ def prepare_run_folder(sim: Path, run: Path, exposures: list[Path], target: str)
     (run / "workflow.yaml").write_text(yaml.safe_dump(config))
 
 
+def local_catalog(run: Path) -> Path:
+    """The reference catalog file our tweakreg uses (workflow.yaml's ``tweakreg.abs_refcat``)."""
+    config = yaml.safe_load((run / "workflow.yaml").read_text())
+    return (run / config["tweakreg"]["abs_refcat"]).resolve()
+
+
 def fresh(run: Path) -> None:
     for generated in ("results", "logs", ".snakemake"):
         shutil.rmtree(run / generated, ignore_errors=True)
@@ -102,28 +185,17 @@ def run_ours(run: Path, env, *extra) -> dict[str, float]:
     return summary(run_measured(snakemake_command(run, *extra), env, log=run / "snakemake.log"))
 
 
-def run_peer_pipeline(run: Path, uncal: Path, algorithm: str, env) -> dict[str, float]:
+def run_peer_pipeline(run: Path, uncal: Path, algorithm: str, env) -> tuple[dict[str, float], dict]:
+    """romancal's ExposurePipeline to _cal (source catalog, tweakreg on our catalog); its figures
+    and where its time went."""
     output = run / "peer" / f"{algorithm}_cal.asdf"
+    log = run / "peer" / f"{algorithm}.log"
     command = [sys.executable, str(HERE / "peer.py"), "exposure", str(uncal), str(output), "--pool",
-               str(run / "results" / "pool.csv"), "--algorithm", algorithm]
-    return summary(run_measured(command, env, log=run / "peer" / f"{algorithm}.log"))
-
-
-def run_peer_steps(run: Path, uncal: Path, env) -> dict[str, dict[str, float]]:
-    """romancal's steps one process each, ols_cas22, each reading the previous step's file."""
-    figures = {}
-    product = uncal
-    readout = peer.readout_shape_of(uncal)
-    for alias in PEER_CHAIN:
-        if alias == "refpix" and not peer.refpix_runs(readout):
-            continue
-        output = run / "peer" / "steps" / f"{alias}.asdf"
-        command = [sys.executable, str(HERE / "peer.py"), "step", alias, str(product), str(output), "--pool",
-                   str(run / "results" / "pool.csv"), "--uncal", str(uncal)]
-        figures[PEER_NAME.get(alias, alias)] = summary(run_measured(command, env,
-                                                                    log=output.with_suffix(".log")))
-        product = output
-    return figures
+               str(run / "results" / "pool.csv"), "--algorithm", algorithm, "--abs-refcat",
+               str(local_catalog(run))]
+    launched = time.time()
+    figures = summary(run_measured(command, env, log=log))
+    return figures, peer_log_split(log.read_text(), launched, figures["wall_s"])
 
 
 def ratio(ours: float, theirs: float) -> str:
@@ -137,19 +209,21 @@ def cells(figures: dict[str, float] | None) -> list[str]:
     return [f"{figures['wall_s']:.1f}", f"{figures['cpu_s']:.1f}", f"{figures['max_rss_gb']:.2f}"]
 
 
-def exposure_table(ours_steps, peer_steps, ours_total, peer_pipelines) -> str:
+def exposure_table(ours_jobs, peer_split, ours_total, peer_pipelines) -> str:
+    """Per step: our job (wall, CPU, peak RSS) and romancal's step inside its pipeline (wall,
+    from its log); then our whole run against each romancal pipeline run."""
     rows = []
     for step in EXPOSURE_CHAIN:
-        mine, theirs = ours_steps.get(step), peer_steps.get(step)
-        rows.append([step, *cells(mine), *cells(theirs),
-                     ratio(mine["wall_s"], theirs["wall_s"]) if mine and theirs else "—",
-                     ratio(mine["max_rss_gb"], theirs["max_rss_gb"]) if mine and theirs else "—"])
+        mine, theirs = ours_jobs.get(step), peer_split.get(step)
+        rows.append([step, *cells(mine), f"{theirs:.1f}" if theirs is not None else "—",
+                     ratio(mine["wall_s"], theirs) if mine and theirs else "—"])
     for label, theirs in peer_pipelines.items():
-        rows.append([f"**total** vs {label}", *cells(ours_total), *cells(theirs),
-                     ratio(ours_total["wall_s"], theirs["wall_s"]),
-                     ratio(ours_total["max_rss_gb"], theirs["max_rss_gb"])])
+        rows.append([f"**total** vs {label}", *cells(ours_total),
+                     f"{theirs['wall_s']:.1f} (CPU {theirs['cpu_s']:.1f}, {theirs['max_rss_gb']:.2f} GB)",
+                     f"{ratio(ours_total['wall_s'], theirs['wall_s'])} "
+                     f"(memory {ratio(ours_total['max_rss_gb'], theirs['max_rss_gb'])})"])
     headers = ["step", "ours wall (s)", "ours CPU (s)", "ours peak RSS (GB)", "romancal wall (s)",
-               "romancal CPU (s)", "romancal peak RSS (GB)", "wall ours/romancal", "memory ours/romancal"]
+               "wall ours/romancal"]
     return markdown_table(headers, rows)
 
 
@@ -158,52 +232,65 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
     return min(runs, key=lambda figures: figures["wall_s"])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=4096, help="readout rows = columns (4096: full detector)")
-    parser.add_argument("--ma-table", default="IMG_UNEVEN_6")
-    parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--repeat", type=int, default=1, help="alternate ours/romancal this many times")
-    parser.add_argument("--skip-likely", action="store_true", help="leave out romancal's default ramp fit")
-    args = parser.parse_args(argv)
-
-    env = clean_environment()
-    sim = (args.out / f"sim_{args.size}_{args.ma_table}").resolve()
-    exposures = simulate_campaign(sim, args.size, args.ma_table, env)
+def exposure_level(args, ma_table: str, env) -> tuple[str, dict[str, float]]:
+    """The exposure-level tables of one MA table: ours and romancal alternately, then a rerun."""
+    sim = (args.out / f"sim_{args.size}_{ma_table}").resolve()
+    exposures = simulate_campaign(sim, args.size, ma_table, env)
     peer_env = peer.configure_environment(sim / "crds_cache", dict(env))
-    exposure_run = (args.out / f"bench_{args.size}_{args.ma_table}" / "exposure").resolve()
-    prepare_run_folder(sim, exposure_run, exposures[:1], "photom")
-
-    # The steady state an installation runs in: numba's kernels compiled once into a cache
-    # every campaign shares (an untimed run fills it), as romancal's compiled extensions are.
-    env["NUMBA_CACHE_DIR"] = str((args.out / ".numba_cache").resolve())
+    exposure_run = (args.out / f"bench_{args.size}_{ma_table}" / "exposure").resolve()
+    prepare_run_folder(sim, exposure_run, exposures[:1], "cal")
+    # The steady state an installation runs in: numba's kernels compiled once (an untimed run).
     fresh(exposure_run)
     run_ours(exposure_run, env)
 
     algorithms = ["ols_cas22"] + ([] if args.skip_likely else ["likely"])
     ours_runs, peer_runs = [], {algorithm: [] for algorithm in algorithms}
-    ours_steps = {}
+    ours_jobs, ours_timings, peer_split = {}, {}, {}
     for repeat in range(args.repeat):
         fresh(exposure_run)
         ours_runs.append(run_ours(exposure_run, env))
-        steps = read_rule_benchmarks(exposure_run / "logs", EXPOSURE_CHAIN)
-        if not ours_steps or ours_runs[-1] is best(ours_runs):
-            ours_steps = steps
-        print(f"run {repeat + 1}: ours {ours_runs[-1]}", file=sys.stderr)
+        if ours_runs[-1] is best(ours_runs):
+            ours_jobs = read_rule_benchmarks(exposure_run / "logs", EXPOSURE_CHAIN)
+            ours_timings = read_job_timings(exposure_run / "logs", TIMED_JOBS)
+        print(f"{ma_table} run {repeat + 1}: ours {ours_runs[-1]}", file=sys.stderr)
         for algorithm in algorithms:
-            peer_runs[algorithm].append(run_peer_pipeline(exposure_run, exposures[0], algorithm, peer_env))
-            print(f"run {repeat + 1}: romancal {algorithm} {peer_runs[algorithm][-1]}", file=sys.stderr)
-    peer_steps = run_peer_steps(exposure_run, exposures[0], peer_env)
+            figures, split = run_peer_pipeline(exposure_run, exposures[0], algorithm, peer_env)
+            peer_runs[algorithm].append(figures)
+            if algorithm == "ols_cas22" and figures is best(peer_runs[algorithm]):
+                peer_split = split
+            print(f"{ma_table} run {repeat + 1}: romancal {algorithm} {figures}", file=sys.stderr)
 
     rerun_config = exposure_run / "rerun.yaml"
     rerun_config.write_text(yaml.safe_dump(RERUN_CONFIG))
     rerun = run_ours(exposure_run, env, "--configfile", str(exposure_run / "workflow.yaml"),
                      str(rerun_config))
     full = best(ours_runs)
+    peer_totals = {f"romancal ExposurePipeline ({algorithm})": best(runs)
+                   for algorithm, runs in peer_runs.items()}
+    peer_best = peer_totals["romancal ExposurePipeline (ols_cas22)"]
+    text = [f"\n## Exposure level, {ma_table} (uncal → cal with source detection and tweakreg; ours "
+            "through Snakemake, 2 cores, default settings)\n\n",
+            exposure_table(ours_jobs, peer_split, full, peer_totals),
+            "\n### Where our time goes (fastest run; wall seconds, from each job's log and benchmark)\n\n",
+            markdown_table(SPLIT_HEADERS, split_rows(ours_jobs, ours_timings, full["wall_s"])),
+            "\n### Where romancal's time goes (ExposurePipeline, ols_cas22, fastest run; from its log)\n\n",
+            markdown_table(["phase", "wall (s)"],
+                           [[phase, f"{seconds:.2f}"] for phase, seconds in peer_split.items()]
+                           + [["total", f"{peer_best['wall_s']:.1f}"]]),
+            "\n### One-step rerun (flat_field.include_var_flat changed: flat_field and every later job "
+            "rerun)\n\n",
+            markdown_table(["run", "wall (s)", "CPU (s)", "peak RSS (GB)", "of the full run"], [
+                ["full run", *cells(full), "100 %"],
+                ["rerun", *cells(rerun), f"{100 * rerun['wall_s'] / full['wall_s']:.0f} %"]])]
+    return "".join(text), full
 
-    # Mosaic level: the four exposures to _i2d (not timed), then our mosaic chain from its
-    # association against romancal's MosaicPipeline on the same _cal files.
-    mosaic_run = (args.out / f"bench_{args.size}_{args.ma_table}" / "mosaic").resolve()
+
+def mosaic_level(args, ma_table: str, env) -> str:
+    """Our mosaic chain on four dithered _cal files against romancal's MosaicPipeline."""
+    sim = (args.out / f"sim_{args.size}_{ma_table}").resolve()
+    exposures = simulate_campaign(sim, args.size, ma_table, env)
+    peer_env = peer.configure_environment(sim / "crds_cache", dict(env))
+    mosaic_run = (args.out / f"bench_{args.size}_{ma_table}" / "mosaic").resolve()
     prepare_run_folder(sim, mosaic_run, exposures, "i2d")
     like_romancal = documented_outlier_settings(mosaic_run)
     run_ours(mosaic_run, env, *like_romancal)
@@ -224,34 +311,39 @@ def main(argv=None) -> int:
     run_ours(mosaic_run, env)
     configured_outliers = read_rule_benchmarks(mosaic_run / "logs",
                                                ["outlier_detection"])["outlier_detection"]
+    return "".join([
+        f"\n## Mosaic level, {ma_table} (four dithered _cal files → _i2d)\n\n",
+        markdown_table(["run", "wall (s)", "CPU (s)", "peak RSS (GB)"], [
+            *[[f"ours: {step}", *cells(figures)] for step, figures in ours_mosaic_steps.items()],
+            ["ours: outlier_detection, workflow configuration (median at half the pixel scale)",
+             *cells(configured_outliers)],
+            ["ours total (Snakemake: association, flux, skymatch, outlier_detection, resample)",
+             *cells(ours_mosaic)],
+            ["romancal MosaicPipeline (flux, skymatch, outlier_detection, resample)", *cells(peer_mosaic)],
+            ["ours/romancal", ratio(ours_mosaic["wall_s"], peer_mosaic["wall_s"]), "",
+             ratio(ours_mosaic["max_rss_gb"], peer_mosaic["max_rss_gb"])]])])
 
-    peer_totals = {f"romancal ExposurePipeline ({algorithm})": best(runs)
-                   for algorithm, runs in peer_runs.items()}
-    text = [f"# Benchmark: {args.size}×{args.size} readout, {args.ma_table}\n",
-            f"{machine_description()}\n",
-            f"Reproduce: `make bench SIZE={args.size} MA_TABLE={args.ma_table}` (`python benchmarks/bench.py "
-            f"--size {args.size} --ma-table {args.ma_table} --repeat {args.repeat}`). Fastest of "
-            f"{args.repeat} alternated run(s); per-step romancal figures: each step its own process "
-            "(ols_cas22).\n",
-            "\n## Exposure level (uncal → photom; ours through Snakemake, 2 cores, "
-            "all intermediate files)\n\n",
-            exposure_table(ours_steps, peer_steps, full, peer_totals),
-            "\n## One-step rerun (flat_field.include_var_flat changed: flat_field and photom rerun)\n\n",
-            markdown_table(["run", "wall (s)", "CPU (s)", "peak RSS (GB)", "of the full run"], [
-                ["full run", *cells(full), "100 %"],
-                ["rerun", *cells(rerun), f"{100 * rerun['wall_s'] / full['wall_s']:.0f} %"]]),
-            "\n## Mosaic level (four dithered _cal files → _i2d)\n\n",
-            markdown_table(["run", "wall (s)", "CPU (s)", "peak RSS (GB)"], [
-                *[[f"ours: {step}", *cells(figures)] for step, figures in ours_mosaic_steps.items()],
-                ["ours: outlier_detection, workflow configuration (median at half the pixel scale)",
-                 *cells(configured_outliers)],
-                ["ours total (Snakemake: association, flux, skymatch, outlier_detection, resample)",
-                 *cells(ours_mosaic)],
-                ["romancal MosaicPipeline (flux, skymatch, outlier_detection, resample)",
-                 *cells(peer_mosaic)],
-                ["ours/romancal", ratio(ours_mosaic["wall_s"], peer_mosaic["wall_s"]), "",
-                 ratio(ours_mosaic["max_rss_gb"], peer_mosaic["max_rss_gb"])]])]
-    output = args.out / f"bench_{args.size}_{args.ma_table}.md"
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096, help="readout rows = columns (4096: full detector)")
+    parser.add_argument("--ma-table", nargs="+", default=DEFAULT_MA_TABLES)
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--repeat", type=int, default=1, help="alternate ours/romancal this many times")
+    parser.add_argument("--skip-likely", action="store_true", help="leave out romancal's default ramp fit")
+    parser.add_argument("--skip-mosaic", action="store_true", help="leave out the mosaic level")
+    args = parser.parse_args(argv)
+
+    env = clean_environment()
+    env["NUMBA_CACHE_DIR"] = str((args.out / ".numba_cache").resolve())
+    sections = [exposure_level(args, ma_table, env)[0] for ma_table in args.ma_table]
+    if not args.skip_mosaic:
+        sections.append(mosaic_level(args, args.ma_table[0], env))
+    text = [f"# Benchmark: {args.size}×{args.size} readout, {', '.join(args.ma_table)}\n\n",
+            f"{machine_description()}\n\n",
+            f"Reproduce: `python benchmarks/bench.py --size {args.size} --ma-table {' '.join(args.ma_table)} "
+            f"--repeat {args.repeat}`. Fastest of {args.repeat} alternated run(s).\n", *sections]
+    output = args.out / f"bench_{args.size}.md"
     output.write_text("".join(text))
     print("".join(text))
     return 0

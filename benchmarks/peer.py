@@ -8,7 +8,8 @@ neutral one is written (an identity INVERSELINEARITY) or the step is skipped
 the shape romancal requires. Also a command line, so that ``bench.py`` can time each
 run in its own process::
 
-    python benchmarks/peer.py exposure UNCAL OUT_CAL --pool results/pool.csv --algorithm ols_cas22
+    python benchmarks/peer.py exposure UNCAL OUT_CAL --pool results/pool.csv --algorithm ols_cas22 \
+        [--abs-refcat catalogs/gaia_like.ecsv]
     python benchmarks/peer.py step rampfit IN OUT --pool results/pool.csv
     python benchmarks/peer.py mosaic ASN OUT_I2D [--output-wcs grid.asdf]
 """
@@ -126,25 +127,88 @@ def reference_overrides(pool_row, folder: Path, readout_shape: tuple[int, int]) 
     return overrides
 
 
+def gaussian_apcorr(path: Path, optical_element: str, fwhm_pixels: float = 2.0) -> Path:
+    """An APCORR for a Gaussian PSF (romancal's source catalog needs one; the romancal documentation defines none).
+
+    Enclosed energy of a Gaussian within radius r: 1 - exp(-r^2 / 2 sigma^2); the catalog
+    only interpolates it for its aperture corrections, which do not change what it costs.
+    """
+    if path.is_file():
+        return path
+    import roman_datamodels.datamodels as rdm
+
+    sigma = fwhm_pixels / (2 * np.sqrt(2 * np.log(2)))
+    fractions = np.linspace(0.1, 0.9, 9)
+    model = rdm.ApcorrRefModel.create_fake_data()
+    model.data = {optical_element: {
+        "ap_corrections": 1 / fractions, "ee_fractions": fractions,
+        "ee_radii": sigma * np.sqrt(-2 * np.log(1 - fractions)),
+        "sky_background_rin": 3 * fwhm_pixels, "sky_background_rout": 5 * fwhm_pixels}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.to_asdf(path)
+    return path
+
+
+def gaussian_epsf(path: Path, readout_shape: tuple[int, int], fwhm_pixels: float = 2.0,
+                  oversample: int = 4, stamp_pixels: int = 25) -> Path:
+    """An ePSF reference of Gaussian stamps on a 3x3 grid over the detector (romancal's
+    tweakreg needs PSF-fitted positions, so its source catalog fits PSFs and needs one).
+
+    Axes (focus, spectral type, grid position, y, x), one focus and three spectral types
+    as romancal indexes them (it takes G2V, the second); each stamp is integrated over the
+    pixel and sums to ``oversample``**2, the "new style" romancal reads as is.
+    """
+    if path.is_file():
+        return path
+    import roman_datamodels.datamodels as rdm
+
+    sigma = fwhm_pixels / (2 * np.sqrt(2 * np.log(2))) * oversample
+    size = stamp_pixels * oversample + 1
+    offsets = np.arange(size) - size // 2
+    stamp = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2))
+    stamp *= oversample**2 / stamp.sum()
+    columns = [readout_shape[1] * fraction for fraction in (1 / 6, 1 / 2, 5 / 6)]
+    rows = [readout_shape[0] * fraction for fraction in (1 / 6, 1 / 2, 5 / 6)]
+    model = rdm.EpsfRefModel.create_fake_data()
+    model.psf = np.broadcast_to(stamp, (1, 3, 9, size, size)).astype(np.float32)
+    model.meta.pixel_x = [x for _ in rows for x in columns]
+    model.meta.pixel_y = [y for y in rows for _ in columns]
+    model.meta.oversample = oversample
+    # romancal's defaults for an image without jitter: the stamps are used as they are.
+    model.meta.jitter_major, model.meta.jitter_minor, model.meta.jitter_position_angle = 8.0, 8.0, 0.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.to_asdf(path)
+    return path
+
+
 def refpix_runs(readout_shape: tuple[int, int]) -> bool:
     return readout_shape[1] == FULL_READOUT_COLUMNS
 
 
 def exposure_pipeline_steps(pool_row, folder: Path, readout_shape, algorithm: str,
-                            include_var_flat: bool = True) -> dict[str, dict]:
-    """ExposurePipeline ``steps``: our references, ``algorithm`` for ramp fitting, no catalog/tweakreg.
+                            include_var_flat: bool = True, abs_refcat: Path | None = None) -> dict[str, dict]:
+    """ExposurePipeline ``steps``: our references, ``algorithm`` for ramp fitting; source catalog and
+    tweakreg against the local catalog ``abs_refcat`` when given, else skipped (Gaia is online).
 
     romancal 1.1 cannot save an image flat-fielded with ``include_var_flat`` (its ERR
     becomes float32 against a float16 schema): runs that write their product set it false.
+    The source catalog fits PSFs (romancal's tweakreg refuses a catalog without PSF-fitted
+    positions; ours by default does not fit them) with a Gaussian ePSF and APCORR
+    (:func:`gaussian_epsf`, :func:`gaussian_apcorr`).
     """
     steps = reference_overrides(pool_row, folder, readout_shape)
     steps["rampfit"]["algorithm"] = algorithm
     steps["flatfield"]["include_var_flat"] = include_var_flat
-    # No DARKDECAYSIGNAL in the romancal documentation; source catalog and tweakreg would need Gaia
-    # on the network.
+    # No DARKDECAYSIGNAL in the romancal documentation.
     steps["dark_decay"] = {"skip": True}
-    steps["source_catalog"] = {"skip": True}
-    steps["tweakreg"] = {"skip": True}
+    if abs_refcat is None:
+        steps["source_catalog"] = {"skip": True}
+        steps["tweakreg"] = {"skip": True}
+    else:
+        apcorr = gaussian_apcorr(folder / "gaussian_apcorr.asdf", pool_row["optical_element"])
+        epsf = gaussian_epsf(folder / "gaussian_epsf.asdf", tuple(readout_shape))
+        steps["source_catalog"] = {"override_apcorr": str(apcorr), "override_epsf": str(epsf)}
+        steps["tweakreg"] = {"abs_refcat": str(abs_refcat)}
     return steps
 
 
@@ -178,6 +242,12 @@ def saving_to(output: Path) -> dict:
 
 def run_exposure_pipeline(uncal: Path, steps: dict[str, dict], **options):
     from romancal.pipeline import ExposurePipeline
+    from romancal.source_catalog import SourceCatalogStep
+
+    # romancal 1.1 asks CRDS for the ePSF but lists only APCORR among its reference types,
+    # so stpipe would refuse override_epsf: listed here, the local ePSF is used.
+    if "epsf" not in SourceCatalogStep.reference_file_types:
+        SourceCatalogStep.reference_file_types = [*SourceCatalogStep.reference_file_types, "epsf"]
 
     model, _catalog, _segmentation = call_quietly(ExposurePipeline.call, str(uncal), steps=steps, **options)
     return model
@@ -234,6 +304,8 @@ def main(argv=None) -> int:
     exposure.add_argument("output", type=Path)
     exposure.add_argument("--pool", type=Path, required=True, help="our pool.csv (reference files)")
     exposure.add_argument("--algorithm", default="ols_cas22")
+    exposure.add_argument("--abs-refcat", type=Path,
+                          help="run source_catalog and tweakreg against this catalog file")
     step = commands.add_parser("step", help="one ExposurePipeline step on a file, result to a file")
     step.add_argument("alias", choices=list(EXPOSURE_STEPS))
     step.add_argument("input", type=Path)
@@ -254,7 +326,8 @@ def main(argv=None) -> int:
         row = read_pool_row(args.pool, args.uncal)
         configure_environment(Path(row["ref_mask"]).parents[3])
         steps = exposure_pipeline_steps(row, args.output.parent / "peer_references",
-                                        readout_shape_of(args.uncal), args.algorithm, include_var_flat=False)
+                                        readout_shape_of(args.uncal), args.algorithm, include_var_flat=False,
+                                        abs_refcat=getattr(args, "abs_refcat", None))
         if args.command == "exposure":
             run_exposure_pipeline(args.uncal, steps, **saving)
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from romanpipe import cli
 from romanpipe.products import SKIPPED, open_model, set_cal_step, write_atomic
+from romanpipe.timing import PhaseTimer
 
 from roman_datamodels import datamodels
 
@@ -31,10 +32,15 @@ def main(argv=None) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
-    with open_model(args.input, (datamodels.ImageModel,)) as model:
+    timer = PhaseTimer()
+    with timer.phase("read"):
+        model = open_model(args.input, (datamodels.ImageModel,))
+    with model:
         for step in args.mark_skipped:
             set_cal_step(model, step, SKIPPED)
-        write_atomic(model, args.output)
+        with timer.phase("write"):
+            write_atomic(model, args.output)
+    timer.log("cal")
     log.info("%s (%s) calibrated: %s", args.output.name, model.meta.exposure.type, args.input.name)
 
 

@@ -1,5 +1,6 @@
 """The benchmark harness (benchmarks/): comparison statistics, table formatting, parsed measurements."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,14 +72,56 @@ def test_rule_benchmarks_are_summed_per_step(tmp_path):
 
 def test_exposure_table_ratios():
     ours = {"ramp_fit": {"wall_s": 8.0, "cpu_s": 7.0, "max_rss_gb": 1.5}}
-    theirs = {"ramp_fit": {"wall_s": 16.0, "cpu_s": 15.0, "max_rss_gb": 3.0}}
-    table = bench.exposure_table(ours, theirs, {"wall_s": 40.0, "cpu_s": 30.0, "max_rss_gb": 1.5},
+    table = bench.exposure_table(ours, {"ramp_fit": 16.0}, {"wall_s": 40.0, "cpu_s": 30.0, "max_rss_gb": 1.5},
                                  {"romancal (ols_cas22)": {"wall_s": 50.0, "cpu_s": 45.0, "max_rss_gb": 4.0}})
     lines = table.splitlines()
-    assert "| ramp_fit | 8.0 | 7.0 | 1.50 | 16.0 | 15.0 | 3.00 | 0.50× | 0.50× |" in lines
-    assert "| dq_init | — | — | — | — | — | — | — | — |" in lines
-    assert lines[-1] == ("| **total** vs romancal (ols_cas22) | 40.0 | 30.0 | 1.50 | 50.0 | 45.0 | 4.00 "
-                         "| 0.80× | 0.38× |")
+    assert "| ramp_fit | 8.0 | 7.0 | 1.50 | 16.0 | 0.50× |" in lines
+    assert "| dq_init | — | — | — | — | — |" in lines
+    assert lines[-1] == ("| **total** vs romancal (ols_cas22) | 40.0 | 30.0 | 1.50 "
+                         "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (memory 0.38×) |")
+
+
+PEER_LOG = """\
+2026-12-07 15:16:48,133 - stpipe.step - INFO - ExposurePipeline instance created.
+2026-12-07 15:16:48,400 - stpipe.step - INFO - Step ExposurePipeline running with args ('u.asdf',).
+2026-12-07 15:16:49,000 - stpipe.step - INFO - Step dq_init running with args (<RampModel>,)
+2026-12-07 15:16:51,000 - stpipe.step - INFO - Step dq_init done
+2026-12-07 15:16:51,250 - stpipe.step - INFO - Step refpix running with args (<RampModel>,).
+2026-12-07 15:16:51,250 - stpipe.step - INFO - Step skipped.
+2026-12-07 15:16:51,500 - stpipe.step - INFO - Step rampfit running with args (<RampModel>,).
+2026-12-07 15:16:51,600 - romancal.ramp_fitting.ramp_fit_step - INFO - Number of resultants: 6
+2026-12-07 15:16:55,500 - stpipe.step - INFO - Step rampfit done
+2026-12-07 15:16:57,000 - stpipe.step - INFO - Saved model in out_cal.asdf
+2026-12-07 15:16:57,500 - stpipe.step - INFO - Step ExposurePipeline done
+"""
+
+
+def test_peer_log_split_adds_up_to_the_wall():
+    from datetime import datetime
+
+    launched = datetime(2026, 12, 7, 15, 16, 46, 400000).timestamp()
+    split = bench.peer_log_split(PEER_LOG, launched, wall=12.0)
+    expected = {"start + imports": 2.0, "read": 0.6, "dq_init": 2.0, "ramp_fit": 4.0,
+                # dq_init done -> refpix (skipped) -> rampfit running: 0.5 s of stpipe's own
+                "between steps": 0.5, "write": 2.0, "exit": 0.9}
+    assert split == pytest.approx(expected)
+    assert sum(split.values()) == pytest.approx(12.0)
+
+
+def test_job_split_from_logs_and_benchmarks(tmp_path):
+    from romanpipe.timing import TAG
+
+    (tmp_path / "flat_field").mkdir()
+    record = {"step": "flat_field",
+              "wall": {"start": 1.0, "read": 0.5, "step": 2.0, "provenance": 0.1, "write": 0.4, "total": 4.1},
+              "cpu": {"start": 0.8, "read": 0.4, "step": 1.9, "provenance": 0.1, "write": 0.3, "total": 3.6}}
+    log_text = f"x INFO wrote out\nx INFO {TAG} {json.dumps(record)}\n"
+    (tmp_path / "flat_field" / "expo.log").write_text(log_text)
+    timings = bench.read_job_timings(tmp_path, bench.TIMED_JOBS)
+    assert timings["flat_field"]["wall"] == record["wall"]
+    rows = bench.split_rows({"flat_field": {"wall_s": 4.5}}, timings, total_wall=10.0)
+    assert rows[0] == ["flat_field", "4.5", "1.00", "0.50", "2.00", "0.10", "0.40", "0.40", "3.6"]
+    assert rows[-1][:2] == ["outside the timed jobs", "5.5"]
 
 
 @pytest.mark.peer
@@ -101,7 +144,30 @@ def test_peer_overrides_name_our_references(tmp_path):
                                 "override_readnoise": "/refs/readnoise.asdf", "algorithm": "ols_cas22"}
     assert steps["refpix"] == {"skip": True}  # romancal's refpix needs the full 4096-column readout
     assert steps["dark_decay"] == steps["source_catalog"] == steps["tweakreg"] == {"skip": True}
+    # Against a local catalog: the catalog fits PSFs with a Gaussian ePSF and APCORR, tweakreg uses the file.
+    row["optical_element"] = "F158"
+    steps = peer.exposure_pipeline_steps(row, tmp_path / "work", (16, 16), "ols_cas22",
+                                         abs_refcat=tmp_path / "gaia.ecsv")
+    assert steps["tweakreg"] == {"abs_refcat": str(tmp_path / "gaia.ecsv")}
+    with rdm.open(steps["source_catalog"]["override_epsf"]) as epsf:
+        assert epsf.psf.shape[:3] == (1, 3, 9)
+        np.testing.assert_allclose(epsf.psf.sum(axis=(-2, -1)), epsf.meta.oversample**2, rtol=1e-5)
+    with rdm.open(steps["source_catalog"]["override_apcorr"]) as apcorr:
+        row = apcorr.data["F158"]
+        np.testing.assert_allclose(row["ap_corrections"] * row["ee_fractions"], 1)
     with rdm.open(steps["linearity"]["override_inverselinearity"]) as inverse:
         assert np.all(inverse.coeffs[1] == 1) and not np.any(inverse.coeffs[[0, 2]])
     with rdm.open(steps["flatfield"]["override_flat"]) as trimmed:
         np.testing.assert_array_equal(trimmed.data, flat.data[4:-4, 4:-4])
+
+
+def test_campaign_throughput_per_hour_and_per_exposure():
+    import campaign
+
+    ours = {"wall_s": 600.0, "cpu_s": 1000.0, "max_rss_gb": 2.0}
+    theirs = {"wall_s": 900.0, "cpu_s": 1600.0, "max_rss_gb": 4.0}
+    lines = campaign.throughput_table(ours, theirs, exposures=4).splitlines()
+    # 4 exposures in 600 s: 24 an hour, 250 CPU s each; in 900 s: 16 an hour, 400 CPU s each.
+    assert lines[2] == "| ours (Snakemake) | 600.0 | 24 | 250.0 | 2.00 |"
+    assert lines[3].endswith("| 900.0 | 16 | 400.0 | 4.00 |")
+    assert lines[4] == "| ours/romancal | 0.67× | 1.50× | 0.62× | 0.50× |"
