@@ -128,7 +128,8 @@ def reference_overrides(pool_row, folder: Path, readout_shape: tuple[int, int]) 
 
 
 def gaussian_apcorr(path: Path, optical_element: str, fwhm_pixels: float = 2.0) -> Path:
-    """An APCORR for a Gaussian PSF (romancal's source catalog needs one; the romancal documentation defines none).
+    """An APCORR for a Gaussian PSF (romancal's source catalog needs one; the romancal
+    documentation defines none).
 
     Enclosed energy of a Gaussian within radius r: 1 - exp(-r^2 / 2 sigma^2); the catalog
     only interpolates it for its aperture corrections, which do not change what it costs.
