@@ -59,6 +59,8 @@ EXPOSURE_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "dark_current"
                   "flat_field", "photom", "source_detection", "tweakreg"]
 # Jobs whose logs carry a romanpipe-timing line: the steps and the _cal product.
 TIMED_JOBS = [*EXPOSURE_CHAIN, "cal"]
+# The report's jobs of a run to _cal: their benchmark only.
+REPORT_JOBS = ["quicklook_cal", "provenance", "benchmarks"]
 MOSAIC_CHAIN = ["flux", "skymatch", "outlier_detection", "resample"]
 # romancal's step names in its log -> ours (it fits ramps before dark_current, photom before flatfield).
 PEER_NAME = {"rampfit": "ramp_fit", "flatfield": "flat_field", "source_catalog": "source_detection"}
@@ -72,7 +74,9 @@ def read_rule_benchmarks(logs: Path, steps: list[str]) -> dict[str, dict[str, fl
 
     figures = {}
     for step in steps:
-        tables = sorted((logs / "benchmarks" / step).glob("*.tsv"))
+        # a job per exposure (benchmarks/<step>/<expo>.tsv) or one per run (benchmarks/<step>.tsv)
+        tables = sorted((logs / "benchmarks" / step).glob("*.tsv")) + sorted(
+            (logs / "benchmarks").glob(f"{step}.tsv"))
         if not tables:
             continue
         frame = pd.concat([pd.read_csv(path, sep="\t") for path in tables])
@@ -95,8 +99,8 @@ def read_job_timings(logs: Path, jobs: list[str]) -> dict[str, dict]:
 
 def split_rows(jobs: dict[str, dict], timings: dict[str, dict], total_wall: float) -> list[list[str]]:
     """Where our run's wall time went: per job its phases, ``other`` = the job's benchmark wall
-    minus its logged total (shell, interpreter exit), and the time outside the timed jobs
-    (Snakemake's start and planning, the pool, quicklook and report jobs)."""
+    minus its logged total (shell, interpreter exit); the report's jobs (their wall and CPU
+    only); and the rest (Snakemake's start and planning, the pool)."""
     rows, accounted = [], 0.0
     for job in TIMED_JOBS:
         if job not in timings:
@@ -106,12 +110,18 @@ def split_rows(jobs: dict[str, dict], timings: dict[str, dict], total_wall: floa
         phases = timings[job]["wall"]
         rows.append([job, f"{wall:.1f}", *(f"{phases[phase]:.2f}" for phase in PHASES),
                      f"{wall - phases['total']:.2f}", f"{timings[job]['cpu']['total']:.1f}"])
-    rows.append(["outside the timed jobs", f"{total_wall - accounted:.1f}", *[""] * (len(PHASES) + 2)])
+    for job in REPORT_JOBS:
+        if job in jobs:
+            accounted += jobs[job]["wall_s"]
+            rows.append([job, f"{jobs[job]['wall_s']:.1f}", *[""] * (len(PHASES) + 1),
+                         f"{jobs[job]['cpu_s']:.1f}"])
+    rows.append(["outside the jobs (Snakemake, the pool)", f"{total_wall - accounted:.1f}",
+                 *[""] * (len(PHASES) + 2)])
     return rows
 
 
 SPLIT_HEADERS = ["job", "wall (s)", "start + imports", "read", "step", "provenance", "write", "other",
-                 "CPU in the script (s)"]
+                 "CPU (s)"]
 
 
 def peer_log_split(log_text: str, launched: float, wall: float) -> dict[str, float]:
@@ -250,7 +260,7 @@ def exposure_level(args, ma_table: str, env) -> tuple[str, dict[str, float]]:
         fresh(exposure_run)
         ours_runs.append(run_ours(exposure_run, env))
         if ours_runs[-1] is best(ours_runs):
-            ours_jobs = read_rule_benchmarks(exposure_run / "logs", EXPOSURE_CHAIN)
+            ours_jobs = read_rule_benchmarks(exposure_run / "logs", [*TIMED_JOBS, *REPORT_JOBS])
             ours_timings = read_job_timings(exposure_run / "logs", TIMED_JOBS)
         print(f"{ma_table} run {repeat + 1}: ours {ours_runs[-1]}", file=sys.stderr)
         for algorithm in algorithms:

@@ -66,8 +66,11 @@ def test_rule_benchmarks_are_summed_per_step(tmp_path):
         folder = tmp_path / "benchmarks" / "flat_field"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{expo}.tsv").write_text(header + f"{seconds}\t0:00:02\t{rss}\t0\t0\t0\t0\t0\t50\t{cpu}\n")
-    figures = bench.read_rule_benchmarks(tmp_path, ["flat_field", "photom"])
-    assert figures == {"flat_field": {"wall_s": 5.0, "cpu_s": 4.0, "max_rss_gb": 1.0}}
+    once_per_run = header + "1.0\t0:00:01\t256.0\t0\t0\t0\t0\t0\t50\t0.5\n"
+    (tmp_path / "benchmarks" / "provenance.tsv").write_text(once_per_run)
+    figures = bench.read_rule_benchmarks(tmp_path, ["flat_field", "photom", "provenance"])
+    assert figures == {"flat_field": {"wall_s": 5.0, "cpu_s": 4.0, "max_rss_gb": 1.0},
+                       "provenance": {"wall_s": 1.0, "cpu_s": 0.5, "max_rss_gb": 0.25}}
 
 
 def test_exposure_table_ratios():
@@ -119,9 +122,11 @@ def test_job_split_from_logs_and_benchmarks(tmp_path):
     (tmp_path / "flat_field" / "expo.log").write_text(log_text)
     timings = bench.read_job_timings(tmp_path, bench.TIMED_JOBS)
     assert timings["flat_field"]["wall"] == record["wall"]
-    rows = bench.split_rows({"flat_field": {"wall_s": 4.5}}, timings, total_wall=10.0)
+    jobs = {"flat_field": {"wall_s": 4.5}, "provenance": {"wall_s": 2.0, "cpu_s": 1.5}}
+    rows = bench.split_rows(jobs, timings, total_wall=10.0)
     assert rows[0] == ["flat_field", "4.5", "1.00", "0.50", "2.00", "0.10", "0.40", "0.40", "3.6"]
-    assert rows[-1][:2] == ["outside the timed jobs", "5.5"]
+    assert rows[1] == ["provenance", "2.0", "", "", "", "", "", "", "1.5"]
+    assert rows[-1][:2] == ["outside the jobs (Snakemake, the pool)", "3.5"]
 
 
 @pytest.mark.peer
