@@ -15,6 +15,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
+from .files import atomic_path
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CODE_REVISION_ENV = "ROMANPIPE_CODE_REVISION"
 CHECKSUM_CACHE_ENV = "ROMANPIPE_CHECKSUM_CACHE"
@@ -48,8 +50,8 @@ def reference_sha256(path: str | Path) -> str:
 
     An entry is keyed by the file's real path, size, modification time (ns) and inode, so an
     edited or replaced reference gets a new entry rather than a stale digest. Entries are
-    written atomically (a hidden name, then a rename): jobs that compute the same one at the
-    same time write the same content.
+    written atomically (:func:`romanpipe.files.atomic_path`): jobs that compute the same one
+    at the same time write the same content.
     """
     folder = os.environ.get(CHECKSUM_CACHE_ENV)
     if not folder:
@@ -65,11 +67,9 @@ def reference_sha256(path: str | Path) -> str:
     except OSError:
         pass
     digest = file_sha256(path)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = entry.with_name(f".{key}.{os.getpid()}.tmp")
     try:
-        staging.write_text(digest + "\n")
-        os.replace(staging, entry)
+        with atomic_path(entry) as staging:
+            staging.write_text(digest + "\n")
     except OSError:  # a read-only or full folder costs the cache, not the product
-        staging.unlink(missing_ok=True)
+        pass
     return digest
