@@ -53,4 +53,5 @@ def test_a_step_script_logs_every_phase(tmp_path, caplog):
     (record,) = read_timings(caplog.text)
     assert record["step"] == "photom"
     assert set(record["wall"]) == set(record["cpu"]) == {*PHASES, "total"}
-    assert record["wall"]["total"] >= sum(record["wall"][phase] for phase in PHASES)
+    # The phases follow one another within the total (each figure is rounded to 1 ms).
+    assert record["wall"]["total"] + 0.0005 * len(PHASES) >= sum(record["wall"][phase] for phase in PHASES)
