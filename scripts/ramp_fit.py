@@ -7,7 +7,10 @@ threshold, each candidate's significance from exact variances); ``algorithm=ols`
 ramps after Fixsen et al. (2000) and can write the per-segment ``_fitopt`` product
 (``save_opt``, ``opt_name``); ``algorithm=likely`` is romancal 1.1's default, the
 maximum-likelihood fit of the resultant differences after Brandt (2024) with its iterative
-jump rejection (``rejection_threshold``). The formulas are in ``rampfit_kernels.cas22``,
+jump rejection (``rejection_threshold``) and, with ``expand_large_events``, romancal 1.1's
+snowball flagging (``min_jump_area``, ``min_sat_area``, ``expand_factor``,
+``sat_required_snowball``, ``min_sat_radius_extend``, ``sat_expand``, ``edge_size``;
+``rampfit_kernels.snowballs``). The formulas are in ``rampfit_kernels.cas22``,
 ``rampfit_kernels.ols`` and ``rampfit_kernels.likely``. GAIN (e/DN) turns DN into
 electrons for the noise model, READNOISE is the noise of one read (DN), and the DARK
 reference's dark_slope (DN/s) is
@@ -48,6 +51,7 @@ from rampfit_kernels.cas22 import fit_ramps_cas22
 from rampfit_kernels.likely import fit_ramps_likely
 from rampfit_kernels.ols import SegmentFits, fit_ramps_ols
 from rampfit_kernels.pixelwise import RampFit
+from rampfit_kernels.snowballs import SnowballParameters
 
 log = logging.getLogger("ramp_fit")
 
@@ -142,6 +146,21 @@ def main(argv=None) -> None:
     run_script(STEP, __doc__, INPUT_MODELS, run, argv)
 
 
+def snowball_parameters(parameters) -> SnowballParameters | None:
+    """The snowball flagging of the step's parameters, None when ``expand_large_events`` is off.
+
+    ``edge_size`` counts from the detector's edge (romancal fits the whole frame); the fit
+    sees the science pixels, BORDER pixels inside it.
+    """
+    if not parameters["expand_large_events"]:
+        return None
+    return SnowballParameters(
+        min_jump_area=parameters["min_jump_area"], min_sat_area=parameters["min_sat_area"],
+        expand_factor=parameters["expand_factor"], sat_required_snowball=parameters["sat_required_snowball"],
+        min_sat_radius_extend=parameters["min_sat_radius_extend"], sat_expand=parameters["sat_expand"],
+        edge_size=parameters["edge_size"] - BORDER)
+
+
 def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[RampFit, SegmentFits | None]:
     """Run the chosen algorithm on the science pixels of an open ramp with open references."""
     data = plain_array(ramp.data)
@@ -160,6 +179,8 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
     algorithm = parameters["algorithm"]
     if algorithm != "ols" and (parameters["save_opt"] or parameters["opt_name"]):
         log.warning("save_opt and opt_name apply to algorithm ols only: no _fitopt product")
+    if algorithm != "likely" and parameters["expand_large_events"]:
+        log.warning("expand_large_events applies to algorithm likely only: no snowball flagging")
     if algorithm == "ols" and parameters["use_ramp_jump_detection"]:
         # The parameter's default is True, so this is the normal case for ols: no warning.
         log.info("use_ramp_jump_detection applies to ols_cas22 and likely; ols splits ramps at "
@@ -176,7 +197,8 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
                                   threshold_constant=parameters["threshold_constant"], **common)
         elif algorithm == "likely":
             fit = fit_ramps_likely(*inputs, use_jump=parameters["use_ramp_jump_detection"],
-                                   rejection_threshold=parameters["rejection_threshold"], **common)
+                                   rejection_threshold=parameters["rejection_threshold"],
+                                   snowballs=snowball_parameters(parameters), **common)
         else:
             fit, segments = fit_ramps_ols(*inputs, save_opt=parameters["save_opt"], **common)
     except ValueError as err:

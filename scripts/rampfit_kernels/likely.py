@@ -47,6 +47,7 @@ JUMP_DET flags then decide.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -66,6 +67,9 @@ from .pixelwise import (
     run_row_chunks,
 )
 from .readout import INLINED, PER_PIXEL, resultant_times, uniform_weights
+from .snowballs import SnowballParameters, flag_large_events
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REJECTION_THRESHOLD = 4.5
 # romancal's likely fit needs four resultants (three differences) or more.
@@ -125,7 +129,8 @@ def rejection_thresholds(rejection_threshold: float) -> tuple[float, float]:
 
 def fit_ramps_likely(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, read_pattern,
                      frame_time: float, *, use_jump: bool = True,
-                     rejection_threshold: float = DEFAULT_REJECTION_THRESHOLD, flags=dqflags.pixel,
+                     rejection_threshold: float = DEFAULT_REJECTION_THRESHOLD,
+                     snowballs: SnowballParameters | None = None, flags=dqflags.pixel,
                      workers: int = 1) -> RampFit:
     """Fit every pixel's ramp by maximum likelihood; inputs are never modified.
 
@@ -136,6 +141,11 @@ def fit_ramps_likely(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, 
     read_pattern  read numbers of each resultant; frame_time  s per read
     use_jump    the iterative jump search (flags the pixels it finds JUMP_DET)
     rejection_threshold  sigma of a single dropped difference (>= 0)
+    snowballs   snowball flagging after the search (``snowballs.flag_large_events`` on the
+                search's jumps, GROUPDQ's JUMP_DET and SATURATED), or None for none: as in
+                stcal, the difference before every resultant flagged JUMP_DET is left out of
+                the final fit, which keeps the covariance of the rate its search ended with;
+                a grown saturated core only adds SATURATED to the pixel's DQ
     flags       DQ flag values by name; workers  threads over row chunks (result independent of it)
 
     Pixels without a usable difference, or with an invalid gain (NO_GAIN_VALUE) or read
@@ -146,35 +156,89 @@ def fit_ramps_likely(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, 
     check_inputs(resultants, groupdq, {"pixeldq": pixeldq, "gain": gain, "read_noise": read_noise,
                                        "dark_rate": dark_rate}, read_pattern)
     tables = build_tables(read_pattern, frame_time)
-    single_threshold, pair_threshold = rejection_thresholds(float(rejection_threshold))
-    excluding = GROUP_FLAG_BITS  # every GROUPDQ flag takes a resultant out, as in stcal's likely fit
-    carried = carried_group_flags(flags)
-    jump_flag, do_not_use = int(flags["JUMP_DET"]), int(flags["DO_NOT_USE"])
-    no_gain_value = int(flags["NO_GAIN_VALUE"])
-
     nresultants, nrows, ncols = resultants.shape
+    if snowballs is not None and nresultants > _MAX_BITS:
+        raise ValueError(f"{nresultants} resultants: snowball flagging takes at most {_MAX_BITS}")
+    single_threshold, pair_threshold = rejection_thresholds(float(rejection_threshold))
+    kernel_flags = (GROUP_FLAG_BITS,  # every GROUPDQ flag takes a resultant out, as in stcal's likely fit
+                    carried_group_flags(flags), int(flags["JUMP_DET"]), int(flags["DO_NOT_USE"]),
+                    int(flags["NO_GAIN_VALUE"]))
+
     slope = np.empty((nrows, ncols), dtype=np.float32)
     var_poisson, var_rnoise, chisq, uniform_minus_optimal = (np.empty_like(slope) for _ in range(4))
     dq = np.empty((nrows, ncols), dtype=np.uint32)
+    dropped = np.empty((nrows, ncols), dtype=np.uint64)
+    flux = np.empty((nrows, ncols), dtype=np.float64)
     ndiff = nresultants - 1
 
     def fit_rows(rows: slice) -> None:
+        nothing_forced = np.zeros((rows.stop - rows.start, ncols), dtype=np.uint64)
         _fit_rows(pixel_major(resultants, rows, np.float32), pixel_major(groupdq, rows, np.uint8),
                   plane_rows(pixeldq, rows, np.uint32, ncols), plane_rows(gain, rows, np.float32, ncols),
                   plane_rows(read_noise, rows, np.float32, ncols),
                   plane_rows(dark_rate, rows, np.float32, ncols), tables, use_jump, single_threshold,
-                  pair_threshold, excluding, carried, jump_flag, do_not_use, no_gain_value,
-                  np.empty((_WORK_ROWS, ndiff)), np.empty(ndiff, dtype=np.bool_),
+                  pair_threshold, *kernel_flags, np.empty((_WORK_ROWS, ndiff)),
+                  np.empty(ndiff, dtype=np.bool_), False, nothing_forced, nothing_forced.astype(np.float64),
                   slope[rows], var_poisson[rows], var_rnoise[rows], chisq[rows], dq[rows],
-                  uniform_minus_optimal[rows])
+                  uniform_minus_optimal[rows], dropped[rows], flux[rows])
 
     run_row_chunks(fit_rows, nrows, workers)
-    return RampFit(slope, var_poisson, var_rnoise, dq, uniform_minus_optimal, chisq=chisq)
+    fit = RampFit(slope, var_poisson, var_rnoise, dq, uniform_minus_optimal, chisq=chisq)
+    if snowballs is not None:
+        _flag_snowballs(fit, dropped, flux, resultants, groupdq, pixeldq, gain, read_noise, dark_rate, tables,
+                        kernel_flags, snowballs, flags)
+    return fit
+
+
+def _flag_snowballs(fit: RampFit, dropped, flux, resultants, groupdq, pixeldq, gain, read_noise, dark_rate,
+                    tables, kernel_flags, snowballs: SnowballParameters, flags) -> None:
+    """Snowball flagging on the first pass's jumps; the pixels it adds jumps to are refitted
+    into ``fit``'s arrays, those of grown saturated cores get SATURATED."""
+    nresultants = resultants.shape[0]
+    bits = np.left_shift(np.uint64(1), np.arange(nresultants, dtype=np.uint64))[:, None, None]
+    jump_det, saturated_flag = int(flags["JUMP_DET"]), int(flags["SATURATED"])
+    jumps = ((dropped[None] & bits) != 0) | ((np.asarray(groupdq) & jump_det) != 0)
+    saturated = (np.asarray(groupdq) & saturated_flag) != 0
+    new_jumps, new_saturated, count = flag_large_events(jumps, saturated, snowballs)
+    added = new_jumps & ~jumps
+    rows, cols = np.nonzero(added.any(axis=0))
+    fit.dq[(new_saturated & ~saturated).any(axis=0)] |= saturated_flag
+    log.info("snowballs: %d found, %d pixels with new jumps refitted", count, rows.size)
+    if rows.size == 0:
+        return
+    # The refit's forced drops: the search's and every resultant flagged JUMP_DET after the
+    # flagging (a jump a grown core erased still leaves its difference out, as in stcal).
+    forced = (dropped[rows, cols] | np.bitwise_or.reduce(added[:, rows, cols] * bits[:, :, 0], axis=0))[None]
+
+    def pixels(plane, dtype):
+        if plane is None:
+            return np.zeros((1, rows.size), dtype)
+        return np.asarray(plane)[rows, cols][None].astype(dtype)
+
+    slope, var_poisson, var_rnoise, chisq, dumo = (np.empty((1, rows.size), np.float32) for _ in range(5))
+    dq, refit_dropped, refit_flux = (np.empty((1, rows.size), dtype)
+                                     for dtype in (np.uint32, np.uint64, np.float64))
+    ndiff = nresultants - 1
+    _fit_rows(np.ascontiguousarray(np.asarray(resultants)[:, rows, cols].T[None], dtype=np.float32),
+              np.ascontiguousarray(np.asarray(groupdq)[:, rows, cols].T[None], dtype=np.uint8),
+              pixels(pixeldq, np.uint32), pixels(gain, np.float32), pixels(read_noise, np.float32),
+              pixels(dark_rate, np.float32), tables, False, 0.0, 0.0, *kernel_flags,
+              np.empty((_WORK_ROWS, ndiff)), np.empty(ndiff, dtype=np.bool_), True, forced,
+              flux[rows, cols][None].copy(), slope, var_poisson, var_rnoise, chisq, dq, dumo,
+              refit_dropped, refit_flux)
+    fit.slope[rows, cols] = slope[0]
+    fit.var_poisson[rows, cols] = var_poisson[0]
+    fit.var_rnoise[rows, cols] = var_rnoise[0]
+    fit.chisq[rows, cols] = chisq[0]
+    fit.uniform_minus_optimal[rows, cols] = dumo[0]
+    fit.dq[rows, cols] |= dq[0]
 
 
 # Rows of the per-thread work array ``work`` (n-1 values each).
 _DIFF, _DIAG, _OFF, _PIVOT, _BACK, _G1, _GD, _SCRATCH = range(8)
 _WORK_ROWS = 8
+# Resultants whose dropped differences are recorded, as bits of a uint64 (snowball flagging).
+_MAX_BITS = 64
 
 
 @numba.njit(**INLINED)
@@ -302,52 +366,14 @@ def _median(values):
 
 
 @numba.njit(**INLINED)
-def _fit_pixel(work, usable, tables, read_variance, use_jump, single_threshold, pair_threshold):
-    """Fit one pixel (work[_DIFF] holds its differences, usable which count); returns
-    (rate, var_rnoise, var_poisson, chi^2, jump found), rate NaN without a usable difference.
-
-    ``usable`` is updated with the differences the jump search drops.
-    """
+def _final_fit(work, usable, tables, read_variance, flux):
+    """(rate, var_rnoise, var_poisson, chi^2) of the fit of the usable differences with the
+    covariance at ``flux`` (>= 0); NaN without a usable difference."""
     m = usable.size
-    # Rate guess for the search: the median of the usable differences, clipped at 0.
-    left = 0
-    for i in range(m):
-        if usable[i] and math.isfinite(work[_DIFF, i]):
-            work[_SCRATCH, left] = work[_DIFF, i]
-            left += 1
-        else:
-            usable[i] = False
-    if left == 0:
-        return np.nan, np.nan, np.nan, np.nan, False
-    guess = _median(work[_SCRATCH, :left])
-    _covariance(work, usable, tables, read_variance, max(guess, 0.0))
-    c, b, _ = _solve(work, usable)
-    rate = b / c
-    jump_found = False
-    if use_jump:
-        for _ in range(m):
-            if left < 2:
-                break
-            first, count, dropped_rate = _best_drop(work, usable, left, tables, c, rate, single_threshold,
-                                                    pair_threshold)
-            if count == 0:
-                break
-            jump_found = True
-            for i in range(first, first + count):
-                usable[i] = False
-            left -= count
-            rate = dropped_rate
-            if left < MIN_DIFFERENCES_TO_SEARCH:
-                break
-            _covariance(work, usable, tables, read_variance, max(guess, 0.0))
-            c, b, _ = _solve(work, usable)
-            rate = b / c
-    # The final fit, with the covariance of the rate the search ended with.
-    flux = max(rate, 0.0)
     _covariance(work, usable, tables, read_variance, flux)
     c, b, a = _solve(work, usable)
     if not c > 0.0:
-        return np.nan, np.nan, np.nan, np.nan, jump_found
+        return np.nan, np.nan, np.nan, np.nan
     rate = b / c
     # Var F = w' Sigma w with w = G 1 / C, its read-noise and Poisson parts.
     g1 = work[_G1]
@@ -361,16 +387,65 @@ def _fit_pixel(work, usable, tables, read_variance, use_jump, single_threshold, 
                 cross = 2.0 * w * g1[i + 1] / c
                 read_part += cross * tables.read_offdiagonal[i]
                 signal_part += cross * tables.signal_offdiagonal[i]
-    return rate, read_variance * read_part, flux * signal_part, a - b * b / c, jump_found
+    return rate, read_variance * read_part, flux * signal_part, a - b * b / c
+
+
+@numba.njit(**INLINED)
+def _search(work, usable, tables, read_variance, use_jump, single_threshold, pair_threshold):
+    """The jump search of one pixel (work[_DIFF] holds its differences, usable which count):
+    returns (flux of the final fit, bits of the resultants after dropped differences), flux
+    NaN without a usable difference. ``usable`` is updated with the drops."""
+    m = usable.size
+    # Rate guess for the search: the median of the usable differences, clipped at 0.
+    left = 0
+    for i in range(m):
+        if usable[i] and math.isfinite(work[_DIFF, i]):
+            work[_SCRATCH, left] = work[_DIFF, i]
+            left += 1
+        else:
+            usable[i] = False
+    if left == 0:
+        return np.nan, np.uint64(0)
+    guess = _median(work[_SCRATCH, :left])
+    _covariance(work, usable, tables, read_variance, max(guess, 0.0))
+    c, b, _ = _solve(work, usable)
+    rate = b / c
+    dropped = np.uint64(0)
+    if use_jump:
+        for _ in range(m):
+            if left < 2:
+                break
+            first, count, dropped_rate = _best_drop(work, usable, left, tables, c, rate, single_threshold,
+                                                    pair_threshold)
+            if count == 0:
+                break
+            for i in range(first, first + count):
+                usable[i] = False
+                if i + 1 < _MAX_BITS:
+                    dropped |= np.uint64(1) << np.uint64(i + 1)
+            left -= count
+            rate = dropped_rate
+            if left < MIN_DIFFERENCES_TO_SEARCH:
+                break
+            _covariance(work, usable, tables, read_variance, max(guess, 0.0))
+            c, b, _ = _solve(work, usable)
+            rate = b / c
+    # The final fit takes the covariance of the rate the search ended with.
+    return max(rate, 0.0), dropped
 
 
 @numba.njit(**PER_PIXEL)
 def _fit_rows(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, tables, use_jump, single_threshold,
               pair_threshold, excluding, carried, jump_flag, do_not_use, no_gain_value, work, usable,
-              slope_out, var_poisson_out, var_rnoise_out, chisq_out, dq_out, dumo_out):
+              refit, forced, given_flux, slope_out, var_poisson_out, var_rnoise_out, chisq_out, dq_out,
+              dumo_out, dropped_out, flux_out):
     """Fit a block of pixel-major rows (rows, cols, nresultants) into the 2-D outputs.
 
-    ``work`` (_WORK_ROWS, n-1) and ``usable`` (n-1,) are work space.
+    ``work`` (_WORK_ROWS, n-1) and ``usable`` (n-1,) are work space. dropped_out and flux_out
+    receive the search's dropped resultants (bit k: the difference before resultant k) and
+    the flux of the final fit. With ``refit`` there is no search: the differences before the
+    resultants of ``forced`` (bits) are left out, the fit takes the covariance at
+    ``given_flux`` and the pixel is flagged JUMP_DET.
     """
     nrows, ncols, n = resultants.shape
     t = tables.mean_time
@@ -398,14 +473,29 @@ def _fit_rows(resultants, groupdq, pixeldq, gain, read_noise, dark_rate, tables,
                 previous, previous_ok = electrons, ok
             dq = np.int64(pixeldq[y, x]) | (collapsed & carried)
             slope = var_poisson = var_rnoise = chisq = np.nan
+            dropped_out[y, x] = 0
+            flux_out[y, x] = np.nan
             if not (g > 0.0 and math.isfinite(g)):
                 dq |= no_gain_value | do_not_use
             elif not (sigma > 0.0 and math.isfinite(sigma)):
                 dq |= do_not_use
             else:
-                rate, read_var, signal_var, chi2, jump_found = _fit_pixel(
-                    work, usable, tables, (sigma * g) ** 2, use_jump, single_threshold, pair_threshold)
-                if jump_found:
+                read_variance = (sigma * g) ** 2
+                if refit:
+                    dropped = forced[y, x]
+                    for i in range(n - 1):
+                        if i + 1 < _MAX_BITS and (dropped >> np.uint64(i + 1)) & np.uint64(1):
+                            usable[i] = False
+                    flux = given_flux[y, x]
+                else:
+                    flux, dropped = _search(work, usable, tables, read_variance, use_jump, single_threshold,
+                                            pair_threshold)
+                dropped_out[y, x] = dropped
+                flux_out[y, x] = flux
+                rate = read_var = signal_var = chi2 = np.nan
+                if math.isfinite(flux):
+                    rate, read_var, signal_var, chi2 = _final_fit(work, usable, tables, read_variance, flux)
+                if dropped != 0:
                     dq |= jump_flag
                 if math.isnan(rate):
                     dq |= do_not_use

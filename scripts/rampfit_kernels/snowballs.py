@@ -133,7 +133,7 @@ def contains(ellipse: Ellipse, row: float, col: float) -> bool:
         return bool(along**2 / (0.5 * ellipse.major) ** 2 + across**2 / (0.5 * ellipse.minor) ** 2 <= 1.0)
 
 
-def ellipse_mask(shape, ellipse: Ellipse, minor: float, major: float) -> tuple[tuple[slice, slice], np.ndarray]:
+def ellipse_mask(shape, ellipse: Ellipse, minor: float, major: float) -> tuple[tuple, np.ndarray]:
     """(box, mask in the box) of the pixels strictly inside the ellipse of full axes ``minor``
     and ``major`` at ``ellipse``'s rounded centre and angle (major axis along the rows at 0)."""
     semi_row, semi_col = round(major / 2), round(minor / 2)
