@@ -8,6 +8,7 @@ errors of the measured statistic.
 
 import logging
 import warnings
+from functools import partial
 
 from romanpipe import crds_cache
 from romanpipe.products import set_cal_step
@@ -22,6 +23,24 @@ import dq_init
 import ramp_fit
 import saturation
 from conftest import EXPO, TINY_SHAPE, make_level1
+from ramp_simulation import (
+    AD_FLOOR,
+    DNU,
+    FLUX_DECADES,
+    GAIN,
+    JUMP,
+    NO_GAIN_VALUE,
+    READ_NOISE,
+    SAT,
+    UNEVEN_TABLES,
+    bracketing_noise,
+    jump_measurement_error,
+    planes,
+    random_jump_ramps,
+    resultant_covariance,
+    simulate_resultants,
+    uniform_fit,
+)
 from rampfit_kernels import cas22
 from rampfit_kernels.cas22 import build_tables, fit_ramps_cas22
 from rampfit_kernels.likely import fit_ramps_likely
@@ -34,101 +53,13 @@ from wfisim.references import make_reference
 
 log = logging.getLogger(__name__)
 
-DNU, SAT, JUMP, AD_FLOOR, NO_GAIN_VALUE = 1, 2, 4, 64, 524288
-GAIN = 2.0  # e/DN
-READ_NOISE = 6.0  # DN per read
-UNEVEN_TABLES = ("IMG_UNEVEN_6", "IMG_UNEVEN_16")
-FLUX_DECADES = (-1, 0, 1, 2, 3)  # bins [10^d, 10^(d+1)) e/s: 0.1 to 10^4 e/s
-
-
-# ---------------------------------------------------------------- helpers
-
-def simulate_resultants(rates, table, rng, *, jump_read=None, jump_charge=None):
-    """(nresultants, 1, npix) resultants in DN of ideal pixels collecting ``rates`` e/s.
-
-    A jump adds ``jump_charge`` electrons to every read from ``jump_read`` on.
-    """
-    reads = np.arange(1, table.last_read + 1)[:, None]
-    charge = np.cumsum(rng.poisson(rates * table.frame_time, size=(reads.size, rates.size)), axis=0,
-                       dtype=np.float64)
-    if jump_read is not None:
-        charge += np.where(reads >= jump_read, jump_charge, 0.0)
-    resultants = np.empty((table.nresultants, 1, rates.size), dtype=np.float32)
-    for index, kept in enumerate(table.read_pattern):
-        signal = charge[np.asarray(kept) - 1] / GAIN
-        resultants[index, 0] = (signal + rng.normal(0.0, READ_NOISE, signal.shape)).mean(axis=0)
-    return resultants
-
-
-def planes(shape, value):
-    return np.full(shape, value, dtype=np.float32)
-
-
-def cas22_fit(resultants, table, groupdq=None, **kwargs):
-    """fit_ramps_cas22 with uniform gain and read noise, no dark, no PIXELDQ."""
-    shape = resultants.shape[1:]
-    groupdq = np.zeros(resultants.shape, np.uint8) if groupdq is None else groupdq
-    return fit_ramps_cas22(resultants, groupdq, np.zeros(shape, np.uint32), planes(shape, GAIN),
-                           planes(shape, READ_NOISE), kwargs.pop("dark_rate", None),
-                           [list(r) for r in table.read_pattern], table.frame_time, **kwargs)
-
-
-def ols_fit(resultants, table, groupdq=None, **kwargs):
-    shape = resultants.shape[1:]
-    groupdq = np.zeros(resultants.shape, np.uint8) if groupdq is None else groupdq
-    return fit_ramps_ols(resultants, groupdq, np.zeros(shape, np.uint32), planes(shape, GAIN),
-                         planes(shape, READ_NOISE), kwargs.pop("dark_rate", None),
-                         [list(r) for r in table.read_pattern], table.frame_time, **kwargs)
+cas22_fit = partial(uniform_fit, fit_ramps_cas22)
+ols_fit = partial(uniform_fit, fit_ramps_ols)
 
 
 def column(*values):
     """One pixel's resultants as a (n, 1, 1) float32 cube."""
     return np.array(values, dtype=np.float32)[:, None, None]
-
-
-def bracketing_noise(rates, table, jump_read):
-    """The "sigma" of a jump at ``jump_read`` (e): the noise of the resultant difference holding all of it.
-
-    The jump lands in resultant k, and R_k holds all of it or a part, depending on the read;
-    R_{k+1} - R_{k-1} (R_k - R_{k-1} for the last resultant) holds all of it wherever it
-    lands. Its noise at the pixel's true rate F: sqrt(sigma^2 (1/N_{k-1} + 1/N_{k+1}) +
-    F (tau_{k-1} + tau_{k+1} - 2 t_{k-1})), the read noise sigma in electrons.
-    """
-    times = resultant_times(table.read_pattern_lists(), table.frame_time)
-    last_reads = np.array([reads[-1] for reads in table.read_pattern])
-    k = np.searchsorted(last_reads, jump_read)
-    before, after = np.maximum(k - 1, 0), np.minimum(k + 1, table.nresultants - 1)
-    n, tau, t = times.read_count, times.poisson_factor, times.mean_time
-    read_variance = (READ_NOISE * GAIN) ** 2 * (1 / n[before] + 1 / n[after])
-    return np.sqrt(read_variance + rates * (tau[before] + tau[after] - 2 * t[before]))
-
-
-def resultant_covariance(rates, table):
-    """(npix, n, n) covariance of the resultants in e^2: sigma^2/N_i + F tau_i, F t_min off the diagonal."""
-    times = resultant_times(table.read_pattern_lists(), table.frame_time)
-    covariance = rates[:, None, None] * np.minimum.outer(times.mean_time, times.mean_time)
-    diagonal = np.arange(table.nresultants)
-    covariance[:, diagonal, diagonal] = rates[:, None] * times.poisson_factor + (READ_NOISE * GAIN) ** 2 / (
-        times.read_count)
-    return covariance
-
-
-def jump_measurement_error(rates, table, jump_read):
-    """The error (e) with which a ramp measures a jump at ``jump_read``, knowing where it is.
-
-    Generalised least squares of a step of known shape g on top of a free pedestal and
-    slope: the step's error is 1 / sqrt(g' P g), P = C^-1 - C^-1 X (X' C^-1 X)^-1 X' C^-1
-    with X = [1, t]; g_i is the fraction of the reads of R_i at or after ``jump_read``.
-    """
-    times = resultant_times(table.read_pattern_lists(), table.frame_time)
-    inverse = np.linalg.inv(resultant_covariance(rates, table))
-    design = np.stack([np.ones(table.nresultants), times.mean_time], axis=1)
-    projected = inverse @ design
-    nuisance = projected @ np.linalg.inv(design.T @ projected) @ projected.transpose(0, 2, 1)
-    share_after = np.array([[np.mean(np.asarray(reads) >= read) for reads in table.read_pattern]
-                            for read in range(table.last_read + 1)])
-    shape = share_after[jump_read]
-    return 1.0 / np.sqrt(np.einsum("pi,pij,pj->p", shape, inverse - nuisance, shape))
 
 
 def known_position_detection(rates, table, jump_read, charge):
@@ -245,14 +176,9 @@ def test_end_point_power_choice_is_biased_where_our_default_is_not():
 
 
 def fit_with_random_jumps(table, rng, decade, jump_noise, sigmas):
-    """40,000 ramps at rates in [10^decade, 10^(decade+1)) e/s, each with one jump of ``sigmas`` x
-    ``jump_noise(rates, table, jump_read)`` at a random read after R_0 (a jump before R_1 is
-    part of the pedestal), fitted: (rates, jump_read, charge, fit)."""
-    rates = 10.0 ** rng.uniform(decade, decade + 1, 40_000)
-    jump_read = rng.integers(table.read_pattern[0][-1] + 1, table.last_read + 1, rates.size)
-    charge = sigmas * jump_noise(rates, table, jump_read)
-    fit = cas22_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge), table)
-    return rates, jump_read, charge, fit
+    """``random_jump_ramps`` fitted by ols_cas22: (rates, jump_read, charge, fit)."""
+    rates, jump_read, charge, resultants = random_jump_ramps(table, rng, decade, jump_noise, sigmas)
+    return rates, jump_read, charge, cas22_fit(resultants, table)
 
 
 # Share of 10-sigma jumps flagged, per flux decade of FLUX_DECADES (measured: 0.760, 0.855,
@@ -908,8 +834,9 @@ def simulated_exposure(tmp_path, table, seed=4):
     return ramp_model, ramp_path, references, detector, cosmic_rays
 
 
-def romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, algorithm):
-    """romancal 1.1's RampFitStep on the ramp with the GAIN and READNOISE references."""
+def romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, algorithm, **parameters):
+    """romancal 1.1's RampFitStep on the ramp with the GAIN and READNOISE references (and
+    ``parameters``)."""
     pytest.importorskip("romancal")
     from romancal.ramp_fitting import RampFitStep
 
@@ -921,7 +848,7 @@ def romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, algorithm):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ols_cas22 is deprecated in romancal 1.1
         return RampFitStep.call(str(ramp_path), algorithm=algorithm, override_gain=str(references["gain"]),
-                                override_readnoise=str(references["readnoise"]))
+                                override_readnoise=str(references["readnoise"]), **parameters)
 
 
 @pytest.mark.peer
@@ -1015,3 +942,53 @@ def test_parity_with_romancal_likely(tmp_path, monkeypatch, crds_environment, ta
     assert np.percentile(same_error, 99.9) <= 1e-3  # float16 ERR: 1e-3 is its rounding
     assert jumps_agree >= 0.999
     assert not np.any(ours_jump & saturated & ~hit & ~peer_jump)
+
+
+@pytest.mark.peer
+def test_parity_with_romancal_likely_snowballs(tmp_path, monkeypatch, crds_environment):
+    """romancal 1.1 RampFitStep(likely, expand_large_events=True) against ours on a simulated
+    IMG_UNEVEN_6 exposure with three snowballs injected at R_3: a 3 x 3 core saturating (grown
+    by sat_expand), a ring of 4000 e jumps out to 3 pixels, a halo of 40 e jumps out to 6.
+    Where no resultant saturates in the input: the same slopes as the plain-likely parity
+    test requires, and the same JUMP_DET flags except where the peer's grown cores
+    (SATURATED in its DQ) erased them; the same grown cores."""
+    pytest.importorskip("romancal")
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    ramp_model, ramp_path, references, _, _ = simulated_exposure(tmp_path, table, seed=9)
+    rows, cols = np.mgrid[: ramp_model.data.shape[1], : ramp_model.data.shape[2]]
+    groupdq = np.asarray(ramp_model.groupdq).copy()
+    data = np.asarray(ramp_model.data).copy()
+    halo = np.zeros(rows.shape, bool)
+    for row, col in ((60, 60), (130, 180), (200, 90)):
+        distance = np.hypot(rows - row, cols - col)
+        core = (np.abs(rows - row) <= 1) & (np.abs(cols - col) <= 1)
+        ring = (distance <= 3) & ~core
+        halo |= (distance <= 6) & ~ring & ~core
+        groupdq[3:, core] |= SAT
+        data[3:, core] = 65000.0
+        data[3:, ring] += 4000.0 / GAIN
+        data[3:, (distance <= 6) & ~ring & ~core] += 40.0 / GAIN
+    ramp_model.data, ramp_model.groupdq = data, groupdq
+    ramp_model.to_asdf(ramp_path)
+
+    ours_path = tmp_path / f"{EXPO}_rampfit.asdf"
+    assert ramp_fit.cli.run(ramp_fit.main, [str(ramp_path), str(ours_path), *reference_options(references),
+                                            "--algorithm", "likely", "--expand-large-events", "true"]) == 0
+    peer = romancal_ramp_fit(tmp_path, monkeypatch, ramp_path, references, "likely", expand_large_events=True)
+    inner = np.s_[4:-4, 4:-4]
+    saturated = (groupdq[(slice(None), *inner)] & SAT).any(axis=0)
+    grown = ((peer.dq & SAT) != 0) & ~saturated
+    with rdm.open(ours_path) as ours:
+        np.testing.assert_array_equal((ours.dq & SAT) != 0, (peer.dq & SAT) != 0)
+        compared = ((ours.dq & DNU) == 0) & ((peer.dq & DNU) == 0) & ~saturated
+        difference = (np.abs(ours.data - peer.data) / ours.err.astype(np.float32))[compared]
+        ours_jump, peer_jump = (ours.dq & JUMP) != 0, (peer.dq & JUMP) != 0
+        halo_compared = compared & halo[inner]
+        halo_difference = (np.abs(ours.data - peer.data) / ours.err.astype(np.float32))[halo_compared]
+    log.info("likely + snowballs: %d grown-core pixels, halo pixels flagged: ours %d, the peer %d; "
+             "median %.2e, 99.9 %% %.2e of ERR", grown.sum(), (ours_jump & halo[inner]).sum(),
+             (peer_jump & halo[inner]).sum(), np.median(difference), np.percentile(difference, 99.9))
+    assert grown.sum() >= 3 * 9 and (peer_jump & halo[inner]).sum() > 3 * 50  # the snowballs were found
+    np.testing.assert_array_equal(ours_jump[~grown], peer_jump[~grown])
+    assert np.median(difference) <= 0.01 and np.percentile(difference, 99.9) <= 0.1
+    assert halo_difference.size > 3 * 50 and halo_difference.max() <= 1e-3  # the refitted halo too

@@ -1,18 +1,17 @@
 """ramp_fit's likely algorithm: a naive dense reimplementation, injected truth, edge cases.
 
-The ramps are the ideal ones of test_ramp_fit (Poisson charge per read, Gaussian read
+The ramps are the ideal ones of ramp_simulation (Poisson charge per read, Gaussian read
 noise); the script and the parity with romancal are tested there, beside ols_cas22's.
 Seeds are fixed; every tolerance leaves >= 4 standard errors of the measured statistic.
 """
 
 import logging
+from functools import partial
 
 import numpy as np
 import pytest
 
-from rampfit_kernels.likely import MIN_RESULTANTS, TIE, fit_ramps_likely, rejection_thresholds
-from rampfit_kernels.readout import resultant_times
-from test_ramp_fit import (
+from ramp_simulation import (
     DNU,
     FLUX_DECADES,
     GAIN,
@@ -24,20 +23,19 @@ from test_ramp_fit import (
     bracketing_noise,
     jump_measurement_error,
     planes,
+    random_jump_ramps,
     simulate_resultants,
+    uniform_fit,
 )
+from rampfit_kernels.likely import MIN_RESULTANTS, TIE, fit_ramps_likely, rejection_thresholds
+from rampfit_kernels.readout import resultant_times
+from rampfit_kernels.snowballs import SnowballParameters
 from wfisim.matables import MA_TABLES, MaTable
 
 log = logging.getLogger(__name__)
 
 
-def likely_fit(resultants, table, groupdq=None, **kwargs):
-    """fit_ramps_likely with uniform gain and read noise, no PIXELDQ, no dark unless given."""
-    shape = resultants.shape[1:]
-    groupdq = np.zeros(resultants.shape, np.uint8) if groupdq is None else groupdq
-    return fit_ramps_likely(resultants, groupdq, np.zeros(shape, np.uint32), planes(shape, GAIN),
-                            planes(shape, READ_NOISE), kwargs.pop("dark_rate", None),
-                            [list(r) for r in table.read_pattern], table.frame_time, **kwargs)
+likely_fit = partial(uniform_fit, fit_ramps_likely)
 
 
 # ---------------------------------------------------------------- a naive, dense reimplementation
@@ -82,9 +80,14 @@ class DenseLikelihood:
         use = usable_resultants[:-1] & usable_resultants[1:]
         if not use.any():
             return np.nan, np.nan, np.nan, np.nan, False
+        searched, rate = self.search(differences, use, read_variance)
+        jump = bool((searched != use).any())
+        return (*self.fit(differences, searched, read_variance, max(rate, 0.0)), jump)
+
+    def search(self, differences, use, read_variance):
+        """(differences kept, rate) at the end of the jump search."""
         guess = max(np.median(differences[use]), 0.0)
         rate = self.fit(differences, use, read_variance, guess)[0]
-        jump = False
         for _ in range(use.size):
             if use.sum() < 2:
                 break
@@ -102,13 +105,12 @@ class DenseLikelihood:
                         margin, dropped = saved - threshold, candidate
             if dropped is None:
                 break
-            jump = True
             use = use.copy()
             use[dropped] = False
             rate = self.fit(differences, use, read_variance, guess)[0]
             if use.sum() < 4:
                 break
-        return (*self.fit(differences, use, read_variance, max(rate, 0.0)), jump)
+        return use, rate
 
     def refit(self, differences, use, dropped, read_variance, flux):
         less = use.copy()
@@ -177,13 +179,9 @@ def test_slopes_are_unbiased_and_errors_match_the_scatter(table_name):
 
 
 def fit_with_random_jumps(table, rng, decade, jump_noise, sigmas):
-    """40,000 ramps at rates in [10^decade, 10^(decade+1)) e/s, each with one jump of ``sigmas``
-    x ``jump_noise`` at a random read after R_0, fitted: (rates, fit)."""
-    rates = 10.0 ** rng.uniform(decade, decade + 1, 40_000)
-    jump_read = rng.integers(table.read_pattern[0][-1] + 1, table.last_read + 1, rates.size)
-    charge = sigmas * jump_noise(rates, table, jump_read)
-    return rates, likely_fit(simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge),
-                             table)
+    """``random_jump_ramps`` fitted by the likely fit: (rates, fit)."""
+    rates, _, _, resultants = random_jump_ramps(table, rng, decade, jump_noise, sigmas)
+    return rates, likely_fit(resultants, table)
 
 
 @pytest.mark.parametrize("table_name", UNEVEN_TABLES)
@@ -323,3 +321,81 @@ def test_workers_do_not_change_the_result_and_inputs_are_untouched():
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
     np.testing.assert_array_equal(resultants, before[0])
     np.testing.assert_array_equal(groupdq, before[1])
+
+
+# ---------------------------------------------------------------- snowball flagging
+
+SNOWBALL_SIZE, SNOWBALL_AT = 40, 3  # the image, and the resultant where the snowball lands
+
+
+def snowball_ramps(table, seed=8):
+    """A 1 e/s sky with a snowball at the first read of R_3 (IMG_UNEVEN_6): pixel (20, 20) saturates
+    from R_3 on (SATURATED), the rest of the 11 x 5 block of rows 15-25 and columns 18-22 gets
+    5000 e, and the pixels around it inside the ellipse snowball flagging draws (test_snowballs'
+    hand-checked geometry: d_row^2 + 4 d_col^2 < 64) get 20 e, too little for the search.
+
+    Returns (resultants, groupdq, block, ellipse).
+    """
+    rows, cols = np.mgrid[:SNOWBALL_SIZE, :SNOWBALL_SIZE] - 20
+    block = (np.abs(rows) <= 5) & (np.abs(cols) <= 2)
+    ellipse = rows**2 + 4 * cols**2 < 64
+    charge = np.where(block, 5000.0, np.where(ellipse, 20.0, 0.0)).ravel()
+    rng = np.random.default_rng(seed)
+    resultants = simulate_resultants(np.full(charge.size, 1.0), table, rng,
+                                     jump_read=table.read_pattern[SNOWBALL_AT][0], jump_charge=charge)
+    resultants = resultants.reshape(table.nresultants, SNOWBALL_SIZE, SNOWBALL_SIZE)
+    groupdq = np.zeros(resultants.shape, np.uint8)
+    groupdq[SNOWBALL_AT:, 20, 20] = SAT
+    resultants[SNOWBALL_AT:, 20, 20] = 65535.0 / GAIN
+    return resultants, groupdq, block & (groupdq[-1] == 0), ellipse & (groupdq[-1] == 0)
+
+
+def test_snowball_in_ramps_is_flagged_and_its_halo_refitted():
+    """Without snowball flagging only the block's pixels have jumps; with it every pixel of the
+    ellipse but the saturated core is JUMP_DET, the halo's slopes are those of the fit without
+    the difference R_2 -> R_3 (``DenseLikelihood``, covariance at the rate its search ended
+    with) and every other pixel is fitted as without it, on 1 or 2 threads alike."""
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    resultants, groupdq, block, ellipse = snowball_ramps(table)
+    plain = likely_fit(resultants, table, groupdq)
+    flagged = likely_fit(resultants, table, groupdq, snowballs=SnowballParameters())
+    np.testing.assert_array_equal((plain.dq & JUMP) != 0, block)
+    np.testing.assert_array_equal((flagged.dq & JUMP) != 0, ellipse)
+    core = groupdq[-1] != 0
+    assert not (flagged.dq & SAT)[~core].any()  # a one-pixel core is not grown
+
+    halo = ellipse & ~block
+    outside = ~halo
+    for name in ("slope", "var_poisson", "var_rnoise", "chisq", "uniform_minus_optimal"):
+        np.testing.assert_array_equal(getattr(flagged, name)[outside], getattr(plain, name)[outside])
+    dense = DenseLikelihood(table)
+    read_variance = (READ_NOISE * GAIN) ** 2
+    for row, col in zip(*np.nonzero(halo), strict=True):
+        differences = np.diff(resultants[:, row, col].astype(np.float64) * GAIN) / np.diff(dense.t)
+        kept, rate = dense.search(differences, np.ones(differences.size, bool), read_variance)
+        kept[SNOWBALL_AT - 1] = False
+        expected = dense.fit(differences, kept, read_variance, max(rate, 0.0))
+        np.testing.assert_allclose(flagged.slope[row, col] * GAIN, expected[0], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(flagged.var_rnoise[row, col] * GAIN**2, expected[1], rtol=1e-4)
+    residual = (flagged.slope[halo] - plain.slope[halo]) * GAIN
+    assert residual.mean() < 0  # the halo loses its share of the 20 e (measured: -0.30 e/s)
+    two = likely_fit(resultants, table, groupdq, snowballs=SnowballParameters(), workers=2)
+    for name in ("slope", "var_poisson", "var_rnoise", "chisq", "dq", "uniform_minus_optimal"):
+        np.testing.assert_array_equal(getattr(two, name), getattr(flagged, name))
+
+
+def test_snowball_flagging_leaves_clean_ramps_as_they_are():
+    """Ramps with scattered cosmic rays and saturation but no snowball: bit for bit the same fit."""
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    rng = np.random.default_rng(21)
+    rates = 10.0 ** rng.uniform(-1, 4, 50 * 50)
+    jump_read = rng.integers(2, table.last_read + 1, rates.size)
+    charge = np.where(rng.random(rates.size) < 0.02, 3000.0, 0.0)
+    resultants = simulate_resultants(rates, table, rng, jump_read=jump_read, jump_charge=charge)
+    resultants = resultants.reshape(table.nresultants, 50, 50)
+    groupdq = np.where(rng.random(resultants.shape) < 0.01, SAT, 0).astype(np.uint8)
+    plain = likely_fit(resultants, table, groupdq)
+    flagged = likely_fit(resultants, table, groupdq, snowballs=SnowballParameters())
+    for name in ("slope", "var_poisson", "var_rnoise", "chisq", "dq", "uniform_minus_optimal"):
+        np.testing.assert_array_equal(getattr(flagged, name), getattr(plain, name))
+    assert (plain.dq & JUMP).any()
