@@ -16,7 +16,9 @@ times:
   timestamps of its log.
 
 Then a one-step rerun (``flat_field.include_var_flat`` changed: flat_field and every later
-job rerun) against the full run, and the mosaic level: our flux → skymatch →
+job rerun) against the full run; our ``likely`` ramp fit alone against stcal 1.20's (what
+romancal 1.1's RampFitStep runs by default) on the same ramp (``likely_speed.py``); and
+the mosaic level: our flux → skymatch →
 outlier_detection → resample on four dithered ``_cal`` files against romancal's
 MosaicPipeline on the same files (outlier_detection at the romancal documentation's grid and scale, like
 romancal's; then once more as the workflow configures it). Every process is timed by
@@ -295,6 +297,21 @@ def exposure_level(args, ma_table: str, env) -> tuple[str, dict[str, float]]:
     return "".join(text), full
 
 
+def likely_fit_level(args, ma_table: str) -> str:
+    """Our likely ramp fit against stcal 1.20's, which romancal 1.1's RampFitStep runs by default,
+    on the same simulated ramp (``likely_speed.timed_runs``): ours on one thread and on two."""
+    import likely_speed
+
+    ours, theirs = likely_speed.timed_runs(args.size, likely_speed.MA_TABLES[ma_table], args.repeat, (1, 2))
+    rows = [[f"{workers}", f"{min(times):.1f}", f"{min(theirs):.1f}", ratio(min(times), min(theirs))]
+            for workers, times in ours.items()]
+    return "".join([
+        f"\n## The likely ramp fit alone, {ma_table} ({args.size}² pixels, rates 0.1–10⁴ e/s, 1 % with a "
+        "cosmic ray; fastest of the alternated runs; `benchmarks/likely_speed.py`)\n\n",
+        markdown_table(["our threads", "ours (s)", "romancal 1.1 / stcal 1.20 likely, 1 core (s)",
+                        "ours/romancal"], rows)])
+
+
 def mosaic_level(args, ma_table: str, env) -> str:
     """Our mosaic chain on four dithered _cal files against romancal's MosaicPipeline."""
     sim = (args.out / f"sim_{args.size}_{ma_table}").resolve()
@@ -340,13 +357,16 @@ def main(argv=None) -> int:
     parser.add_argument("--ma-table", nargs="+", default=DEFAULT_MA_TABLES)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--repeat", type=int, default=1, help="alternate ours/romancal this many times")
-    parser.add_argument("--skip-likely", action="store_true", help="leave out romancal's default ramp fit")
+    parser.add_argument("--skip-likely", action="store_true",
+                        help="leave out romancal's default ramp fit (its pipeline and the likely-fit rows)")
     parser.add_argument("--skip-mosaic", action="store_true", help="leave out the mosaic level")
     args = parser.parse_args(argv)
 
     env = clean_environment()
     env["NUMBA_CACHE_DIR"] = str((args.out / ".numba_cache").resolve())
     sections = [exposure_level(args, ma_table, env)[0] for ma_table in args.ma_table]
+    if not args.skip_likely:
+        sections += [likely_fit_level(args, ma_table) for ma_table in args.ma_table]
     if not args.skip_mosaic:
         sections.append(mosaic_level(args, args.ma_table[0], env))
     text = [f"# Benchmark: {args.size}×{args.size} readout, {', '.join(args.ma_table)}\n\n",

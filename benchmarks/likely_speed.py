@@ -4,7 +4,8 @@ A full detector by default: 4096 x 4096 pixels (ours fits the 4088^2 science pix
 the step does; stcal the whole frame, as romancal passes it), rates 0.1-10^4 e/s,
 Gaussian noise of the right size, 1 % of the pixels with a cosmic ray. Runs alternate,
 each timed on its own; the machine's load shows as the spread. Not a test: speed is
-never asserted. Needs the peer extra.
+never asserted. Needs the peer extra. ``make bench`` shows the same comparison
+(``timed_runs``) for each of its MA tables.
 
     python benchmarks/likely_speed.py [--size 4096] [--ma-table IMG_UNEVEN_6] [--repeat 2]
 """
@@ -77,6 +78,21 @@ def time_stcal(ramp, table) -> float:
     return time.perf_counter() - start
 
 
+def timed_runs(size: int, table, repeat: int, workers=(1,)) -> tuple[dict[int, list[float]], list[float]]:
+    """Seconds of ``repeat`` alternated fits of one simulated ramp: ours on each number of threads
+    in ``workers`` (by that number), stcal's; numba's compilation outside the timing."""
+    ramp = simulated_ramp(size, table)
+    time_ours(ramp[:, :64, :64], table, 1)  # compile (or load numba's cache) outside the timing
+    ours, theirs = {count: [] for count in workers}, []
+    for _ in range(repeat):
+        for count in workers:
+            ours[count].append(time_ours(ramp, table, count))
+        theirs.append(time_stcal(ramp, table))
+        timings = ", ".join(f"{times[-1]:.1f} s on {count} thread(s)" for count, times in ours.items())
+        print(f"likely fit: ours {timings}, stcal {theirs[-1]:.1f} s", file=sys.stderr, flush=True)
+    return ours, theirs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -85,13 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="our threads (romancal's default is one core)")
     args = parser.parse_args(argv)
     table = MA_TABLES[args.ma_table]
-    ramp = simulated_ramp(args.size, table)
-    time_ours(ramp[:, :64, :64], table, 1)  # compile (or load numba's cache) outside the timing
-    ours, theirs = [], []
-    for _ in range(args.repeat):
-        ours.append(time_ours(ramp, table, args.workers))
-        theirs.append(time_stcal(ramp, table))
-        print(f"ours {ours[-1]:.1f} s, stcal {theirs[-1]:.1f} s", flush=True)
+    ours, theirs = timed_runs(args.size, table, args.repeat, (args.workers,))
+    ours = ours[args.workers]
     print(f"{args.size}^2 x {table.nresultants} ({args.ma_table}): ours {min(ours):.1f}-{max(ours):.1f} s "
           f"({args.workers} thread(s)), stcal likely {min(theirs):.1f}-{max(theirs):.1f} s; "
           f"ratio {min(ours) / max(theirs):.3f}-{max(ours) / min(theirs):.3f}")

@@ -6,12 +6,14 @@ Then each romancal step is fed OUR intermediate input of that step, with
 ``override_<reftype>`` naming the reference our run used (from our pool table), and
 its output is compared with ours: pixels compared, median and 99.9th percentile of
 |ours − romancal| in units of the pixel error (read noise for ramps, ERR for images),
-and the fraction of pixels whose DQ words agree. End to end: romancal's
+and the fraction of pixels whose DQ words agree. Our ``likely`` ramp fit against
+romancal's (its default) on our ``_darkcurrent``. End to end: romancal's
 ExposurePipeline (``ols_cas22``) on the Level 1 file against our ``_cal``, and its
 flux → skymatch → outlier_detection → resample (MosaicPipeline) on our ``_cal``
 files against our ``_i2d``, onto our grid. With ``--romanisim`` the end-to-end
-comparison is repeated on a Level 1 file from romanisim (an independent simulator;
-offline: no CRDS, galsim's Roman PSF, a star catalog we give it; full size only)::
+comparison and the ``likely`` row are repeated on a Level 1 file from romanisim (an
+independent simulator; offline: no CRDS, galsim's Roman PSF, a star catalog we give it;
+full size only)::
 
     python benchmarks/parity.py --size 4096 --out bench/parity --romanisim
 """
@@ -56,6 +58,9 @@ REASONS = {
                     "after it (romancal ramp_fit + dark_current on our _linearity)",
     "ramp_fit": "weighting power from the segment's fitted signal (not endpoints); exact jump statistic; "
                 "dark rate added back for Poisson noise; NaN where romancal writes 0",
+    "ramp_fit likely": "dark rate added back for the Poisson noise; the search's rate guess from the usable "
+                       "differences (stcal: all, so false jumps on saturating ramps); NaN and DO_NOT_USE "
+                       "without a slope",
     "assign_wcs": "Δ in pixels between the two WCSs' sky positions on a grid (σ = 1 pixel)",
     "flat_field": "no flat variance where the flat is NaN or 0",
     "photom": "conversion keywords, relative difference (σ = |romancal|)",
@@ -321,6 +326,27 @@ def end_to_end(comparison: Comparison, folder: Path, work: Path, label: str, row
         peer.run_exposure_pipeline(uncal, steps)), reason)
 
 
+def likely_ramp_fit(comparison: Comparison, folder: Path, work: Path, label: str, env) -> None:
+    """Our likely fit (``scripts/ramp_fit.py --algorithm likely``) against romancal 1.1's
+    RampFitStep(likely) on the same _darkcurrent product, GAIN and READNOISE: romancal 1.1's
+    default ramp fit, beside the ols_cas22 row of our documented chain."""
+    row = peer.read_pool_row(folder / "results" / "pool.csv")
+    darkcurrent = folder / "results" / "exposures" / f"{row['exposure']}_darkcurrent.asdf"
+    ours = work / "likely" / f"{row['exposure']}_rampfit.asdf"
+
+    def compute():
+        ours.parent.mkdir(parents=True, exist_ok=True)
+        script = HERE.parent / "scripts" / "ramp_fit.py"
+        subprocess.run([sys.executable, str(script), str(darkcurrent), str(ours), "--algorithm", "likely",
+                        "--override-gain", row["ref_gain"], "--override-readnoise", row["ref_readnoise"],
+                        "--override-dark", row["ref_dark"]], check=True, env=env)
+        return compare_images(ours, peer.run_step("rampfit", darkcurrent, algorithm="likely",
+                                                  override_gain=row["ref_gain"],
+                                                  override_readnoise=row["ref_readnoise"]))
+
+    comparison.add("ramp_fit likely", f"{label} _darkcurrent", compute)
+
+
 def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
     """A full-detector Level 1 file from romanisim, offline (cached: made once).
 
@@ -370,7 +396,8 @@ def romanisim_run(folder: Path, ma_table: str, env) -> Path:
         (romanisim_folder / "crds_cache").symlink_to(folder / "crds_cache")
     config = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}, "target": "photom"}
     (romanisim_folder / "workflow.yaml").write_text(yaml.safe_dump(config))
-    subprocess.run(snakemake_command(romanisim_folder), check=True, env=env)
+    # --notemp: the likely row fits our _darkcurrent again.
+    subprocess.run(snakemake_command(romanisim_folder, "--notemp"), check=True, env=env)
     return romanisim_folder
 
 
@@ -402,6 +429,7 @@ def main(argv=None) -> int:
 
     comparison = Comparison()
     row = step_by_step(comparison, folder, work)
+    likely_ramp_fit(comparison, folder, work, "our simulator", env)
     our_parameters = {step: step_defaults(step) for step in ("skymatch", "outlier_detection", "resample")}
     flux_asn, _cal_paths, grid, i2d = mosaic_step_by_step(comparison, folder, our_parameters)
     end_to_end(comparison, folder, work, "our simulator", row)
@@ -416,6 +444,7 @@ def main(argv=None) -> int:
             romanisim_folder = romanisim_run(folder, args.ma_table, env)
             end_to_end(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim",
                        suffix="photom")
+            likely_ramp_fit(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", env)
 
     table = markdown_table(HEADERS, comparison.rows)
     header = (f"Parity with romancal, {args.size}×{args.size} readout, {args.ma_table}, our simulator "
