@@ -11,6 +11,7 @@ import warnings
 from functools import partial
 
 from romanpipe import crds_cache
+from romanpipe.params import step_defaults
 from romanpipe.products import set_cal_step
 
 import numpy as np
@@ -39,6 +40,7 @@ from ramp_simulation import (
     random_jump_ramps,
     resultant_covariance,
     simulate_resultants,
+    snowball_ramps,
     uniform_fit,
 )
 from rampfit_kernels import cas22
@@ -46,6 +48,7 @@ from rampfit_kernels.cas22 import build_tables, fit_ramps_cas22
 from rampfit_kernels.likely import fit_ramps_likely
 from rampfit_kernels.ols import fit_ramps_ols
 from rampfit_kernels.readout import resultant_times
+from rampfit_kernels.snowballs import SnowballParameters
 from wfisim.detector import build_detector
 from wfisim.matables import MA_TABLES, MaTable, read_pattern_from_counts
 from wfisim.ramps import RampEffect, simulate_ramp
@@ -774,6 +777,60 @@ def test_script_likely_writes_chi_square_and_can_leave_out_var_rnoise(tmp_path, 
         assert "var_rnoise" not in image
         np.testing.assert_array_equal(image.err, expected.err.astype(np.float16))
         assert image.meta.provenance["ramp_fit"]["parameters"]["algorithm"] == "likely"
+
+
+def test_script_likely_flags_snowballs_with_romancal_parameters(tmp_path, caplog):
+    """``--expand-large-events true``: the fit of ``ramp_simulation.snowball_ramps`` (a 4-pixel
+    reference border around it) is the kernel's with snowball flagging, the hand-checked ellipse
+    JUMP_DET, the parameters in the provenance; without it only the block is; with ols_cas22 a
+    warning says it does nothing."""
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    resultants, groupdq, block, ellipse = snowball_ramps(table)
+    shape = (table.nresultants, resultants.shape[1] + 8, resultants.shape[2] + 8)
+    level1 = make_level1(shape=shape, read_pattern=table.read_pattern_lists())
+    level1.data = np.pad(resultants, ((0, 0), (4, 4), (4, 4)))
+    level1.meta.exposure.frame_time = table.frame_time
+    ramp_model = dq_init.to_ramp_model(level1, None)
+    ramp_model.groupdq = np.pad(groupdq, ((0, 0), (4, 4), (4, 4)))
+    set_cal_step(ramp_model, "dq_init", "COMPLETE")
+    ramp_path = tmp_path / f"{EXPO}_saturation.asdf"
+    ramp_model.to_asdf(ramp_path)
+    references = {}
+    for reftype, model in (("gain", datamodels.GainRefModel), ("readnoise", datamodels.ReadnoiseRefModel)):
+        reference = model.create_fake_data(shape=shape[1:])
+        reference.data = planes(shape[1:], GAIN if reftype == "gain" else READ_NOISE)
+        references[reftype] = tmp_path / f"roman_wfi_{reftype}_0001.asdf"
+        reference.to_asdf(references[reftype])
+    dark = datamodels.DarkRefModel.create_fake_data(shape=shape[1:])
+    dark.dark_slope = np.zeros(shape[1:], np.float32)
+    references["dark"] = tmp_path / "roman_wfi_dark_0001.asdf"
+    dark.to_asdf(references["dark"])
+
+    def run(*options):
+        out = tmp_path / f"{EXPO}_{len(options)}_rampfit.asdf"
+        assert ramp_fit.cli.run(ramp_fit.main, [str(ramp_path), str(out), *reference_options(references),
+                                                *options]) == 0
+        return rdm.open(out)
+
+    expected = uniform_fit(fit_ramps_likely, resultants, table, groupdq, snowballs=SnowballParameters())
+    with run("--algorithm", "likely", "--expand-large-events", "true") as image:
+        np.testing.assert_array_equal(image.data, expected.slope)
+        np.testing.assert_array_equal(image.dq, expected.dq)
+        np.testing.assert_array_equal((image.dq & JUMP) != 0, ellipse)
+        parameters = image.meta.provenance["ramp_fit"]["parameters"]
+        assert parameters["expand_large_events"] is True and parameters["min_jump_area"] == 6.0
+    with run("--algorithm", "likely") as image:
+        np.testing.assert_array_equal((image.dq & JUMP) != 0, block)
+    with run("--expand-large-events", "true", "--algorithm", "ols_cas22", "--save-opt", "false"):
+        assert "expand_large_events applies to algorithm likely only" in caplog.text
+
+
+def test_snowball_parameters_count_the_edge_from_the_detector():
+    """romancal fits the whole readout; ours the science pixels, BORDER inside it."""
+    parameters = step_defaults("ramp_fit")
+    assert ramp_fit.snowball_parameters(parameters) is None
+    parameters.update(expand_large_events=True, edge_size=25)
+    assert ramp_fit.snowball_parameters(parameters) == SnowballParameters(edge_size=21)
 
 
 def test_script_likely_on_three_resultants_fails_in_one_line(tmp_path, mask_file, saturation_file,

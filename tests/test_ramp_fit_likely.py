@@ -19,12 +19,14 @@ from ramp_simulation import (
     NO_GAIN_VALUE,
     READ_NOISE,
     SAT,
+    SNOWBALL_AT,
     UNEVEN_TABLES,
     bracketing_noise,
     jump_measurement_error,
     planes,
     random_jump_ramps,
     simulate_resultants,
+    snowball_ramps,
     uniform_fit,
 )
 from rampfit_kernels.likely import MIN_RESULTANTS, TIE, fit_ramps_likely, rejection_thresholds
@@ -324,31 +326,6 @@ def test_workers_do_not_change_the_result_and_inputs_are_untouched():
 
 
 # ---------------------------------------------------------------- snowball flagging
-
-SNOWBALL_SIZE, SNOWBALL_AT = 40, 3  # the image, and the resultant where the snowball lands
-
-
-def snowball_ramps(table, seed=8):
-    """A 1 e/s sky with a snowball at the first read of R_3 (IMG_UNEVEN_6): pixel (20, 20) saturates
-    from R_3 on (SATURATED), the rest of the 11 x 5 block of rows 15-25 and columns 18-22 gets
-    5000 e, and the pixels around it inside the ellipse snowball flagging draws (test_snowballs'
-    hand-checked geometry: d_row^2 + 4 d_col^2 < 64) get 20 e, too little for the search.
-
-    Returns (resultants, groupdq, block, ellipse).
-    """
-    rows, cols = np.mgrid[:SNOWBALL_SIZE, :SNOWBALL_SIZE] - 20
-    block = (np.abs(rows) <= 5) & (np.abs(cols) <= 2)
-    ellipse = rows**2 + 4 * cols**2 < 64
-    charge = np.where(block, 5000.0, np.where(ellipse, 20.0, 0.0)).ravel()
-    rng = np.random.default_rng(seed)
-    resultants = simulate_resultants(np.full(charge.size, 1.0), table, rng,
-                                     jump_read=table.read_pattern[SNOWBALL_AT][0], jump_charge=charge)
-    resultants = resultants.reshape(table.nresultants, SNOWBALL_SIZE, SNOWBALL_SIZE)
-    groupdq = np.zeros(resultants.shape, np.uint8)
-    groupdq[SNOWBALL_AT:, 20, 20] = SAT
-    resultants[SNOWBALL_AT:, 20, 20] = 65535.0 / GAIN
-    return resultants, groupdq, block & (groupdq[-1] == 0), ellipse & (groupdq[-1] == 0)
-
 
 def test_snowball_in_ramps_is_flagged_and_its_halo_refitted():
     """Without snowball flagging only the block's pixels have jumps; with it every pixel of the
