@@ -281,9 +281,15 @@ def run_mosaic_pipeline(asn: Path, steps: dict[str, dict], **options):
 
 
 def read_pool_row(pool: Path, uncal: Path | None = None):
+    """The pool row of ``uncal`` (the first without it); its file paths (``path``, ``ref_*``),
+    which our pool writes relative to the run's folder (``<folder>/results/pool.csv``), made
+    absolute so that they work from any working directory."""
     import pandas as pd
 
     table = pd.read_csv(pool, dtype=str, keep_default_na=False)
+    folder = Path(pool).resolve().parent.parent
+    for column in [name for name in table.columns if name == "path" or name.startswith("ref_")]:
+        table[column] = table[column].map(lambda value: str(folder / value) if value else value)
     if uncal is None:
         return table.iloc[0]
     names = table["path"].map(lambda path: Path(path).name)

@@ -176,3 +176,20 @@ def test_campaign_throughput_per_hour_and_per_exposure():
     assert lines[2] == "| ours (Snakemake) | 600.0 | 24 | 250.0 | 2.00 |"
     assert lines[3].endswith("| 900.0 | 16 | 400.0 | 4.00 |")
     assert lines[4] == "| ours/romancal | 0.67× | 1.50× | 0.62× | 0.50× |"
+
+
+def test_pool_row_paths_are_made_absolute_from_the_run_folder(tmp_path):
+    """Our pool writes file paths relative to the run's folder; the peer harness runs elsewhere."""
+    import peer
+
+    pool = tmp_path / "run" / "results" / "pool.csv"
+    pool.parent.mkdir(parents=True)
+    pool.write_text("exposure,path,ref_gain,ref_dark,optical_element\n"
+                    "a,uncal/a_uncal.asdf,crds_cache/gain.asdf,/elsewhere/dark.asdf,F158\n"
+                    "b,uncal/b_uncal.asdf,,,F062\n")
+    first = peer.read_pool_row(pool)
+    assert first["path"] == str(tmp_path / "run" / "uncal" / "a_uncal.asdf")
+    assert first["ref_gain"] == str(tmp_path / "run" / "crds_cache" / "gain.asdf")
+    assert first["ref_dark"] == "/elsewhere/dark.asdf" and first["optical_element"] == "F158"
+    second = peer.read_pool_row(pool, Path("b_uncal.asdf"))
+    assert second["exposure"] == "b" and second["ref_gain"] == ""
