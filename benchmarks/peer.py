@@ -111,7 +111,8 @@ def reference_overrides(pool_row, folder: Path, readout_shape: tuple[int, int]) 
     overrides = {
         "dq_init": {"override_mask": pool_row["ref_mask"]},
         "saturation": {"override_saturation": pool_row["ref_saturation"]},
-        "refpix": {"override_refpix": pool_row["ref_refpix"]},
+        # The pool lists REFPIX only where our refpix step runs (a full readout).
+        "refpix": {"override_refpix": pool_row.get("ref_refpix", "N/A")},
         "linearity": {"override_linearity": pool_row["ref_linearity"],
                       "override_inverselinearity": str(identity_inverselinearity(
                           folder / "identity_inverselinearity.asdf", coefficients_shape)),
