@@ -79,18 +79,25 @@ PSF_CACHE = os.path.abspath(os.environ.get("ROMANPIPE_PSF_CACHE") or os.path.joi
 # What every product's provenance records, worked out once per run instead of in every job:
 # the code's git revision, and each reference file's SHA-256 (kept per file version).
 CHECKSUM_CACHE = os.path.abspath(os.path.join(RESULTS, ".cache", "reference_sha256"))
+# The warm-start servers' sockets and logs (romanpipe.warm); ROMANPIPE_WARM_DIR= (empty) in
+# the environment turns warm starts off.
+WARM_DIR = os.environ.get("ROMANPIPE_WARM_DIR", os.path.abspath(os.path.join(RESULTS, ".cache", "warm")))
 shell.prefix(
     f"set -euo pipefail; export CRDS_PATH={shlex.quote(CRDS_PATH)}; "
     f"export NUMBA_CACHE_DIR={shlex.quote(NUMBA_CACHE)}; "
     f"export ROMANPIPE_PSF_CACHE={shlex.quote(PSF_CACHE)}; "
     f"export {revision.CODE_REVISION_ENV}={shlex.quote(revision.code_revision())}; "
     f"export {revision.CHECKSUM_CACHE_ENV}={shlex.quote(CHECKSUM_CACHE)}; "
+    f"export ROMANPIPE_WARM_DIR={shlex.quote(WARM_DIR)}; "
 )
 
 # Under --software-deployment-method conda each rule's env provides `python`; otherwise
-# the scripts run with the interpreter that runs Snakemake (the project's venv).
-PYTHON = (
-    "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+# the scripts run with the interpreter that runs Snakemake (the project's venv). Scripts start
+# through warm_start.py: in a process forked from a server that has imported the libraries
+# once per run, or, when none can take the job, as `python SCRIPT` (romanpipe.warm).
+PYTHON = "{} {}".format(
+    "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable,
+    shlex.quote(os.path.join(workflow.basedir, "scripts", "warm_start.py")),
 )
 
 
