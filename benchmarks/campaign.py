@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 import peer  # noqa: E402
 from bench import best, fresh, local_catalog, prepare_run_folder, summary  # noqa: E402
 from measure import (  # noqa: E402
+    add_warm_workers,
     clean_environment,
     machine_description,
     markdown_table,
@@ -42,7 +43,8 @@ from measure import (  # noqa: E402
 
 def run_ours(run: Path, env, cores: int) -> dict[str, float]:
     fresh(run)
-    return summary(run_measured(snakemake_command(run, cores=cores), env, log=run / "snakemake.log"))
+    figures = run_measured(snakemake_command(run, cores=cores), env, log=run / "snakemake.log")
+    return summary(add_warm_workers(figures, run / "results" / ".cache" / "warm"))
 
 
 def run_peer(run: Path, exposures: list[Path], env, cores: int) -> dict[str, float]:

@@ -7,12 +7,14 @@ our array with romancal's in units of the pixel error; ``markdown_table`` format
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +59,29 @@ def run_measured(command: list[str], env: dict[str, str], log: Path | None = Non
 
 def cpu_seconds(figures: dict[str, float]) -> float:
     return figures["user_s"] + figures["system_s"]
+
+
+def add_warm_workers(figures: dict[str, float], folder: Path, timeout: float = 30.0) -> dict[str, float]:
+    """``figures`` of a workflow run with what its warm-start servers spent (romanpipe.warm).
+
+    Jobs run warm are not children of Snakemake, so ``/usr/bin/time`` does not count them:
+    the servers are stopped (their sockets removed), and the CPU each one logs at its exit
+    (its imports and every job it ran) is added, with the largest job's peak memory.
+    """
+    logs = sorted(folder.glob("*.log")) if folder.is_dir() else []
+    for socket_file in folder.glob("*.sock") if folder.is_dir() else []:
+        socket_file.unlink()
+    deadline = time.monotonic() + timeout
+    cpu, peak_kb = 0.0, 0
+    for log in logs:
+        while "exits:" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for line in log.read_text().splitlines():
+            record = json.loads(line.split(" exits: ", 1)[1]) if " exits: " in line else (
+                json.loads(line) if line.startswith("{") else {})
+            cpu += record.get("server_cpu", 0.0) + record.get("jobs_cpu", 0.0)
+            peak_kb = max(peak_kb, record.get("max_rss_kb", 0))
+    return {**figures, "user_s": figures["user_s"] + cpu, "max_rss_kb": max(figures["max_rss_kb"], peak_kb)}
 
 
 def parity_stats(ours, theirs, error, *, ours_dq=None, theirs_dq=None, usable=None) -> dict[str, float]:

@@ -7,6 +7,7 @@ from romanpipe.dqflags import pixel
 
 import numpy as np
 import pandas as pd
+import pytest
 import roman_datamodels as rdm
 from matplotlib.image import imread
 from roman_datamodels import datamodels
@@ -108,3 +109,31 @@ def test_benchmark_table_lists_every_job_slowest_first(tmp_path):
     assert table[["rule", "job", "s", "cpu_time"]].values.tolist() == [
         ["ramp_fit", "e2", 9.0, 4.5], ["ramp_fit", "e1", 7.5, 3.75], ["pool", "pool", 3.0, 1.5],
         ["dq_init", "e1", 2.0, 1.0]]
+
+
+def test_benchmark_table_adds_the_warm_workers_cpu_and_memory(tmp_path):
+    """A job run warm: Snakemake measured its client (0.05 CPU s, 12 MB); its worker, logged by
+    the warm server with the job's log file, used 3.2 CPU s and 1024 MB."""
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    logs = tmp_path / "logs"
+    for rule in ("saturation", "linearity"):
+        (logs / "benchmarks" / rule).mkdir(parents=True)
+        (logs / "benchmarks" / rule / "e1.tsv").write_text(
+            header + "4.0\t0:00:04\t12.0\t20\t9\t9\t0\t0\t1\t0.05\n")
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    (warm / "abc.log").write_text(
+        "2026-12-07T17:00:00Z server 1 ready in 2.0 s, 1500 module files\n"
+        + json.dumps({"job": "saturation.py", "log": str(logs / "saturation" / "e1.log"), "exit": 0,
+                      "cpu": 3.2, "max_rss_kb": 1024 * 1024}) + "\n"
+        + json.dumps({"job": "pool.py", "log": str(tmp_path / "elsewhere.log"), "exit": 0, "cpu": 9.0,
+                      "max_rss_kb": 1}) + "\n")
+    out = tmp_path / "benchmarks.csv"
+    assert cli.run(benchmark_table.main, [str(logs / "benchmarks"), "--output", str(out),
+                                          "--warm", str(warm)]) == 0
+    table = pd.read_csv(out).set_index("rule")
+    assert table.loc["saturation", "cpu_time"] == pytest.approx(3.25)
+    assert table.loc["saturation", "max_rss"] == pytest.approx(1024.0)
+    # a job that ran plainly keeps Snakemake's figures
+    assert table.loc["linearity", "cpu_time"] == pytest.approx(0.05)
+    assert table.loc["linearity", "max_rss"] == pytest.approx(12.0)

@@ -123,6 +123,7 @@ rule benchmarks:
     params:
         python=PYTHON,
         folder=BENCHMARKS,
+        warm=f"--warm {shlex.quote(WARM_DIR)}" if WARM_DIR else "",
     resources:
         # one small record per job
         mem_mb=step_memory_mb(0),
@@ -134,7 +135,7 @@ rule benchmarks:
     conda:
         "../../envs/mosaic.yaml"
     shell:
-        "{params.python} {input.code:q} {params.folder:q} --output {output:q} > {log:q} 2>&1"
+        "{params.python} {input.code:q} {params.folder:q} --output {output:q} {params.warm} > {log:q} 2>&1"
 
 
 rule quarantine_table:
