@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         rows.append(row)
     print(f"{args.step} on {args.input.name}, {args.rounds} alternated rounds, medians; "
           "split: wall (CPU) seconds")
-    print(markdown_table(["start", "wall (s)", "CPU (s)", *PHASES], rows))
+    print(markdown_table(["way", "wall (s)", "CPU (s)", *PHASES], rows))
     return 0
 
 

@@ -228,3 +228,14 @@ def test_changed_modules_names_an_edited_file(tmp_path):
     assert warm.changed_modules(recorded) == [str(module)]
     module.unlink()
     assert warm.changed_modules(recorded) == [str(module)]
+
+
+def test_exit_handlers_run_as_at_a_plain_exit(served, tmp_path):
+    """A script that returns normally leaves nothing an atexit clean-up would have removed."""
+    marker = tmp_path / "cleaned"
+    script = served.scripts / "exits.py"
+    script.write_text(f"import atexit, pathlib\natexit.register(pathlib.Path({str(marker)!r}).touch)\n")
+    result = subprocess.run([sys.executable, str(CLIENT), str(script)], capture_output=True, text=True,
+                            cwd=served.workdir, env=served.env, timeout=120)
+    assert result.returncode == 0 and marker.exists()
+    assert '"job": "exits.py"' in served.log()

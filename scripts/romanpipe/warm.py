@@ -402,14 +402,15 @@ def _watch_job(connection: socket.socket, log_path: str, script_dir: str) -> Non
     _, status, usage = os.wait4(worker, 0)
     outcome = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
                else {"exit": os.WEXITSTATUS(status)})
-    with contextlib.suppress(OSError):
-        _send_message(connection, outcome)
+    # The job's line first: once the client has the status, Snakemake may read the log.
     with contextlib.suppress(OSError), open(log_path, "a") as log:
         log.write(json.dumps({"job": os.path.basename(request["script"]), "log": request.get("log"),
                               "pid": worker, **outcome,
                               "client_gone": client_gone, "wall": round(time.perf_counter() - started, 3),
                               "cpu": round(usage.ru_utime + usage.ru_stime, 3),
                               "max_rss_kb": usage.ru_maxrss}) + "\n")
+    with contextlib.suppress(OSError):
+        _send_message(connection, outcome)
     os._exit(0)
 
 
@@ -444,6 +445,9 @@ def _run_worker(request: dict, fds: list[int], watchdog: int) -> None:
 
         traceback.print_exc()
         code = 1
+    import atexit
+
+    atexit._run_exitfuncs()  # what the interpreter runs at its exit (tempfile's clean-ups among them)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
