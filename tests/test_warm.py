@@ -239,3 +239,9 @@ def test_exit_handlers_run_as_at_a_plain_exit(served, tmp_path):
                             cwd=served.workdir, env=served.env, timeout=120)
     assert result.returncode == 0 and marker.exists()
     assert '"job": "exits.py"' in served.log()
+
+
+def test_a_job_of_another_code_revision_does_not_use_the_server(served):
+    other = served.run(env={**served.env, "ROMANPIPE_CODE_REVISION": "another-revision"})
+    assert other.returncode == 0 and other.stdout.startswith("plain ")
+    assert served.run().stdout.startswith("warm ")
