@@ -245,3 +245,45 @@ def test_a_job_of_another_code_revision_does_not_use_the_server(served):
     other = served.run(env={**served.env, "ROMANPIPE_CODE_REVISION": "another-revision"})
     assert other.returncode == 0 and other.stdout.startswith("plain ")
     assert served.run().stdout.startswith("warm ")
+
+
+SELECTS = """\
+import sys
+from romanpipe import refs
+print("warm" if "numpy" in sys.modules else "plain",
+      refs.best_references(refs.selection_parameters({"detector": "WFI01", "optical_element": "F158",
+      "start_time": "2027-01-01T00:00:00", "exposure_type": "WFI_IMAGE"}), ["saturation"])["saturation"])
+"""
+
+
+def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path):
+    """The job configures and imports crds itself, as in a new process (a crds imported ahead by
+    the server failed here: 'NoneType' object has no attribute 'endswith')."""
+    from astropy.time import Time
+    from roman_datamodels import datamodels
+    from romanpipe import crds_cache
+
+    delivery = tmp_path / "delivery"
+    delivery.mkdir()
+    for name, useafter in (("roman_wfi_saturation_0001.asdf", "2020-01-01T00:00:00"),
+                           ("roman_wfi_saturation_0002.asdf", "2027-06-01T00:00:00")):
+        model = datamodels.SaturationRefModel.create_fake_data(shape=(8, 8))
+        model.meta.instrument.detector = "WFI01"
+        model.meta.useafter = Time(useafter)
+        model.save(delivery / name)
+    cache = tmp_path / "crds_cache"
+    crds_cache.deliver(cache, sorted(delivery.iterdir()), description="test delivery")
+    setup = Setup(tmp_path, "crds")
+    (setup.scripts / "selects.py").write_text(SELECTS)
+    setup.probe = setup.scripts / "selects.py"
+    setup.env = {name: value for name, value in setup.env.items() if not name.startswith("CRDS_")}
+    setup.env["CRDS_PATH"] = str(cache)
+    try:
+        setup.start_server()
+        warm_run, plain_run = setup.run(), setup.run(plain=True)
+    finally:
+        setup.stop_servers()
+    assert warm_run.returncode == plain_run.returncode == 0, warm_run.stderr + plain_run.stderr
+    assert warm_run.stdout.startswith("warm ") and plain_run.stdout.startswith("plain ")
+    assert warm_run.stdout.split()[1] == plain_run.stdout.split()[1]
+    assert warm_run.stdout.split()[1].endswith("roman_wfi_saturation_0001.asdf")

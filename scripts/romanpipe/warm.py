@@ -55,7 +55,8 @@ HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 # What a server imports before it listens: the libraries of the step scripts, then one Roman
 # file written and read (asdf loads its extensions and roman_datamodels its schemas once).
-# Not crds: it reads its mode when imported, which romanpipe.refs sets in the job first.
+# Not crds: a crds imported ahead and configured again in the job fails to select offline
+# (its configuration is read partly at import, partly at first use; test_warm checks it).
 PRELOAD = ("romanpipe", "numpy", "scipy.ndimage", "scipy.optimize", "asdf", "astropy.units", "gwcs",
            "astropy.table", "astropy.coordinates", "roman_datamodels.datamodels", "romanpipe.steprun",
            "romanpipe.products", "pandas", "numba", "rampfit_kernels.cas22",
