@@ -259,9 +259,10 @@ print("warm" if "numpy" in sys.modules else "plain",
 def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path):
     """The job configures and imports crds itself, as in a new process (a crds imported ahead by
     the server failed here: 'NoneType' object has no attribute 'endswith')."""
+    from romanpipe import crds_cache
+
     from astropy.time import Time
     from roman_datamodels import datamodels
-    from romanpipe import crds_cache
 
     delivery = tmp_path / "delivery"
     delivery.mkdir()
