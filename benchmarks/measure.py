@@ -65,12 +65,12 @@ def add_warm_workers(figures: dict[str, float], folder: Path, timeout: float = 3
     """``figures`` of a workflow run with what its warm-start servers spent (romanpipe.warm).
 
     Jobs run warm are not children of Snakemake, so ``/usr/bin/time`` does not count them:
-    the servers are stopped (their sockets removed), and the CPU each one logs at its exit
+    the servers are stopped (their lock files removed), and the CPU each one logs at its exit
     (its imports and every job it ran) is added, with the largest job's peak memory.
     """
     logs = sorted(folder.glob("*.log")) if folder.is_dir() else []
-    for socket_file in folder.glob("*.sock") if folder.is_dir() else []:
-        socket_file.unlink()
+    for lock_file in folder.glob("*.lock") if folder.is_dir() else []:
+        lock_file.unlink()
     deadline = time.monotonic() + timeout
     cpu, peak_kb = 0.0, 0
     for log in logs:

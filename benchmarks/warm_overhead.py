@@ -56,8 +56,10 @@ def main(argv=None) -> int:
     # An untimed first job starts the server (and compiles numba's kernels into their cache).
     run_measured(command, env, log=args.out / "first.log")
     deadline = time.monotonic() + 300
-    while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
+    while not any(" ready in " in log.read_text() for log in folder.glob("*.log")) and (
+            time.monotonic() < deadline):
         time.sleep(0.5)
+    time.sleep(1)  # it binds its socket right after saying so
     runs = {"plain": [], "warm": []}
     for round_number in range(args.rounds):
         for way in ("plain", "warm"):
@@ -65,8 +67,8 @@ def main(argv=None) -> int:
             figures = run_measured(command, plain_env if way == "plain" else env, log=log)
             cpu = cpu_seconds(figures) + (last_job_cpu(folder) if way == "warm" else 0.0)
             runs[way].append((figures["wall_s"], cpu, read_timings(log.read_text())[-1]))
-    for socket_file in folder.glob("*.sock"):
-        socket_file.unlink()
+    for lock_file in folder.glob("*.lock"):
+        lock_file.unlink()
     rows = []
     for way, measured in runs.items():
         row = [way, f"{statistics.median(m[0] for m in measured):.2f}",

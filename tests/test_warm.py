@@ -69,7 +69,8 @@ class Setup:
         assert first.returncode == 0 and first.stdout.startswith("plain"), first.stderr
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
-            if list(self.folder.glob("*.sock")):
+            if " ready in " in self.log():
+                time.sleep(0.5)  # it binds its socket right after saying so
                 return
             time.sleep(0.2)
         raise AssertionError(f"no server: {self.log()}")
@@ -78,8 +79,8 @@ class Setup:
         return "".join(path.read_text() for path in self.folder.glob("*.log"))
 
     def stop_servers(self):
-        # A server whose socket goes exits within a second.
-        for path in self.folder.glob("*.sock"):
+        # A server whose lock file goes exits within a second.
+        for path in self.folder.glob("*.lock"):
             path.unlink()
 
 
@@ -200,7 +201,7 @@ def test_a_server_that_never_answers_costs_the_job_its_warm_start_only(tmp_path,
         silent.close()
     # a socket file nobody listens on any more: refused at once
     assert warm.run_warm(str(folder), str(SCRIPTS / "saturation.py"), ["--help"], timeout=0.5) is None
-    for path in folder.glob("*.sock"):  # the server this started for the next jobs: stop it
+    for path in folder.glob("*.lock"):  # the server this started for the next jobs: stop it
         path.unlink()
 
 
@@ -288,3 +289,12 @@ def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path):
     assert warm_run.stdout.startswith("warm ") and plain_run.stdout.startswith("plain ")
     assert warm_run.stdout.split()[1] == plain_run.stdout.split()[1]
     assert warm_run.stdout.split()[1].endswith("roman_wfi_saturation_0001.asdf")
+
+
+def test_a_served_folder_copies_as_plain_files(served, tmp_path):
+    """A campaign is copied with its results: the warm folder holds no socket to trip a copy."""
+    import shutil
+
+    assert served.run().stdout.startswith("warm ")
+    shutil.copytree(served.folder, tmp_path / "copy")
+    assert {path.suffix for path in (tmp_path / "copy").iterdir()} == {".lock", ".log"}

@@ -3,7 +3,8 @@ the libraries, instead of a new interpreter that imports them again in every job
 
 The rules run ``python scripts/warm_start.py SCRIPT ARGS...``, a thin client (the standard
 library only). With ``ROMANPIPE_WARM_DIR`` naming a folder (the workflow's shell prefix sets
-``results/.cache/warm``) it asks the server listening there for a worker; when there is no
+``results/.cache/warm``) it asks that folder's server for a worker (the server's lock and
+log are in the folder, its socket in ``$TMPDIR/romanpipe-warm-<uid>/``, private to the user); when there is no
 usable server it starts one in the background for the next jobs and becomes ``python SCRIPT
 ARGS...`` itself (``exec``: the same process, streams and exit status as before). So a
 broken, busy, missing or stale server costs a job its warm start, never its result.
@@ -24,12 +25,14 @@ What a job keeps when it runs warm:
   the connection drops (the client killed with SIGKILL, Snakemake cancelling the job). If
   the watchdog itself is killed, the worker dies with it (``PR_SET_PDEATHSIG``), the
   client kills what is left of the worker's process group and fails the job.
+- A server stops when its lock file (``<key>.lock``) is removed, after 60 s without a job,
+  or when a file of its modules changed.
 - Under SLURM (``SLURM_JOB_ID`` set) jobs never start or use a server: each job is alone in
   its allocation, and a server would outlive none of them.
 
 What Snakemake does not see: a rule's ``benchmark:`` record measures the client (its wall
-time is the job's; its CPU and memory are not). The server's log (``<key>.log`` beside the
-socket) has one line per job with the worker's CPU seconds and peak memory and the job's
+time is the job's; its CPU and memory are not). The server's log (``<key>.log`` in the
+folder) has one line per job with the worker's CPU seconds and peak memory and the job's
 log file; ``benchmark_table.py`` puts them into the report's table (:func:`worker_records`)
 and ``make bench`` adds them up.
 """
@@ -80,13 +83,22 @@ def server_key(script_dir: str, environ: dict[str, str]) -> str:
     return digest.hexdigest()[:20]
 
 
-def server_paths(folder: str, key: str) -> dict[str, str]:
-    """The socket, lock and log of server ``key`` in ``folder`` (the socket by its shorter name)."""
-    names = {kind: os.path.join(folder, f"{key}.{kind}") for kind in ("sock", "lock", "log")}
-    relative = os.path.relpath(names["sock"])
-    if len(relative) < len(names["sock"]):
-        names["sock"] = relative
-    return names
+def server_paths(folder: str, key: str) -> dict[str, str] | None:
+    """The lock and log of server ``key`` in ``folder``, and its socket in this user's private
+    folder of the temporary directory (not in ``folder``: a campaign copied with its results
+    cannot copy a socket). None when that private folder is not safely ours."""
+    private = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"romanpipe-warm-{os.getuid()}")
+    try:
+        os.makedirs(private, mode=0o700, exist_ok=True)
+        status = os.lstat(private)
+    except OSError:
+        return None
+    if status.st_uid != os.getuid() or status.st_mode & 0o077 or not os.path.isdir(private):
+        return None  # another user's folder, or open to others: their socket could pose as ours
+    folder = os.path.realpath(folder)
+    name = hashlib.sha256(f"{folder}\0{key}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return {"sock": os.path.join(private, f"{name}.sock"),
+            "lock": os.path.join(folder, f"{key}.lock"), "log": os.path.join(folder, f"{key}.log")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,7 +125,7 @@ def run_warm(folder: str, script: str, args: list[str], timeout: float = HANDSHA
     server took the job (one is then started for the next jobs)."""
     script_dir = os.path.dirname(os.path.abspath(script))
     paths = server_paths(folder, server_key(script_dir, dict(os.environ)))
-    if len(paths["sock"]) > _MAX_SOCKET_PATH:
+    if paths is None or len(paths["sock"]) > _MAX_SOCKET_PATH:
         return None
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -122,6 +134,8 @@ def run_warm(folder: str, script: str, args: list[str], timeout: float = HANDSHA
             connection.connect(paths["sock"])
         except OSError:
             start_server(folder, paths, script_dir)
+            return None
+        if _peer_uid(connection) != os.getuid():
             return None
         request = json.dumps({"script": os.path.abspath(script), "args": args, "cwd": os.getcwd(),
                               "env": dict(os.environ), "umask": current_umask(),
@@ -251,15 +265,16 @@ def serve(folder: str, script_dir: str) -> None:
     if os.fork():
         os._exit(0)
     os.setsid()
-    # The server works in its folder (a socket's name is short there); each worker takes its job's.
-    os.chdir(folder)
-    key = server_key(script_dir, dict(os.environ))
-    paths = {kind: f"{key}.{kind}" for kind in ("sock", "lock", "log")}
+    os.chdir("/")  # the server holds no working directory; each worker takes its job's
+    paths = server_paths(folder, server_key(script_dir, dict(os.environ)))
+    if paths is None:
+        os._exit(0)
     lock = open(paths["lock"], "a")  # noqa: SIM115 - held for the server's life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os._exit(0)
+    locked = os.fstat(lock.fileno()).st_ino
     started = time.perf_counter()
     sys.path.insert(0, script_dir)
     _preload()
@@ -282,15 +297,15 @@ def serve(folder: str, script_dir: str) -> None:
         except TimeoutError:
             if _reap(watchdogs):
                 last_activity = time.monotonic()
-            if not _still_bound(paths["sock"], bound) or (
+            # Stopped by removing its lock file (or the folder with it), or idle.
+            if not _same_file(paths["sock"], bound) or not _same_file(paths["lock"], locked) or (
                     not watchdogs and time.monotonic() - last_activity > IDLE_TIMEOUT):
                 break
             continue
         last_activity = time.monotonic()
         _reap(watchdogs)
-        uid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
         changed = changed_modules(imported)
-        if uid != os.getuid() or changed:
+        if _peer_uid(connection) != os.getuid() or changed:
             connection.close()
             if changed:
                 _note(f"server {os.getpid()}: {changed[0]} changed since it was imported; exiting")
@@ -304,7 +319,7 @@ def serve(folder: str, script_dir: str) -> None:
         watchdogs.add(watchdog)
         connection.close()
     with contextlib.suppress(OSError):
-        if _still_bound(paths["sock"], bound):
+        if _same_file(paths["sock"], bound):
             os.unlink(paths["sock"])
     _reap(watchdogs)
     usage = os.times()
@@ -335,8 +350,13 @@ def _preload() -> None:
         _note(f"preload of a Roman file: {type(err).__name__}: {err}")
 
 
-def _still_bound(path: str, inode: int) -> bool:
-    """Whether ``path`` is still this server's socket (a removed folder or a newer server: no)."""
+def _peer_uid(connection: socket.socket) -> int:
+    """The user id of the process at the other end of a unix socket."""
+    return struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+
+
+def _same_file(path: str, inode: int) -> bool:
+    """Whether ``path`` is still this server's file (removed, or a newer server's: no)."""
     try:
         return os.stat(path).st_ino == inode
     except OSError:
