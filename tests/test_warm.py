@@ -203,6 +203,7 @@ def test_a_server_that_never_answers_costs_the_job_its_warm_start_only(tmp_path,
     assert warm.run_warm(str(folder), str(SCRIPTS / "saturation.py"), ["--help"], timeout=0.5) is None
     for path in folder.glob("*.lock"):  # the server this started for the next jobs: stop it
         path.unlink()
+    Path(socket_path).unlink(missing_ok=True)
 
 
 def test_a_changed_library_module_stops_the_server_and_the_job_runs_plainly(fresh):
