@@ -123,7 +123,8 @@ rule benchmarks:
     params:
         python=PYTHON,
         folder=BENCHMARKS,
-        warm=f"--warm {shlex.quote(WARM_DIR)}" if WARM_DIR else "",
+        # relative to the working directory: a moved campaign has nothing to redo
+        warm=f"--warm {shlex.quote(workdir_relative(WARM_DIR))}" if WARM_DIR else "",
     resources:
         # one small record per job
         mem_mb=step_memory_mb(0),
