@@ -203,16 +203,18 @@ def snakemake_command(folder: Path, *extra: str, cores: int = 2) -> list[str]:
 def documented_outlier_settings(folder: Path) -> list[str]:
     """Snakemake arguments: ``folder``'s workflow.yaml and, over it, a config file running our
     outlier_detection at the romancal documentation's grid and ``scale`` (the schema's defaults), not the
-    workflow configuration's finer grid: romancal has no such setting, and a comparison is
-    like with like."""
+    workflow configuration's finer grid, and resample with peer.PEER_RESAMPLE_WEIGHT: romancal has
+    neither setting, and a comparison is like with like."""
     from romanpipe.params import step_defaults
 
     import yaml
+    from peer import PEER_RESAMPLE_WEIGHT
 
     defaults = step_defaults("outlier_detection")
     path = folder / "documented_outlier_detection.yaml"
-    path.write_text(yaml.safe_dump({"outlier_detection": {
-        name: defaults[name] for name in ("pixel_scale_ratio", "scale")}}))
+    path.write_text(yaml.safe_dump({
+        "outlier_detection": {name: defaults[name] for name in ("pixel_scale_ratio", "scale")},
+        "resample": {"weight_type": PEER_RESAMPLE_WEIGHT}}))
     return ["--configfile", str(folder / "workflow.yaml"), str(path)]
 
 

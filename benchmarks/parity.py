@@ -67,7 +67,7 @@ REASONS = {
     "flux": "",
     "skymatch": "sky levels, σ = each image's median ERR; ours fills overlaps from the exact sky polygon",
     "outlier_detection": "quintic blotting (romancal linear); DQ = OUTLIER flags",
-    "resample": "onto our grid, exact pixel map",
+    "resample": "onto our grid, exact pixel map; both at ivm-sky (our default ivm-smed is ours alone)",
     "uncal → cal": "all of the above; romancal's source catalog and tweakreg skipped (need Gaia online)",
     "cal → i2d": "romancal MosaicPipeline onto our grid",
 }

@@ -255,6 +255,12 @@ def run_exposure_pipeline(uncal: Path, steps: dict[str, dict], **options):
     return model
 
 
+# romancal 1.1's weight types; ours beyond them (ivm-smed, our resample default) run on its side as
+# ivm-sky, and comparisons run ours at ivm-sky too (README, "Where we differ").
+PEER_WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime", None)
+PEER_RESAMPLE_WEIGHT = "ivm-sky"
+
+
 def mosaic_steps(our_parameters: dict[str, dict], output_wcs: Path | None) -> dict[str, dict]:
     """MosaicPipeline ``steps`` with our step parameters where romancal has the same names."""
     shared = {
@@ -266,6 +272,9 @@ def mosaic_steps(our_parameters: dict[str, dict], output_wcs: Path | None) -> di
     }
     steps = {step: {name: our_parameters[step][name] for name in names if name in our_parameters[step]}
              for step, names in shared.items()}
+    for step in ("outlier_detection", "resample"):
+        if steps[step].get("weight_type") not in PEER_WEIGHT_TYPES:
+            steps[step]["weight_type"] = PEER_RESAMPLE_WEIGHT
     steps["outlier_detection"].update(resample_on_skycell=False)
     steps["resample"].update(resample_on_skycell=False, fillval="NaN", pixmap_stepsize=1)
     if output_wcs is not None:

@@ -304,6 +304,120 @@ def test_dithered_field_mosaic_covers_every_input_at_the_first_inputs_orientatio
 
 # ---------------------------------------------------------------- variances and weights by hand
 
+# ---------------------------------------------------------------- weights on ramp-fitted images
+
+RAMP_GAIN, RAMP_READ_NOISE = 2.0, 5.0      # e/DN, DN per read
+ELECTRONS_PER_MJYSR = 3.0                  # e/s per MJy/sr: the 0.3 MJy/sr sky is 0.9 e/s
+
+
+def ramp_fitted_field(seed=5):
+    """Two exposures of the dithered field as our ols_cas22 ramp fit leaves them: bright, sharp
+    stars (peaks ~10^4 e/s) on a 0.9 e/s sky, IMG_UNEVEN_6 ramps with Poisson and read noise,
+    VAR_RNOISE and VAR_POISSON from the fit (VAR_RNOISE rises with a pixel's signal there)."""
+    from rampfit_kernels.cas22 import fit_ramps_cas22
+    from wfisim.matables import MA_TABLES
+
+    table = MA_TABLES["IMG_UNEVEN_6"]
+    rng = np.random.default_rng(seed)
+    models, (star_ra, star_dec, flux) = dithered_field(noise=False, dithers=DITHERS[:2], psf_sigma=0.8)
+    to_mjysr = RAMP_GAIN / ELECTRONS_PER_MJYSR
+    for model in models:
+        truth = np.asarray(model.data, np.float64) * 3.0 - 2 * SKY        # stars x3, sky kept at 0.3
+        shape = truth.shape
+        rates = (truth * ELECTRONS_PER_MJYSR).ravel()
+        charge = np.cumsum(rng.poisson(rates * table.frame_time, size=(table.last_read, rates.size)), axis=0,
+                           dtype=np.float64)
+        resultants = np.empty((table.nresultants, *shape), np.float32)
+        for index, reads in enumerate(table.read_pattern):
+            signal = charge[np.asarray(reads) - 1] / RAMP_GAIN
+            read = signal + rng.normal(0, RAMP_READ_NOISE, signal.shape)
+            resultants[index] = read.mean(axis=0).reshape(shape)
+        fit = fit_ramps_cas22(resultants, np.zeros(resultants.shape, np.uint8), np.zeros(shape, np.uint32),
+                              np.full(shape, RAMP_GAIN, np.float32),
+                              np.full(shape, RAMP_READ_NOISE, np.float32), None,
+                              [list(r) for r in table.read_pattern], table.frame_time)
+        model.data = (fit.slope * to_mjysr).astype(np.float32)
+        model.var_rnoise = (fit.var_rnoise * to_mjysr**2).astype(np.float16)
+        model.var_poisson = (fit.var_poisson * to_mjysr**2).astype(np.float16)
+        model.err = np.sqrt(fit.var_rnoise + fit.var_poisson).astype(np.float16) * np.float16(to_mjysr)
+    return models, (star_ra, star_dec, flux * 3.0)
+
+
+@pytest.fixture(scope="module")
+def ramp_field():
+    return ramp_fitted_field()
+
+
+def star_fluxes(data, wcs, star_ra, star_dec, pixel_area, radius=6.0):
+    """Aperture sums (MJy) at the true positions, NaN where the aperture is not all on data."""
+    x, y = wcs.backward_transform(star_ra, star_dec)
+    fluxes = np.full(star_ra.size, np.nan)
+    for j in range(star_ra.size):
+        xi, yi = int(round(x[j])), int(round(y[j]))
+        box = np.s_[yi - 8:yi + 9, xi - 8:xi + 9]
+        if 8 <= xi < data.shape[1] - 8 and 8 <= yi < data.shape[0] - 8 and np.isfinite(data[box]).all():
+            fluxes[j] = aperture_photometry(data, CircularAperture((x[j], y[j]), radius))["aperture_sum"][0]
+    return fluxes * pixel_area
+
+
+def mosaic_over_single_exposure_fluxes(models, star_ra, star_dec, weight_type):
+    """Each star's flux in the 2-exposure mosaic over its mean flux in the exposures' own images."""
+    mosaic, = run(models, weight_type=weight_type)
+    area = (mosaic.meta.wcsinfo.pixel_scale * np.pi / 180) ** 2
+    in_mosaic = star_fluxes(np.asarray(mosaic.data), mosaic.meta.wcs, star_ra, star_dec, area)
+    sky = [model.meta.background.level for model in models]
+    singles = np.array([star_fluxes(np.asarray(model.data) - level, model.meta.wcs, star_ra, star_dec,
+                                    PIXEL_AREA) for model, level in zip(models, sky, strict=True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # stars seen by one detector of neither exposure
+        single = np.nanmean(singles, axis=0)
+    ratio = in_mosaic / single
+    return ratio[np.isfinite(ratio)]
+
+
+def test_ivm_weights_lose_star_flux_where_the_ramp_fit_read_noise_rises_with_signal(ramp_field):
+    models, (star_ra, star_dec, _) = ramp_field
+    core = np.asarray(models[0].var_rnoise, np.float32)
+    assert core.max() > 2 * np.median(core)                     # the ramp fit's VAR_RNOISE follows the stars
+    ratio = mosaic_over_single_exposure_fluxes(models, star_ra, star_dec, "ivm")
+    assert ratio.size >= 20
+    assert np.median(ratio) < 0.99
+
+
+@pytest.mark.parametrize("weight_type", [step_defaults("resample")["weight_type"], "ivm-smed", "exptime"])
+def test_default_weights_keep_single_exposure_star_fluxes_in_the_mosaic(ramp_field, weight_type):
+    models, (star_ra, star_dec, _) = ramp_field
+    ratio = mosaic_over_single_exposure_fluxes(models, star_ra, star_dec, weight_type)
+    assert ratio.size >= 20
+    assert 0.99 <= np.median(ratio) <= 1.01
+    assert np.percentile(ratio, 10) >= 0.98
+
+
+def test_ivm_sky_is_romancals_sky_variance_and_ivm_smed_its_local_median():
+    """VAR_SKY = VAR_RNOISE + VAR_POISSON / DATA * MEDIAN(DATA) by hand; its block median ignores a star."""
+    shape = (64, 64)
+    data = np.full(shape, 2.0)
+    data[10, 10] = 200.0                              # a star's core
+    data[40:, :] = 4.0                                # a brighter half: median(DATA) = 2
+    var_rnoise = np.full(shape, 0.01)
+    var_rnoise[10, 10] = 1.0                          # the ramp fit's read noise rises in the core
+    var_poisson = 0.005 * data
+    wcs = tan_gwcs((32, 32), FIELD_CENTRE, 0.0, shape)
+    model = image_model(data, wcs, var_rnoise=var_rnoise, var_poisson=var_poisson)
+    exposure = exposure_from_model(model, "image")
+    sky = drizzling.sky_variance(exposure)
+    expected = var_rnoise + np.asarray(var_poisson, np.float16).astype(np.float32) / data * 2.0
+    np.testing.assert_allclose(sky, expected, rtol=2e-3)
+    good = np.ones(shape, bool)
+    local = drizzling.local_sky_variance(exposure, good, block=16)
+    # Block medians: 0.01 + 0.005 * 2 everywhere (the star is one pixel of 256; the bright half's
+    # Poisson term is scaled back to the median), so the star's pixel weighs as its neighbours.
+    np.testing.assert_allclose(local, 0.02, rtol=2e-3)
+    weight = drizzling.drizzle_weight(exposure, "ivm-smed", "~DO_NOT_USE")
+    assert weight[10, 10] == pytest.approx(weight[12, 12], rel=1e-6)
+    assert drizzling.drizzle_weight(exposure, "ivm", "~DO_NOT_USE")[10, 10] == pytest.approx(1.0, rel=1e-3)
+
+
 def test_variances_combine_with_squared_weights_and_err_is_their_root():
     wcs = tan_gwcs((10, 10), FIELD_CENTRE, 0.0, (20, 20))
     a = image_model(np.full((20, 20), 1.0), wcs, name="a", exposure_time=100.0, observation_id="a",

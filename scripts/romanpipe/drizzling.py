@@ -12,15 +12,16 @@ romanpipe.drizzle_models'.
 
 Variances follow romancal 1.1: each variance array is drizzled as its square
 root with the data's weights, squared, and combined across inputs with the
-square of a per-input weight (inverse resampled read-noise variance for ``ivm``,
-the exposure time for ``exptime``); ``err`` is the square root of the summed
-variances.
+square of a per-input weight (the inverse of the resampled variance that weighs
+the pixels for the ivm types, the exposure time for ``exptime``); ``err`` is the
+square root of the summed variances.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -130,31 +131,105 @@ def pixel_map(wcs_from, shape: tuple[int, int], wcs_to, block: int = PIXMAP_BLOC
 
 # --------------------------------------------------------------------------- weights
 
-def drizzle_weight(exposure: Exposure, weight_type: str | None, good_bits) -> np.ndarray:
-    """Per-pixel drizzle weight: ivm (1/VAR_RNOISE), exptime, or 1 (None), times the DQ mask.
+# weight_type values: per-pixel inverse variances (ivm*), the exposure time, or the DQ mask alone.
+WEIGHT_TYPES = ("ivm", "ivm-sky", "ivm-smed", "exptime", None)
+# Side (pixels) of the blocks whose median is the local sky variance of ivm-smed: many times a
+# star's core (FWHM ~2 px), so a block's median is its sky wherever stars cover under half of it.
+SKY_BLOCK = 32
 
-    Pixels whose DQ holds a bit outside ``good_bits``, or whose data or
-    variance is not finite, weigh 0. Without any read-noise variance, ivm
-    weighs every good pixel 1 (romancal's fallback).
+
+def sky_variance(exposure: Exposure) -> np.ndarray | None:
+    """VAR_SKY, romancal's (the romancal documentation, section "Resample", ``weight_type``):
+    VAR_RNOISE + VAR_POISSON / DATA * MEDIAN(DATA), the Poisson term scaled from the pixel's
+    signal to the image's median (VAR_RNOISE alone where DATA <= 0); None without VAR_RNOISE.
+
+    The median is over the pixels without DO_NOT_USE. VAR_RNOISE itself still depends on the
+    pixel's signal where ramp fitting weights resultants by it (ols_cas22).
     """
+    read_noise = exposure.read_noise_variance()
+    if read_noise is None:
+        return None
+    poisson = exposure.variances.get("var_poisson")
+    if poisson is None:
+        return read_noise
+    data = np.asarray(exposure.data, dtype=np.float32)
+    usable = (np.asarray(exposure.dq) & np.uint32(dqflags.pixel.DO_NOT_USE)) == 0
+    usable &= np.isfinite(data)
+    if not usable.any():
+        return read_noise
+    median = np.float32(np.median(data[usable]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = np.asarray(poisson, dtype=np.float32) / data * median
+    return np.where((data > 0) & np.isfinite(scaled), read_noise + scaled, read_noise).astype(np.float32)
+
+
+def local_sky_variance(exposure: Exposure, good: np.ndarray, block: int = SKY_BLOCK) -> np.ndarray | None:
+    """The median of VAR_SKY over the good pixels of each ``block`` x ``block`` block, interpolated
+    bilinearly between block centres: a pixel gets the variance of the sky around it, whatever
+    its own signal. None without VAR_RNOISE."""
+    from scipy.ndimage import map_coordinates
+
+    variance = sky_variance(exposure)
+    if variance is None:
+        return None
+    ny, nx = variance.shape
+    by, bx = -(-ny // block), -(-nx // block)
+    padded = np.full((by * block, bx * block), np.nan, dtype=np.float32)
+    padded[:ny, :nx] = np.where(good & np.isfinite(variance) & (variance > 0), variance, np.nan)
+    blocks = padded.reshape(by, block, bx, block).transpose(0, 2, 1, 3).reshape(by, bx, block * block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN blocks are filled below
+        medians = np.nanmedian(blocks, axis=-1)
+    if not np.isfinite(medians).any():
+        return variance
+    medians = np.where(np.isfinite(medians), medians, np.nanmedian(medians)).astype(np.float32)
+    # Block (i, j) is centred on pixel (block * (i + 0.5) - 0.5); edges take the nearest block.
+    rows = (np.arange(ny, dtype=np.float32) + 0.5) / block - 0.5
+    columns = (np.arange(nx, dtype=np.float32) + 0.5) / block - 0.5
+    yy, xx = np.meshgrid(rows, columns, indexing="ij")
+    return map_coordinates(medians, [yy, xx], order=1, mode="nearest").astype(np.float32)
+
+
+def weight_variance(exposure: Exposure, weight_type: str | None, good: np.ndarray) -> np.ndarray | None:
+    """The variance whose inverse is an ivm-type weight (None for other types, or without VAR_RNOISE)."""
+    if weight_type == "ivm":
+        return exposure.read_noise_variance()
+    if weight_type == "ivm-sky":
+        return sky_variance(exposure)
+    if weight_type == "ivm-smed":
+        return local_sky_variance(exposure, good)
+    return None
+
+
+def drizzle_weight(exposure: Exposure, weight_type: str | None, good_bits) -> np.ndarray:
+    """Per-pixel drizzle weight times the DQ mask.
+
+    ``ivm``: 1/VAR_RNOISE; ``ivm-sky``: 1/VAR_SKY (romancal's, see sky_variance);
+    ``ivm-smed``: 1/(VAR_SKY's local median, see local_sky_variance), which does not depend
+    on the sources; ``exptime``: the exposure time; None: 1. Pixels whose DQ holds a bit
+    outside ``good_bits``, or whose data or variance is not finite, weigh 0. Without any
+    read-noise variance, the ivm types weigh every good pixel 1 (romancal's fallback).
+    """
+    if weight_type not in WEIGHT_TYPES:
+        raise ParameterError(f"weight_type: unknown value {weight_type!r} "
+                             f"({', '.join(str(t) for t in WEIGHT_TYPES)})")
     good = dqflags.good_pixel_mask(np.asarray(exposure.dq), good_bits)
     good &= np.isfinite(np.asarray(exposure.data))
-    if weight_type == "ivm":
-        variance = exposure.read_noise_variance()
-        if variance is None:
-            log.warning("%s: no read-noise variance, ivm weights of 1", exposure.name)
-            weight = good.astype(np.float32)
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                weight = np.where(good & (variance > 0) & np.isfinite(variance),
-                                  1.0 / variance, 0.0).astype(np.float32)
-    elif weight_type == "exptime":
-        weight = np.where(good, np.float32(exposure.exposure_time), np.float32(0))
-    elif weight_type is None:
-        weight = good.astype(np.float32)
-    else:
-        raise ParameterError(f"weight_type: unknown value {weight_type!r} (ivm, exptime or None)")
-    return weight
+    if weight_type == "exptime":
+        return np.where(good, np.float32(exposure.exposure_time), np.float32(0))
+    if weight_type is None:
+        return good.astype(np.float32)
+    variance = weight_variance(exposure, weight_type, good)
+    if variance is None:
+        log.warning("%s: no read-noise variance, %s weights of 1", exposure.name, weight_type)
+        return good.astype(np.float32)
+    return _inverse(variance, good)
+
+
+def _inverse(variance: np.ndarray, use: np.ndarray | bool = True) -> np.ndarray:
+    """1/variance where ``use`` and the variance is finite and positive, else 0 (float32)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(use & (variance > 0) & np.isfinite(variance), 1.0 / variance, 0.0).astype(np.float32)
 
 
 def weight_threshold(weight: np.ndarray, maskpt: float) -> float:
@@ -318,28 +393,28 @@ def resample(exposures: Iterable[Exposure], output_wcs, *, n_inputs: int, kernel
 def _add_variances(exposure, pixmap, weight, ratio, weight_type, accumulator, sums) -> None:
     """Drizzle each variance as its square root, square it, and add it with the input's weight squared.
 
-    The input's weight on the output grid is the inverse of its resampled
-    read-noise variance (ivm, resampled first) or its exposure time.
+    The input's weight on the output grid is the inverse of its resampled weight variance
+    (the ivm types: VAR_RNOISE, VAR_SKY or its local median) or its exposure time.
     """
-    output_weight = None
-    for name in VARIANCES:
-        variance = exposure.read_noise_variance() if name == "var_rnoise" else exposure.variances.get(name)
-        if variance is None:
-            continue
+
+    def resampled(variance) -> np.ndarray:
         accumulator.img[...] = np.nan
         accumulator.wht[...] = 0.0
         sigma = np.sqrt(np.clip(np.asarray(variance, dtype=np.float32), 0, None))
         accumulator.add(np.nan_to_num(sigma), pixmap, weight, ratio)
-        resampled = np.square(accumulator.img)
-        if output_weight is None:
-            if weight_type == "ivm" and name == "var_rnoise":
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    output_weight = np.where((resampled > 0) & np.isfinite(resampled), 1.0 / resampled,
-                                             0.0).astype(np.float32)
-            else:
-                output_weight = np.full(accumulator.shape, exposure.exposure_time
-                                        if weight_type == "exptime" else 1.0, dtype=np.float32)
-        sums[name].add(resampled, output_weight)
+        return np.square(accumulator.img)
+
+    good = weight > 0
+    weighting = weight_variance(exposure, weight_type, good) if weight_type in WEIGHT_TYPES else None
+    if weighting is not None:
+        output_weight = _inverse(resampled(weighting))
+    else:
+        per_input = exposure.exposure_time if weight_type == "exptime" else 1.0
+        output_weight = np.full(accumulator.shape, per_input, dtype=np.float32)
+    for name in VARIANCES:
+        variance = exposure.read_noise_variance() if name == "var_rnoise" else exposure.variances.get(name)
+        if variance is not None:
+            sums[name].add(resampled(variance), output_weight)
 
 
 def _exposure_time_statistics(context: np.ndarray, times: Sequence[float]) -> tuple[float, float]:
