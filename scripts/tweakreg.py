@@ -16,7 +16,10 @@ and mae in arcsec of the tangent plane) and the footprint into
 ``fitgeometry``, ``nclip``, ``sigma``, ``enforce_user_order``, ``expand_refcat``;
 the detectors of one exposure move together), then as one block to the reference
 catalog. Too few matches leave the WCS as it was: cal_step FAILED and the reason
-in wcs_fit_results' status; an image without a source catalog is SKIPPED.
+in wcs_fit_results' status; an image without a source catalog is SKIPPED. One image
+with ``--exposure-images`` (the other detectors of its exposure; the workflow gives
+them) is fitted together with them as one rigid group (``align_exposure``, ours), so a
+sparse detector is held by its neighbours' stars; only its own product is written.
 
 Reference catalogs are taken at the exposure's epoch (``meta.exposure.start_time``):
 the catalog service is asked for that epoch, and a local catalog's ``pmra`` (which
@@ -33,17 +36,20 @@ without a catfile, the association members' ``tweakreg_catalog``. Columns x, y
 (0-based pixels), or x_psf/y_psf, xcentroid/ycentroid, x_centroid/y_centroid.
 
     python scripts/tweakreg.py r..._sourcedetection.asdf r..._tweakreg.asdf --abs-refcat gaia_like.ecsv
+    python scripts/tweakreg.py r..._wfi01_sourcedetection.asdf r..._wfi01_tweakreg.asdf \
+        --exposure-images r..._wfi02_sourcedetection.asdf r..._wfi03_sourcedetection.asdf ...
     python scripts/tweakreg.py exposure_asn.json exposure_tweakreg_asn.json --abs-refcat ...
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from romanpipe import cli
@@ -572,16 +578,19 @@ def write_reference_catalog(refcat: Table, name: str, folder: Path) -> Path:
 
 
 def align_models(models, paths: Sequence[Path], parameters: Mapping, output: Path,
-                 association=None) -> list[str]:
+                 association=None, one_group: bool = False) -> list[str]:
     """Align ``models`` (ImageModels read from ``paths``, updated in place) to each other and to the
-    absolute reference catalog; their cal_step statuses. ``save_abs_catalog`` writes the catalog
-    into ``catalog_path``, default beside ``output``."""
+    absolute reference catalog; their cal_step statuses. ``one_group``: they are the detectors of
+    one exposure, whatever their metadata says. ``save_abs_catalog`` writes the catalog into
+    ``catalog_path``, default beside ``output``."""
     custom = custom_catalog_paths(
         [path.name for path in paths], use_custom_catalogs=parameters["use_custom_catalogs"],
         catfile=Path(parameters["catfile"]) if parameters["catfile"] else None,
         association_entries=association_catalog_entries(association) if association else None)
     images = [image_to_align(model, path, catalog, parameters["catalog_format"])
               for model, path, catalog in zip(models, paths, custom, strict=True)]
+    if one_group:
+        images = [replace(image, group_id=images[0].group_id) for image in images]
     epoch = exposure_epoch(models[0], paths[0])
     try:
         refcat_name, refcat = reference_catalog(
@@ -598,10 +607,29 @@ def align_models(models, paths: Sequence[Path], parameters: Mapping, output: Pat
     return [alignment.status for alignment in alignments]
 
 
-def run(image, step: StepRun):
-    """``image`` (an ImageModel, updated and returned) aligned alone to the absolute reference catalog."""
-    (status,) = align_models([image], [Path(step.input)], step.parameters, step.output)
-    return image, status
+def run(image, step: StepRun, exposure_images: Sequence[Path] = ()):
+    """``image`` (an ImageModel, updated and returned) aligned to the absolute reference catalog.
+
+    With ``align_exposure`` and ``exposure_images`` (the other detectors of its exposure, read
+    but not written) all are fitted as one rigid group, as romancal aligns an exposure: a
+    detector with a handful of stars is then held by its neighbours' stars.
+    """
+    path = Path(step.input)
+    others = [Path(other) for other in exposure_images if Path(other).resolve() != path.resolve()]
+    if not (step.parameters["align_exposure"] and others):
+        (status,) = align_models([image], [path], step.parameters, step.output)
+        return image, status
+    log.info("%s aligned with the %d other detectors of its exposure as one group", path.name, len(others))
+    with ExitStack() as open_files:
+        models = [image] + [open_files.enter_context(open_model(other, INPUT_MODELS)) for other in others]
+        statuses = align_models(models, [path, *others], step.parameters, step.output, one_group=True)
+    return image, statuses[0]
+
+
+def exposure_images_argument(parser) -> None:
+    parser.add_argument("--exposure-images", nargs="+", type=Path, default=[], metavar="IMAGE",
+                        help="the other detectors' images of INPUT's exposure, aligned with it as one "
+                             "group (align_exposure); only INPUT's product is written")
 
 
 def align_association(association, paths: Sequence[Path], args, parameters: Mapping) -> None:
@@ -614,13 +642,17 @@ def align_association(association, paths: Sequence[Path], args, parameters: Mapp
 
 
 def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
+    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv, exposure_images_argument)
     if parameters["skip"]:
         pass_on_skipped(STEP, args, parameters)
         return
     association, paths = read_step_input(args.input)
     if association is None:
-        run_on_file(STEP, run, INPUT_MODELS, args, parameters)
+        for other in args.exposure_images:
+            if not other.is_file():
+                raise InputFileError(other, "--exposure-images: no such image")
+        run_on_file(STEP, functools.partial(run, exposure_images=args.exposure_images), INPUT_MODELS, args,
+                    parameters)
     else:
         align_association(association, paths, args, parameters)
 

@@ -353,12 +353,12 @@ def test_reference_sources_without_proper_motion_are_dropped(tmp_path):
 # ----------------------------------------------------------------------------- the command line
 
 
-def image_file(directory: Path, field: Field, *, expo=EXPO_A, info=WRONG_INFO, catalog=None,
-               catalog_in_file=True, observation_id=None) -> Path:
+def image_file(directory: Path, field: Field | None, *, expo=EXPO_A, info=WRONG_INFO, catalog=None,
+               catalog_in_file=True, observation_id=None, distortion=None) -> Path:
     """An ImageModel with the wrong WCS; its catalog beside it (by name) or in memory."""
     model = datamodels.ImageModel.create_fake_data(shape=SHAPE)
     model.meta.wcsinfo.update(info)
-    model.meta.wcs = build_wcs(detector_to_v2v3(), info, SHAPE)
+    model.meta.wcs = build_wcs(distortion or detector_to_v2v3(), info, SHAPE)
     model.meta.wcsinfo.s_region = s_region(model.meta.wcs)
     model.meta.exposure.start_time = START_TIME
     if observation_id:
@@ -476,6 +476,105 @@ def test_cli_association_aligns_members_to_each_other_and_to_the_catalog(tmp_pat
             assert product.meta.cal_step.tweakreg == "COMPLETE"
             assert product.meta.wcs.available_frames == ["detector", "v2v3", "v2v3corr", "world"]
             assert detected_rms(field, product.meta.wcs, catalogs[expo], missing[expo]) <= TOLERANCE_MAS
+
+
+# ----------------------------------------------------------------------------- one exposure, sparse detectors
+
+# Four detectors of one exposure side by side in the focal plane (arcsec from WFI01's place; a
+# detector is 56 arcsec wide), five stars each, and one pointing error (offset and roll) for all.
+SPARSE_OFFSETS = [(-32.0, -32.0), (32.0, -32.0), (-32.0, 32.0), (32.0, 32.0)]
+SPARSE_STARS = 5
+SPARSE_EXPOSURE = "r0000101001001001001_01101_0001"
+SPARSE_OBSERVATION = "0000101001001001001011010001"
+
+
+class SparseDetector:
+    """One detector of the sparse exposure: its focal-plane place, true WCS, stars and detections."""
+
+    def __init__(self, offset, rng):
+        self.distortion = detector_to_v2v3() | (Shift(offset[0]) & Shift(offset[1]))
+        self.true_wcs = build_wcs(self.distortion, TRUE_INFO, SHAPE)
+        self.x, self.y = rng.uniform(20, SHAPE[1] - 21, (2, SPARSE_STARS))
+        self.ra, self.dec = self.true_wcs(self.x, self.y)
+        self.detections = Table({"x": self.x + rng.normal(0, DETECTION_NOISE, SPARSE_STARS),
+                                 "y": self.y + rng.normal(0, DETECTION_NOISE, SPARSE_STARS)})
+
+    def error_mas(self, wcs) -> np.ndarray:
+        return _separation_mas(*wcs(self.x, self.y), self.ra, self.dec)
+
+
+def sparse_exposure(seed=11) -> tuple[list[SparseDetector], Table]:
+    """The detectors and a reference catalog of their stars at the exposure epoch."""
+    rng = np.random.default_rng(seed)
+    detectors = [SparseDetector(offset, rng) for offset in SPARSE_OFFSETS]
+    refcat = Table({"RA": np.concatenate([d.ra for d in detectors]),
+                    "DEC": np.concatenate([d.dec for d in detectors])})
+    refcat.meta["name"] = "truth"
+    return detectors, refcat
+
+
+def test_sparse_detectors_align_as_one_exposure_group_and_not_alone():
+    detectors, refcat = sparse_exposure()
+    images = [tweakreg.ImageToAlign(f"wfi0{k + 1}", build_wcs(d.distortion, WRONG_INFO, SHAPE), WRONG_INFO,
+                                    d.detections, SPARSE_OBSERVATION) for k, d in enumerate(detectors)]
+    assert min(rms(d.error_mas(image.wcs)) for d, image in zip(detectors, images, strict=True)) > 1000.0
+    together = tweakreg.align_images(images, refcat, DEFAULTS, "truth")
+    group_errors = [d.error_mas(result.wcs) for d, result in zip(detectors, together, strict=True)]
+    assert [result.status for result in together] == ["COMPLETE"] * 4
+    assert all(result.fit_results["nmatches"] == 4 * SPARSE_STARS for result in together)
+    assert max(np.max(errors) for errors in group_errors) <= TOLERANCE_MAS
+    # Alone, five stars are fewer than abs_minobj: the WCS stays wrong.
+    alone = [tweakreg.align_images([image], refcat, DEFAULTS, "truth")[0] for image in images]
+    assert [result.status for result in alone] == ["FAILED"] * 4
+    assert all("5 < abs_minobj 15" in result.fit_results["status"] for result in alone)
+    # Allowed to fit five stars, each detector alone is further off than the group.
+    lowered = {**DEFAULTS, "abs_minobj": 3}
+    few = [tweakreg.align_images([image], refcat, lowered, "truth")[0] for image in images]
+    few_errors = [d.error_mas(result.wcs) for d, result in zip(detectors, few, strict=True)]
+    assert max(np.max(errors) for errors in few_errors) > max(np.max(errors) for errors in group_errors)
+
+
+def sparse_files(directory: Path, detectors) -> list[Path]:
+    return [image_file(directory, None, expo=f"{SPARSE_EXPOSURE}_WFI0{k + 1}", catalog=d.detections,
+                       observation_id=SPARSE_OBSERVATION, distortion=d.distortion)
+            for k, d in enumerate(detectors)]
+
+
+@pytest.mark.parametrize("align_exposure", [True, False])
+def test_cli_aligns_a_detector_with_the_other_detectors_of_its_exposure(tmp_path, align_exposure):
+    detectors, refcat = sparse_exposure()
+    refcat_path = tmp_path / "truth.ecsv"
+    Table({"ra": refcat["RA"], "dec": refcat["DEC"]}).write(refcat_path)
+    images = sparse_files(tmp_path, detectors)
+    for k, image in enumerate(images):
+        output = tmp_path / image.name.replace("_sourcedetection", "_tweakreg")
+        others = [other for other in images if other != image]
+        assert run([image, output, "--abs-refcat", refcat_path, "--align-exposure",
+                    str(align_exposure).lower(), "--exposure-images", *others]) == 0
+        with rdm.open(output) as product:
+            if align_exposure:
+                assert product.meta.cal_step.tweakreg == "COMPLETE"
+                assert product.meta.wcs_fit_results["nmatches"] == 4 * SPARSE_STARS
+                assert np.max(detectors[k].error_mas(product.meta.wcs)) <= TOLERANCE_MAS
+            else:
+                assert product.meta.cal_step.tweakreg == "FAILED"
+        # Only INPUT's product is written: the other detectors' come from their own runs.
+        assert sorted(tmp_path.glob("*_tweakreg.asdf")) == sorted(
+            tmp_path / i.name.replace("_sourcedetection", "_tweakreg") for i in images[:k + 1])
+
+
+def test_cli_missing_exposure_image_is_a_one_line_error(tmp_path):
+    detectors, _ = sparse_exposure()
+    image = sparse_files(tmp_path, detectors[:1])[0]
+    output = tmp_path / "out_tweakreg.asdf"
+    absent = tmp_path / "absent_sourcedetection.asdf"
+    done = subprocess.run([sys.executable, ROOT / "scripts" / "tweakreg.py", image, output,
+                           "--abs-refcat", refcat_file(tmp_path, Field()), "--exposure-images", absent],
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert done.returncode != 0
+    assert len(errors) == 1 and absent.name in errors[0] and "no such image" in errors[0]
+    assert not output.exists()
 
 
 class _CatalogService(http.server.BaseHTTPRequestHandler):

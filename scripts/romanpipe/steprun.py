@@ -33,11 +33,14 @@ log = logging.getLogger(__name__)
 OUTPUT_NAMING = ("output_dir", "output_file", "suffix")
 
 
-def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Namespace, dict]:
+def parse_step_args(step: str, description: str, argv=None,
+                    extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                    ) -> tuple[argparse.Namespace, dict]:
     """``<script> INPUT [OUTPUT] [--param value ...]``: parse, set up logging, resolve parameters.
 
     Without OUTPUT the product is named as strun names it (:func:`default_output`); stpipe
     parameters of the parameter file that this run does not use are named in one warning.
+    ``extra_arguments`` adds a script's own options (inputs that are not step parameters).
     """
     parser = argparse.ArgumentParser(prog=f"{step}.py", description=description)
     parser.add_argument("input", type=Path, help="input product")
@@ -48,6 +51,8 @@ def parse_step_args(step: str, description: str, argv=None) -> tuple[argparse.Na
     parser.add_argument("--mark-skipped", nargs="+", default=[], metavar="STEP",
                         help="earlier steps the workflow skipped, recorded as SKIPPED")
     step_params.add_step_arguments(parser, step)
+    if extra_arguments is not None:
+        extra_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     values = step_params.resolve_parameters(step, args)
