@@ -620,10 +620,14 @@ def run(image, step: StepRun, exposure_images: Sequence[Path] = ()):
         (status,) = align_models([image], [path], step.parameters, step.output)
         return image, status
     log.info("%s aligned with the %d other detectors of its exposure as one group", path.name, len(others))
+    # In name order, whichever detector's job this is: tweakwcs fits the group in its first image's
+    # tangent plane, and every detector of the exposure must get the same fit.
+    paths = sorted([path, *others], key=lambda item: item.name)
     with ExitStack() as open_files:
-        models = [image] + [open_files.enter_context(open_model(other, INPUT_MODELS)) for other in others]
-        statuses = align_models(models, [path, *others], step.parameters, step.output, one_group=True)
-    return image, statuses[0]
+        models = [image if item == path else open_files.enter_context(open_model(item, INPUT_MODELS))
+                  for item in paths]
+        statuses = align_models(models, paths, step.parameters, step.output, one_group=True)
+    return image, statuses[paths.index(path)]
 
 
 def exposure_images_argument(parser) -> None:

@@ -354,11 +354,17 @@ def test_reference_sources_without_proper_motion_are_dropped(tmp_path):
 
 
 def image_file(directory: Path, field: Field | None, *, expo=EXPO_A, info=WRONG_INFO, catalog=None,
-               catalog_in_file=True, observation_id=None, distortion=None) -> Path:
-    """An ImageModel with the wrong WCS; its catalog beside it (by name) or in memory."""
+               catalog_in_file=True, observation_id=None, distortion=None, place=None) -> Path:
+    """An ImageModel with the wrong WCS; its catalog beside it (by name) or in memory.
+
+    ``place`` (v2, v3): the detector's reference point in wcsinfo, where tweakwcs puts its
+    tangent plane (the WCS keeps ``info``'s attitude).
+    """
     model = datamodels.ImageModel.create_fake_data(shape=SHAPE)
     model.meta.wcsinfo.update(info)
     model.meta.wcs = build_wcs(distortion or detector_to_v2v3(), info, SHAPE)
+    if place is not None:
+        model.meta.wcsinfo.v2_ref, model.meta.wcsinfo.v3_ref = place
     model.meta.wcsinfo.s_region = s_region(model.meta.wcs)
     model.meta.exposure.start_time = START_TIME
     if observation_id:
@@ -493,6 +499,7 @@ class SparseDetector:
 
     def __init__(self, offset, rng):
         self.distortion = detector_to_v2v3() | (Shift(offset[0]) & Shift(offset[1]))
+        self.place = (V2_REF + offset[0], V3_REF + offset[1])
         self.true_wcs = build_wcs(self.distortion, TRUE_INFO, SHAPE)
         self.x, self.y = rng.uniform(20, SHAPE[1] - 21, (2, SPARSE_STARS))
         self.ra, self.dec = self.true_wcs(self.x, self.y)
@@ -515,8 +522,9 @@ def sparse_exposure(seed=11) -> tuple[list[SparseDetector], Table]:
 
 def test_sparse_detectors_align_as_one_exposure_group_and_not_alone():
     detectors, refcat = sparse_exposure()
-    images = [tweakreg.ImageToAlign(f"wfi0{k + 1}", build_wcs(d.distortion, WRONG_INFO, SHAPE), WRONG_INFO,
-                                    d.detections, SPARSE_OBSERVATION) for k, d in enumerate(detectors)]
+    images = [tweakreg.ImageToAlign(f"wfi0{k + 1}", build_wcs(d.distortion, WRONG_INFO, SHAPE),
+                                    dict(WRONG_INFO, v2_ref=d.place[0], v3_ref=d.place[1]), d.detections,
+                                    SPARSE_OBSERVATION) for k, d in enumerate(detectors)]
     assert min(rms(d.error_mas(image.wcs)) for d, image in zip(detectors, images, strict=True)) > 1000.0
     together = tweakreg.align_images(images, refcat, DEFAULTS, "truth")
     group_errors = [d.error_mas(result.wcs) for d, result in zip(detectors, together, strict=True)]
@@ -536,7 +544,7 @@ def test_sparse_detectors_align_as_one_exposure_group_and_not_alone():
 
 def sparse_files(directory: Path, detectors) -> list[Path]:
     return [image_file(directory, None, expo=f"{SPARSE_EXPOSURE}_WFI0{k + 1}", catalog=d.detections,
-                       observation_id=SPARSE_OBSERVATION, distortion=d.distortion)
+                       observation_id=SPARSE_OBSERVATION, distortion=d.distortion, place=d.place)
             for k, d in enumerate(detectors)]
 
 
@@ -546,6 +554,7 @@ def test_cli_aligns_a_detector_with_the_other_detectors_of_its_exposure(tmp_path
     refcat_path = tmp_path / "truth.ecsv"
     Table({"ra": refcat["RA"], "dec": refcat["DEC"]}).write(refcat_path)
     images = sparse_files(tmp_path, detectors)
+    fits = []
     for k, image in enumerate(images):
         output = tmp_path / image.name.replace("_sourcedetection", "_tweakreg")
         others = [other for other in images if other != image]
@@ -556,11 +565,15 @@ def test_cli_aligns_a_detector_with_the_other_detectors_of_its_exposure(tmp_path
                 assert product.meta.cal_step.tweakreg == "COMPLETE"
                 assert product.meta.wcs_fit_results["nmatches"] == 4 * SPARSE_STARS
                 assert np.max(detectors[k].error_mas(product.meta.wcs)) <= TOLERANCE_MAS
+                fit = product.meta.wcs_fit_results
+                fits.append(np.concatenate([np.ravel(fit["shift"]), np.ravel(fit["matrix"])]))
             else:
                 assert product.meta.cal_step.tweakreg == "FAILED"
         # Only INPUT's product is written: the other detectors' come from their own runs.
         assert sorted(tmp_path.glob("*_tweakreg.asdf")) == sorted(
             tmp_path / i.name.replace("_sourcedetection", "_tweakreg") for i in images[:k + 1])
+    # Whichever detector's job it is, the exposure gets one fit (one group, one tangent plane).
+    assert all(np.array_equal(fit, fits[0]) for fit in fits)
 
 
 def test_cli_missing_exposure_image_is_a_one_line_error(tmp_path):

@@ -368,6 +368,41 @@ def tweakreg_catalog_files():
     return files + ([settings["catfile"]] if settings["catfile"] else [])
 
 
+# Pool columns that name an exposure: its detectors' rows differ only in ``detector``.
+EXPOSURE_KEYS = ["program", "execution_plan", "pass", "segment", "observation", "visit", "exposure_number"]
+
+
+@functools.lru_cache(maxsize=8)
+def _exposure_detectors(path, mtime, failed):
+    table = _read_table(path, mtime, "exposure")
+    groups = {}
+    for expo, key in zip(table.index, table[EXPOSURE_KEYS].itertuples(index=False, name=None)):
+        if expo not in failed:
+            groups.setdefault(key, []).append(expo)
+    return {expo: members for members in groups.values() for expo in members}
+
+
+def other_detectors(expo):
+    """The campaign's images of the other detectors of ``expo``'s exposure (failed ones left out)."""
+    path = _complete_pool_path()
+    members = _exposure_detectors(path, os.path.getmtime(path), failed_exposures()).get(expo, [expo])
+    return [other for other in members if other != expo]
+
+
+def tweakreg_exposure_images(wildcards):
+    """tweakreg's inputs of the other detectors of the exposure, aligned with this one as one group
+    (tweakreg.align_exposure); none when each detector is aligned alone."""
+    upstream = upstream_product("tweakreg")
+    if not config["tweakreg"]["align_exposure"] or callable(upstream):
+        return []
+    return [upstream.format(expo=other) for other in other_detectors(wildcards.expo)]
+
+
+def exposure_images_option(wildcards, input):
+    images = list(input.exposure_images)
+    return "--exposure-images " + " ".join(shlex.quote(str(image)) for image in images) if images else ""
+
+
 def step_parameters(step):
     """The step's config block as JSON, so a changed value is a changed param (and reruns)."""
     return json.dumps(config[step], sort_keys=True)

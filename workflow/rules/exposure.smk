@@ -144,9 +144,11 @@ rule source_detection:
 
 
 rule tweakreg:
-    """Align the WCS to the reference catalog (Gaia, or a local file) with tweakwcs (romancal TweakRegStep)."""
+    """Align the WCS to the reference catalog (Gaia, or a local file) with tweakwcs (romancal TweakRegStep),
+    together with the other detectors of the exposure as one group (tweakreg.align_exposure)."""
     input:
         image=upstream_product("tweakreg"),
+        exposure_images=tweakreg_exposure_images,
         catalogs=tweakreg_catalog_files(),
         parameter_file=parameter_file(),
         code=step_script("tweakreg"),
@@ -157,6 +159,7 @@ rule tweakreg:
         values=step_parameters("tweakreg"),
         parameter_file=parameter_file_option(),
         skipped=skipped_before("tweakreg"),
+        exposure_images=exposure_images_option,
     resources:
         mem_mb=step_memory_mb(2, exposure_input_mb("image")),
         runtime=step_runtime_min(10, exposure_input_mb("image")),
@@ -168,4 +171,4 @@ rule tweakreg:
         "../../envs/image.yaml"
     shell:
         "{params.python} {input.code:q} {input.image:q} {output:q} --workflow-params {params.values:q} "
-        "{params.parameter_file} {params.skipped} > {log:q} 2>&1"
+        "{params.exposure_images} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
