@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
+import fidelity  # noqa: E402
 import peer  # noqa: E402
 from measure import (  # noqa: E402
     clean_environment,
@@ -313,17 +314,23 @@ def our_grid(i2d: Path, path: Path) -> Path:
     return path
 
 
-def end_to_end(comparison: Comparison, folder: Path, work: Path, label: str, row=None, suffix="cal"):
-    """romancal's ExposurePipeline (ols_cas22) on the Level 1 file against our _cal."""
+def end_to_end(comparison: Comparison, folder: Path, work: Path, label: str, row=None, suffix="cal") -> dict:
+    """romancal's ExposurePipeline (ols_cas22) on the Level 1 file against our _cal; romancal's
+    product is returned under "theirs" (absent if it failed), ours under "ours"."""
     row = peer.read_pool_row(folder / "results" / "pool.csv") if row is None else row
     uncal = folder / row["path"]
     readout = peer.readout_shape_of(uncal)
     steps = peer.exposure_pipeline_steps(row, work / "peer_references", readout, "ols_cas22")
     reason = REASONS["uncal → cal"] + ("" if peer.refpix_runs(readout) else
                                        "; romancal's refpix skipped (needs the full 4096-column readout)")
-    comparison.add("uncal → cal", f"{label} {uncal.name}", lambda: compare_images(
-        folder / "results" / "exposures" / f"{row['exposure']}_{suffix}.asdf",
-        peer.run_exposure_pipeline(uncal, steps)), reason)
+    products = {"ours": folder / "results" / "exposures" / f"{row['exposure']}_{suffix}.asdf"}
+
+    def compare():
+        products["theirs"] = peer.run_exposure_pipeline(uncal, steps)
+        return compare_images(products["ours"], products["theirs"])
+
+    comparison.add("uncal → cal", f"{label} {uncal.name}", compare, reason)
+    return products
 
 
 def likely_ramp_fit(comparison: Comparison, folder: Path, work: Path, label: str, env) -> None:
@@ -353,7 +360,7 @@ def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
     No CRDS (romanisim's built-in detector parameters), galsim's Roman PSF, no stpsf,
     a star catalog made here (no Gaia query); our MA table's read pattern.
     """
-    if path.is_file():
+    if path.is_file() and romanisim_catalog(path).is_file():
         return path
     import asdf
     import galsim
@@ -377,8 +384,15 @@ def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
                                     crparam={}, rng=rng)
     level1["meta"]["filename"] = path.name
     path.parent.mkdir(parents=True, exist_ok=True)
+    romanisim_catalog(path).parent.mkdir(parents=True, exist_ok=True)
     asdf.AsdfFile({"roman": level1}).write_to(path)
+    # The stars' RA, Dec: the fidelity figures' truth and tweakreg's reference catalog.
+    stars["ra", "dec"].write(romanisim_catalog(path), format="ascii.ecsv", overwrite=True)
     return path
+
+
+def romanisim_catalog(level1: Path) -> Path:
+    return level1.parent.parent / "catalogs" / "romanisim_stars.ecsv"
 
 
 def romanisim_run(folder: Path, ma_table: str, env) -> Path:
@@ -399,6 +413,93 @@ def romanisim_run(folder: Path, ma_table: str, env) -> Path:
     # --notemp: the likely row fits our _darkcurrent again.
     subprocess.run(snakemake_command(romanisim_folder, "--notemp"), check=True, env=env)
     return romanisim_folder
+
+
+FIDELITY_HEADERS = ["inputs", "figure", "value", "goal (issue 21)"]
+
+
+def simulator_truth(folder: Path, exposures) -> tuple:
+    """Our simulator's stars (union over ``exposures``) and, per exposure, their true Level 2 pixels."""
+    from wfisim.truth import read_truth
+
+    positions, pixels = {}, {}
+    for expo in exposures:
+        catalog = read_truth(folder / "truth" / f"{expo}_truth.asdf")["catalog"]
+        for source, ra, dec in zip(catalog["source_id"], catalog["ra"], catalog["dec"], strict=True):
+            positions.setdefault(int(source), (ra, dec))
+        # Readout pixels less the 4-pixel reference border (wfisim.truth).
+        pixels[expo] = (catalog["ra"], catalog["dec"], catalog["x"] - 4, catalog["y"] - 4)
+    ra, dec = np.array(list(positions.values())).T
+    return fidelity.Truth(ra, dec), pixels
+
+
+def exposure_fidelity_rows(label: str, photom: Path, refcat: Path, truth, x, y, work: Path) -> list:
+    figures = fidelity.exposure_fidelity(photom, refcat, truth, x, y, work)
+    after = "astrometry after tweakreg, fit_psf {} (median, mas)"
+    return [[label, "astrometry before tweakreg (median, mas)", figures["input astrometry mas"], ""],
+            [label, after.format("off"), figures["centroid astrometry mas"], "≤ 2"],
+            [label, after.format("on"), figures["fit_psf astrometry mas"], "≤ 2"],
+            [label, f"detection purity ({figures['detections']} detections)", figures["purity"], "≥ 0.95"],
+            [label, f"completeness, stars ≥ {fidelity.BRIGHT_SNR:g}σ ({figures['bright_stars']})",
+             figures["completeness"], "≥ 0.95"]]
+
+
+def default_weight_mosaic_rows(label: str, cal_paths, truth) -> list:
+    """Our resample at its default weights on ``cal_paths``: mosaic over single-exposure fluxes."""
+    from romanpipe.params import step_defaults
+
+    import roman_datamodels as rdm
+
+    import resample
+
+    parameters = step_defaults("resample")
+    models = [rdm.open(path) for path in cal_paths]
+    try:
+        mosaic, = resample.resample_models(models, [path.name for path in cal_paths], parameters,
+                                           association_name="fidelity")
+        ratio, stars = fidelity.mosaic_over_single(mosaic, models, truth)
+    finally:
+        for model in models:
+            model.close()
+    return [[label, f"mosaic / single-exposure star flux, {parameters['weight_type']} ({stars} stars)",
+             ratio, "0.99–1.01"]]
+
+
+def peer_flux_rows(label: str, products: dict, truth) -> list:
+    import roman_datamodels as rdm
+
+    if "theirs" not in products:
+        return [[label, "our / romancal star flux", "not compared: romancal's run failed", ""]]
+    with rdm.open(products["ours"]) as ours:
+        ratio, stars = fidelity.ours_over_peer(ours, products["theirs"], truth)
+    return [[label, f"our / romancal star flux, stars ≥ {fidelity.BRIGHT_SNR:g}σ ({stars})", ratio, "1"]]
+
+
+def guarded(rows: list, label: str, compute) -> None:
+    """Append ``compute()``'s rows, or one row saying why they could not be computed."""
+    try:
+        rows.extend(compute())
+    except Exception as error:  # noqa: BLE001 - a failed figure is reported, the others still run
+        message = f"not computed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        rows.append([label, message, None, ""])
+        print(f"fidelity {label}: {message}", file=sys.stderr)
+
+
+def romanisim_fidelity_rows(folder: Path, products: dict) -> list:
+    """The romanisim exposure: its stars are the truth and tweakreg's reference catalog; where they
+    sit on the image is our assign_wcs WCS's, right to 0.01 mas on romanisim (issue 21)."""
+    import roman_datamodels as rdm
+    from astropy.table import Table
+
+    uncal = next((folder / "uncal").glob("*_uncal.asdf"))
+    catalog = Table.read(romanisim_catalog(uncal))
+    truth = fidelity.Truth(np.asarray(catalog["ra"], float), np.asarray(catalog["dec"], float))
+    photom = products["ours"]
+    with rdm.open(photom) as image:
+        x, y = image.meta.wcs.invert(truth.ra, truth.dec, with_bounding_box=False)
+    rows = exposure_fidelity_rows("romanisim", photom, romanisim_catalog(uncal), truth, x, y,
+                                  folder / "peer" / "fidelity")
+    return rows + peer_flux_rows("romanisim", products, truth)
 
 
 def main(argv=None) -> int:
@@ -431,8 +532,8 @@ def main(argv=None) -> int:
     row = step_by_step(comparison, folder, work)
     likely_ramp_fit(comparison, folder, work, "our simulator", env)
     our_parameters = {step: step_defaults(step) for step in ("skymatch", "outlier_detection", "resample")}
-    flux_asn, _cal_paths, grid, i2d = mosaic_step_by_step(comparison, folder, our_parameters)
-    end_to_end(comparison, folder, work, "our simulator", row)
+    flux_asn, cal_paths, grid, i2d = mosaic_step_by_step(comparison, folder, our_parameters)
+    our_products = end_to_end(comparison, folder, work, "our simulator", row)
     comparison.add("cal → i2d", flux_asn.name.replace("_flux_asn", "_asn"), lambda: compare_mosaic(
         i2d, peer.run_mosaic_pipeline(_cal_association(flux_asn, folder, work),
                                       peer.mosaic_steps(our_parameters, grid))))
@@ -442,11 +543,29 @@ def main(argv=None) -> int:
                   f"{args.size}", file=sys.stderr)
         else:
             romanisim_folder = romanisim_run(folder, args.ma_table, env)
-            end_to_end(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim",
-                       suffix="photom")
+            romanisim_products = end_to_end(comparison, romanisim_folder, romanisim_folder / "peer",
+                                            "romanisim", suffix="photom")
             likely_ramp_fit(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", env)
 
+    fidelity_rows = []
+    label = "our simulator"
+    exposures = [f"{path.name.rsplit('_', 1)[0]}" for path in cal_paths]
+    truth, pixels = simulator_truth(folder, exposures)
+    expo = row["exposure"]
+    exposure_truth = fidelity.Truth(pixels[expo][0], pixels[expo][1])
+    photom = folder / "results" / "exposures" / f"{expo}_photom.asdf"
+    guarded(fidelity_rows, label, lambda: exposure_fidelity_rows(
+        label, photom, folder / "catalogs" / "gaia_like.ecsv", exposure_truth, *pixels[expo][2:],
+        work / "fidelity"))
+    guarded(fidelity_rows, label, lambda: default_weight_mosaic_rows(label, cal_paths, truth))
+    guarded(fidelity_rows, label, lambda: peer_flux_rows(label, our_products, exposure_truth))
+    if args.romanisim and args.size == peer.FULL_READOUT_COLUMNS:
+        guarded(fidelity_rows, "romanisim",
+                lambda: romanisim_fidelity_rows(romanisim_folder, romanisim_products))
+
     table = markdown_table(HEADERS, comparison.rows)
+    table += "\nFidelity against the truth (benchmarks/fidelity.py):\n\n" + markdown_table(FIDELITY_HEADERS,
+                                                                                       fidelity_rows)
     header = (f"Parity with romancal, {args.size}×{args.size} readout, {args.ma_table}, our simulator "
               f"(4 dithered F158 exposures of WFI01){', and romanisim' if args.romanisim else ''}.\n"
               f"{machine_description()}\n"

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench  # noqa: E402
+import fidelity  # noqa: E402
 import measure  # noqa: E402
 
 TIME_V_REPORT = """\
@@ -193,3 +194,45 @@ def test_pool_row_paths_are_made_absolute_from_the_run_folder(tmp_path):
     assert first["ref_dark"] == "/elsewhere/dark.asdf" and first["optical_element"] == "F158"
     second = peer.read_pool_row(pool, Path("b_uncal.asdf"))
     assert second["exposure"] == "b" and second["ref_gain"] == ""
+
+
+# ---------------------------------------------------------------- fidelity figures (issue 21)
+
+def test_detection_quality_counts_real_detections_and_bright_stars_found():
+    """Five stars; detections: three within 0.1" of a star, two far from every star. The
+    bright stars (>= 10 sigma) are 0, 1, 3; 0 and 1 are found, 3 is not."""
+    arcsec = 1 / 3600
+    truth = fidelity.Truth(np.array([10.0, 10.0 + 5 * arcsec, 10.0, 10.0 + 10 * arcsec, 10.0]),
+                           np.array([20.0, 20.0, 20.0 + 5 * arcsec, 20.0 + 10 * arcsec, 20.0 + 20 * arcsec]))
+    detected_ra = np.array([10.0, 10.0 + 5.1 * arcsec, 10.0, 10.0 + 30 * arcsec, 10.0 - 30 * arcsec])
+    detected_dec = np.array([20.0 + 0.1 * arcsec, 20.0, 20.0 + 5.05 * arcsec, 20.0, 20.0])
+    significance = np.array([50.0, 12.0, 3.0, 40.0, np.nan])
+    quality = fidelity.detection_quality(detected_ra, detected_dec, truth, significance)
+    assert quality == {"detections": 5, "purity": 3 / 5, "bright_stars": 3, "completeness": 2 / 3}
+
+
+def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
+    """Two Gaussian stars of 100 and 300 on a sky of 2 (1 px per unit of a plain TAN WCS):
+    sky-subtracted aperture sums within 1 %; an image twice as bright is a ratio of 2."""
+    from astropy import units as u
+    from astropy.coordinates import ICRS
+    from astropy.modeling.models import Pix2Sky_TAN, RotateNative2Celestial, Scale, Shift
+    from gwcs import coordinate_frames as cf
+    from gwcs import wcs as gwcs_wcs
+
+    scale = 0.11 / 3600
+    transform = ((Shift(-32) & Shift(-32)) | (Scale(-scale) & Scale(scale)) | Pix2Sky_TAN()
+                 | RotateNative2Celestial(10.0, 20.0, 180.0))
+    wcs = gwcs_wcs.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), transform),
+                        (cf.CelestialFrame(reference_frame=ICRS(), name="world"), None)])
+    positions = [(20.3, 22.6), (44.8, 40.1)]
+    ra, dec = wcs(np.array([p[0] for p in positions]), np.array([p[1] for p in positions]))
+    yy, xx = np.mgrid[0:64, 0:64]
+    image = np.full((64, 64), 2.0)
+    for (x, y), total in zip(positions, (100.0, 300.0), strict=True):
+        image += total * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.0**2)) / (2 * np.pi)
+    truth = fidelity.Truth(np.asarray(ra), np.asarray(dec))
+    fluxes = fidelity.star_fluxes(image, wcs, truth)
+    np.testing.assert_allclose(fluxes, [100.0, 300.0], rtol=0.01)
+    brighter = fidelity.star_fluxes(2 * image, wcs, truth)
+    assert fidelity.median_ratio(brighter, fluxes) == (pytest.approx(2.0), 2)
