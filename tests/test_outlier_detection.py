@@ -213,6 +213,17 @@ def test_stars_and_clean_sky_are_not_flagged(field_with_cosmic_rays, flags_in_me
     assert on_sky < 0.001
 
 
+@pytest.mark.parametrize("weight_type", ["ivm-sky", "ivm-smed"])
+def test_sky_variance_weights_find_the_cosmic_rays_and_spare_the_stars(field_with_cosmic_rays, weight_type):
+    """The grouped mosaics drizzled with resample's sky-variance weights (romanpipe.drizzling)."""
+    models, _, _ = field_with_cosmic_rays
+    flags = masks(flag_outliers(exposures_of(models), parameters(in_memory=True, weight_type=weight_type)))
+    fraction, total = cosmic_rays_found(field_with_cosmic_rays, flags)
+    on_stars, on_sky, _ = flagged_fractions(field_with_cosmic_rays, flags)
+    assert total > 200 and fraction >= 0.95
+    assert on_stars < 0.001 and on_sky < 0.001
+
+
 def test_a_finer_median_grid_spares_undersampled_star_cores():
     """Stars of 1.3 px FWHM (Roman's at F087-F158): the documented grid and scale flag their cores;
     the median at half the pixel scale with scale 1.0 0.8 (the workflow's configuration) does not,
