@@ -416,6 +416,13 @@ def test_ivm_sky_is_romancals_sky_variance_and_ivm_smed_its_local_median():
     weight = drizzling.drizzle_weight(exposure, "ivm-smed", "~DO_NOT_USE")
     assert weight[10, 10] == pytest.approx(weight[12, 12], rel=1e-6)
     assert drizzling.drizzle_weight(exposure, "ivm", "~DO_NOT_USE")[10, 10] == pytest.approx(1.0, rel=1e-3)
+    # A read noise rising linearly along x is kept between block centres (pixel 7.5, 23.5, ...),
+    # and beyond the outer centres the nearest block's median holds.
+    ramp = 0.01 + 0.001 * np.arange(64)[None, :] * np.ones(shape)
+    model = image_model(np.full(shape, 2.0), wcs, var_rnoise=ramp, var_poisson=np.zeros(shape))
+    local = drizzling.local_sky_variance(exposure_from_model(model, "ramp"), good, block=16)
+    expected = 0.01 + 0.001 * np.clip(np.arange(64), 7.5, 55.5)
+    np.testing.assert_allclose(local[5], expected, rtol=2e-3)
 
 
 def test_variances_combine_with_squared_weights_and_err_is_their_root():

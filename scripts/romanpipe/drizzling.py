@@ -167,8 +167,6 @@ def local_sky_variance(exposure: Exposure, good: np.ndarray, block: int = SKY_BL
     """The median of VAR_SKY over the good pixels of each ``block`` x ``block`` block, interpolated
     bilinearly between block centres: a pixel gets the variance of the sky around it, whatever
     its own signal. None without VAR_RNOISE."""
-    from scipy.ndimage import map_coordinates
-
     variance = sky_variance(exposure)
     if variance is None:
         return None
@@ -183,11 +181,22 @@ def local_sky_variance(exposure: Exposure, good: np.ndarray, block: int = SKY_BL
     if not np.isfinite(medians).any():
         return variance
     medians = np.where(np.isfinite(medians), medians, np.nanmedian(medians)).astype(np.float32)
-    # Block (i, j) is centred on pixel (block * (i + 0.5) - 0.5); edges take the nearest block.
-    rows = (np.arange(ny, dtype=np.float32) + 0.5) / block - 0.5
-    columns = (np.arange(nx, dtype=np.float32) + 0.5) / block - 0.5
-    yy, xx = np.meshgrid(rows, columns, indexing="ij")
-    return map_coordinates(medians, [yy, xx], order=1, mode="nearest").astype(np.float32)
+    along_rows = _linear_between_blocks(medians, nx, block, axis=1)
+    return _linear_between_blocks(along_rows, ny, block, axis=0)
+
+
+def _linear_between_blocks(values: np.ndarray, size: int, block: int, axis: int) -> np.ndarray:
+    """``values`` on block centres (block * (i + 0.5) - 0.5) interpolated linearly to ``size``
+    pixels along ``axis``; beyond the first and last centres the nearest block's value."""
+    position = np.clip((np.arange(size, dtype=np.float32) + 0.5) / block - 0.5, 0, values.shape[axis] - 1)
+    lower = np.floor(position).astype(np.intp)
+    upper = np.minimum(lower + 1, values.shape[axis] - 1)
+    fraction = (position - lower).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = size
+    fraction = fraction.reshape(shape)
+    return (np.take(values, lower, axis=axis) * (1 - fraction)
+            + np.take(values, upper, axis=axis) * fraction).astype(np.float32)
 
 
 def weight_variance(exposure: Exposure, weight_type: str | None, good: np.ndarray) -> np.ndarray | None:
