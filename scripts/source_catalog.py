@@ -23,12 +23,14 @@ section on it), built on photutils:
 5. Circular aperture photometry at 0.1, 0.2, 0.4, 0.8 and 1.6 arcsec (``aperXX_flux``,
    XX in tenths of an arcsecond) and the local background as the 3-sigma-clipped median of
    a 2.4-2.8 arcsec annulus. The aperture corrections are the encircled energy of the
-   Roman effective PSF of the detector and filter within each radius (the PSF the
-   simulator draws, see romanpipe.roman_psf): ``meta.ee_fractions`` holds them, and
-   aperXX_flux / ee_fraction is a point source's total flux. As romancal, the fluxes
-   themselves are not corrected. The apertures are centred on the PSF position where
-   its fit converged, else on the windowed centroid. ``is_extended`` is romancal's test, aper04 > 1.2 x aper02
-   x EE(0.4")/EE(0.2").
+   effective PSF within each radius: the EPSF reference's (``override_epsf``; the
+   simulator's reference factory makes it from the PSF it draws its stars with), else the
+   Roman PSF of the detector and filter of romanpipe.roman_psf (galsim or stpsf). The
+   table's ``meta.ee_fractions`` holds them, and aperXX_flux / ee_fraction is a point
+   source's total flux. As romancal, the fluxes themselves are not corrected. The
+   apertures are centred on the PSF position where its fit converged, else on the
+   windowed centroid. ``is_extended`` is romancal's test, aper04 > 1.2 x aper02 x
+   EE(0.4")/EE(0.2").
 6. With ``fit_psf`` (done before 5, whose apertures it centres: see photometry_positions):
    flux and position of the Roman effective PSF fitted to every source at once (5 x 5
    pixels around its centroid, weighted by 1/err^2, romanpipe.roman_psf
@@ -71,8 +73,8 @@ from romanpipe.errors import NoScienceDataError
 from romanpipe.files import atomic_path
 from romanpipe.naming import product_name
 from romanpipe.products import derived_model, open_model, plain_array, write_atomic
-from romanpipe.roman_psf import PIXEL_SCALE_ARCSEC, fit_psf_photometry, kernel_and_psf
-from romanpipe.steprun import parse_step_args, record_provenance
+from romanpipe.roman_psf import PIXEL_SCALE_ARCSEC, epsf_reference_model, fit_psf_photometry, kernel_and_psf
+from romanpipe.steprun import StepRun, parse_step_args, record_provenance
 from romanpipe.timing import PhaseTimer
 
 import numpy as np
@@ -484,15 +486,18 @@ def source_catalog(data, err, dq, *, psf_model, scale: ImageScale, flux_to_njy: 
     return CatalogResult(catalog, detection, ee_fractions)
 
 
-def run(image, parameters: dict, input_name) -> tuple:
+def run(image, step: StepRun) -> tuple:
     """The catalog model (rad's ImageSourceCatalogModel) and segmentation model of an open ImageModel."""
+    parameters, input_name = step.parameters, step.input
     data, err, dq = (plain_array(image[name]) for name in ("data", "err", "dq"))
     if data.ndim != 2 or 0 in data.shape or unusable_pixels(data, err, dq).all():
         raise NoScienceDataError(f"{input_name}: no usable pixel in data of shape {data.shape} "
                                  "(all DO_NOT_USE, not finite or without a positive error)")
     # The PSF also when not fitted: its encircled energy gives the aperture corrections.
-    kernel_fwhm, psf_model = kernel_and_psf(image.meta.instrument, parameters["kernel_fwhm"], True,
-                                            input_name)
+    kernel_fwhm, psf_model = kernel_and_psf(image.meta.instrument, parameters["kernel_fwhm"],
+                                            not parameters["override_epsf"], input_name)
+    if parameters["override_epsf"]:
+        psf_model = epsf_reference_model(step.reference("epsf"))
     wcs = image.meta.get("wcs")
     scale = image_scale(wcs, data.shape)
     result = source_catalog(data, err, dq, psf_model=psf_model, scale=scale,
@@ -538,11 +543,12 @@ def main(argv=None) -> None:
     with timer.phase("read"):
         image = open_model(args.input, INPUT_MODELS)
     with image:
+        step = StepRun(STEP, parameters, args.input, catalog_path, image.meta)
         with timer.phase("step"):
-            catalog_model, segmentation = run(image, parameters, args.input)
+            catalog_model, segmentation = run(image, step)
         with timer.phase("provenance"):
             for model in (catalog_model, segmentation):
-                record_provenance(model, STEP, parameters)
+                record_provenance(model, STEP, parameters, step.references)
         with timer.phase("write"):
             write_atomic(segmentation, segmentation_path)
             write_parquet(catalog_model, catalog_path)

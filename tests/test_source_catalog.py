@@ -262,3 +262,98 @@ def test_cli_empty_field_writes_an_empty_catalog(tmp_path):
     assert len(table) == 0 and list(table.columns) == source_catalog.catalog_columns(fit_psf=True)
     with rdm.open(tmp_path / f"{EXPO}_segm.asdf") as segmentation:
         assert not np.asarray(segmentation.data).any()
+
+
+# --- the peer ---------------------------------------------------------------------------------
+
+def apcorr_reference(path, ee_fractions, radii_arcsec):
+    """An APCORR reference for F158 holding our encircled energies (romancal reads it for is_extended)."""
+    model = datamodels.ApcorrRefModel.create_fake_data()
+    radii = np.asarray(radii_arcsec, dtype=np.float64)
+    fractions = np.asarray(ee_fractions, dtype=np.float64)
+    model.data = {"F158": {"ee_fractions": fractions, "ee_radii": radii, "ap_corrections": 1.0 / fractions,
+                           "sky_background_rin": 2.4, "sky_background_rout": 2.8}}
+    model.meta.instrument.detector = "WFI03"
+    model.to_asdf(path)
+    return path
+
+
+@pytest.mark.peer
+def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalog, tmp_path):
+    """romancal 1.1's SourceCatalogStep on the same _cal with the same parameters: the same
+    sources, aperture fluxes to 1 % (median), centroids to a few hundredths of a pixel."""
+    pytest.importorskip("romancal")
+    from romancal.source_catalog.source_catalog_step import SourceCatalogStep
+
+    path, _ = cal_file
+    # Six radii: romancal fits a cubic spline to them.
+    radii = np.array([0.1, 0.2, 0.4, 0.8, 1.2, 1.6])
+    model = roman_psf.roman_psf_model("WFI03", "F158")
+    fractions = source_catalog.encircled_energy(model, radii / 0.11)
+    apcorr = apcorr_reference(tmp_path / "apcorr.asdf", fractions, radii)
+    output = tmp_path / f"{EXPO}_cat.parquet"
+    parameters = {"snr_threshold": 2.0, "npixels": 5, "deblend": True, "kernel_fwhm": SETTINGS["kernel_fwhm"]}
+    options = [arg for name, value in parameters.items()
+               for arg in (f"--{name.replace('_', '-')}", str(value).lower())]
+    assert cli.run(source_catalog.main, [str(path), str(output), "--fit-psf", "false", *options]) == 0
+    ours = pd.read_parquet(output)
+    # process() directly: run() would ask a CRDS server for the step's parameter reference.
+    with rdm.open(path) as image:
+        theirs_model, _ = SourceCatalogStep(override_apcorr=str(apcorr), fit_psf=False,
+                                            **parameters).process(image)
+    theirs = theirs_model.source_catalog.to_pandas()
+
+    distance, index = nearest(theirs["x_centroid"], theirs["y_centroid"],
+                              ours["x_centroid"], ours["y_centroid"])
+    matched = distance < 0.5
+    assert matched.mean() >= 0.9 and len(set(index[matched])) >= 0.9 * len(theirs)
+    for name in ("aper02_flux", "aper04_flux", "segment_flux", "kron_flux"):
+        ratio = ours[name].to_numpy()[matched] / theirs[name].to_numpy()[index[matched]]
+        assert abs(np.median(ratio) - 1) < 0.01, name
+    assert np.median(distance[matched]) < 0.05
+    np.testing.assert_allclose(ours["ra_centroid"].to_numpy()[matched],
+                               theirs["ra_centroid"].to_numpy()[index[matched]], atol=0.05 * 0.11 / 3600)
+
+
+# --- the simulator's EPSF reference ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def simulated_field(tmp_path_factory):
+    """Stars drawn by the simulator (wfisim.psf.render_stars, its Roman PSF) and its EPSF reference."""
+    from test_simulator import detector
+    from wfisim.psf import render_stars
+    from wfisim.references import make_reference
+    from wfisim.scene import Catalog
+
+    rng = np.random.default_rng(5)
+    shape = (224, 224)
+    centres = np.arange(16.0, shape[0] - 12, 30.0)
+    x, y = (a.ravel() + rng.uniform(-3.0, 3.0, a.size) for a in np.meshgrid(centres, centres))
+    flux = np.exp(rng.uniform(np.log(100.0), np.log(3000.0), x.size))
+    rate = render_stars(shape, Catalog(x, y, flux), SKY, "F158", detector="WFI03", psf="roman")
+    data, err = observe(rate, seed=6)
+    epsf = make_reference("epsf", detector(name="WFI03"), useafter="2027-01-01T00:00:00",
+                          optical_element="F158")
+    path = tmp_path_factory.mktemp("epsf") / "roman_wfi_epsf_0001.asdf"
+    epsf.to_asdf(path)
+    return x, y, flux, data, err, path
+
+
+def test_the_epsf_reference_gives_the_simulated_fluxes_and_positions(simulated_field, tmp_path):
+    x, y, flux, data, err, epsf = simulated_field
+    path = write_cal(tmp_path / f"{EXPO}_cal.asdf", data, err, np.zeros(data.shape, np.uint32),
+                     conversion=1.0, pixel_area=1e-15)  # 1 DN/s = 1 nJy
+    output = tmp_path / f"{EXPO}_cat.parquet"
+    assert cli.run(source_catalog.main, [str(path), str(output), "--override-epsf", str(epsf)]) == 0
+    table = pd.read_parquet(output)
+    distance, index = nearest(table["x_psf"], table["y_psf"], x, y)
+    assert (distance < 0.1).all()
+    dx, dy = table["x_psf"].to_numpy()[index] - x, table["y_psf"].to_numpy()[index] - y
+    assert math.sqrt(np.mean(dx**2 + dy**2) / 2) <= 0.02
+    assert abs(np.median(table["psf_flux"].to_numpy()[index] / flux) - 1) < 0.01
+    ee = pq.read_schema(output).metadata[b"source_catalog.ee_fractions"].decode()
+    fractions = np.array(ee.strip("[]").split(), dtype=float)
+    corrected = table["aper04_flux"].to_numpy()[index] / fractions[2]
+    assert abs(np.median(corrected / flux) - 1) < 0.02
+    with rdm.open(tmp_path / f"{EXPO}_segm.asdf") as segmentation:
+        assert segmentation.meta.provenance.source_catalog.references.epsf.file == epsf.name

@@ -288,3 +288,17 @@ def kernel_and_psf(instrument, kernel_fwhm: float | None, with_psf: bool, input_
     except ValueError as err:
         raise ParameterError(f"{input_name}: {err}") from None
     return fwhm, psf_model
+
+
+def epsf_reference_model(path):
+    """A photutils ImagePSF of an EPSF reference file: its first PSF (in focus, first spectral type,
+    first position), oversampled ``meta.oversample`` times, origin on the central sample."""
+    from photutils.psf import ImagePSF
+    from roman_datamodels import datamodels
+
+    from .products import open_model
+
+    with open_model(path, (datamodels.EpsfRefModel,)) as reference:
+        stamp = np.array(reference.psf[0, 0, 0], dtype=np.float64)
+        oversampling = int(reference.meta.oversample)
+    return ImagePSF(stamp, oversampling=oversampling)
