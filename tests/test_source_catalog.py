@@ -3,6 +3,7 @@
 import math
 
 from romanpipe import cli, dqflags, roman_psf
+from romanpipe.products import set_cal_step
 
 import astropy.units as u
 import numpy as np
@@ -279,11 +280,21 @@ def apcorr_reference(path, ee_fractions, radii_arcsec):
 
 
 @pytest.mark.peer
-def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalog, tmp_path):
+def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalog, tmp_path, monkeypatch):
     """romancal 1.1's SourceCatalogStep on the same _cal with the same parameters: the same
     sources, aperture fluxes to 1 % (median), centroids to a few hundredths of a pixel."""
     pytest.importorskip("romancal")
+    from romancal.source_catalog import _source_catalog
     from romancal.source_catalog.source_catalog_step import SourceCatalogStep
+    from stpipe import crds_client
+
+    def no_dust_map(*args, **kwargs):
+        raise LookupError("no CRDS server: no dust map")
+
+    # romancal asks a CRDS server for its dust maps and for the context it records (crds exits
+    # when there is none); without the maps it writes dust_ebv NaN, as we do.
+    monkeypatch.setattr(_source_catalog, "getreferences", no_dust_map)
+    monkeypatch.setattr(crds_client, "get_context_used", lambda observatory: "N/A")
 
     path, _ = cal_file
     # Six radii: romancal fits a cubic spline to them.
@@ -299,6 +310,7 @@ def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalo
     ours = pd.read_parquet(output)
     # process() directly: run() would ask a CRDS server for the step's parameter reference.
     with rdm.open(path) as image:
+        set_cal_step(image, "tweakreg", "COMPLETE")  # a real _cal has cal_step, which romancal updates
         theirs_model, _ = SourceCatalogStep(override_apcorr=str(apcorr), fit_psf=False,
                                             **parameters).process(image)
     theirs = theirs_model.source_catalog.to_pandas()
