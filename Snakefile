@@ -19,6 +19,7 @@ include: "workflow/rules/pool.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/exposure.smk"
 include: "workflow/rules/mosaic.smk"
+include: "workflow/rules/catalog.smk"
 include: "workflow/rules/groundtest.smk"
 include: "workflow/rules/report.smk"
 
@@ -39,6 +40,7 @@ rule all:
     input:
         exposures=exposure_products,
         mosaics=final_mosaics,
+        catalogs=source_catalogs,
         groundtest=groundtest_products,
         quicklook_images=quicklook_images,
         quicklook_mosaics=quicklook_mosaics,

@@ -397,6 +397,24 @@ def test_optical_element_is_required_exactly_where_crds_selects_on_it():
 # --- campaign --------------------------------------------------------------------------------
 
 
+def test_epsf_reference_is_the_psf_the_stars_are_drawn_with():
+    """A star drawn at a sample of the EPSF's grid has the EPSF's values at its pixels."""
+    from wfisim.psf import OVERSAMPLING, ROMAN_STAMP_HALF_WIDTH, render_stars
+
+    model = make_reference("epsf", detector(name="WFI03"), useafter="2027-01-01T00:00:00",
+                           optical_element="F158")
+    model.validate()
+    psf = np.asarray(model.psf)
+    assert psf.shape == (1, 1, 1, 133, 133) and model.meta.oversample == OVERSAMPLING
+    assert psf.sum() == pytest.approx(OVERSAMPLING**2, rel=1e-6)
+    shape = (2 * ROMAN_STAMP_HALF_WIDTH + 1,) * 2
+    centre = float(ROMAN_STAMP_HALF_WIDTH)
+    star = render_stars(shape, Catalog(np.array([centre]), np.array([centre]), np.array([1000.0])), 0.0,
+                        "F158", detector="WFI03", psf="roman")
+    native = psf[0, 0, 0, 2::OVERSAMPLING, 2::OVERSAMPLING]  # the samples at the pixel centres
+    np.testing.assert_allclose(star, 1000.0 * native / native.sum(), rtol=1e-4, atol=1e-6)
+
+
 def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_config(tmp_path):
     config = CampaignConfig.from_mapping({
         "detectors": ["WFI01", "WFI02"], "filters": ["F087"], "exposures_per_filter": 2,
@@ -413,8 +431,9 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert crds_cache.current_context(tmp_path / "crds_cache") == outputs.crds_context
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(
         path.name for path in outputs.references)
-    # Per detector: MASK SATURATION GAIN READNOISE LINEARITY DARK PHOTOM, and DISTORTION and FLAT of F087.
-    assert len(outputs.references) == 2 * 9
+    # Per detector: MASK SATURATION GAIN READNOISE LINEARITY DARK PHOTOM, and DISTORTION, FLAT and
+    # EPSF of F087.
+    assert len(outputs.references) == 2 * 10
     for path in outputs.references:
         with rdm.open(path) as model:
             assert model.meta.useafter < Time(config.start_time)

@@ -3,7 +3,7 @@
 import logging
 import math
 
-from romanpipe import cli, dqflags
+from romanpipe import background, cli, dqflags, roman_psf
 
 import numpy as np
 import pytest
@@ -60,12 +60,12 @@ def centroid_rms(catalog, x, y, found, index):
 def test_default_kernel_fwhm_is_the_diffraction_fwhm_and_one_pixel_in_quadrature(element, wavelength_um):
     diffraction_arcsec = 1.03 * wavelength_um * 1e-6 / 2.36 * 180 / math.pi * 3600
     expected = math.sqrt((diffraction_arcsec / 0.11) ** 2 + 1.0)
-    assert source_detection.default_kernel_fwhm(element) == pytest.approx(expected, rel=1e-12)
+    assert roman_psf.default_kernel_fwhm(element) == pytest.approx(expected, rel=1e-12)
 
 
 def test_default_kernel_fwhm_of_a_grism_is_an_error():
     with pytest.raises(ValueError, match="GRISM"):
-        source_detection.default_kernel_fwhm("GRISM")
+        roman_psf.default_kernel_fwhm("GRISM")
 
 
 # --- (a) Gaussian field ---------------------------------------------------------------------
@@ -148,8 +148,8 @@ def roman_field():
 def test_fit_psf_on_galsim_drawn_stars_gives_positions_to_002_pixel_and_fluxes_to_a_few_percent(roman_field):
     truth, data, err = roman_field
     dq = np.zeros(data.shape, np.uint32)
-    kernel = source_detection.default_kernel_fwhm("F158")
-    model = source_detection.roman_psf_model("WFI03", "F158")
+    kernel = roman_psf.default_kernel_fwhm("F158")
+    model = roman_psf.roman_psf_model("WFI03", "F158")
 
     dao = source_detection.find_sources(data, err, dq, kernel_fwhm=kernel)
     fitted = source_detection.find_sources(data, err, dq, kernel_fwhm=kernel, psf_model=model)
@@ -200,8 +200,8 @@ def test_fit_psf_finds_stars_romanisim_rendered_at_their_catalog_positions():
     err = np.sqrt(np.clip(data, sky, None) / exposure_time + READ_NOISE**2).astype(np.float16)
 
     fitted = source_detection.find_sources(data, err, np.zeros(shape, np.uint32),
-                                           kernel_fwhm=source_detection.default_kernel_fwhm("F158"),
-                                           psf_model=source_detection.roman_psf_model("WFI03", "F158"))
+                                           kernel_fwhm=roman_psf.default_kernel_fwhm("F158"),
+                                           psf_model=roman_psf.roman_psf_model("WFI03", "F158"))
 
     found, index = match(fitted, x, y)
     assert found.all()
@@ -220,12 +220,12 @@ def test_vectorised_fits_agree_with_photutils_psf_photometry(roman_field):
     error = err.astype(np.float64)
     mask = np.zeros(data.shape, bool)
     mask[::7, ::5] = True  # some boxes lose a pixel or two
-    model = source_detection.roman_psf_model("WFI03", "F158")
+    model = roman_psf.roman_psf_model("WFI03", "F158")
     dao = source_detection.find_sources(data + SKY, err, np.zeros(data.shape, np.uint32),
-                                        kernel_fwhm=source_detection.default_kernel_fwhm("F158"))
-    ours = source_detection.fit_psf_photometry(data, error, mask, dao, model)
-    photometry = PSFPhotometry(model, source_detection.PSF_FIT_SHAPE,
-                               xy_bounds=source_detection.PSF_FIT_MAX_SHIFT, aperture_radius=2.5)
+                                        kernel_fwhm=roman_psf.default_kernel_fwhm("F158"))
+    ours = roman_psf.fit_psf_photometry(data, error, mask, dao, model)
+    photometry = PSFPhotometry(model, roman_psf.PSF_FIT_SHAPE,
+                               xy_bounds=roman_psf.PSF_FIT_MAX_SHIFT, aperture_radius=2.5)
     expected = photometry(data, mask=mask, error=error,
                           init_params=Table({"id": dao["id"], "x": dao["x"], "y": dao["y"]}))
     assert len(ours) == len(expected) > 50
@@ -245,15 +245,15 @@ def test_a_source_without_pixels_to_fit_keeps_daostarfinders_position(roman_fiel
     _, data, err = roman_field
     data = data.astype(np.float64) - SKY
     dao = source_detection.find_sources(data + SKY, err, np.zeros(data.shape, np.uint32),
-                                        kernel_fwhm=source_detection.default_kernel_fwhm("F158"))
+                                        kernel_fwhm=roman_psf.default_kernel_fwhm("F158"))
     mask = np.zeros(data.shape, bool)
     first, second = (np.rint([dao["y"][i], dao["x"][i]]).astype(int) for i in (0, 1))
     mask[first[0] - 2:first[0] + 3, first[1] - 2:first[1] + 3] = True
     mask[second[0] - 2:second[0] + 3, second[1] - 2:second[1] + 3] = True
     mask[second[0], second[1]:second[1] + 2] = False  # two pixels left: fewer than the parameters
-    model = source_detection.roman_psf_model("WFI03", "F158")
+    model = roman_psf.roman_psf_model("WFI03", "F158")
 
-    fitted = source_detection.fit_psf_photometry(data, err.astype(np.float64), mask, dao, model)
+    fitted = roman_psf.fit_psf_photometry(data, err.astype(np.float64), mask, dao, model)
 
     for i in (0, 1):
         for name in ("x", "y", "flux"):
@@ -264,7 +264,7 @@ def test_a_source_without_pixels_to_fit_keeps_daostarfinders_position(roman_fiel
 
 
 def test_roman_psf_model_is_normalised_to_unit_flux_per_native_pixel_grid():
-    model = source_detection.roman_psf_model("WFI03", "F158")
+    model = roman_psf.roman_psf_model("WFI03", "F158")
     rows, cols = np.mgrid[-20:21, -20:21]
     # The model's pixel values of a star at a pixel centre sum to the light within the 41-pixel stamp.
     within_stamp = model.evaluate(cols, rows, 1.0, 0.0, 0.0).sum()
@@ -275,11 +275,11 @@ def test_roman_psf_model_is_normalised_to_unit_flux_per_native_pixel_grid():
 
 
 def test_the_psf_is_built_once_per_detector_and_filter_into_the_cache_folder(tmp_path, monkeypatch, caplog):
-    built = source_detection.roman_psf_model("WFI03", "F158").data
-    monkeypatch.setenv(source_detection.PSF_CACHE_VARIABLE, str(tmp_path))
-    source_detection._effective_psf.cache_clear()
-    with caplog.at_level(logging.INFO, logger="source_detection"):
-        first = source_detection.roman_psf_model("WFI03", "F158").data
+    built = roman_psf.roman_psf_model("WFI03", "F158").data
+    monkeypatch.setenv(roman_psf.PSF_CACHE_VARIABLE, str(tmp_path))
+    roman_psf._effective_psf.cache_clear()
+    with caplog.at_level(logging.INFO, logger="romanpipe.roman_psf"):
+        first = roman_psf.roman_psf_model("WFI03", "F158").data
     [kept] = tmp_path.glob("*.npy")
     assert "SCA03_F158_galsim" in kept.name and "x4_41px" in kept.name
     np.testing.assert_array_equal(np.load(kept), built)
@@ -287,24 +287,24 @@ def test_the_psf_is_built_once_per_detector_and_filter_into_the_cache_folder(tmp
     assert not list(tmp_path.glob(".*"))  # no staging file left
 
     # A later job reads the file instead of building the PSF.
-    source_detection._effective_psf.cache_clear()
-    monkeypatch.setattr(source_detection, "_galsim_effective_psf", lambda *_: pytest.fail("PSF built again"))
-    np.testing.assert_array_equal(source_detection.roman_psf_model("WFI03", "F158").data, built)
+    roman_psf._effective_psf.cache_clear()
+    monkeypatch.setattr(roman_psf, "_galsim_effective_psf", lambda *_: pytest.fail("PSF built again"))
+    np.testing.assert_array_equal(roman_psf.roman_psf_model("WFI03", "F158").data, built)
 
     # An unreadable file is built again and replaced.
     kept.write_bytes(b"not a numpy file")
-    source_detection._effective_psf.cache_clear()
-    monkeypatch.setattr(source_detection, "_galsim_effective_psf", lambda *_: built.copy())
-    with caplog.at_level(logging.WARNING, logger="source_detection"):
-        np.testing.assert_array_equal(source_detection.roman_psf_model("WFI03", "F158").data, built)
+    roman_psf._effective_psf.cache_clear()
+    monkeypatch.setattr(roman_psf, "_galsim_effective_psf", lambda *_: built.copy())
+    with caplog.at_level(logging.WARNING, logger="romanpipe.roman_psf"):
+        np.testing.assert_array_equal(roman_psf.roman_psf_model("WFI03", "F158").data, built)
     assert "unreadable" in caplog.text
     np.testing.assert_array_equal(np.load(kept), built)
-    source_detection._effective_psf.cache_clear()
+    roman_psf._effective_psf.cache_clear()
 
 
 def test_unknown_detector_is_an_error():
     with pytest.raises(ValueError, match="WFI19"):
-        source_detection.roman_psf_model("WFI19", "F158")
+        roman_psf.roman_psf_model("WFI19", "F158")
 
 
 # --- (c) cosmic-ray residuals ----------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_cosmic_ray_residuals_make_no_detection_and_hide_no_star():
     data, err = observe(rate, seed=42)
     assert len(bright) >= 10
 
-    kernel = source_detection.default_kernel_fwhm("F158")
+    kernel = roman_psf.default_kernel_fwhm("F158")
     catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=kernel)
 
     distance, _ = cKDTree(np.c_[x, y]).query(np.c_[catalog["x"], catalog["y"]])
@@ -419,7 +419,7 @@ def test_background_mesh_filter_equals_photutils(filter_size):
     options = dict(filter_size=filter_size, mask=mask, sigma_clip=SigmaClip(sigma=2.0),
                    bkg_estimator=MedianBackground())
     expected = Background2D(data, 9, **options)
-    ours = source_detection.MeshMedianBackground2D(data, 9, **options)
+    ours = background.MeshMedianBackground2D(data, 9, **options)
     np.testing.assert_array_equal(ours.background, expected.background)
     np.testing.assert_array_equal(ours.background_rms, expected.background_rms)
 
@@ -439,7 +439,7 @@ def test_a_threshold_must_be_chosen_and_a_high_one_finds_nothing():
     with pytest.raises(ValueError, match="calc_scalar_threshold"):
         source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, calc_scalar_threshold=False)
     empty = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, scalar_threshold=1e6,
-                                          psf_model=source_detection.roman_psf_model("WFI03", "F158"))
+                                          psf_model=roman_psf.roman_psf_model("WFI03", "F158"))
     assert len(empty) == 0
     assert set(source_detection.FIT_COLUMNS) <= set(empty.colnames)
 
@@ -478,7 +478,7 @@ def test_background_of_a_heavily_masked_image_falls_back_to_one_box(caplog):
     truth, data, err = grid_field()
     dq = np.zeros(data.shape, np.uint32)
     dq[:, 2::4] |= DO_NOT_USE  # a quarter of every box (photutils rejects them all); 2 pixels from stars
-    with caplog.at_level(logging.INFO, logger="source_detection"):
+    with caplog.at_level(logging.INFO, logger="romanpipe.background"):
         catalog = source_detection.find_sources(data, err, dq, kernel_fwhm=2.0, peakmax=None)
     assert "one box over the whole image" in caplog.text
     found, _ = match(catalog, truth.x, truth.y)

@@ -30,19 +30,21 @@ STEP_SUFFIX: dict[str, str] = {
     "skymatch": "skymatch",
     "outlier_detection": "outlier_detection",
     "resample": "resample",
+    "source_catalog": "cat",
 }
 
 # Products that only the next step of the chain reads, moments later on the same file system:
 # every step's product except resample's mosaic. Delivered products (_cal, _i2d) and Level 1
 # inputs are not among them.
-INTERMEDIATE_SUFFIXES: frozenset[str] = frozenset(STEP_SUFFIX.values()) - {STEP_SUFFIX["resample"]}
+INTERMEDIATE_SUFFIXES: frozenset[str] = frozenset(STEP_SUFFIX.values()) - {STEP_SUFFIX["resample"],
+                                                                          STEP_SUFFIX["source_catalog"]}
 
 # Suffixes that are not a step's own output, and the spellings romancal also uses.
 OTHER_SUFFIXES = (
     "uncal", "ramp", "fitopt", "cal", "i2d", "median", "blot", "outlier_i2d", "asn",
     "dq_init", "dark_current", "ramp_fit", "assign_wcs", "flat_field",
     "source_detection", "sourcedetectionstep", "tweakregstep", "resamplestep",
-    "outlier_detection_step", "cat", "segm",
+    "outlier_detection_step", "segm",
 )
 
 KNOWN_SUFFIXES: frozenset[str] = frozenset(STEP_SUFFIX.values()) | frozenset(OTHER_SUFFIXES)

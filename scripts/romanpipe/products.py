@@ -8,6 +8,7 @@ and renamed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -131,6 +132,17 @@ def exposure_group(model, fallback: str) -> str:
     if observation_id not in (None, "", "?"):
         return str(observation_id)
     return fallback
+
+
+def derived_model(model_class, source, image_name: str):
+    """A new ``model_class`` (a catalog, a segmentation map) carrying the metadata its schema
+    shares with ``source`` (copied), and ``meta.image`` naming the image it describes."""
+    template = model_class.create_fake_data()
+    meta = {key: copy.deepcopy(source.meta[key]) for key in template.meta
+            if key in source.meta and key not in ("model_type", "filename")}
+    product = model_class.create_minimal({"meta": meta})
+    product.meta["image"] = {"filename": image_name, "file_date": copy.deepcopy(source.meta.file_date)}
+    return product
 
 
 def write_atomic(model, path: str | Path) -> Path:

@@ -56,6 +56,7 @@ ROMANCAL_CLASS = {
     "skymatch": "romancal.step.SkyMatchStep",
     "outlier_detection": "romancal.step.OutlierDetectionStep",
     "resample": "romancal.step.ResampleStep",
+    "source_catalog": "romancal.step.SourceCatalogStep",
 }
 
 

@@ -71,8 +71,8 @@ def render_stars(shape: tuple[int, int], catalog: Catalog, sky: float, optical_e
 
 
 @cache
-def roman_effective_psf(detector: str, optical_element: str) -> np.ndarray:
-    """The pixel-convolved Roman PSF, 4x oversampled, origin on the central sample; spline coefficients."""
+def roman_effective_psf_image(detector: str, optical_element: str) -> np.ndarray:
+    """The pixel-convolved Roman PSF, 4x oversampled, origin on the central sample (read-only)."""
     import galsim
     import galsim.roman
 
@@ -95,7 +95,28 @@ def roman_effective_psf(detector: str, optical_element: str) -> np.ndarray:
     # Odd-sized and drawn without offset: the PSF's origin is the central sample.
     image = effective.drawImage(nx=size, ny=size, scale=galsim.roman.pixel_scale / OVERSAMPLING,
                                 method="no_pixel").array.astype(np.float64)
-    return ndimage.spline_filter(image, order=3)
+    image.flags.writeable = False
+    return image
+
+
+@cache
+def roman_effective_psf(detector: str, optical_element: str) -> np.ndarray:
+    """:func:`roman_effective_psf_image` as cubic-spline coefficients (what the stars sample)."""
+    return ndimage.spline_filter(roman_effective_psf_image(detector, optical_element), order=3)
+
+
+def epsf_stamp(detector: str, optical_element: str) -> np.ndarray:
+    """The effective PSF over the pixels a star's stamp covers, normalised as the stamps are.
+
+    The ``2 * ROMAN_STAMP_HALF_WIDTH + 1`` pixels around the origin, 4x oversampled, scaled
+    so that the samples sum to OVERSAMPLING^2: a star's pixels (one sample in 16) then sum
+    to its flux, as :func:`render_stars` makes them. The EPSF reference holds it.
+    """
+    image = roman_effective_psf_image(detector, optical_element)
+    centre = (image.shape[0] - 1) // 2
+    half = ROMAN_STAMP_HALF_WIDTH * OVERSAMPLING + OVERSAMPLING // 2
+    stamp = image[centre - half:centre + half + 1, centre - half:centre + half + 1]
+    return stamp * (OVERSAMPLING**2 / stamp.sum())
 
 
 def fwhm_pixels(optical_element: str, psf: str = "gaussian") -> float | None:

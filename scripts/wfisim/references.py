@@ -19,6 +19,8 @@ DISTORTION  ``coordinate_distortion_transform``: ``wfisim.pointing.distortion_mo
 FLAT        ``data``/``err``/``dq`` from ``wfisim.flat`` (true flat x nominal gain / gain,
             a few NaN and 0 pixels), per imaging filter.
 PHOTOM      ``phot_table`` from ``wfisim.photometry``.
+EPSF        ``psf`` (1, 1, 1, 133, 133): ``wfisim.psf.epsf_stamp``, the PSF the simulator draws
+            its stars with, per imaging filter (parkeys DETECTOR and OPTICAL_ELEMENT).
 
 Files are named ``roman_wfi_<reftype>_<NNNN>.asdf`` (seed, "Reference File Naming
 Convention"), NNNN one past the highest version of that reftype already present
@@ -47,6 +49,7 @@ from .flat import flat_reference_arrays
 from .nonlinearity import linearity_reference_arrays, nonlinear_response, saturation_threshold
 from .photometry import photom_reference_arrays
 from .pointing import distortion_model
+from .psf import CUTOUT_CENTRE_SCI, OVERSAMPLING, epsf_stamp
 from .refpix_effects import REFPIX_DESCRIPTION, build_refpix_reference, fits_readout_layout
 from .scene import PIVOT_WAVELENGTH_UM
 
@@ -104,6 +107,11 @@ def _readnoise(detector: DetectorModel, rng: np.random.Generator) -> dict:
     return {"data": detector.read_noise.astype(np.float32)}
 
 
+def _epsf(detector: DetectorModel, rng: np.random.Generator, optical_element: str) -> dict:
+    # One in-focus PSF of a flat spectrum at the cutout's centre: psf[defocus, spectrum, position].
+    return {"psf": epsf_stamp(detector.name, optical_element)[None, None, None].astype(np.float32)}
+
+
 def _distortion(detector: DetectorModel, rng: np.random.Generator, optical_element: str) -> dict:
     return {"coordinate_distortion_transform": distortion_model(detector.name, detector.shape).copy()}
 
@@ -136,6 +144,14 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
         ReferenceKind("flat", datamodels.FlatRefModel,
                       "Simulated flat: true response x nominal gain / pixel gain; a few NaN and 0 pixels.",
                       flat_reference_arrays, optical_elements=IMAGING_ELEMENTS),
+        ReferenceKind("epsf", datamodels.EpsfRefModel,
+                      "The simulator's Roman effective PSF (galsim, monochromatic at the filter's effective "
+                      "wavelength, pixel-convolved), 4x oversampled over a star's 33 x 33-pixel stamp, "
+                      "origin on the central sample, normalised as the stars are.",
+                      _epsf, meta={"oversample": OVERSAMPLING, "spectral_type": ["flat"], "defocus": [0],
+                                   "pixel_x": [CUTOUT_CENTRE_SCI - 1.0], "pixel_y": [CUTOUT_CENTRE_SCI - 1.0],
+                                   "jitter_major": 0.0, "jitter_minor": 0.0, "jitter_position_angle": 0.0},
+                      placeholder_shape=(1, 1, 1, 1, 1), optical_elements=IMAGING_ELEMENTS),
         ReferenceKind("photom", datamodels.WfiImgPhotomRefModel,
                       "Simulated photometric calibration: MJy/sr per DN/s of the flat-fielded data.",
                       photom_reference_arrays, placeholder_shape=(1, 1)),

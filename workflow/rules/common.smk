@@ -464,6 +464,21 @@ def exposure_products(wildcards):
     return [exposure_target(expo) for expo in campaign_table().index]
 
 
+SOURCE_CATALOG = os.path.join(RESULTS, "exposures", "{expo}_cat.parquet")
+SEGMENTATION_MAP = os.path.join(RESULTS, "exposures", "{expo}_segm.asdf")
+
+
+def source_catalogs(wildcards):
+    """The catalog of every imaging exposure's _cal, unless source_catalog.skip or a partial target."""
+    if config["source_catalog"]["skip"] or TARGET_STEP is not None:
+        return []
+    return [
+        SOURCE_CATALOG.format(expo=expo)
+        for expo in campaign_table().index
+        if "tweakreg" in applicable_steps(exposure_type(expo))
+    ]
+
+
 def final_mosaics(wildcards):
     """The mosaics, when the target is i2d.
 
