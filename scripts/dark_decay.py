@@ -44,6 +44,8 @@ def dark_decay_signal(shape, amplitude: float, time_constant: float, frame_time:
                       sca: int) -> tuple[np.ndarray, np.ndarray]:
     """The decay signal as ``(pixel map A exp(-t_pixel / tau), per-resultant factors)``: the
     signal of resultant k is ``map * factors[k]`` (DN)."""
+    if not (np.isfinite(frame_time) and frame_time > 0):
+        raise ValueError(f"meta.exposure.frame_time is {frame_time}, expected a positive time")
     if not (np.isfinite(time_constant) and time_constant > 0):
         raise ValueError(f"dark decay time constant is {time_constant}, expected a positive time")
     pixel_map = amplitude * np.exp(-pixel_read_times(shape, frame_time, sca) / time_constant)
