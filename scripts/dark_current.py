@@ -78,7 +78,8 @@ def run_on_rate(image, step: StepRun, dark_path):
                                                       dark_slope, dark_dq)
         except ValueError as err:
             raise InputFileError(step.input, f"{err} (reference {dark_path.name})") from None
-    log.info("subtracted a dark rate of median %.4g DN/s from the rate image", float(np.nanmedian(dark_slope)))
+    log.info("subtracted a dark rate of median %.4g DN/s from the rate image",
+             float(np.nanmedian(dark_slope)))
     return image, COMPLETE
 
 

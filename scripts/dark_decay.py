@@ -77,7 +77,8 @@ def subtract_dark_decay(data, amplitude: float, time_constant: float, frame_time
 
 
 def detector_decay(reference, detector: str) -> tuple[float, float]:
-    """(amplitude DN, time constant s) of ``detector`` in a DARKDECAYSIGNAL reference; ValueError if absent."""
+    """(amplitude DN, time constant s) of ``detector`` in a DARKDECAYSIGNAL reference; ValueError
+    if absent."""
     table = reference.decay_table
     entry = table.get(detector) if hasattr(table, "get") else getattr(table, detector, None)
     if entry is None or entry.get("amplitude") is None or entry.get("time_constant") is None:
@@ -86,7 +87,8 @@ def detector_decay(reference, detector: str) -> tuple[float, float]:
 
 
 def run(ramp, step: StepRun):
-    """Subtract the DARKDECAYSIGNAL reference's decay signal from ``ramp`` (a RampModel, updated and returned)."""
+    """Subtract the DARKDECAYSIGNAL reference's decay signal from ``ramp`` (a RampModel, updated
+    and returned)."""
     path = step.reference("darkdecaysignal")
     detector = str(ramp.meta.instrument.detector).upper()
     exposure = ramp.meta.exposure

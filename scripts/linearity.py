@@ -179,7 +179,8 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
         rate = (last_linear - first_linear) / (mean_read[last] - mean_read[0])
         for k, reads in enumerate(read_pattern):
             since_first = np.asarray(reads, dtype=np.float64) - mean_read[0]
-            raw_reads = evaluate_polynomial(inverse[:, None], first_linear + rate * since_first[:, None, None])
+            linear_reads = first_linear + rate * since_first[:, None, None]
+            raw_reads = evaluate_polynomial(inverse[:, None], linear_reads)
             raw_reads += observed[k] - raw_reads.mean(axis=0)
             if inl is not None:
                 raw_reads += inl(raw_reads)

@@ -123,7 +123,8 @@ def test_script_refuses_a_ramp_without_a_frame_time(tmp_path, mask_file):
     path = tmp_path / "roman_wfi_darkdecaysignal_0001.asdf"
     reference.to_asdf(path)
     out = tmp_path / "x_dark_decay.asdf"
-    assert dark_decay.cli.run(dark_decay.main, [str(ramp), str(out), "--override-darkdecaysignal", str(path)]) == 1
+    assert dark_decay.cli.run(dark_decay.main,
+                              [str(ramp), str(out), "--override-darkdecaysignal", str(path)]) == 1
     assert not out.exists()
 
 

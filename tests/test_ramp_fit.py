@@ -719,7 +719,8 @@ def test_the_dark_is_added_back_only_to_a_dark_subtracted_ramp(tmp_path, mask_fi
                                    [list(r) for r in ramp.meta.exposure.read_pattern],
                                    ramp.meta.exposure.frame_time)
     out = tmp_path / f"{EXPO}_rampfit.asdf"
-    assert ramp_fit.cli.run(ramp_fit.main, [str(marked), str(out), *reference_options(rampfit_references)]) == 0
+    assert ramp_fit.cli.run(ramp_fit.main,
+                            [str(marked), str(out), *reference_options(rampfit_references)]) == 0
     with rdm.open(out) as image:
         np.testing.assert_array_equal(image.data, expected.slope)
         np.testing.assert_array_equal(image.var_poisson, expected.var_poisson.astype(np.float16))

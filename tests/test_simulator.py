@@ -333,7 +333,8 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
     paths = write_references(det, tmp_path, useafter="2027-02-28T00:00:00")
     assert [p.name for p in paths] == ["roman_wfi_mask_0001.asdf", "roman_wfi_saturation_0001.asdf",
                                        "roman_wfi_gain_0001.asdf", "roman_wfi_readnoise_0001.asdf",
-                                       "roman_wfi_linearity_0001.asdf", "roman_wfi_inverselinearity_0001.asdf",
+                                       "roman_wfi_linearity_0001.asdf",
+                                       "roman_wfi_inverselinearity_0001.asdf",
                                        "roman_wfi_integralnonlinearity_0001.asdf", "roman_wfi_dark_0001.asdf",
                                        "roman_wfi_photom_0001.asdf"]
     expected = {"mask": datamodels.MaskRefModel, "saturation": datamodels.SaturationRefModel,

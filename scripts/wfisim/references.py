@@ -42,9 +42,9 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 from .dark import DARK_REFERENCE_META, SCIENCE_EXPOSURE_TYPES, dark_reference_arrays
+from .dark_decay import darkdecaysignal_table
 from .detector import DetectorModel, detector_key
 from .flat import flat_reference_arrays
-from .dark_decay import darkdecaysignal_table
 from .nonlinearity import (
     inverse_linearity_reference_arrays,
     linearity_reference_arrays,
