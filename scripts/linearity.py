@@ -42,6 +42,7 @@ from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
 from romanpipe.products import COMPLETE, open_model
 from romanpipe.steprun import StepRun, run_script
+from romanpipe.steps import step_reftypes
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -234,7 +235,7 @@ def correct_by_reads(ramp, data, coeffs, lin_dq, step: StepRun):
     with open_model(inverse_path, (datamodels.InverselinearityRefModel,)) as reference:
         inverse_coeffs = np.asarray(reference.coeffs)
     inl = None
-    if str(step.parameters.get("override_integralnonlinearity")).upper() == "N/A":
+    if "integralnonlinearity" not in step_reftypes(STEP, step.parameters):
         log.info("no INTEGRALNONLINEARITY reference (N/A): the classic correction only")
     else:
         inl_path = step.reference("integralnonlinearity")

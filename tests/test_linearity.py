@@ -624,3 +624,25 @@ def linearity_twins_with_noise(detector, table):
     return (simulate_ramp(rate, detector.science_readout(), table, 5, effects=[nonlinear_response(detector)],
                           workers=1),
             simulate_ramp(rate, detector.science_readout(), table, 5, workers=1))
+
+
+def test_script_without_integral_nonlinearity_when_it_is_n_a(tmp_path, ramp_file):
+    """override_integralnonlinearity N/A (romancal's "no such reference"): the read-level correction
+    without INL, and no INTEGRALNONLINEARITY in the provenance."""
+    shape = TINY_SHAPE[1:]
+    coeffs = np.stack([np.zeros(shape), np.ones(shape), np.full(shape, 1e-5)]).astype(np.float32)
+    lin_path = linearity_file(tmp_path / "roman_wfi_linearity_0001.asdf", coeffs, np.zeros(shape, np.uint32))
+    inverse = datamodels.InverselinearityRefModel.create_fake_data(shape=coeffs.shape)
+    inverse.coeffs, inverse.dq = coeffs * np.float32([1, 1, -1])[:, None, None], np.zeros(shape, np.uint32)
+    inverse_path = tmp_path / "roman_wfi_inverselinearity_0001.asdf"
+    inverse.to_asdf(inverse_path)
+    out = tmp_path / f"{EXPO}_linearity.asdf"
+    assert linearity.cli.run(linearity.main, [
+        str(ramp_file), str(out), "--override-linearity", str(lin_path), "--resultant-aware", "true",
+        "--override-inverselinearity", str(inverse_path), "--override-integralnonlinearity", "N/A"]) == 0
+    with rdm.open(ramp_file) as before, rdm.open(out) as after:
+        expected, _, _ = linearity.correct_linearity_by_reads(
+            np.asarray(before.data), np.asarray(before.groupdq), np.asarray(before.pixeldq), coeffs,
+            np.zeros(shape, np.uint32), inverse.coeffs, [list(r) for r in before.meta.exposure.read_pattern])
+        np.testing.assert_array_equal(after.data, expected)
+        assert set(after.meta.provenance["linearity"]["references"]) == {"linearity", "inverselinearity"}

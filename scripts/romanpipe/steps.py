@@ -47,11 +47,17 @@ OPTIONAL_REFTYPES = {
 }
 
 
+# An optional reference overridden by this value is not used (as CRDS's N/A in romancal).
+NOT_APPLICABLE = "N/A"
+
+
 def step_reftypes(step: str, parameters: dict[str, Any]) -> list[str]:
-    """The reference types ``step`` reads with ``parameters`` (its config block)."""
+    """The reference types ``step`` reads with ``parameters`` (its config block): an optional one
+    when its switch is on and its override is not N/A."""
     optional = OPTIONAL_REFTYPES.get(step, {})
-    return STEP_REFTYPES.get(step, []) + [reftype for reftype, switch in optional.items()
-                                          if parameters.get(switch)]
+    return STEP_REFTYPES.get(step, []) + [
+        reftype for reftype, switch in optional.items()
+        if parameters.get(switch) and str(parameters.get(f"override_{reftype}")).upper() != NOT_APPLICABLE]
 
 
 # The romancal class each step follows, as a parameter file's ``class`` names it.
