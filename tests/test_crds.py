@@ -259,7 +259,8 @@ def test_romancal_11_reference_types_are_delivered_and_selected(cache, tmp_path)
     """DARKDECAYSIGNAL (crds matches it on time only: one table for every detector), INVERSELINEARITY
     and INTEGRALNONLINEARITY (by detector) go into a new context and are selected from it."""
     from wfisim.detector import build_detector
-    from wfisim.references import make_darkdecaysignal, make_reference as simulated_reference
+    from wfisim.references import make_darkdecaysignal
+    from wfisim.references import make_reference as simulated_reference
 
     delivery = tmp_path / "romancal11"
     delivery.mkdir()
