@@ -13,6 +13,12 @@ a RampModel whose data are the per-resultant dark (DN) and whose PIXELDQ is the
 reference's DQ. Ramp fitting reads the same DARK reference for the dark rate;
 this step records it in the product's provenance.
 
+On a count-rate image (an ImageModel: the romancal-1.1 chain runs this step after ramp
+fitting, as romancal 1.1 does) the dark rate itself is subtracted from the rate, over the
+science pixels (NaN rates count as zero), and the reference DQ is OR-ed into DQ; ERR is
+unchanged (romancal 1.1 does not add the dark's uncertainty either). ``dark_output``
+applies to ramps only.
+
 The ramp is processed a block of rows at a time (romanpipe.blocks) into one
 output array (an lz4-compressed input, romancal's default, is decompressed into
 a private buffer and corrected in place instead): about two ramps in all.
@@ -21,6 +27,7 @@ is read.
 
     python scripts/dark_current.py r..._linearity.asdf r..._darkcurrent.asdf [--override-dark FILE]
         [--dark-output r..._dark.asdf]
+    python scripts/dark_current.py r..._rampfit.asdf r..._darkcurrent.asdf [--override-dark FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import logging
 
 from romanpipe import cli
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
+from romanpipe.detector import matching_science_area
 from romanpipe.errors import InputFileError
 from romanpipe.products import COMPLETE, open_model, write_atomic
 from romanpipe.readpattern import mean_read_times
@@ -41,7 +49,40 @@ from roman_datamodels import datamodels
 log = logging.getLogger("dark_current")
 
 STEP = "dark_current"
-INPUT_MODELS = (datamodels.RampModel,)
+INPUT_MODELS = (datamodels.RampModel, datamodels.ImageModel)
+
+
+def subtract_dark_rate(rate, dq, dark_slope, dark_dq):
+    """(rate float32 less the dark rate, new DQ) of a count-rate image; NaN dark rates count as 0.
+
+    rate, dq (nrows, ncols) DN/s; dark_slope, dark_dq of the same shape (the science pixels).
+    Inputs are not modified.
+    """
+    if dark_slope.shape != rate.shape:
+        raise ValueError(f"DARK dark_slope covers {dark_slope.shape} pixels, the image {rate.shape}")
+    if dq.shape != rate.shape or dark_dq.shape != rate.shape:
+        raise ValueError(f"DQ arrays {dq.shape} and {dark_dq.shape} do not fit the image {rate.shape}")
+    dark = np.nan_to_num(np.asarray(dark_slope, dtype=np.float32), nan=0.0)
+    return (np.asarray(rate, dtype=np.float32) - dark), dq.astype(np.uint32) | dark_dq.astype(np.uint32)
+
+
+def run_on_rate(image, step: StepRun, dark_path):
+    """Subtract the DARK reference's dark rate from a count-rate ImageModel (updated and returned)."""
+    if step.parameters["dark_output"]:
+        log.warning("dark_output applies to a ramp: no frame-averaged dark for a rate image")
+    with open_model(dark_path, (datamodels.DarkRefModel,)) as reference:
+        try:
+            dark_slope = matching_science_area(np.asarray(reference.dark_slope), image.data.shape)
+            dark_dq = matching_science_area(np.asarray(reference.dq), image.data.shape)
+            image.data, image.dq = subtract_dark_rate(np.asarray(image.data), np.asarray(image.dq),
+                                                      dark_slope, dark_dq)
+        except ValueError as err:
+            raise InputFileError(step.input, f"{err} (reference {dark_path.name})") from None
+    log.info("subtracted a dark rate of median %.4g DN/s from the rate image",
+             float(np.nanmedian(dark_slope)))
+    return image, COMPLETE
+
+
 def frame_averaged_dark(dark_slope: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Dark (DN, float32) of each resultant: rate times mean read time; NaN rates give 0.
 
@@ -115,8 +156,11 @@ def dark_product(ramp, dark: np.ndarray, dark_dq: np.ndarray):
 
 
 def run(ramp, step: StepRun):
-    """Subtract the DARK reference's dark from ``ramp`` (a RampModel, updated and returned)."""
+    """Subtract the DARK reference's dark from ``ramp`` (a RampModel, updated and returned), or
+    its dark rate from a count-rate ImageModel (:func:`run_on_rate`)."""
     dark_path = step.reference("dark")
+    if isinstance(ramp, datamodels.ImageModel):
+        return run_on_rate(ramp, step, dark_path)
     exposure = ramp.meta.exposure
     with open_model(dark_path, (datamodels.DarkRefModel,)) as reference:
         dark_slope, dark_dq = np.asarray(reference.dark_slope), np.asarray(reference.dq)

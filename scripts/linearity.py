@@ -9,6 +9,20 @@ as stcal does; resultants
 flagged SATURATED in GROUPDQ are left as they are; the reference DQ is OR-ed
 into PIXELDQ. A RampModel has no ERR array, so there is none to modify.
 
+``resultant_aware`` (romancal 1.1's correction, stcal 1.20's read-level path): a resultant
+is a mean of reads, and the polynomial of a mean is not the mean of the polynomials. Per
+pixel the linearized first and last usable resultants (the last unsaturated one is left
+out, it may hold a partly saturated read; at least the second) give a rate per read; each
+resultant's reads are rebuilt on that line, turned back into raw DN by the
+INVERSELINEARITY polynomial, shifted together so that their mean is the measured
+resultant, corrected by the INTEGRALNONLINEARITY tables (per 128-column channel, a
+correction interpolated in raw DN, added) and by the LINEARITY polynomial one by one, and
+averaged. INVERSELINEARITY coefficients that are NaN, or whose linear term is 0, or pixels
+NO_LIN_CORR in the LINEARITY DQ get the identity (and NO_LIN_CORR), as LINEARITY's do.
+Corrected values beyond +-1e6 DN are clipped there and flagged DO_NOT_USE in GROUPDQ
+(romancal 1.1 does so for implausible values). Without an INTEGRALNONLINEARITY file (the
+override ``N/A``) only the classic correction is made.
+
 The ramp is corrected a block of rows at a time (romanpipe.blocks) into one
 output array: our products are stored uncompressed, so the input is
 a read-only memory map and the step holds about two ramps in all. An
@@ -16,6 +30,7 @@ lz4-compressed input (romancal's default) is decompressed into a private
 buffer, which is then corrected in place instead.
 
     python scripts/linearity.py r..._saturation.asdf r..._linearity.asdf [--override-linearity FILE]
+        [--resultant-aware true --override-inverselinearity FILE --override-integralnonlinearity FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
 from romanpipe.errors import InputFileError
 from romanpipe.products import COMPLETE, open_model
 from romanpipe.steprun import StepRun, run_script
+from romanpipe.steps import step_reftypes
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -54,15 +70,8 @@ def uncorrectable_pixels(coeffs: np.ndarray, lin_dq: np.ndarray, *, flags=dqflag
             | ((lin_dq & np.uint32(flags["NO_LIN_CORR"])) != 0))
 
 
-def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.pixel, out=None):
-    """Data (float32) and new PIXELDQ after the linearity correction.
-
-    data (nres, nrows, ncols) DN (any array, e.g. memory-mapped); groupdq (nres, nrows, ncols);
-    pixeldq, lin_dq (nrows, ncols); coeffs (ncoeffs, nrows, ncols), lowest order first.
-    out: a float32 array of the data's shape to write the corrected data into, which
-    may be ``data`` itself (each block is read before it is written); by default a
-    new array. Inputs are not modified, except ``data`` when it is passed as ``out``.
-    """
+def check_ramp(data, groupdq, pixeldq, coeffs, lin_dq) -> None:
+    """ValueError naming the first array that does not fit the ramp ``data``."""
     if data.ndim != 3:
         raise ValueError(f"data has shape {data.shape}, expected (nresultants, nrows, ncols)")
     if groupdq.shape != data.shape:
@@ -74,6 +83,18 @@ def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.p
                          f"(ncoeffs >= 2, {data.shape[1]}, {data.shape[2]})")
     if lin_dq.shape != data.shape[1:]:
         raise ValueError(f"LINEARITY dq has shape {lin_dq.shape}, the data {data.shape[1:]}")
+
+
+def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.pixel, out=None):
+    """Data (float32) and new PIXELDQ after the linearity correction.
+
+    data (nres, nrows, ncols) DN (any array, e.g. memory-mapped); groupdq (nres, nrows, ncols);
+    pixeldq, lin_dq (nrows, ncols); coeffs (ncoeffs, nrows, ncols), lowest order first.
+    out: a float32 array of the data's shape to write the corrected data into, which
+    may be ``data`` itself (each block is read before it is written); by default a
+    new array. Inputs are not modified, except ``data`` when it is passed as ``out``.
+    """
+    check_ramp(data, groupdq, pixeldq, coeffs, lin_dq)
     saturated = np.uint8(flags["SATURATED"])
     uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
 
@@ -93,20 +114,144 @@ def correct_linearity(data, groupdq, pixeldq, coeffs, lin_dq, *, flags=dqflags.p
     return corrected, new_pixeldq
 
 
+# romancal 1.1 clips corrected values beyond this (DN; full well is ~65k) and flags them DO_NOT_USE.
+IMPLAUSIBLE_DN = 1e6
+INL_CHANNEL_COLUMNS = 128
+
+
+def identity_where_uncorrectable(coeffs: np.ndarray, lin_dq: np.ndarray, *, flags=dqflags.pixel):
+    """(float64 coefficients with the identity polynomial where the reference gives no correction,
+    those pixels as a boolean map)."""
+    uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
+    prepared = np.array(coeffs, dtype=np.float64)
+    prepared[:, uncorrectable] = 0.0
+    prepared[1, uncorrectable] = 1.0
+    return prepared, uncorrectable
+
+
+def integral_nonlinearity(grid: np.ndarray, channel_corrections: list[np.ndarray]):
+    """The INL correction as a function of raw DN values (..., ncols): each 128-column channel's
+    table interpolated at the values (and held at its ends), for the columns it covers."""
+    grid = np.asarray(grid, dtype=np.float64)
+
+    def correction(values: np.ndarray) -> np.ndarray:
+        result = np.empty(values.shape)
+        for channel, start in enumerate(range(0, values.shape[-1], INL_CHANNEL_COLUMNS)):
+            columns = slice(start, start + INL_CHANNEL_COLUMNS)
+            result[..., columns] = np.interp(values[..., columns], grid, channel_corrections[channel])
+        return result
+
+    return correction
+
+
+def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_coeffs, read_pattern, *,
+                               inl=None, flags=dqflags.pixel, group_flags=dqflags.group, out=None):
+    """Data (float32), new PIXELDQ and new GROUPDQ after the resultant-aware correction.
+
+    As :func:`correct_linearity`, plus inverse_coeffs (ncoeffs', nrows, ncols) the
+    INVERSELINEARITY polynomials (linear DN -> raw DN), read_pattern the reads of each
+    resultant, and inl a function of raw DN reads returning the INL correction to add
+    (:func:`integral_nonlinearity`), or None. Inputs are not modified, except ``data``
+    when it is passed as ``out``.
+    """
+    check_ramp(data, groupdq, pixeldq, coeffs, lin_dq)
+    if inverse_coeffs.ndim != 3 or inverse_coeffs.shape[0] < 2 or inverse_coeffs.shape[1:] != data.shape[1:]:
+        raise ValueError(f"INVERSELINEARITY coeffs have shape {inverse_coeffs.shape}, expected "
+                         f"(ncoeffs >= 2, {data.shape[1]}, {data.shape[2]})")
+    if len(read_pattern) != data.shape[0]:
+        raise ValueError(f"read_pattern has {len(read_pattern)} resultants, the data {data.shape[0]}")
+    saturated_flag = np.uint8(flags["SATURATED"])
+    linearize, uncorrectable = identity_where_uncorrectable(coeffs, lin_dq, flags=flags)
+    unlinearize, uninvertible = identity_where_uncorrectable(inverse_coeffs, lin_dq, flags=flags)
+    mean_read = np.array([np.mean(reads) for reads in read_pattern])
+    corrected = output_array(data, out)
+    new_groupdq = np.array(groupdq, dtype=np.uint8, copy=True)
+    step = rows_per_block(data.shape)
+    for start in range(0, data.shape[1], step):
+        rows = slice(start, start + step)
+        observed = np.asarray(data[:, rows], dtype=np.float64)
+        saturated = (groupdq[:, rows] & saturated_flag) != 0
+        lin, inverse = linearize[:, rows], unlinearize[:, rows]
+        linear = np.where(saturated, observed, evaluate_polynomial(lin, observed))
+        # The last unsaturated resultant counts as saturated; at least the second is used.
+        last = np.maximum((~saturated).sum(axis=0) - 2, 1)
+        first_linear = linear[0]
+        last_linear = np.take_along_axis(linear, last[None], axis=0)[0]
+        rate = (last_linear - first_linear) / (mean_read[last] - mean_read[0])
+        for k, reads in enumerate(read_pattern):
+            since_first = np.asarray(reads, dtype=np.float64) - mean_read[0]
+            linear_reads = first_linear + rate * since_first[:, None, None]
+            raw_reads = evaluate_polynomial(inverse[:, None], linear_reads)
+            raw_reads += observed[k] - raw_reads.mean(axis=0)
+            if inl is not None:
+                raw_reads += inl(raw_reads)
+            mean_corrected = evaluate_polynomial(lin[:, None], raw_reads).mean(axis=0)
+            corrected[k, rows] = np.where(saturated[k], observed[k], mean_corrected)
+        implausible = np.abs(corrected[:, rows]) > IMPLAUSIBLE_DN
+        if implausible.any():
+            np.clip(corrected[:, rows], -IMPLAUSIBLE_DN, IMPLAUSIBLE_DN, out=corrected[:, rows])
+            new_groupdq[:, rows][implausible] |= np.uint8(group_flags["DO_NOT_USE"])
+    no_lin_corr = np.where(uncorrectable | uninvertible, np.uint32(flags["NO_LIN_CORR"]), np.uint32(0))
+    new_pixeldq = pixeldq.astype(np.uint32) | lin_dq.astype(np.uint32) | no_lin_corr
+    return corrected, new_pixeldq, new_groupdq
+
+
+def inl_from_reference(reference, ncols: int):
+    """:func:`integral_nonlinearity` of an INTEGRALNONLINEARITY model for ``ncols`` columns;
+    ValueError naming a channel it lacks."""
+    channels = []
+    for channel in range(1, -(-ncols // INL_CHANNEL_COLUMNS) + 1):
+        entry = reference.inl_table.get(f"science_channel_{channel:02d}")
+        if entry is None or entry.get("correction") is None:
+            raise ValueError(f"INTEGRALNONLINEARITY has no correction for science channel {channel}")
+        channels.append(np.asarray(entry["correction"], dtype=np.float64))
+    return integral_nonlinearity(np.asarray(reference.value), channels)
+
+
 def run(ramp, step: StepRun):
-    """Correct ``ramp`` (a RampModel, updated and returned) with the LINEARITY reference's polynomials."""
+    """Correct ``ramp`` (a RampModel, updated and returned) with the LINEARITY reference's polynomials
+    (``resultant_aware``: read by read, see the module docstring)."""
     linearity_path = step.reference("linearity")
     data = np.asarray(ramp.data)
     with open_model(linearity_path, (datamodels.LinearityRefModel,)) as reference:
-        try:
+        coeffs, lin_dq = np.asarray(reference.coeffs), np.asarray(reference.dq)
+    try:
+        if step.parameters["resultant_aware"]:
+            ramp.data, ramp.pixeldq, ramp.groupdq = correct_by_reads(ramp, data, coeffs, lin_dq, step)
+        else:
             ramp.data, ramp.pixeldq = correct_linearity(
-                data, np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq),
-                np.asarray(reference.coeffs), np.asarray(reference.dq), out=reusable_buffer(data))
-        except ValueError as err:
-            raise InputFileError(step.input, f"{err} (reference {linearity_path.name})") from None
+                data, np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq), coeffs, lin_dq,
+                out=reusable_buffer(data))
+    except ValueError as err:
+        raise InputFileError(step.input, f"{err} (reference {linearity_path.name})") from None
     log.info("%d pixels without linearity correction (NO_LIN_CORR)",
              int(np.count_nonzero(ramp.pixeldq & dqflags.pixel.NO_LIN_CORR)))
     return ramp, COMPLETE
+
+
+def correct_by_reads(ramp, data, coeffs, lin_dq, step: StepRun):
+    """:func:`correct_linearity_by_reads` of an open ramp with the step's other two references."""
+    inverse_path = step.reference("inverselinearity")
+    with open_model(inverse_path, (datamodels.InverselinearityRefModel,)) as reference:
+        inverse_coeffs = np.asarray(reference.coeffs)
+    inl = None
+    if "integralnonlinearity" not in step_reftypes(STEP, step.parameters):
+        log.info("no INTEGRALNONLINEARITY reference (N/A): the classic correction only")
+    else:
+        inl_path = step.reference("integralnonlinearity")
+        with open_model(inl_path, (datamodels.IntegralnonlinearityRefModel,)) as reference:
+            try:
+                inl = inl_from_reference(reference, data.shape[-1])
+            except ValueError as err:
+                raise InputFileError(inl_path, str(err)) from None
+    result = correct_linearity_by_reads(
+        data, np.asarray(ramp.groupdq), np.asarray(ramp.pixeldq), coeffs, lin_dq, inverse_coeffs,
+        [list(reads) for reads in ramp.meta.exposure.read_pattern], inl=inl, out=reusable_buffer(data))
+    flagged = int(np.count_nonzero(result[2] & dqflags.group.DO_NOT_USE))
+    if flagged:
+        log.warning("%d resultants beyond +-%g DN after the correction: clipped and flagged DO_NOT_USE",
+                    flagged, IMPLAUSIBLE_DN)
+    return result
 
 
 def main(argv=None) -> None:

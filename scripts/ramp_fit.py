@@ -14,7 +14,9 @@ snowball flagging (``min_jump_area``, ``min_sat_area``, ``expand_factor``,
 ``rampfit_kernels.ols`` and ``rampfit_kernels.likely``. GAIN (e/DN) turns DN into
 electrons for the noise model, READNOISE is the noise of one read (DN), and the DARK
 reference's dark_slope (DN/s) is
-added back to the dark-subtracted ramp for its Poisson noise and removed from the slope.
+added back to the dark-subtracted ramp for its Poisson noise and removed from the slope
+(only when ``cal_step.dark`` says the ramp's dark was subtracted: in the romancal-1.1
+chain the ramp keeps its dark, and dark_current takes it off the rate afterwards).
 
 The product is an ImageModel of the 4088 x 4088 science pixels (border_ref_pix_*, their
 DQ and amp33 carried over): data = slope, VAR_POISSON, VAR_RNOISE (left out with
@@ -176,6 +178,11 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
         planes[reftype] = science_pixels(plane)
 
     exposure = ramp.meta.exposure
+    # The dark is added back (for its Poisson noise) and taken off the slope only if the ramp's
+    # dark was subtracted; in the romancal-1.1 chain dark_current comes after, on the rate.
+    dark_subtracted = ramp.meta.get("cal_step", {}).get("dark") == COMPLETE
+    if not dark_subtracted:
+        log.info("the ramp's dark is not subtracted (cal_step.dark): fitted with its dark in it")
     algorithm = parameters["algorithm"]
     if algorithm != "ols" and (parameters["save_opt"] or parameters["opt_name"]):
         log.warning("save_opt and opt_name apply to algorithm ols only: no _fitopt product")
@@ -187,7 +194,8 @@ def fit_ramp_model(ramp, references, paths, parameters, input_path) -> tuple[Ram
                  "the JUMP_DET flags of the jump step")
     inputs = (science_pixels(data), science_pixels(plain_array(ramp.groupdq)),
               science_pixels(plain_array(ramp.pixeldq)), planes["gain"], planes["readnoise"],
-              planes["dark"], [list(reads) for reads in exposure.read_pattern], float(exposure.frame_time))
+              planes["dark"] if dark_subtracted else None, [list(reads) for reads in exposure.read_pattern],
+              float(exposure.frame_time))
     common = dict(flags=dqflags.pixel, workers=worker_count(parameters["maximum_cores"]))
     segments = None
     try:

@@ -253,3 +253,28 @@ def test_delivery_refuses_a_name_of_another_reftype(cache, tmp_path):
     with pytest.raises(ValueError, match="named as a FLAT reference but its meta.reftype is SATURATION"):
         crds_cache.deliver(cache, [misnamed])
     assert refs.current_context() == "roman_0001.pmap"
+
+
+def test_romancal_11_reference_types_are_delivered_and_selected(cache, tmp_path):
+    """DARKDECAYSIGNAL (crds matches it on time only: one table for every detector), INVERSELINEARITY
+    and INTEGRALNONLINEARITY (by detector) go into a new context and are selected from it."""
+    from wfisim.detector import build_detector
+    from wfisim.references import make_darkdecaysignal
+    from wfisim.references import make_reference as simulated_reference
+
+    delivery = tmp_path / "romancal11"
+    delivery.mkdir()
+    detectors = [build_detector(name, (16, 16), 1) for name in ("WFI01", "WFI02")]
+    files = [delivery / "roman_wfi_darkdecaysignal_0001.asdf"]
+    make_darkdecaysignal(detectors, useafter=LAUNCH).save(files[0])
+    for detector in detectors:
+        for reftype in ("inverselinearity", "integralnonlinearity"):
+            path = delivery / f"roman_wfi_{reftype}_000{detector.name[-1]}.asdf"
+            simulated_reference(reftype, detector, useafter=LAUNCH).save(path)
+            files.append(path)
+    assert crds_cache.deliver(cache, files) == "roman_0002.pmap"
+    for name in ("WFI01", "WFI02"):
+        row = exposure(name, "2027-03-01T00:00:00")
+        assert selected("darkdecaysignal", row) == "roman_wfi_darkdecaysignal_0001.asdf"
+        assert selected("inverselinearity", row) == f"roman_wfi_inverselinearity_000{name[-1]}.asdf"
+        assert selected("integralnonlinearity", row) == f"roman_wfi_integralnonlinearity_000{name[-1]}.asdf"

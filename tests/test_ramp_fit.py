@@ -699,6 +699,33 @@ def reference_options(paths):
             "--override-dark", str(paths["dark"])]
 
 
+@pytest.mark.parametrize("dark_status", ["COMPLETE", "INCOMPLETE"])
+def test_the_dark_is_added_back_only_to_a_dark_subtracted_ramp(tmp_path, mask_file, saturation_file,
+                                                               rampfit_references, dark_status):
+    """cal_step.dark COMPLETE (the documented chain's dark_current ran): the DARK rate is added back
+    for its Poisson noise (and taken off the slope again), as fit_ramps_cas22 with the dark; a ramp
+    whose dark is still in it (the romancal-1.1 chain, whose dark_current works on the rate) is
+    fitted as it is, as fit_ramps_cas22 without one."""
+    ramp_path = ramp_file(tmp_path, mask_file, saturation_file)
+    with rdm.open(ramp_path) as ramp:
+        ramp.meta.cal_step.dark = dark_status
+        marked = tmp_path / f"{EXPO}_darkcurrent.asdf"
+        ramp.to_asdf(marked)
+        inner = np.s_[..., 4:-4, 4:-4]
+        expected = fit_ramps_cas22(np.asarray(ramp.data)[inner], np.asarray(ramp.groupdq)[inner],
+                                   np.asarray(ramp.pixeldq)[inner], planes((8, 8), GAIN),
+                                   planes((8, 8), READ_NOISE),
+                                   planes((8, 8), 0.01) if dark_status == "COMPLETE" else None,
+                                   [list(r) for r in ramp.meta.exposure.read_pattern],
+                                   ramp.meta.exposure.frame_time)
+    out = tmp_path / f"{EXPO}_rampfit.asdf"
+    assert ramp_fit.cli.run(ramp_fit.main,
+                            [str(marked), str(out), *reference_options(rampfit_references)]) == 0
+    with rdm.open(out) as image:
+        np.testing.assert_array_equal(image.data, expected.slope)
+        np.testing.assert_array_equal(image.var_poisson, expected.var_poisson.astype(np.float16))
+
+
 def test_script_writes_a_trimmed_image_model(tmp_path, mask_file, saturation_file, rampfit_references):
     ramp_path = ramp_file(tmp_path, mask_file, saturation_file)
     out = tmp_path / f"{EXPO}_rampfit.asdf"
@@ -709,7 +736,8 @@ def test_script_writes_a_trimmed_image_model(tmp_path, mask_file, saturation_fil
         inner = np.s_[..., 4:-4, 4:-4]
         expected = fit_ramps_cas22(np.asarray(ramp.data)[inner], np.asarray(ramp.groupdq)[inner],
                                    np.asarray(ramp.pixeldq)[inner], planes((8, 8), GAIN),
-                                   planes((8, 8), READ_NOISE), planes((8, 8), 0.01),
+                                   # The ramp's dark is not subtracted (no dark_current): none added back.
+                                   planes((8, 8), READ_NOISE), None,
                                    [list(r) for r in ramp.meta.exposure.read_pattern],
                                    ramp.meta.exposure.frame_time)
         assert image.data.shape == (8, 8) and image.data.dtype == np.float32
@@ -765,9 +793,10 @@ def test_script_likely_writes_chi_square_and_can_leave_out_var_rnoise(tmp_path, 
                                             "--algorithm", "likely", "--include-var-rnoise", "false"]) == 0
     with rdm.open(ramp_path) as ramp, rdm.open(out) as image:
         inner = np.s_[..., 4:-4, 4:-4]
+        # No dark_current before: the ramp is fitted with its dark in it (nothing added back).
         expected = fit_ramps_likely(np.asarray(ramp.data)[inner], np.asarray(ramp.groupdq)[inner],
                                     np.asarray(ramp.pixeldq)[inner], planes((8, 8), GAIN),
-                                    planes((8, 8), READ_NOISE), planes((8, 8), 0.01),
+                                    planes((8, 8), READ_NOISE), None,
                                     [list(r) for r in ramp.meta.exposure.read_pattern],
                                     ramp.meta.exposure.frame_time)
         np.testing.assert_array_equal(image.data, expected.slope)

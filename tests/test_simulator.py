@@ -333,12 +333,16 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
     paths = write_references(det, tmp_path, useafter="2027-02-28T00:00:00")
     assert [p.name for p in paths] == ["roman_wfi_mask_0001.asdf", "roman_wfi_saturation_0001.asdf",
                                        "roman_wfi_gain_0001.asdf", "roman_wfi_readnoise_0001.asdf",
-                                       "roman_wfi_linearity_0001.asdf", "roman_wfi_dark_0001.asdf",
+                                       "roman_wfi_linearity_0001.asdf",
+                                       "roman_wfi_inverselinearity_0001.asdf",
+                                       "roman_wfi_integralnonlinearity_0001.asdf", "roman_wfi_dark_0001.asdf",
                                        "roman_wfi_photom_0001.asdf"]
     expected = {"mask": datamodels.MaskRefModel, "saturation": datamodels.SaturationRefModel,
                 "gain": datamodels.GainRefModel, "readnoise": datamodels.ReadnoiseRefModel,
-                "linearity": datamodels.LinearityRefModel, "dark": datamodels.DarkRefModel,
-                "photom": datamodels.WfiImgPhotomRefModel}
+                "linearity": datamodels.LinearityRefModel,
+                "inverselinearity": datamodels.InverselinearityRefModel,
+                "integralnonlinearity": datamodels.IntegralnonlinearityRefModel,
+                "dark": datamodels.DarkRefModel, "photom": datamodels.WfiImgPhotomRefModel}
     for path, (reftype, model_type) in zip(paths, expected.items(), strict=True):
         with rdm.open(path) as model:
             assert isinstance(model, model_type)
@@ -365,6 +369,12 @@ def test_reference_files_have_the_right_models_metadata_and_values(tmp_path):
                 assert np.array_equal(model.data, det.gain)
             elif reftype == "linearity":
                 assert model.coeffs.shape == (4, 32, 32)
+            elif reftype == "inverselinearity":
+                assert model.coeffs.shape == (6, 32, 32) and not np.asarray(model.dq).any()
+            elif reftype == "integralnonlinearity":
+                # The simulated A/D converter has no integral nonlinearity.
+                assert meta.n_channels == 32 and meta.n_pixels_per_channel == 128
+                assert not np.asarray(model.inl_table.science_channel_01.correction).any()
             elif reftype == "dark":
                 assert np.array_equal(model.dark_slope, (det.dark_current / det.gain).astype(np.float32))
                 assert meta.exposure.type == "WFI_IMAGE"
@@ -431,9 +441,9 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert crds_cache.current_context(tmp_path / "crds_cache") == outputs.crds_context
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(
         path.name for path in outputs.references)
-    # Per detector: MASK SATURATION GAIN READNOISE LINEARITY DARK PHOTOM, and DISTORTION, FLAT and
-    # EPSF of F087.
-    assert len(outputs.references) == 2 * 10
+    # Per detector: MASK SATURATION GAIN READNOISE LINEARITY INVERSELINEARITY INTEGRALNONLINEARITY DARK
+    # PHOTOM, and DISTORTION, FLAT and EPSF of F087; one DARKDECAYSIGNAL for the campaign.
+    assert len(outputs.references) == 2 * 12 + 1
     for path in outputs.references:
         with rdm.open(path) as model:
             assert model.meta.useafter < Time(config.start_time)

@@ -1,4 +1,13 @@
-"""Which exposure-level steps apply to which exposure type (meta.exposure.type).
+"""The exposure-level chains (which steps run, in which order) and which steps apply to which
+exposure type (meta.exposure.type).
+
+Two chains, each defined once here (the workflow's ``exposure_chain`` picks one):
+``documented``, the romancal documentation's order (the default), and ``romancal-1.1``,
+the order of romancal 1.1's ExposurePipeline: dark_decay and wfi18_transient after refpix,
+linearity, ramp fitting of the ramp with its dark still in it, then dark_current on the
+rate image; no separate jump step. Both chains share the image steps, in our order
+(romancal 1.1 runs photom before flat_field; photom only records conversion factors,
+so the products are the same).
 
 As romancal 1.1's ExposurePipeline: every type gets the detector-level steps and
 ramp fitting; imaging (WFI_IMAGE, WFI_LOLO) then goes through the whole image
@@ -11,9 +20,18 @@ else is not a Roman WFI exposure type and its file is quarantined.
 
 from __future__ import annotations
 
-RAMP_STEPS = ("dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit")
 IMAGE_STEPS = ("assign_wcs", "flat_field", "photom", "source_detection", "tweakreg")
-EXPOSURE_STEPS = RAMP_STEPS + IMAGE_STEPS
+CHAINS = {
+    "documented": ("dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit",
+                   *IMAGE_STEPS),
+    "romancal-1.1": ("dq_init", "saturation", "refpix", "dark_decay", "wfi18_transient", "linearity",
+                     "ramp_fit", "dark_current", *IMAGE_STEPS),
+}
+DEFAULT_CHAIN = "documented"
+# Every exposure-level step of any chain: the documented order with the other chains' steps
+# inserted where they run.
+EXPOSURE_STEPS = ("dq_init", "saturation", "refpix", "dark_decay", "wfi18_transient", "linearity",
+                  "dark_current", "jump", "ramp_fit", *IMAGE_STEPS)
 
 # Dark exposures (imaging and spectroscopic): the ground-test superbias and DARK references
 # are fitted from them.
@@ -43,10 +61,21 @@ def science_exposure_type(exposure_type: str) -> str:
     return GROUNDTEST_EXPOSURE_TYPES.get(exposure_type, exposure_type)
 
 
-def applicable_steps(exposure_type: str) -> tuple[str, ...]:
-    """The exposure-level steps, in order, that apply to ``exposure_type``; ValueError if unknown."""
+def chain_steps(chain: str) -> tuple[str, ...]:
+    """The steps of the named chain, in the order they run; ValueError if unknown."""
     try:
-        return RAMP_STEPS + _IMAGE_STEPS_BY_TYPE[exposure_type.upper()]
+        return CHAINS[chain]
+    except KeyError:
+        raise ValueError(f"unknown exposure chain {chain!r} (known: {', '.join(CHAINS)})") from None
+
+
+def applicable_steps(exposure_type: str, chain: str | None = None) -> tuple[str, ...]:
+    """The steps of ``chain`` (default: every exposure-level step), in order, that apply to
+    ``exposure_type``; ValueError if either is unknown."""
+    steps = EXPOSURE_STEPS if chain is None else chain_steps(chain)
+    try:
+        image_steps = _IMAGE_STEPS_BY_TYPE[exposure_type.upper()]
     except KeyError:
         raise ValueError(f"unknown exposure type {exposure_type!r} "
                          f"(known: {', '.join(EXPOSURE_TYPES)})") from None
+    return tuple(step for step in steps if step not in IMAGE_STEPS or step in image_steps)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# romancal step name -> suffix of the product the step writes, in pipeline order.
+# romancal step name -> suffix of the product the step writes, in pipeline order (romancal's own
+# suffixes; dark_decay and wfi18_transient keep their underscore, as romancal 1.1 writes them).
 STEP_SUFFIX: dict[str, str] = {
     "dq_init": "dqinit",
     "saturation": "saturation",
     "refpix": "refpix",
+    "dark_decay": "dark_decay",
+    "wfi18_transient": "wfi18_transient",
     "linearity": "linearity",
     "dark_current": "darkcurrent",
     "jump": "jump",

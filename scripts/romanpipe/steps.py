@@ -14,6 +14,7 @@ import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from .errors import ParameterError
 from .naming import STEP_SUFFIX
@@ -24,11 +25,13 @@ STEPS = tuple(STEP_SUFFIX)
 # Steps whose script takes one image or an association (the others take one or the other).
 IMAGE_OR_ASSOCIATION_STEPS = ("tweakreg", "flux")
 
-# The reference types each exposure-level step reads.
+# The reference types each exposure-level step reads (linearity also reads INVERSELINEARITY and
+# INTEGRALNONLINEARITY with resultant_aware: OPTIONAL_REFTYPES).
 STEP_REFTYPES = {
     "dq_init": ["mask"],
     "saturation": ["saturation"],
     "refpix": ["refpix"],
+    "dark_decay": ["darkdecaysignal"],
     "linearity": ["linearity"],
     "dark_current": ["dark"],
     "jump": ["gain", "readnoise"],
@@ -38,11 +41,32 @@ STEP_REFTYPES = {
     "photom": ["photom"],
 }
 
+# Reference types a step reads only when the parameter named here is on.
+OPTIONAL_REFTYPES = {
+    "linearity": {"inverselinearity": "resultant_aware", "integralnonlinearity": "resultant_aware"},
+}
+
+
+# An optional reference overridden by this value is not used (as CRDS's N/A in romancal).
+NOT_APPLICABLE = "N/A"
+
+
+def step_reftypes(step: str, parameters: dict[str, Any]) -> list[str]:
+    """The reference types ``step`` reads with ``parameters`` (its config block): an optional one
+    when its switch is on and its override is not N/A."""
+    optional = OPTIONAL_REFTYPES.get(step, {})
+    return STEP_REFTYPES.get(step, []) + [
+        reftype for reftype, switch in optional.items()
+        if parameters.get(switch) and str(parameters.get(f"override_{reftype}")).upper() != NOT_APPLICABLE]
+
+
 # The romancal class each step follows, as a parameter file's ``class`` names it.
 ROMANCAL_CLASS = {
     "dq_init": "romancal.step.DQInitStep",
     "saturation": "romancal.step.SaturationStep",
     "refpix": "romancal.step.RefPixStep",
+    "dark_decay": "romancal.step.DarkDecayStep",
+    "wfi18_transient": "romancal.step.WFI18TransientStep",
     "linearity": "romancal.step.LinearityStep",
     "dark_current": "romancal.step.DarkCurrentStep",
     "jump": "romancal.step.JumpStep",

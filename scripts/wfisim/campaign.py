@@ -29,7 +29,8 @@ Campaign settings (YAML keys = :class:`CampaignConfig` fields): ``detectors``,
 (``offset_arcsec``, ``roll_deg``), ``proper_motion_mas_per_yr`` (rms of each of
 pmra, pmdec), ``gaia_faint_limit_g``, ``spectral_exposures`` ({element: count}, e.g.
 {PRISM: 1}), ``psf`` (gaussian or roman), ``cosmic_ray_flux_per_cm2_s``, ``program``,
-``title``.
+``title``, ``dark_decay_signal`` (true: romancal 1.1's dark decay signal in every ramp,
+``wfisim.dark_decay``; the DARKDECAYSIGNAL reference, one per campaign, says so either way).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from astropy.table import Table
 from astropy.time import Time, TimeDelta
 
 from .cosmic_rays import CosmicRays
+from .dark_decay import DarkDecaySignal
 from .detector import BORDER, DetectorModel, build_detector, detector_key
 from .flat import true_flat
 from .level1 import IMAGING_EXPOSURE_TYPE, SPECTRAL_EXPOSURE_TYPE, ExposureId, make_level1, write_level1
@@ -60,7 +62,7 @@ from .photometry import PIXEL_AREA_SR, photmjsr
 from .pointing import NOMINAL_PIXEL_SCALE_ARCSEC, DetectorGeometry, Pointing, pointing_metadata
 from .psf import PSF_MODELS, render_stars, stamp_half_width
 from .ramps import RampEffect, simulate_ramp
-from .references import SPECTRAL_ELEMENTS, write_references
+from .references import SPECTRAL_ELEMENTS, write_darkdecaysignal, write_references
 from .refpix_effects import ReferencePixelEffects, fits_readout_layout, readout_electronics
 from .scene import (
     PIVOT_WAVELENGTH_UM,
@@ -116,6 +118,7 @@ class CampaignConfig(SettingsFile):
     program: int = 1
     title: str = "Simulated WFI imaging campaign"
     cosmic_ray_flux_per_cm2_s: float = 0.0  # about 5 at L2
+    dark_decay_signal: bool = False
 
     def __post_init__(self) -> None:
         if self.dithers is not None and len(self.dithers) != self.exposures_per_filter:
@@ -278,6 +281,9 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
                   for path in write_references(det, out_dir / "references", useafter=useafter,
                                                optical_elements=elements,
                                                also_taken=[crds_cache.references_dir(cache_dir)])]
+    references.append(write_darkdecaysignal(detectors, out_dir / "references", useafter=useafter,
+                                            simulated=config.dark_decay_signal,
+                                            also_taken=[crds_cache.references_dir(cache_dir)]))
     # Reference-pixel effects need the 32-output readout; smaller test arrays go without.
     with_refpix = fits_readout_layout(shape)
 
@@ -301,7 +307,9 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
                     sky=config.sky_for(optical_element), optical_element=optical_element, table=table,
                     exposure_id=exposure_id, start_time=exposure_start, seed=seed,
                     out_dir=out_dir, visit=visit, program={"title": config.title},
-                    effects=exposure_effects(det, responses[det.name], seed, with_refpix),
+                    effects=exposure_effects(det, responses[det.name], seed, with_refpix,
+                                             DarkDecaySignal.of(det, table.frame_time)
+                                             if config.dark_decay_signal else None),
                     cosmic_ray_flux=config.cosmic_ray_flux_per_cm2_s, recorded_pointing=recorded,
                     pointing_error=error, psf=config.psf, workers=workers)
                 uncal.append(paths[0])
@@ -335,11 +343,15 @@ def pointing_error(config: CampaignConfig, observation: int, exposure: int) -> d
 
 
 def exposure_effects(detector: DetectorModel, response: RampEffect, seed: list[int],
-                     with_refpix: bool) -> list[RampEffect]:
-    """The per-read effects of one exposure: nonlinearity, and the reference-pixel electronics."""
-    if not with_refpix:
-        return [response]
-    return [response, ReferencePixelEffects(readout_electronics(detector), seed)]
+                     with_refpix: bool, dark_decay: RampEffect | None = None) -> list[RampEffect]:
+    """The per-read effects of one exposure: nonlinearity, the reference-pixel electronics, and
+    the dark decay signal when simulated."""
+    effects = [response]
+    if with_refpix:
+        effects.append(ReferencePixelEffects(readout_electronics(detector), seed))
+    if dark_decay is not None:
+        effects.append(dark_decay)
+    return effects
 
 
 def sky_catalog(config: CampaignConfig, detectors: Sequence[DetectorModel], home: Pointing,

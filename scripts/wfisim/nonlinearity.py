@@ -154,6 +154,40 @@ def linearity_reference_arrays(detector: DetectorModel, rng: np.random.Generator
     return {"coeffs": coeffs, "dq": dq}
 
 
+INVERSE_DEGREE = 5
+INVERSE_SAMPLES = 33
+INVERSE_BLOCK_ROWS = 256
+
+
+def inverse_linearity_coefficients(detector: DetectorModel) -> np.ndarray:
+    """Coefficients (lowest first, float64) of ``F = b + P^-1(F_c - b)`` as a polynomial in linear DN F_c.
+
+    The raw DN a pixel reads for a linear signal: P^-1 is fitted (least squares, degree
+    INVERSE_DEGREE) to the exact inverse (Newton's method) at INVERSE_SAMPLES signals from
+    0 to the pixel's full well, then shifted to raw DN as the LINEARITY polynomial is.
+    """
+    response = nonlinear_response(detector)
+    full_linear = detector.full_well.astype(np.float64) / response.gain
+    fraction = np.linspace(0.0, 1.0, INVERSE_SAMPLES)
+    # One design matrix for every pixel: the signal as a fraction of the pixel's full well.
+    solve = np.linalg.pinv(np.vander(fraction, INVERSE_DEGREE + 1, increasing=True))
+    scaled = np.empty((INVERSE_DEGREE + 1, *detector.shape))
+    for start in range(0, detector.shape[0], INVERSE_BLOCK_ROWS):
+        rows = slice(start, start + INVERSE_BLOCK_ROWS)
+        linear = fraction[:, None, None] * full_linear[None, rows]
+        measured = response.measured_signal(linear, rows)
+        scaled[:, rows] = np.tensordot(solve, measured, axes=1)
+    powers = np.arange(INVERSE_DEGREE + 1)[:, None, None]
+    return raw_dn_coefficients(scaled / full_linear[None] ** powers, detector.bias)
+
+
+def inverse_linearity_reference_arrays(detector: DetectorModel, rng: np.random.Generator) -> dict:
+    """INVERSELINEARITY ``coeffs`` and ``dq`` of ``detector`` (a ``references.Builder``): the
+    raw DN of a linear signal (romancal 1.1's resultant-aware linearity rebuilds reads with it)."""
+    return {"coeffs": inverse_linearity_coefficients(detector).astype(np.float32),
+            "dq": np.zeros(detector.shape, dtype=np.uint32)}
+
+
 def _polynomial(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
     """sum_n coefficients[n] x^n by Horner's scheme (coefficients lowest order first)."""
     result = np.zeros(np.broadcast_shapes(coefficients.shape[1:], np.shape(x))) + coefficients[-1]

@@ -44,9 +44,15 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 
 from .dark import DARK_REFERENCE_META, SCIENCE_EXPOSURE_TYPES, dark_reference_arrays
+from .dark_decay import darkdecaysignal_table
 from .detector import DetectorModel, detector_key
 from .flat import flat_reference_arrays
-from .nonlinearity import linearity_reference_arrays, nonlinear_response, saturation_threshold
+from .nonlinearity import (
+    inverse_linearity_reference_arrays,
+    linearity_reference_arrays,
+    nonlinear_response,
+    saturation_threshold,
+)
 from .photometry import photom_reference_arrays
 from .pointing import distortion_model
 from .psf import CUTOUT_CENTRE_SCI, OVERSAMPLING, epsf_stamp
@@ -112,6 +118,20 @@ def _epsf(detector: DetectorModel, rng: np.random.Generator, optical_element: st
     return {"psf": epsf_stamp(detector.name, optical_element)[None, None, None].astype(np.float32)}
 
 
+# INTEGRALNONLINEARITY: 32 channels of 128 columns; the simulated A/D converter has no integral
+# nonlinearity, so every channel's correction is zero on a grid of raw DN.
+INL_CHANNELS = 32
+INL_CHANNEL_COLUMNS = 128
+INL_GRID_DN = np.append(np.arange(0, 65535, 256), 65535).astype(np.uint16)
+
+
+def _integral_nonlinearity(detector: DetectorModel, rng: np.random.Generator) -> dict:
+    table = {f"science_channel_{channel:02d}": {"instrument_channel": channel - 1,
+                                                "correction": np.zeros(INL_GRID_DN.size)}
+             for channel in range(1, INL_CHANNELS + 1)}
+    return {"inl_table": table, "value": INL_GRID_DN.copy()}
+
+
 def _distortion(detector: DetectorModel, rng: np.random.Generator, optical_element: str) -> dict:
     return {"coordinate_distortion_transform": distortion_model(detector.name, detector.shape).copy()}
 
@@ -131,6 +151,13 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
         ReferenceKind("linearity", datamodels.LinearityRefModel,
                       "Simulated classic nonlinearity: bias + P(F - bias) as a polynomial in raw DN F; "
                       "some pixels NaN or NO_LIN_CORR.", linearity_reference_arrays),
+        ReferenceKind("inverselinearity", datamodels.InverselinearityRefModel,
+                      "Simulated inverse of the classic nonlinearity: raw DN as a polynomial in "
+                      "linear DN, fitted to the exact inverse.", inverse_linearity_reference_arrays),
+        ReferenceKind("integralnonlinearity", datamodels.IntegralnonlinearityRefModel,
+                      "Simulated integral nonlinearity: none (zero correction in every channel).",
+                      _integral_nonlinearity, placeholder_shape=(1, 1),
+                      meta={"n_channels": INL_CHANNELS, "n_pixels_per_channel": INL_CHANNEL_COLUMNS}),
         ReferenceKind("dark", datamodels.DarkRefModel,
                       "Simulated dark rate (DN/s): dark current / gain; HOT pixels flagged.",
                       dark_reference_arrays, meta=DARK_REFERENCE_META),
@@ -232,6 +259,27 @@ def write_references(detector: DetectorModel, directory: str | Path, *, useafter
             model = make_reference(reftype, detector, useafter=useafter, optical_element=element)
             paths.append(write_atomic(model, next_reference_path(directory, reftype, *also_taken)))
     return paths
+
+
+def make_darkdecaysignal(detectors: Iterable[DetectorModel], *, useafter: Time | str, simulated: bool = True):
+    """The DARKDECAYSIGNAL reference of a campaign: one table of every detector's decay (CRDS
+    selects it by time only, so one file serves them all); amplitudes 0 unless ``simulated``."""
+    model = datamodels.DarkdecaysignalRefModel.create_fake_data()
+    model.meta.update({
+        "reftype": "DARKDECAYSIGNAL", "author": AUTHOR, "pedigree": PEDIGREE, "telescope": "ROMAN",
+        "description": "Simulated dark decay signal: amplitude (DN) and time constant (s) per detector.",
+        "useafter": Time(useafter, format="isot", scale="utc"), "origin": ORIGIN,
+    })
+    model.decay_table = darkdecaysignal_table(detectors, simulated=simulated)
+    return model
+
+
+def write_darkdecaysignal(detectors: Iterable[DetectorModel], directory: str | Path, *,
+                          useafter: Time | str, simulated: bool = True,
+                          also_taken: Iterable[str | Path] = ()) -> Path:
+    """Write the campaign's DARKDECAYSIGNAL reference (:func:`make_darkdecaysignal`); return its path."""
+    model = make_darkdecaysignal(detectors, useafter=useafter, simulated=simulated)
+    return write_atomic(model, next_reference_path(directory, "darkdecaysignal", *also_taken))
 
 
 def next_reference_path(directory: str | Path, reftype: str, *also_taken: str | Path) -> Path:

@@ -27,6 +27,7 @@ from romanpipe.exposure_types import (  # noqa: E402
     EXPOSURE_STEPS,
     MOSAIC_TYPES,
     applicable_steps,
+    chain_steps,
 )
 from romanpipe import refs  # noqa: E402
 from romanpipe.pool_table import reference_column  # noqa: E402
@@ -36,7 +37,7 @@ from romanpipe.failures import error_line, read_ledger, record_failures  # noqa:
 from romanpipe.errors import ParameterError  # noqa: E402
 from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.files import remove_staging  # noqa: E402
-from romanpipe.steps import STEP_REFTYPES  # noqa: E402
+from romanpipe.steps import OPTIONAL_REFTYPES, step_reftypes  # noqa: E402
 from romanpipe import revision  # noqa: E402
 
 try:
@@ -138,17 +139,33 @@ def product(step):
 
 CAL_PRODUCT = os.path.join(RESULTS, "exposures", "{expo}_cal.asdf")
 
+# The exposure-level steps of the configured chain, in the order they run (the one
+# definition of each chain's order is romanpipe.exposure_types.CHAINS).
+CHAIN = chain_steps(config["exposure_chain"])
+
 # Steps whose products are 3-D ramps that only the next step reads.
-RAMP_INTERMEDIATE_STEPS = EXPOSURE_STEPS[: EXPOSURE_STEPS.index("ramp_fit")]
+RAMP_INTERMEDIATE_STEPS = CHAIN[: CHAIN.index("ramp_fit")]
 
 
 # The exposure-level step whose product is the configured target; None for cal and i2d.
 TARGET_STEP = {STEP_SUFFIX[s]: s for s in EXPOSURE_STEPS}.get(config["target"])
+if TARGET_STEP is not None and TARGET_STEP not in CHAIN:
+    raise WorkflowError(
+        f"target: {config['target']!r} is made by {TARGET_STEP}, which the {config['exposure_chain']} "
+        f"chain does not run ({', '.join(CHAIN)})"
+    )
+
+
+def steps_before(step):
+    """The chain's steps that run before ``step`` (for a step outside the chain, those before
+    its place among all exposure-level steps: its rule exists but no target needs it)."""
+    order = CHAIN if step in CHAIN else EXPOSURE_STEPS
+    return [s for s in order[: order.index(step)] if s in CHAIN]
 
 
 def within_target(step):
     """Whether ``step`` is at or before the configured target (for cal and i2d: every step)."""
-    return TARGET_STEP is None or EXPOSURE_STEPS.index(step) <= EXPOSURE_STEPS.index(TARGET_STEP)
+    return TARGET_STEP is None or CHAIN.index(step) <= CHAIN.index(TARGET_STEP)
 
 
 def partial_target_step():
@@ -173,6 +190,9 @@ def step_output(step):
 
 
 def is_enabled(step):
+    """Whether ``step`` runs: in the configured chain and not skipped."""
+    if step in EXPOSURE_STEPS and step not in CHAIN:
+        return False
     # The two-point jump step runs only when ramp fitting does not detect jumps itself.
     if step == "jump" and config["ramp_fit"]["use_ramp_jump_detection"]:
         return False
@@ -181,14 +201,14 @@ def is_enabled(step):
 
 def upstream_product(step):
     """Input of ``step``: the product of the nearest earlier step that runs, or the Level 1 file."""
-    earlier = [s for s in EXPOSURE_STEPS[: EXPOSURE_STEPS.index(step)] if is_enabled(s)]
+    earlier = [s for s in steps_before(step) if is_enabled(s)]
     return product(earlier[-1]) if earlier else uncal_path
 
 
 def skipped_before(step):
     """Steps skipped since the previous product: the next product records them as SKIPPED."""
     skipped = []
-    for earlier in reversed(EXPOSURE_STEPS[: EXPOSURE_STEPS.index(step)]):
+    for earlier in reversed(steps_before(step)):
         if is_enabled(earlier):
             break
         skipped.append(earlier)
@@ -208,8 +228,8 @@ def override(step, reftype):
 
 
 def pipeline_steps():
-    """The exposure-level steps this campaign runs: enabled and up to the target."""
-    return [step for step in EXPOSURE_STEPS if is_enabled(step) and within_target(step)]
+    """The exposure-level steps this campaign runs, in the chain's order: enabled and up to the target."""
+    return [step for step in CHAIN if is_enabled(step) and within_target(step)]
 
 
 def crds_reftypes():
@@ -219,18 +239,22 @@ def crds_reftypes():
     target, must not quarantine an exposure.
     """
     return {
-        step: [reftype for reftype in STEP_REFTYPES[step] if not override(step, reftype)]
+        step: [reftype for reftype in step_reftypes(step, config[step]) if not override(step, reftype)]
         for step in pipeline_steps()
-        if step in STEP_REFTYPES
+        if step_reftypes(step, config[step])
     }
 
 
 def override_references():
     """Step -> {reftype: file} of the overrides of the steps that run (the pool checks them)."""
     return {
-        step: {reftype: override(step, reftype) for reftype in STEP_REFTYPES[step] if override(step, reftype)}
+        step: {
+            reftype: override(step, reftype)
+            for reftype in step_reftypes(step, config[step])
+            if override(step, reftype)
+        }
         for step in pipeline_steps()
-        if step in STEP_REFTYPES
+        if step_reftypes(step, config[step])
     }
 
 
@@ -360,6 +384,32 @@ def reference(step, reftype):
     return crds_selection
 
 
+def optional_references(step):
+    """Input function: {reftype: file} of the optional references the step's parameters switch
+    on (romanpipe.steps.OPTIONAL_REFTYPES), e.g. linearity's with resultant_aware."""
+    optional = [r for r in step_reftypes(step, config[step]) if r in OPTIONAL_REFTYPES.get(step, {})]
+
+    def references(wildcards):
+        files = {}
+        for reftype in optional:
+            selection = reference(step, reftype)
+            files[reftype] = selection if isinstance(selection, str) else selection(wildcards)
+        return files
+
+    return references
+
+
+def optional_reference_options(step):
+    """Params function: ``--override-<reftype> FILE`` (quoted) for each optional reference the
+    job has as an input (see optional_references)."""
+    optional = [r for r in step_reftypes(step, config[step]) if r in OPTIONAL_REFTYPES.get(step, {})]
+
+    def options(wildcards, input):
+        return " ".join(f"--override-{reftype} {shlex.quote(input[reftype])}" for reftype in optional)
+
+    return options
+
+
 def tweakreg_catalog_files():
     """Local catalog files tweakreg reads (abs_refcat unless a Gaia service, catfile): a new one reruns it."""
     settings = config["tweakreg"]
@@ -433,10 +483,10 @@ def exposure_type(expo):
     return pool_record(expo)["exposure_type"]
 
 
-def last_step(expo, up_to=EXPOSURE_STEPS[-1]):
+def last_step(expo, up_to=CHAIN[-1]):
     """The last step that runs for this exposure's type, at or before ``up_to``."""
-    applicable = applicable_steps(exposure_type(expo))
-    candidates = EXPOSURE_STEPS[: EXPOSURE_STEPS.index(up_to) + 1]
+    applicable = applicable_steps(exposure_type(expo), config["exposure_chain"])
+    candidates = CHAIN[: CHAIN.index(up_to) + 1]
     return [s for s in candidates if s in applicable and is_enabled(s)][-1]
 
 
@@ -447,8 +497,8 @@ def cal_input(wildcards):
 
 def not_applicable_option(wildcards):
     """Steps of the full chain that this exposure type does not run, recorded as SKIPPED."""
-    applicable = applicable_steps(exposure_type(wildcards.expo))
-    skipped = [s for s in EXPOSURE_STEPS if s not in applicable]
+    applicable = applicable_steps(exposure_type(wildcards.expo), config["exposure_chain"])
+    skipped = [s for s in CHAIN if s not in applicable]
     return f"--mark-skipped {' '.join(skipped)}" if skipped else ""
 
 
@@ -676,8 +726,8 @@ _FORCING_OPTIONS = (
 
 def exposure_chain(expo):
     """The rules that make an exposure's target, in order: (rule, product, log)."""
-    applicable = applicable_steps(exposure_type(expo))
-    steps = [s for s in EXPOSURE_STEPS if s in applicable and is_enabled(s) and within_target(s)]
+    applicable = applicable_steps(exposure_type(expo), config["exposure_chain"])
+    steps = [s for s in CHAIN if s in applicable and is_enabled(s) and within_target(s)]
     chain = [(s, product(s).format(expo=expo)) for s in steps]
     if config["target"] in ("cal", "i2d"):
         chain.append(("cal", CAL_PRODUCT.format(expo=expo)))

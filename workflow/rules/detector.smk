@@ -3,7 +3,8 @@ Detector-level calibration of each exposure: one rule per romancal step.
 
 REQUIRED INPUTS: Level 1 files (common.smk), references selected in the pool
 OUTPUTS:         results/exposures/{expo}_<suffix>.asdf for each step, up to the
-                 count-rate image {expo}_rampfit.asdf
+                 count-rate image {expo}_rampfit.asdf (romancal-1.1 chain: then the
+                 dark-subtracted rate {expo}_darkcurrent.asdf)
 """
 
 
@@ -90,9 +91,73 @@ rule refpix:
         "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
 
 
-rule linearity:
-    """Correct the classic non-linearity of each resultant (romancal LinearityStep)."""
+rule dark_decay:
+    """Subtract the decaying dark signal of the first reads (romancal DarkDecayStep; romancal-1.1 chain)."""
     input:
+        ramp=upstream_product("dark_decay"),
+        darkdecaysignal=reference("dark_decay", "darkdecaysignal"),
+        parameter_file=parameter_file(),
+        code=step_script("dark_decay"),
+    output:
+        step_output("dark_decay"),
+    params:
+        python=PYTHON,
+        values=step_parameters("dark_decay"),
+        parameter_file=parameter_file_option(),
+        skipped=skipped_before("dark_decay"),
+    resources:
+        mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(2, exposure_input_mb("ramp")),
+    log:
+        os.path.join(LOGS, "dark_decay", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "dark_decay", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} "
+        "--override-darkdecaysignal {input.darkdecaysignal:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
+
+
+rule wfi18_transient:
+    """Fit and remove the first-read transient of WFI18 (romancal WFI18TransientStep; romancal-1.1 chain).
+
+    Other detectors' ramps pass through unchanged (cal_step N/A).
+    """
+    input:
+        ramp=upstream_product("wfi18_transient"),
+        parameter_file=parameter_file(),
+        code=step_script("wfi18_transient"),
+    output:
+        step_output("wfi18_transient"),
+    params:
+        python=PYTHON,
+        values=step_parameters("wfi18_transient"),
+        parameter_file=parameter_file_option(),
+        skipped=skipped_before("wfi18_transient"),
+    resources:
+        mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
+        runtime=step_runtime_min(2, exposure_input_mb("ramp")),
+    log:
+        os.path.join(LOGS, "wfi18_transient", "{expo}.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "wfi18_transient", "{expo}.tsv")
+    conda:
+        "../../envs/detector.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.ramp:q} {output:q} "
+        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
+
+
+rule linearity:
+    """Correct the classic non-linearity of each resultant (romancal LinearityStep).
+
+    With resultant_aware, read by read with the INVERSELINEARITY and INTEGRALNONLINEARITY
+    references as well (romancal 1.1).
+    """
+    input:
+        unpack(optional_references("linearity")),
         ramp=upstream_product("linearity"),
         linearity=reference("linearity", "linearity"),
         parameter_file=parameter_file(),
@@ -104,6 +169,7 @@ rule linearity:
         values=step_parameters("linearity"),
         parameter_file=parameter_file_option(),
         skipped=skipped_before("linearity"),
+        optional_references=optional_reference_options("linearity"),
     resources:
         mem_mb=step_memory_mb(2.5, exposure_input_mb("ramp")),
         runtime=step_runtime_min(3, exposure_input_mb("ramp")),
@@ -115,11 +181,15 @@ rule linearity:
         "../../envs/detector.yaml"
     shell:
         "{params.python} {input.code:q} {input.ramp:q} {output:q} --override-linearity {input.linearity:q} "
-        "--workflow-params {params.values:q} {params.parameter_file} {params.skipped} > {log:q} 2>&1"
+        "{params.optional_references} --workflow-params {params.values:q} {params.parameter_file} "
+        "{params.skipped} > {log:q} 2>&1"
 
 
 rule dark_current:
-    """Subtract the dark accumulated by each resultant's mean read time (romancal DarkCurrentStep)."""
+    """Subtract the dark accumulated by each resultant's mean read time (romancal DarkCurrentStep).
+
+    In the romancal-1.1 chain it runs after ramp_fit and subtracts the dark rate from the rate image.
+    """
     input:
         ramp=upstream_product("dark_current"),
         dark=reference("dark_current", "dark"),
