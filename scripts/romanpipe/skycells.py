@@ -23,6 +23,7 @@ spherical-geometry polygons (candidates first found by a k-d tree of the cells' 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,13 +38,27 @@ from .footprints import s_region_vertices
 from .output_grid import tan_wcs
 
 REFTYPE = "skycells"
+# Pixels drawn around a cell while drizzling and cropped after: drizzle fills an output pixel
+# only from input pixels centred on the output grid, so without them a cell's outermost pixels
+# would miss part of the light their neighbour (which holds them inside) receives. 8 covers
+# input pixels up to 4 cell pixels wide with every kernel (lanczos3 reaches 3 pixels).
+DRIZZLE_MARGIN = 8
 CORNERS = 4
+CELL_NAME_RE = re.compile(r"^(?P<ra>\d{3})(?P<sign>[pm])(?P<dec>\d{2})x(?P<column>\d{2,})y(?P<row>\d{2,})$")
 
 
 def cell_name(ra_tangent: float, dec_tangent: float, column: int, row: int) -> str:
     """romancal's sky-cell name: region tangent point in whole degrees, then the cell's column and row."""
     sign = "p" if round(dec_tangent) >= 0 else "m"
     return f"{round(ra_tangent) % 360:03d}{sign}{abs(round(dec_tangent)):02d}x{column:02d}y{row:02d}"
+
+
+def cell_place(name: str) -> tuple[int, int]:
+    """(column, row) of a cell in its projection region, from its name; ValueError for another name."""
+    match = CELL_NAME_RE.match(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a sky-cell name like 270p65x48y69")
+    return int(match["column"]), int(match["row"])
 
 
 def rotation_matrix(orientat: float) -> np.ndarray:
@@ -73,10 +88,12 @@ class SkyCell:
     pixel_scale: float  # degrees per pixel
     nxy: int
 
-    def wcs(self):
-        """The cell's fixed grid (a TAN GWCS of nxy x nxy pixels)."""
-        return grid_wcs(self.ra_tangent, self.dec_tangent, self.x_tangent, self.y_tangent,
-                        self.orientat, self.pixel_scale, (self.nxy, self.nxy))
+    def wcs(self, margin: int = 0):
+        """The cell's fixed grid (a TAN GWCS of nxy x nxy pixels), or that grid grown by ``margin``
+        pixels on every side (the same pixels, numbered from -margin)."""
+        size = self.nxy + 2 * margin
+        return grid_wcs(self.ra_tangent, self.dec_tangent, self.x_tangent + margin, self.y_tangent + margin,
+                        self.orientat, self.pixel_scale, (size, size))
 
     def wcs_info(self) -> dict:
         """The cell as romancal's sky-cell associations record it (``skycell_wcs_info``)."""
@@ -103,6 +120,15 @@ class SkyCell:
             raise ValueError(f"skycell_wcs_info lacks or mangles {err}") from None
 
 
+def association_cell(tree: dict) -> SkyCell | None:
+    """The sky cell an association is for (its ``skycell_wcs_info``), None for another association;
+    ValueError for an unusable record."""
+    info = tree.get("skycell_wcs_info")
+    if not isinstance(info, dict):
+        return None
+    return SkyCell.from_wcs_info(info)
+
+
 class SkyMap:
     """A SKYCELLS reference read into memory: its regions, its cells, and which cells a footprint touches."""
 
@@ -125,19 +151,24 @@ class SkyMap:
         path = Path(path)
         try:
             with asdf.open(path, lazy_load=False, memmap=False) as af:
-                meta = dict(af["roman"]["meta"])
-                regions = np.asarray(af["roman"]["projection_regions"])
-                cells = np.asarray(af["roman"]["skycells"])
+                return cls.from_model(af["roman"], path)
         except FileNotFoundError:
             raise InputFileError(path, "SKYCELLS reference not found") from None
+        except InputFileError:
+            raise
         except Exception as err:  # asdf raises many types for a damaged file
-            raise InputFileError(path, f"unreadable SKYCELLS reference ({type(err).__name__}: {err})") from None
+            raise InputFileError(path, f"unreadable SKYCELLS reference ({type(err).__name__})") from None
+
+    @classmethod
+    def from_model(cls, model, path: Path | None = None) -> SkyMap:
+        """The sky map of a SKYCELLS tree (a SkycellsRefModel or its ASDF ``roman`` node)."""
+        meta = dict(model["meta"])
         if str(meta.get("reftype", "")).upper() != REFTYPE.upper():
-            raise InputFileError(path, f"meta.reftype is {meta.get('reftype')!r}, not SKYCELLS")
+            raise InputFileError(path or "sky map", f"meta.reftype is {meta.get('reftype')!r}, not SKYCELLS")
         try:
-            return cls(meta, regions, cells, path)
+            return cls(meta, np.asarray(model["projection_regions"]), np.asarray(model["skycells"]), path)
         except (KeyError, ValueError) as err:
-            raise InputFileError(path, f"not a usable sky map ({err})") from None
+            raise InputFileError(path or "sky map", f"not a usable sky map ({err})") from None
 
     @property
     def names(self) -> list[str]:

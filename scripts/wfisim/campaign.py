@@ -74,8 +74,8 @@ from .scene import (
     saturating_flux_range,
 )
 from .settings import SettingsFile
-from .skymap import Tessellation, make_skycells
 from .sky import FieldCatalog, gaia_like_table
+from .skymap import Tessellation, make_skycells
 from .truth import ExposureTruth
 
 __all__ = ["CampaignConfig", "CampaignOutputs", "FieldCatalog", "simulate_campaign", "simulate_exposure"]

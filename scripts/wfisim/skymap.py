@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from romanpipe.skycells import cell_name, grid_wcs
+
 import numpy as np
 from astropy.time import Time
 from roman_datamodels import datamodels
-
-from romanpipe.skycells import cell_name, grid_wcs
 
 from .references import AUTHOR, ORIGIN
 
