@@ -409,6 +409,10 @@ def sky_catalog(config: CampaignConfig, detectors: Sequence[DetectorModel], home
         count = round(config.stars * grown)
         inside = BORDER + 2 + reach
         n_bright = config.saturating_stars
+        if n_bright and inside > min(nrows, ncols) - 1 - inside:
+            raise ValueError(f"{n_bright} saturating star(s) cannot stay inside a {ncols} x {nrows} "
+                             f"array dithered by up to {reach} pixels: use saturating_stars: 0")
+        inside = min(inside, (min(nrows, ncols) - 1) / 2)  # no bright star to place: any valid range
         x = np.concatenate([rng.uniform(-margin, ncols - 1 + margin, count),
                             rng.uniform(inside, ncols - 1 - inside, n_bright)])
         y = np.concatenate([rng.uniform(-margin, nrows - 1 + margin, count),
