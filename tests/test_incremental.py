@@ -120,6 +120,7 @@ def test_a_quarantined_exposure_remosaics_the_cells_it_left(added):
     out, skymap, first, removed, _ = added
     touched = cells_touched(out, skymap, removed)
     remaining = set().union(*(cells_touched(out, skymap, name) for name in first))
+    assert touched & remaining and touched - remaining  # cells to redo, and one left with no member
     uncal = out / "uncal" / f"{removed}_uncal.asdf"
     uncal.write_bytes(uncal.read_bytes()[: uncal.stat().st_size // 2])  # damaged: the pool refuses it
     result = snakemake(out)
