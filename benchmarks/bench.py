@@ -180,6 +180,9 @@ def prepare_run_folder(sim: Path, run: Path, exposures: list[Path], target: str)
             (run / shared).symlink_to(sim / shared)
     config = yaml.safe_load((sim / "workflow.yaml").read_text())
     config["target"] = target
+    # One mosaic of the four exposures, as romancal's MosaicPipeline makes of one association
+    # (on sky cells a full detector spans dozens of cells, each its own chain of jobs).
+    config["associations"] = {"grouping": "overlap"}
     (run / "workflow.yaml").write_text(yaml.safe_dump(config))
 
 

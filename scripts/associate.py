@@ -1,12 +1,22 @@
 """associate: group calibrated images into high-level products (the workflow's association checkpoint).
 
-Default rule: images of the same program and optical element whose footprints
-(``meta.wcsinfo.s_region``, after tweakreg) overlap on the sky, directly or through
-a chain of overlaps, make one mosaic. Overlaps are computed with spherical-geometry.
-Association files follow the layout and naming of the romancal documentation (sections
-"asn_from_list" and "Association Naming")
-``rPPPPP-a3NNN_YYYYMMDDtHHMMSS_image_MMM_asn.json``; the version id is the earliest
-member's start time, so that the same inputs always give the same names.
+``--grouping skycell`` (the default, romancal 1.1's ``skycell_asn`` with product type
+``full``): each image joins one association per sky cell its footprint
+(``meta.wcsinfo.s_region``, after tweakreg) touches, one per (program, cell, optical
+element); the sky cells are those of a SKYCELLS reference (``--skycells``, else the one CRDS
+selects for the earliest image's start time; see ``romanpipe.skycells``). Associations and
+their products are named as romancal names them,
+``rPPPPP_p_full_<cell>_<optical element>`` (data release ``p``), and the association records
+its cell (``target`` and ``skycell_wcs_info``), so resample draws the mosaic on the cell's
+fixed grid. A name and a tree depend only on the cell and its members: a new exposure
+changes only the associations of the cells it touches.
+
+``--grouping overlap``: images of the same program and optical element whose footprints
+overlap on the sky, directly or through a chain of overlaps, make one mosaic (on a grid
+made around them). Overlaps are computed with spherical-geometry. These association files
+follow the naming of the romancal documentation (sections "asn_from_list" and
+"Association Naming") ``rPPPPP-a3NNN_YYYYMMDDtHHMMSS_image_MMM_asn.json``; the version
+id is the earliest member's start time, so that the same inputs always give the same names.
 With ``--user-dir``, the ``*_asn.json`` files there are used as given instead: only
 their members are re-pointed at this campaign's ``_cal`` products, found by name.
 
@@ -15,7 +25,8 @@ tree as JSON); ``write`` then makes one association file from its row, so an
 association whose members did not change is not rewritten and its mosaic not redone.
 
     python scripts/associate.py index --cal results/exposures/*_cal.asdf \\
-        --output results/associations.csv [--user-dir my_associations]
+        --output results/associations.csv [--grouping overlap] [--skycells SKYCELLS.asdf]
+        [--user-dir my_associations]
     python scripts/associate.py write --tree '{...}' --output results/associations/NAME_asn.json
 """
 
@@ -28,13 +39,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from romanpipe import cli
+from romanpipe import cli, refs
 from romanpipe.association import asn_from_list, association_name, read_association, write_association
 from romanpipe.errors import InputFileError
 from romanpipe.files import atomic_path
 from romanpipe.footprints import s_region_vertices
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_model
+from romanpipe.skycells import SkyMap
 
 import numpy as np
 import pandas as pd
@@ -47,6 +59,11 @@ log = logging.getLogger("associate")
 
 ASN_TYPE = "image"
 FIRST_CANDIDATE = 3001  # "a3NNN: discovered whole program associations" (seed)
+GROUPINGS = ("skycell", "overlap")
+# romancal 1.1's skycell_asn: data release "p" (its default), product type "full" (every
+# exposure that touches the cell).
+DATA_RELEASE = "p"
+SKYCELL_PRODUCT_TYPE = "full"
 INDEX_COLUMNS = ["asn", "product", "tree"]
 
 
@@ -57,6 +74,7 @@ class CalibratedImage:
     optical_element: str
     start_time: Time
     footprint: SphericalPolygon
+    s_region: str
 
 
 def read_image(path: Path) -> CalibratedImage:
@@ -70,7 +88,7 @@ def read_image(path: Path) -> CalibratedImage:
             raise InputFileError(path, f"meta.observation.program {meta.observation.program!r} "
                                        "is not a number") from None
         return CalibratedImage(path, program, str(meta.instrument.optical_element).upper(),
-                               Time(meta.exposure.start_time), _polygon(path, region))
+                               Time(meta.exposure.start_time), _polygon(path, region), region)
 
 
 def group_images(images: list[CalibratedImage]) -> list[list[CalibratedImage]]:
@@ -104,6 +122,47 @@ def discovered_associations(images: list[CalibratedImage], index_dir: Path) -> l
                                          f"{first.optical_element}, overlapping footprints")
         rows.append({"asn": name.removesuffix("_asn.json"), "product": product, "tree": tree})
     return rows
+
+
+def skycell_association_name(program: int, cell: str, optical_element: str) -> str:
+    """romancal 1.1's sky-cell association (and product) name, without ``_asn.json``."""
+    return f"r{program:05d}_{DATA_RELEASE}_{SKYCELL_PRODUCT_TYPE}_{cell}_{optical_element.lower()}"
+
+
+def skycell_associations(images: list[CalibratedImage], skymap: SkyMap, index_dir: Path) -> list[dict]:
+    """One index row per (program, sky cell, optical element) that any image touches."""
+    groups: dict[tuple[int, str, str], list[CalibratedImage]] = {}
+    for image in images:
+        cells = skymap.cells_touching(image.s_region)
+        if not cells:
+            log.warning("left out %s: its footprint touches no cell of the sky map %s", image.path.name,
+                        skymap.path.name if skymap.path else "given")
+        log.info("%s touches %s", image.path.name, " ".join(cells) or "no sky cell")
+        for cell in cells:
+            groups.setdefault((image.program, cell, image.optical_element), []).append(image)
+    rows = []
+    for (program, cell, element), group in sorted(groups.items()):
+        name = skycell_association_name(program, cell, element)
+        group = sorted(group, key=lambda im: (im.start_time.isot, im.path.name))
+        members = [os.path.relpath(image.path, index_dir) for image in group]
+        tree = asn_from_list(members, name, asn_type=ASN_TYPE, program=f"{program:05d}", target=cell,
+                             asn_pool="results/pool.csv",
+                             constraints=f"program={program:05d}, optical_element={element}, "
+                                         f"sky cell {cell}")
+        tree.update(data_release_id=DATA_RELEASE, skycell_wcs_info=skymap.cell(cell).wcs_info())
+        rows.append({"asn": name, "product": name, "tree": tree})
+    return rows
+
+
+def campaign_skymap(images: list[CalibratedImage], path: Path | None) -> SkyMap:
+    """The sky map given, else the SKYCELLS reference CRDS selects for the earliest image."""
+    if path is None:
+        earliest = min(image.start_time for image in images)
+        path = Path(refs.best_references({"ROMAN.META.INSTRUMENT.NAME": "WFI",
+                                          "ROMAN.META.EXPOSURE.START_TIME": earliest.iso},
+                                         ["skycells"])["skycells"])
+    log.info("sky cells of %s", path)
+    return SkyMap.read(path)
 
 
 def user_associations(user_dir: Path, cal_paths: list[Path], index_dir: Path) -> list[dict]:
@@ -145,6 +204,11 @@ def main(argv=None) -> None:
     index.add_argument("--cal", type=Path, nargs="*", default=[], help="calibrated imaging products")
     index.add_argument("--output", type=Path, required=True, help="index CSV to write")
     index.add_argument("--user-dir", type=Path, help="use the *_asn.json files here as given")
+    index.add_argument("--grouping", choices=GROUPINGS, default="skycell",
+                       help="one association per sky cell and optical element, or per chain of "
+                            "overlapping footprints (default: %(default)s)")
+    index.add_argument("--skycells", type=Path,
+                       help="the SKYCELLS reference for --grouping skycell (default: CRDS's selection)")
     index.add_argument("--left-out", type=json.loads, default={},
                        help="JSON object: imaging exposures that did not reach _cal -> why (logged)")
     write = commands.add_parser("write", help="write one association file from its index tree")
@@ -163,6 +227,9 @@ def main(argv=None) -> None:
     index_dir = args.output.parent / "associations"
     if args.user_dir:
         rows = user_associations(args.user_dir, args.cal, index_dir)
+    elif args.grouping == "skycell" and args.cal:
+        images = [read_image(path) for path in args.cal]
+        rows = skycell_associations(images, campaign_skymap(images, args.skycells), index_dir)
     else:
         rows = discovered_associations([read_image(path) for path in args.cal], index_dir)
     write_index(rows, args.output)

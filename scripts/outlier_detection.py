@@ -19,7 +19,9 @@ keeps the grouped mosaics on disk and computes the median one section of rows
 at a time (its section "Memory Model for Outlier Detection Algorithm"); ``allowed_memory`` (or
 DMODEL_ALLOWED_MEMORY) refuses work arrays larger than that fraction of the
 available memory; ``save_intermediate_results`` also writes the ``_outlier_i2d``,
-``_median`` and ``_blot`` products.
+``_median`` and ``_blot`` products. For an association of one sky cell (``skycell_wcs_info``)
+``resample_on_skycell`` (romancal 1.1's, default true) draws the grouped mosaics and the
+median on the cell's fixed grid; input pixels beyond the cell are then not judged.
 
 Ours, not the documentation's: ``pixel_scale_ratio`` (default 1, the documented grid) sets the
 common grid's pixel scale relative to the inputs'. Roman's PSF is undersampled: at the
@@ -47,6 +49,7 @@ from romanpipe.naming import STEP_SUFFIX, product_name
 from romanpipe.output_grid import make_output_wcs
 from romanpipe.products import SKIPPED, exposure_group, open_model
 from romanpipe.resample_setup import check_memory, mosaic_bytes, parse_fillval, scratch_space
+from romanpipe.skycells import DRIZZLE_MARGIN, SkyCell, association_cell
 from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products, write_product
 
 import numpy as np
@@ -137,8 +140,12 @@ def outlier_mask(data, err, blot, *, snr: tuple[float, float], scale: tuple[floa
 
 
 def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
-                  scratch_dir: Path | None = None, intermediate: Intermediate | None = None) -> list:
+                  scratch_dir: Path | None = None, intermediate: Intermediate | None = None,
+                  cell: SkyCell | None = None) -> list:
     """Flat indices of the outlier pixels of each exposure (inputs are not modified).
+
+    ``cell``: the association's sky cell; with ``resample_on_skycell`` the grouped mosaics
+    and the median are drawn on its fixed grid, and pixels beyond the cell are not judged.
 
     ``scratch_dir`` holds the grouped mosaics when ``in_memory`` is false;
     ``intermediate(kind, index, array_or_mosaic, wcs)`` receives the grouped
@@ -149,7 +156,8 @@ def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
     with ExitStack() as stack:
         scratch = stack.enter_context(scratch_space(parameters["in_memory"], scratch_dir))
         if parameters["resample_data"]:
-            median, grid = _resampled_median(exposures, parameters, scratch, intermediate)
+            median, grid = _resampled_median(exposures, parameters, scratch, intermediate,
+                                             cell if parameters["resample_on_skycell"] else None)
         else:
             median, grid = _unresampled_median(exposures, parameters, scratch)
     if intermediate:
@@ -158,25 +166,31 @@ def flag_outliers(exposures: Sequence[drizzling.Exposure], parameters: dict, *,
     outliers = []
     for index, exposure in enumerate(exposures):
         if parameters["resample_data"]:
-            blotted = drizzling.blot(median, drizzling.pixel_map(exposure.wcs, exposure.shape, grid),
-                                     fillval=0.0 if fill is None else fill)
+            pixmap = drizzling.pixel_map(exposure.wcs, exposure.shape, grid)
+            blotted = drizzling.blot(median, pixmap, fillval=0.0 if fill is None else fill)
+            judged = drizzling.inside_grid(pixmap, median.shape)
             if intermediate:
                 intermediate("blot", index, blotted, exposure.wcs)
         else:
-            blotted = median
+            blotted, judged = median, True
         background = exposure.sky_level if exposure.sky_level else parameters["backg"]
         mask = outlier_mask(exposure.data, exposure.err if exposure.err is not None else 0.0, blotted,
-                            snr=snr, scale=scale, background=background, grow=parameters["grow"])
+                            snr=snr, scale=scale, background=background, grow=parameters["grow"]) & judged
         outliers.append(np.flatnonzero(mask))
         log.info("%s: %d outliers (%.3f%% of the pixels)", exposure.name, outliers[-1].size,
                  100.0 * outliers[-1].size / mask.size)
     return outliers
 
 
-def _resampled_median(exposures, parameters, scratch, intermediate):
-    """Drizzle each exposure group onto a common grid, mask low weights, and take the median."""
-    grid, _ = make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures],
-                              pixel_scale_ratio=parameters["pixel_scale_ratio"])
+def _resampled_median(exposures, parameters, scratch, intermediate, cell: SkyCell | None):
+    """Drizzle each exposure group onto a common grid (the sky cell's, else one around them),
+    mask low weights, and take the median."""
+    if cell is not None:
+        log.info("median on sky cell %s (its fixed grid; pixel_scale_ratio is not used)", cell.name)
+        grid = cell.wcs(DRIZZLE_MARGIN)
+    else:
+        grid, _ = make_output_wcs([e.wcs for e in exposures], [e.shape for e in exposures],
+                                  pixel_scale_ratio=parameters["pixel_scale_ratio"])
     groups = drizzling.exposure_indices(exposure.group for exposure in exposures)
     shape = tuple(grid.array_shape)
     kept_at_once = len(groups) if parameters["in_memory"] else 1
@@ -303,7 +317,8 @@ def main(argv=None) -> None:
             raise InputFileError(args.input, f"a member cannot be resampled: {err}") from None
         writer = (intermediate_writer(models, members, association, args.output, args, parameters)
                   if parameters["save_intermediate_results"] else None)
-        outliers = flag_outliers(exposures, parameters, scratch_dir=args.output.parent, intermediate=writer)
+        outliers = flag_outliers(exposures, parameters, scratch_dir=args.output.parent, intermediate=writer,
+                                 cell=association_cell(association.tree))
         write_association_products(FlaggedProducts(models, outliers, parameters["good_bits"]), association,
                                    args.output, STEP, STEP_SUFFIX[STEP], args, parameters)
 

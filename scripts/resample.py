@@ -4,7 +4,9 @@ Seed, "Resample": every input's GWCS (forward) and the output grid's inverse
 map input pixels onto a TAN grid that covers all inputs at the first input's
 orientation and pixel scale (``pixel_scale_ratio``, ``pixel_scale``,
 ``rotation``, ``crpix``, ``crval``, ``output_shape``), or onto ``output_wcs`` (an
-ASDF file with a GWCS under ``wcs``). ``drizzle`` co-adds the data (MJy/sr,
+ASDF file with a GWCS under ``wcs``), or, for an association of one sky cell
+(``skycell_wcs_info``) with ``resample_on_skycell``, onto the cell's fixed grid (the
+mosaic's ``meta.wcsinfo.skycell_name`` names it). ``drizzle`` co-adds the data (MJy/sr,
 minus any sky level that skymatch recorded without subtracting) with weights
 ``ivm`` (1/VAR_RNOISE) or ``exptime`` and the DQ mask of ``good_bits``, using
 ``kernel`` and ``pixfrac``; the context image records which inputs touched each
@@ -39,6 +41,7 @@ from romanpipe.naming import product_name
 from romanpipe.output_grid import load_output_wcs, make_output_wcs
 from romanpipe.products import open_model
 from romanpipe.resample_setup import Scratch, check_memory, mosaic_bytes, parse_pair, scratch_space
+from romanpipe.skycells import DRIZZLE_MARGIN, SkyCell, association_cell
 from romanpipe.steprun import parse_step_args, pass_on_skipped, write_product
 
 from roman_datamodels import datamodels
@@ -70,13 +73,20 @@ def output_grid(exposures: list[drizzling.Exposure], parameters: dict):
 
 
 def resample_models(models: list, names: list[str], parameters: dict, *, association_name: str,
-                    scratch: Scratch | None = None) -> list:
-    """MosaicModels of ``models`` (one, or one per exposure with ``single``); inputs are not modified."""
+                    scratch: Scratch | None = None, cell: SkyCell | None = None) -> list:
+    """MosaicModels of ``models`` (one, or one per exposure with ``single``); inputs are not modified.
+
+    ``cell``: the association's sky cell, whose grid (and name, ``meta.wcsinfo.skycell_name``)
+    the mosaics take unless ``resample_on_skycell`` is false or ``output_wcs`` is given.
+    """
     try:
         exposures = [exposure_from_model(m, name) for m, name in zip(models, names, strict=True)]
     except ValueError as err:
         raise ParameterError(f"an input cannot be resampled: {err}") from None
-    output_wcs = output_grid(exposures, parameters)
+    on_cell = cell is not None and parameters["resample_on_skycell"] and not parameters["output_wcs"]
+    if on_cell:
+        log.info("resampling onto sky cell %s (its fixed grid; the grid parameters are not used)", cell.name)
+    output_wcs = cell.wcs(DRIZZLE_MARGIN) if on_cell else output_grid(exposures, parameters)
     check_memory(mosaic_bytes(output_wcs.array_shape, len(exposures)), parameters["allowed_memory"],
                  f"a {output_wcs.array_shape} resampled image")
     log.info("output grid %d x %d pixels", output_wcs.array_shape[1], output_wcs.array_shape[0])
@@ -90,10 +100,14 @@ def resample_models(models: list, names: list[str], parameters: dict, *, associa
             (exposures[i] for i in selection), output_wcs, n_inputs=len(selection),
             kernel=parameters["kernel"], pixfrac=parameters["pixfrac"], fillval=parameters["fillval"],
             weight_type=parameters["weight_type"], good_bits=parameters["good_bits"], scratch=scratch)
+        if on_cell:
+            mosaic = drizzling.cropped(mosaic, DRIZZLE_MARGIN, cell.wcs())
         products.append(mosaic_model(
             mosaic, [models[i] for i in selection], association_name=association_name,
             good_bits=parameters["good_bits"], weight_type=parameters["weight_type"],
             pixfrac=parameters["pixfrac"], blend=parameters["blendheaders"]))
+        if on_cell:
+            products[-1].meta.wcsinfo.skycell_name = cell.name
     return products
 
 
@@ -119,7 +133,8 @@ def main(argv=None) -> None:
         scratch = stack.enter_context(scratch_space(parameters["in_memory"], args.output.parent))
         try:
             products = resample_models(models, [p.name for p in members], parameters,
-                                       association_name=args.input.name, scratch=scratch)
+                                       association_name=args.input.name, scratch=scratch,
+                                       cell=association_cell(association.tree))
         except ValueError as err:
             raise InputFileError(args.input, str(err)) from None
         if parameters["single"]:

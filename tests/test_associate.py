@@ -15,7 +15,9 @@ import associate
 SIDE = 0.125  # deg, about a detector
 
 
-def cal_file(folder, name, *, ra, dec, element="F158", program=1, start="2027-03-01T00:00:00"):
+def cal_file(folder, name, *, ra, dec, element="F158", program=1, start="2027-03-01T00:00:00",
+             s_region=None):
+    """A _cal product's metadata: a footprint SIDE degrees across at (ra, dec), or ``s_region``."""
     image = datamodels.ImageModel.create_fake_data(shape=(2, 2))
     image.meta.instrument.optical_element = element
     image.meta.observation.program = program
@@ -23,7 +25,8 @@ def cal_file(folder, name, *, ra, dec, element="F158", program=1, start="2027-03
     half = SIDE / 2
     corners = [(ra - half, dec - half), (ra + half, dec - half), (ra + half, dec + half),
                (ra - half, dec + half)]
-    image.meta.wcsinfo.s_region = "POLYGON ICRS " + " ".join(f"{a:.6f} {d:.6f}" for a, d in corners)
+    square = "POLYGON ICRS " + " ".join(f"{a:.6f} {d:.6f}" for a, d in corners)
+    image.meta.wcsinfo.s_region = s_region or square
     path = folder / "exposures" / f"{name}_cal.asdf"
     path.parent.mkdir(exist_ok=True)
     image.to_asdf(path)
@@ -57,7 +60,7 @@ def members(row):
 
 def test_groups_follow_program_element_and_chains_of_overlap(campaign):
     folder, paths = campaign
-    table = run_index(folder, paths)
+    table = run_index(folder, paths, "--grouping", "overlap")
     groups = [sorted(name.split("/")[-1].split("_cal")[0] for name in members(row))
               for row in table.itertuples()]
     assert groups == [["e1_WFI01", "e2_WFI01", "e3_WFI01"], ["e4_WFI10"], ["e5_WFI01"], ["e6_WFI01"]]
@@ -69,14 +72,14 @@ def test_groups_follow_program_element_and_chains_of_overlap(campaign):
 
 def test_same_inputs_give_the_same_index(campaign):
     folder, paths = campaign
-    first = run_index(folder, paths)
-    second = run_index(folder, list(reversed(paths)))
+    first = run_index(folder, paths, "--grouping", "overlap")
+    second = run_index(folder, list(reversed(paths)), "--grouping", "overlap")
     pd.testing.assert_frame_equal(first, second)
 
 
 def test_written_association_has_the_documented_layout_and_resolves_members(campaign):
     folder, paths = campaign
-    row = next(run_index(folder, paths).itertuples())
+    row = next(run_index(folder, paths, "--grouping", "overlap").itertuples())
     output = folder / "associations" / f"{row.asn}_asn.json"
     assert associate.cli.run(associate.main, ["write", "--tree", row.tree, "--output", str(output)]) == 0
     association = read_association(output)

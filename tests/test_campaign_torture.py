@@ -175,6 +175,7 @@ def tortured(tmp_path_factory):
     pd.DataFrame({"path": listed}).to_csv(workdir / "exposures.csv", index=False)
     settings = yaml.safe_load((workdir / "workflow.yaml").read_text())
     settings["inputs"]["exposure_list"] = "exposures.csv"
+    settings["associations"] = {"grouping": "overlap"}  # the good exposures make one mosaic
     (workdir / "workflow.yaml").write_text(yaml.safe_dump(settings))
     outside = sorted(str(p) for p in root.rglob("*") if workdir not in p.parents and p != workdir)
     result = run(workdir)

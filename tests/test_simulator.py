@@ -4,6 +4,7 @@ from pathlib import Path
 
 from romanpipe import crds_cache
 from romanpipe.dqflags import pixel
+from romanpipe.skycells import SkyMap
 
 import numpy as np
 import pytest
@@ -13,7 +14,14 @@ from astropy.time import Time
 from roman_datamodels import datamodels
 from scipy.stats import poisson
 
-from wfisim.campaign import CampaignConfig, FieldCatalog, simulate_campaign, simulate_exposure
+from wfisim.campaign import (
+    CampaignConfig,
+    FieldCatalog,
+    detector_corners,
+    simulate_campaign,
+    simulate_exposure,
+    sky_catalog,
+)
 from wfisim.detector import BORDER, build_detector
 from wfisim.level1 import ExposureId
 from wfisim.matables import (
@@ -425,6 +433,20 @@ def test_epsf_reference_is_the_psf_the_stars_are_drawn_with():
     np.testing.assert_allclose(star, 1000.0 * native / native.sum(), rtol=1e-4, atol=1e-6)
 
 
+def test_a_far_dither_without_saturating_stars_gets_its_stars():
+    """Saturating stars are kept inside every dither; with none to place, a dither wider than
+    half the array is fine (numpy refused the empty draw from an inverted range)."""
+    mapping = {"detectors": ["WFI01"], "exposures_per_filter": 2, "dithers": [[0, 0], [90, 60]],
+               "size": 64, "stars": 5, "saturating_stars": 0}
+    detectors = [build_detector("WFI01", (64, 64), 1)]
+    home = Pointing.at(270.0, 66.0, 0.0)
+    stars = sky_catalog(CampaignConfig.from_mapping(mapping), detectors, home, UNEVEN_6)
+    assert len(stars.flux) >= 5
+    with pytest.raises(ValueError, match="1 saturating star"):
+        config = CampaignConfig.from_mapping({**mapping, "saturating_stars": 1})
+        sky_catalog(config, detectors, home, UNEVEN_6)
+
+
 def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_config(tmp_path):
     config = CampaignConfig.from_mapping({
         "detectors": ["WFI01", "WFI02"], "filters": ["F087"], "exposures_per_filter": 2,
@@ -442,8 +464,15 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(
         path.name for path in outputs.references)
     # Per detector: MASK SATURATION GAIN READNOISE LINEARITY INVERSELINEARITY INTEGRALNONLINEARITY DARK
-    # PHOTOM, and DISTORTION, FLAT and EPSF of F087; one DARKDECAYSIGNAL for the campaign.
-    assert len(outputs.references) == 2 * 12 + 1
+    # PHOTOM, and DISTORTION, FLAT and EPSF of F087; one DARKDECAYSIGNAL and the sky map of the
+    # campaign's sky, whose cells cover every detector's corners.
+    assert len(outputs.references) == 2 * 12 + 2
+    skymap = SkyMap.read(next(path for path in outputs.references if "skycells" in path.name))
+    for det in ("WFI01", "WFI02"):
+        geometry = DetectorGeometry(det, (32, 32), Pointing.at(**config.pointing))
+        ra, dec = detector_corners(geometry)
+        for r, d in zip(ra, dec, strict=True):
+            assert skymap.cells_touching(f"POLYGON ICRS {r} {d} {r + 1e-5} {d} {r} {d + 1e-5}")
     for path in outputs.references:
         with rdm.open(path) as model:
             assert model.meta.useafter < Time(config.start_time)

@@ -116,8 +116,11 @@ def campaign(tmp_path_factory, workflow_copy):
     # photometry check below uses exptime weights (see README, "Where we differ").
     # The tests below inspect the ramps between the steps, and a changed ramp-step parameter
     # reruns only that step when they are kept (tests/test_resume.py runs the default).
+    # One mosaic per detector on a grid around its images (the overlap grouping): the counts and
+    # the photometry below are of those; sky-cell mosaics are tested in tests/test_incremental.py.
     with open(out / "workflow.yaml", "a") as stream:
-        stream.write("resample:\n  weight_type: exptime\nkeep_ramp_intermediates: true\n")
+        stream.write("resample:\n  weight_type: exptime\nkeep_ramp_intermediates: true\n"
+                     "associations:\n  grouping: overlap\n")
     return out
 
 
@@ -277,7 +280,9 @@ def cosmic_ray_campaign(tmp_path_factory):
         "size": 128, "stars": 60, "saturating_stars": 0, "seed": 32, "psf": "roman",
         "cosmic_ray_flux_per_cm2_s": 60.0,
     })
-    return simulated_and_run(config, out, "ramp_fit: {use_ramp_jump_detection: false}\njump: {skip: true}\n")
+    # one association of the four exposures (the overlap grouping) whatever sky cells they touch
+    return simulated_and_run(config, out, "ramp_fit: {use_ramp_jump_detection: false}\njump: {skip: true}\n"
+                                          "associations: {grouping: overlap}\n")
 
 
 def truth_in_level2(run: Path, expo: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -625,7 +630,9 @@ def override_campaign(tmp_path_factory):
     overrides = {step: {f"override_{reftype}": str(reference_file(out / "references", reftype))
                         for reftype in reftypes}
                  for step, reftypes in OVERRIDDEN_REFERENCES.items()}
-    settings = {"crds": {"path": "no_cache_here"}, **overrides}
+    # the sky map too is a loose file: the SKYCELLS reference the simulator made
+    settings = {"crds": {"path": "no_cache_here"}, **overrides,
+                "associations": {"skycells": str(reference_file(out / "references", "skycells"))}}
     return run_with_settings(out, yaml.safe_dump(settings)), overrides
 
 
@@ -640,7 +647,10 @@ def test_every_reference_overridden_runs_without_crds_and_matches_the_crds_run(o
     pool = pd.read_csv(run / "results" / "pool.csv")
     assert len(pool) == 3 and not any(column.startswith("ref_") for column in pool.columns)
     cals = sorted((run / "results" / "exposures").glob("*_cal.asdf"))
-    assert len(cals) == 3 and len(list((run / "results" / "mosaics").glob("*_i2d.asdf"))) == 1
+    cells = pd.read_csv(run / "results" / "associations.csv")["product"]
+    assert len(cals) == 3 and len(cells) >= 1 and all("_p_full_" in product for product in cells)
+    assert sorted(p.name for p in (run / "results" / "mosaics").glob("*_i2d.asdf")) == \
+        sorted(f"{product}_i2d.asdf" for product in cells)
     for cal in cals:
         with rdm.open(cal) as ours, rdm.open(run / "crds_results" / "exposures" / cal.name) as crds:
             for name in ("data", "err", "dq", "var_poisson", "var_rnoise"):

@@ -23,7 +23,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.stats import sigma_clip
@@ -89,6 +89,18 @@ class Mosaic:
     exposure_time: float = 0.0       # mean over pixels with data of the summed exposure times
     max_exposure_time: float = 0.0
     pixel_scale_ratio: float = 1.0
+
+
+def cropped(mosaic: Mosaic, margin: int, wcs) -> Mosaic:
+    """The mosaic without ``margin`` pixels on every side, on ``wcs`` (the grid without them)."""
+    if margin == 0:
+        return mosaic
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    return replace(
+        mosaic, data=mosaic.data[inner], weight=mosaic.weight[inner], wcs=wcs,
+        context=None if mosaic.context is None else mosaic.context[(slice(None), *inner)],
+        err=None if mosaic.err is None else mosaic.err[inner],
+        variances={name: array[inner] for name, array in mosaic.variances.items()})
 
 
 def exposure_indices(groups: Iterable[str]) -> list[list[int]]:
@@ -441,6 +453,14 @@ def _exposure_time_statistics(context: np.ndarray, times: Sequence[float]) -> tu
 
 # --------------------------------------------------------------------------- blot
 
+def inside_grid(pixmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which input pixels (``pixmap``: input -> grid positions) land on a grid of ``shape`` (ny, nx)."""
+    ny, nx = shape
+    return (np.isfinite(pixmap).all(axis=-1)
+            & (pixmap[..., 0] >= -0.5) & (pixmap[..., 0] <= nx - 0.5)
+            & (pixmap[..., 1] >= -0.5) & (pixmap[..., 1] <= ny - 0.5))
+
+
 def blot(median: np.ndarray, pixmap: np.ndarray, fillval: float = 0.0, interp: str = "poly5") -> np.ndarray:
     """The mosaic ``median`` interpolated back onto an input's pixels (``pixmap``: input -> mosaic).
 
@@ -450,10 +470,7 @@ def blot(median: np.ndarray, pixmap: np.ndarray, fillval: float = 0.0, interp: s
     "Outlier Detection") to flag their cores. Input pixels that do not map onto
     the mosaic get ``fillval``.
     """
-    ny, nx = median.shape
-    inside = (np.isfinite(pixmap).all(axis=-1)
-              & (pixmap[..., 0] >= -0.5) & (pixmap[..., 0] <= nx - 0.5)
-              & (pixmap[..., 1] >= -0.5) & (pixmap[..., 1] <= ny - 0.5))
+    inside = inside_grid(pixmap, median.shape)
     # tblot cannot take NaN positions: send them far outside the mosaic.
     safe = np.where(np.isfinite(pixmap), pixmap, -1e6)
     out = np.full(pixmap.shape[:2], fillval, dtype=np.float32)

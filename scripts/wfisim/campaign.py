@@ -16,6 +16,7 @@ exactly as configured; see ``wfisim.truth``). Output folder layout::
     <out>/references/roman_wfi_*.asdf   per detector: MASK, SATURATION, GAIN, READNOISE, LINEARITY,
                                         DARK, REFPIX (full readout layout only), PHOTOM; per
                                         detector and optical element: DISTORTION, FLAT (imaging)
+    <out>/references/roman_wfi_skycells_*.asdf  the sky map (SKYCELLS) of the campaign's sky area
     <out>/crds_cache/                   offline CRDS cache holding those references
     <out>/workflow.yaml                 Snakemake config for ``--directory <out>``
 
@@ -30,7 +31,9 @@ Campaign settings (YAML keys = :class:`CampaignConfig` fields): ``detectors``,
 pmra, pmdec), ``gaia_faint_limit_g``, ``spectral_exposures`` ({element: count}, e.g.
 {PRISM: 1}), ``psf`` (gaussian or roman), ``cosmic_ray_flux_per_cm2_s``, ``program``,
 ``title``, ``dark_decay_signal`` (true: romancal 1.1's dark decay signal in every ramp,
-``wfisim.dark_decay``; the DARKDECAYSIGNAL reference, one per campaign, says so either way).
+``wfisim.dark_decay``; the DARKDECAYSIGNAL reference, one per campaign, says so either way),
+``skymap`` (the sky map's ``pixel_scale``, ``nxy_skycell``, ``border``, ``region_deg``; see
+``wfisim.skymap``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from romanpipe import crds_cache
+from romanpipe.products import write_atomic
 
 import numpy as np
 import yaml
@@ -62,7 +66,7 @@ from .photometry import PIXEL_AREA_SR, photmjsr
 from .pointing import NOMINAL_PIXEL_SCALE_ARCSEC, DetectorGeometry, Pointing, pointing_metadata
 from .psf import PSF_MODELS, render_stars, stamp_half_width
 from .ramps import RampEffect, simulate_ramp
-from .references import SPECTRAL_ELEMENTS, write_darkdecaysignal, write_references
+from .references import SPECTRAL_ELEMENTS, next_reference_path, write_darkdecaysignal, write_references
 from .refpix_effects import ReferencePixelEffects, fits_readout_layout, readout_electronics
 from .scene import (
     PIVOT_WAVELENGTH_UM,
@@ -74,6 +78,7 @@ from .scene import (
 )
 from .settings import SettingsFile
 from .sky import FieldCatalog, gaia_like_table
+from .skymap import Tessellation, make_skycells
 from .truth import ExposureTruth
 
 __all__ = ["CampaignConfig", "CampaignOutputs", "FieldCatalog", "simulate_campaign", "simulate_exposure"]
@@ -119,6 +124,7 @@ class CampaignConfig(SettingsFile):
     title: str = "Simulated WFI imaging campaign"
     cosmic_ray_flux_per_cm2_s: float = 0.0  # about 5 at L2
     dark_decay_signal: bool = False
+    skymap: dict[str, float] = field(default_factory=dict)  # wfisim.skymap.Tessellation's fields
 
     def __post_init__(self) -> None:
         if self.dithers is not None and len(self.dithers) != self.exposures_per_filter:
@@ -136,6 +142,13 @@ class CampaignConfig(SettingsFile):
             raise ValueError(f"unknown psf {self.psf!r}; known: {', '.join(PSF_MODELS)}")
         if set(self.pointing_error) != {"offset_arcsec", "roll_deg"}:
             raise ValueError("pointing_error needs exactly offset_arcsec and roll_deg")
+        self.tessellation()  # a bad sky map setting fails here, before anything is simulated
+
+    def tessellation(self) -> Tessellation:
+        try:
+            return Tessellation(**self.skymap)
+        except TypeError as err:
+            raise ValueError(f"skymap: {err}") from None
 
     def sky_for(self, optical_element: str) -> float:
         if isinstance(self.sky_e_per_s, dict):
@@ -287,7 +300,7 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
     # Reference-pixel effects need the 32-output readout; smaller test arrays go without.
     with_refpix = fits_readout_layout(shape)
 
-    uncal, truth = [], []
+    uncal, truth, corners = [], [], []
     exposure_start = start
     for observation, (optical_element, dithers) in enumerate(observations, start=1):
         # One visit per observation; its dither offsets are recorded in the ideal frame (arcsec).
@@ -300,6 +313,7 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
             error = pointing_error(config, observation, exposure)
             recorded = pointing.perturbed(error["offset_arcsec"], error["direction_deg"], error["roll_deg"])
             for det in detectors:
+                corners.append(detector_corners(DetectorGeometry(det.name, shape, pointing)))
                 began = time.perf_counter()
                 seed = [config.seed, detector_key(det.name), observation, exposure]
                 paths = simulate_exposure(
@@ -317,6 +331,8 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
                 log.info("simulated %s in %.1f s", paths[0].name, time.perf_counter() - began)
             exposure_start = exposure_start + TimeDelta(table.exposure_time + EXPOSURE_GAP_S, format="sec")
 
+    references.append(write_skymap(config, corners, out_dir / "references", useafter,
+                                   also_taken=[crds_cache.references_dir(cache_dir)]))
     context = crds_cache.deliver(cache_dir, references, description=f"wfisim campaign: {config.title}")
     workflow_config = out_dir / "workflow.yaml"
     # Relative paths: the workflow runs with --directory <out>.
@@ -331,6 +347,31 @@ def simulate_campaign(config: CampaignConfig, out_dir: str | Path, *,
     workflow_config.write_text(yaml.safe_dump(settings, sort_keys=False))
     log.info("campaign: %d exposures, %d references, CRDS context %s", len(uncal), len(references), context)
     return CampaignOutputs(uncal, truth, references, context, workflow_config, gaia_path, sky_catalog_path)
+
+
+# Sky around the simulated detectors that the sky map covers too: pointing errors, and room
+# for exposures added to the campaign later nearby.
+SKYMAP_MARGIN_DEG = 60.0 / 3600.0
+
+
+def detector_corners(geometry: DetectorGeometry) -> np.ndarray:
+    """RA, Dec (2 x 4, deg) of a detector's corners on the sky."""
+    ny, nx = geometry.shape
+    ra, dec = geometry.pixel_to_sky(np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]),
+                                    np.array([-0.5, -0.5, ny - 0.5, ny - 0.5]))
+    return np.array([np.asarray(ra) % 360.0, np.asarray(dec)])
+
+
+def write_skymap(config: CampaignConfig, corners: list[np.ndarray], directory: Path, useafter: Time, *,
+                 also_taken=()) -> Path:
+    """The SKYCELLS reference of the box around every simulated detector (plus a margin)."""
+    ra, dec = np.concatenate(corners, axis=1)
+    margin_ra = SKYMAP_MARGIN_DEG / max(math.cos(math.radians(float(np.max(np.abs(dec))))), 1e-3)
+    model = make_skycells((max(0.0, float(ra.min()) - margin_ra), min(360.0, float(ra.max()) + margin_ra)),
+                          (max(-90.0, float(dec.min()) - SKYMAP_MARGIN_DEG),
+                           min(90.0, float(dec.max()) + SKYMAP_MARGIN_DEG)),
+                          tessellation=config.tessellation(), useafter=useafter)
+    return write_atomic(model, next_reference_path(directory, "skycells", *also_taken))
 
 
 def pointing_error(config: CampaignConfig, observation: int, exposure: int) -> dict:
@@ -381,6 +422,10 @@ def sky_catalog(config: CampaignConfig, detectors: Sequence[DetectorModel], home
         count = round(config.stars * grown)
         inside = BORDER + 2 + reach
         n_bright = config.saturating_stars
+        if n_bright and inside > min(nrows, ncols) - 1 - inside:
+            raise ValueError(f"{n_bright} saturating star(s) cannot stay inside a {ncols} x {nrows} "
+                             f"array dithered by up to {reach} pixels: use saturating_stars: 0")
+        inside = min(inside, (min(nrows, ncols) - 1) / 2)  # no bright star to place: any valid range
         x = np.concatenate([rng.uniform(-margin, ncols - 1 + margin, count),
                             rng.uniform(inside, ncols - 1 - inside, n_bright)])
         y = np.concatenate([rng.uniform(-margin, nrows - 1 + margin, count),

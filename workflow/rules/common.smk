@@ -266,11 +266,17 @@ def crds_context_file():
     ]
     if not selected:
         return []
+    return context_pmap(f"give every reference file ({', '.join(selected)})")
+
+
+def context_pmap(alternative):
+    """The operational context's .pmap (relative to the working directory); WorkflowError
+    saying what to do instead (``alternative``) when the cache has none."""
     context = refs.current_context()
     if not context:
         raise WorkflowError(
             f"no CRDS context in {CRDS_PATH}: build a cache (make demo), set CRDS_SERVER_URL, "
-            f"or give every reference file ({', '.join(selected)})"
+            f"or {alternative}"
         )
     return workdir_relative(os.path.join(CRDS_PATH, "mappings", "roman", context))
 
@@ -575,9 +581,27 @@ def left_out_option(wildcards):
     return f"--left-out {shlex.quote(json.dumps(left_out))}" if left_out else ""
 
 
-def user_associations_option():
-    user_dir = config["associations"]["user_dir"]
-    return f"--user-dir {shlex.quote(user_dir)}" if user_dir else ""
+def association_options():
+    """The checkpoint's grouping: the user's association files, or sky cells (from the
+    config's SKYCELLS file, else CRDS's), or chains of overlapping footprints."""
+    settings = config["associations"]
+    if settings["user_dir"]:
+        return f"--user-dir {shlex.quote(settings['user_dir'])}"
+    options = f"--grouping {shlex.quote(settings['grouping'])}"
+    if settings["grouping"] == "skycell" and settings["skycells"]:
+        options += f" --skycells {shlex.quote(settings['skycells'])}"
+    return options
+
+
+def skycells_source():
+    """What the sky cells come from, an input of the association checkpoint: the config's
+    SKYCELLS file, else the CRDS context (a new one reruns the checkpoint, which reselects)."""
+    settings = config["associations"]
+    if settings["user_dir"] or settings["grouping"] != "skycell":
+        return []
+    if settings["skycells"]:
+        return settings["skycells"]
+    return context_pmap("set associations.skycells to a SKYCELLS file (or grouping: overlap)")
 
 
 def association_index():

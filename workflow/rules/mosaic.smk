@@ -11,9 +11,10 @@ OUTPUTS:         results/associations.csv (the checkpoint's index),
 
 
 checkpoint associations:
-    """Group the calibrated images into high-level products (or index the user's association files)."""
+    """Group the calibrated images by sky cell (or overlap) into high-level products, or index the user's files."""
     input:
         cal=imaging_cal_products,
+        skycells=skycells_source(),
         code=step_script("associate"),
     output:
         report(
@@ -24,7 +25,7 @@ checkpoint associations:
         ),
     params:
         python=PYTHON,
-        user_dir=user_associations_option(),
+        grouping=association_options(),
         left_out=left_out_option,
     resources:
         # the members' metadata only, one at a time
@@ -38,7 +39,7 @@ checkpoint associations:
         "../../envs/mosaic.yaml"
     shell:
         "{params.python} {input.code:q} index --cal {input.cal:q} --output {output:q} "
-        "{params.user_dir} {params.left_out} > {log:q} 2>&1"
+        "{params.grouping} {params.left_out} > {log:q} 2>&1"
 
 
 rule association_file:
