@@ -26,7 +26,8 @@ def test_the_console_script_is_installed_and_lists_every_step_on_one_line():
     assert [line.split()[0] for line in lines] == list(STEP_SUFFIX)
     assert lines[0].split()[:3] == ["dq_init", "dqinit", "exposure"]
     assert "turn a Level 1 exposure into a RampModel" in lines[0]
-    assert lines[-1].split()[:3] == ["resample", "resample", "association"]
+    assert lines[-2].split()[:3] == ["resample", "resample", "association"]
+    assert lines[-1].split()[:3] == ["source_catalog", "cat", "image"]
 
 
 def run_dq_init(level1_file: Path, output: Path, mask_file: Path) -> None:

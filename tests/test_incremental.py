@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
 DITHERS = [[0.0, 0.0], [2.5, 1.5], [5.0, 3.5], [90.0, 60.0]]
 SKYMAP = {"pixel_scale": 0.11, "nxy_skycell": 200, "border": 10, "region_deg": 5.0}
 PER_EXPOSURE = {"dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit",
-                "assign_wcs", "flat_field", "photom", "source_detection", "tweakreg", "cal", "quicklook_cal"}
+                "assign_wcs", "flat_field", "photom", "source_detection", "tweakreg", "source_catalog", "cal",
+                "quicklook_cal"}
 PER_CELL = {"association_file", "flux", "skymatch", "outlier_detection", "resample", "quicklook_mosaic"}
 # Jobs that read the whole campaign: the checkpoints and the report's tables.
 CAMPAIGN_WIDE = {"pool", "associations", "quarantine_table", "provenance", "benchmarks", "all"}

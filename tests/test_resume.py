@@ -103,7 +103,7 @@ def test_a_killed_run_resumes_to_the_same_products(straight_run, resumed_run):
 def test_default_ramps_between_steps_are_deleted_and_the_images_kept(straight_run):
     made = sorted(p.name.rsplit("_", 1)[1] for p in (straight_run / "results" / "exposures").glob("*.asdf"))
     assert made == sorted(["rampfit.asdf", "assignwcs.asdf", "flat.asdf", "photom.asdf",
-                           "sourcedetection.asdf", "tweakreg.asdf", "cal.asdf"] * 2)
+                           "sourcedetection.asdf", "tweakreg.asdf", "cal.asdf", "segm.asdf"] * 2)
     result = snakemake(straight_run, "-n")
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
@@ -114,7 +114,7 @@ def test_changed_image_step_parameter_reruns_its_chain_only(straight_run):
                        str(straight_run / "flat.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result) == {"flat_field": 2, "photom": 2, "source_detection": 2, "tweakreg": 2,
-                                    "cal": 2, **report_jobs(2, 0), "all": 1}
+                                    "source_catalog": 2, "cal": 2, **report_jobs(2, 0), "all": 1}
 
 
 def test_changed_ramp_step_parameter_reruns_the_ramp_chain_it_deleted(straight_run):
@@ -126,5 +126,6 @@ def test_changed_ramp_step_parameter_reruns_the_ramp_chain_it_deleted(straight_r
     # (refpix is skipped on these small arrays, jump by ramp fitting's own jump detection)
     ramp_chain = {"dq_init": 2, "saturation": 2, "linearity": 2, "dark_current": 2}
     assert planned_jobs(result) == {**ramp_chain, "ramp_fit": 2, "assign_wcs": 2, "flat_field": 2,
-                                    "photom": 2, "source_detection": 2, "tweakreg": 2, "cal": 2,
+                                    "photom": 2, "source_detection": 2, "tweakreg": 2,
+                                    "source_catalog": 2, "cal": 2,
                                     **report_jobs(2, 0), "all": 1}

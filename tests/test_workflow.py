@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # What a change upstream of the image steps reruns: 6 images (2 detectors x 3 dithers) go through
 # the image chain, then both mosaics (one per detector). The association index is kept: an
 # association file changes only when its members do, so the mosaic chains rerun for their inputs.
-IMAGE_CHAIN_FOR_6 = {"flat_field": 6, "photom": 6, "source_detection": 6, "tweakreg": 6}
+# ... and the catalog of each of them (source_catalog, after tweakreg)
+IMAGE_CHAIN_FOR_6 = {"flat_field": 6, "photom": 6, "source_detection": 6, "tweakreg": 6, "source_catalog": 6}
 MOSAICS_FOR_2 = {"flux": 2, "skymatch": 2, "outlier_detection": 2, "resample": 2}
 
 
@@ -477,7 +478,7 @@ def test_a_parameter_file_reaches_every_step_command_and_reruns_from_the_first(f
     planned = planned_jobs(result)
     step_jobs = sum(planned[rule] for rule in ("dq_init", "saturation", "refpix", "linearity", "dark_current",
                                                "ramp_fit", "assign_wcs", *IMAGE_CHAIN_FOR_6, *MOSAICS_FOR_2))
-    assert planned["dq_init"] == 8 and len(step_commands) == step_jobs == 8 * 7 + 6 * 4 + 2 * 4
+    assert planned["dq_init"] == 8 and len(step_commands) == step_jobs == 8 * 7 + 6 * 5 + 2 * 4
     assert all(f"--parameter-file '{pfile}'" in line for line in step_commands)
 
 
@@ -516,7 +517,8 @@ def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
     assert result.returncode == 0, result.stderr[-2000:]
     # WFI02's three images and its prism exposure, then its mosaic only (WFI01's is untouched)
     assert planned_jobs(result) == {"dark_current": 4, "ramp_fit": 4, "assign_wcs": 4, "flat_field": 3,
-                                    "photom": 3, "source_detection": 3, "tweakreg": 3, "cal": 4,
+                                    "photom": 3, "source_detection": 3, "tweakreg": 3,
+                                    "source_catalog": 3, "cal": 4,
                                     "flux": 1, "skymatch": 1, "outlier_detection": 1, "resample": 1,
                                     **report_jobs(4, 1), "quarantine_table": 1, "all": 1}
     assert "WFI01_darkcurrent" not in result.stdout
@@ -538,8 +540,9 @@ def test_new_f158_flat_of_one_detector_reruns_its_images_from_flat_field_only(fu
     result = snakemake(full_run, "-n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result) == {"flat_field": 3, "photom": 3, "source_detection": 3, "tweakreg": 3,
-                                    "cal": 3, "flux": 1, "skymatch": 1, "outlier_detection": 1,
-                                    "resample": 1, **report_jobs(3, 1), "quarantine_table": 1, "all": 1}
+                                    "source_catalog": 3, "cal": 3, "flux": 1, "skymatch": 1,
+                                    "outlier_detection": 1, "resample": 1, **report_jobs(3, 1),
+                                    "quarantine_table": 1, "all": 1}
     assert "WFI02_flat" not in result.stdout
 
 
