@@ -79,7 +79,6 @@ import importlib.util
 import logging
 import math
 import os
-import sys
 import warnings
 from functools import cache
 from pathlib import Path
@@ -563,4 +562,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -52,6 +52,23 @@ def test_the_import_check_sees_an_import(tmp_path):
 
 
 
+def main_guard_body(path: Path) -> list[str]:
+    """The statements under a script's ``if __name__ == "__main__":``, as source text."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            return [ast.unparse(statement) for statement in node.body]
+    return []
+
+
+def test_every_script_ends_through_run_and_exit():
+    """One way out for every program (romanpipe.cli.run_and_exit): the exit statuses of the
+    romancal documentation, logs and streams flushed, then no interpreter teardown."""
+    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    endings = {path.name: main_guard_body(path) for path in scripts}
+    assert len(endings) >= 25
+    assert {name: body for name, body in endings.items() if body != ["cli.run_and_exit(main)"]} == {}
+
+
 def test_no_script_imports_another_script():
     """What two steps share lives in romanpipe: a script that imports another's drags its
     dependencies and start-up along, and hides where the shared code is."""
