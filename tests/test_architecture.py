@@ -63,7 +63,9 @@ def main_guard_body(path: Path) -> list[str]:
 def test_every_script_ends_through_run_and_exit():
     """One way out for every program (romanpipe.cli.run_and_exit): the exit statuses of the
     romancal documentation, logs and streams flushed, then no interpreter teardown."""
-    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    # warm_start.py is not a program of its own but a launcher: it passes on the exit status
+    # of the script it runs (romanpipe.warm) and must not import romanpipe's package to start.
+    scripts = sorted(path for path in (ROOT / "scripts").glob("*.py") if path.name != "warm_start.py")
     endings = {path.name: main_guard_body(path) for path in scripts}
     assert len(endings) >= 25
     assert {name: body for name, body in endings.items() if body != ["cli.run_and_exit(main)"]} == {}
