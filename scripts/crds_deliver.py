@@ -6,7 +6,7 @@
 import argparse
 import sys
 
-from romanpipe.cli import run, setup_logging
+from romanpipe import cli
 from romanpipe.crds_cache import deliver
 
 
@@ -18,9 +18,9 @@ def main(argv=None) -> None:
                              "delivered under the next free serial of its reftype")
     parser.add_argument("--description", default="", help="what this delivery changes")
     args = parser.parse_args(argv)
-    setup_logging()
+    cli.setup_logging()
     sys.stdout.write(deliver(args.cache_dir, args.files, description=args.description) + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    cli.run_and_exit(main)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 
 from romanpipe import cli
-from romanpipe.association import read_step_input
 from romanpipe.errors import InputFileError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, open_model
-from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products, write_product
+from romanpipe.steprun import run_association_script, write_association_products, write_product
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -58,17 +57,18 @@ def flux_image(path):
     return output
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    if parameters["skip"]:
-        pass_on_skipped(STEP, args, parameters)
-        return
-    association, paths = read_step_input(args.input)
-    if association is None:
-        write_product(flux_image(args.input), args.output, STEP, args, parameters)
-        return
+def flux_association(association, paths, args, parameters) -> None:
+    """Each science member in MJy/sr, one at a time, beside ``args.output`` (which lists them)."""
     write_association_products((flux_image(member) for member in paths), association, args.output, STEP,
                                STEP_SUFFIX[STEP], args, parameters)
+
+
+def flux_file(args, parameters) -> None:
+    write_product(flux_image(args.input), args.output, STEP, args, parameters)
+
+
+def main(argv=None) -> None:
+    run_association_script(STEP, __doc__, flux_association, flux_file, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from romanpipe import cli
+from romanpipe.errors import InputFileError
 from romanpipe.naming import split_suffix
 
 import pandas as pd
@@ -34,16 +36,15 @@ def summary(results: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
     args = parser.parse_args(argv)
+    cli.setup_logging()
     if not args.results.is_dir():
-        sys.stderr.write(f"{args.results}: no such folder\n")
-        return 1
+        raise InputFileError(args.results, "no such folder")
     sys.stdout.write(summary(args.results) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_and_exit(main)

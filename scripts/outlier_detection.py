@@ -42,7 +42,7 @@ from itertools import repeat
 from pathlib import Path
 
 from romanpipe import cli, dqflags, drizzling
-from romanpipe.association import Association, read_science_members
+from romanpipe.association import Association
 from romanpipe.drizzle_models import exposure_from_model, mosaic_model
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX, product_name
@@ -50,7 +50,7 @@ from romanpipe.output_grid import make_output_wcs
 from romanpipe.products import SKIPPED, exposure_group, open_model
 from romanpipe.resample_setup import check_memory, mosaic_bytes, parse_fillval, scratch_space
 from romanpipe.skycells import DRIZZLE_MARGIN, SkyCell, association_cell
-from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products, write_product
+from romanpipe.steprun import run_association_script, write_association_products, write_product
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -297,12 +297,8 @@ def write_skipped(models, association: Association, output: Path, args, paramete
                                statuses=repeat(SKIPPED))
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    if parameters["skip"]:
-        pass_on_skipped(STEP, args, parameters)
-        return
-    association, members = read_science_members(args.input)
+def flag_association(association: Association, members: list[Path], args, parameters: dict) -> None:
+    """The members' outliers flagged in products beside ``args.output``, which lists them."""
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(path, (datamodels.ImageModel,),
                                                  memmap=not parameters["in_memory"]))
@@ -321,6 +317,10 @@ def main(argv=None) -> None:
                                  cell=association_cell(association.tree))
         write_association_products(FlaggedProducts(models, outliers, parameters["good_bits"]), association,
                                    args.output, STEP, STEP_SUFFIX[STEP], args, parameters)
+
+
+def main(argv=None) -> None:
+    run_association_script(STEP, __doc__, flag_association, argv=argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import logging
 from romanpipe import cli
 from romanpipe.errors import InputFileError
 from romanpipe.products import COMPLETE, open_model
+from romanpipe.refs import phot_table_row
 from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
@@ -35,8 +36,8 @@ SR_TO_ARCSEC2 = float((1.0 * u.sr).to_value(u.arcsec**2))
 
 
 def photometry_keywords(phot_table, optical_element: str) -> dict[str, float | None]:
-    """``meta.photometry`` for ``optical_element`` from a PHOTOM table; KeyError if it has no row."""
-    row = phot_table[optical_element.upper()]
+    """``meta.photometry`` for ``optical_element`` from a PHOTOM table; LookupError if it has no row."""
+    row = phot_table_row(phot_table, optical_element)
     conversion, uncertainty, area = (_scalar(row.get(key))
                                      for key in ("photmjsr", "uncertainty", "pixelareasr"))
     return {
@@ -57,9 +58,8 @@ def run(image, step: StepRun):
     with open_model(photom_path, (datamodels.WfiImgPhotomRefModel,), memmap=False) as reference:
         try:
             keywords = photometry_keywords(reference.phot_table, element)
-        except KeyError:
-            raise InputFileError(photom_path,
-                                 f"PHOTOM table has no row for optical element {element}") from None
+        except LookupError as err:
+            raise InputFileError(photom_path, str(err)) from None
     output = image.copy()
     output.meta.photometry = keywords
     log.info("%s: %s MJy/sr per DN/s, pixel area %s sr", element, keywords["conversion_megajanskys"],

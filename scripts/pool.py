@@ -125,12 +125,26 @@ def reference_pixel_shapes(reftype: str, path: str) -> dict[str, tuple[int, ...]
                 if name in model and np.ndim(model[name]) >= 2}
 
 
-def reference_problem(reftype: str, path: str, ny: int, nx: int) -> str | None:
-    """Why the ``reftype`` reference at ``path`` cannot calibrate an exposure of ny x nx pixels, or None."""
+@functools.cache
+def photom_rows(path: str) -> dict[str, None]:
+    """The optical elements a (checked) PHOTOM reference's ``phot_table`` has rows for, as dict keys."""
+    with open_model(path, (datamodels.WfiImgPhotomRefModel,)) as model:
+        return dict.fromkeys(model.phot_table)
+
+
+def reference_problem(reftype: str, path: str, record: dict) -> str | None:
+    """Why the ``reftype`` reference at ``path`` cannot calibrate the exposure of ``record`` (its
+    pixels ny x nx; for PHOTOM, its optical element), or None."""
+    ny, nx = record["ny"], record["nx"]
     try:
         shapes = reference_pixel_shapes(reftype, path)
     except InputFileError as err:
         return f"reference {Path(path).name}: {err.problem}"
+    if reftype == "photom":
+        try:
+            refs.phot_table_row(photom_rows(path), record["optical_element"])
+        except LookupError as err:
+            return f"reference {Path(path).name}: {err}"
     for name, shape in shapes.items():
         if reftype in IMAGE_REFTYPES:
             image_shape = (ny - 2 * BORDER, nx - 2 * BORDER)
@@ -153,7 +167,7 @@ def selected_references(record: dict, step_reftypes: dict[str, list[str]],
     selection = refs.best_references(refs.selection_parameters(record), needed) if needed else {}
     given = {(reftype, file) for step in steps for reftype, file in overrides.get(step, {}).items()}
     for reftype, reference in sorted(set(selection.items()) | given):
-        problem = reference_problem(reftype, reference, record["ny"], record["nx"])
+        problem = reference_problem(reftype, reference, record)
         if problem:
             raise InputFileError(record["path"], f"its {reftype.upper()} {problem}")
     return {reftype: workdir_relative(path) for reftype, path in selection.items()}

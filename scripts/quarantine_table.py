@@ -11,7 +11,6 @@ stage that left it out: ``pool`` or the step that failed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from romanpipe import cli
@@ -47,4 +46,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -32,7 +32,6 @@ from romanpipe.association import (
     Association,
     is_association,
     listing,
-    read_science_members,
     write_association,
 )
 from romanpipe.drizzle_models import exposure_from_model, mosaic_model
@@ -42,7 +41,7 @@ from romanpipe.output_grid import load_output_wcs, make_output_wcs
 from romanpipe.products import open_model
 from romanpipe.resample_setup import Scratch, check_memory, mosaic_bytes, parse_pair, scratch_space
 from romanpipe.skycells import DRIZZLE_MARGIN, SkyCell, association_cell
-from romanpipe.steprun import parse_step_args, pass_on_skipped, write_product
+from romanpipe.steprun import run_association_script, write_product
 
 from roman_datamodels import datamodels
 
@@ -119,12 +118,8 @@ def write_single_mosaics(products: list, association: Association, output: Path,
     write_association(listing(association, written), output)
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    if parameters["skip"]:
-        pass_on_skipped(STEP, args, parameters)
-        return
-    association, members = read_science_members(args.input)
+def resample_association(association: Association, members: list[Path], args, parameters: dict) -> None:
+    """The members' mosaic at ``args.output`` (with ``single``, one per exposure, listed there)."""
     if parameters["single"] and not is_association(args.output):
         raise ParameterError("single=true writes one mosaic per exposure: OUTPUT must be an association "
                              "(.json) listing them")
@@ -141,6 +136,10 @@ def main(argv=None) -> None:
             write_single_mosaics(products, association, args.output, args, parameters)
         else:
             write_product(products[0], args.output, STEP, args, parameters)
+
+
+def main(argv=None) -> None:
+    run_association_script(STEP, __doc__, resample_association, argv=argv)
 
 
 if __name__ == "__main__":

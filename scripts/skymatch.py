@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from romanpipe import cli, dqflags
-from romanpipe.association import read_science_members
 from romanpipe.errors import InputFileError, ParameterError
 from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, open_model
-from romanpipe.steprun import parse_step_args, pass_on_skipped, write_association_products
+from romanpipe.steprun import run_association_script, write_association_products
 
 import numpy as np
 from roman_datamodels import datamodels
@@ -336,11 +335,9 @@ def record_background(model, level: float, valid: bool, skymethod: str, subtract
     return model
 
 
-def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv)
-    if parameters["skip"]:
-        pass_on_skipped(STEP, args, parameters)
-        return
+def match_association(association, members, args, parameters: dict) -> None:
+    """The members' sky levels recorded (subtracted with ``subtract``) in products beside
+    ``args.output``, which lists them."""
     try:
         dqflags.interpret_bit_spec(parameters["dqbits"])  # a bad bit spec fails before any image is read
         statistic = SkyStatistic(parameters["skystat"], parameters["lower"], parameters["upper"],
@@ -348,7 +345,6 @@ def main(argv=None) -> None:
                                  parameters["binwidth"])
     except ValueError as err:
         raise ParameterError(f"{STEP}: {err}") from None
-    association, members = read_science_members(args.input)
     models, images = [], []
     for path in members:
         model = open_model(path, (datamodels.ImageModel,))
@@ -373,6 +369,10 @@ def main(argv=None) -> None:
     write_association_products(outputs, association, args.output, STEP, STEP_SUFFIX[STEP], args,
                                parameters,
                                statuses=[COMPLETE if valid else SKIPPED for valid in result.valid])
+
+
+def main(argv=None) -> None:
+    run_association_script(STEP, __doc__, match_association, argv=argv)
 
 
 if __name__ == "__main__":

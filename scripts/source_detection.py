@@ -74,7 +74,6 @@ thousandths of a pixel of it.
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -269,4 +268,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -53,7 +53,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from romanpipe import cli
-from romanpipe.association import read_step_input
 from romanpipe.errors import InputFileError, PipelineError
 from romanpipe.files import atomic_path
 from romanpipe.footprints import s_region
@@ -61,8 +60,7 @@ from romanpipe.naming import STEP_SUFFIX
 from romanpipe.products import COMPLETE, SKIPPED, exposure_group, open_model
 from romanpipe.steprun import (
     StepRun,
-    parse_step_args,
-    pass_on_skipped,
+    run_association_script,
     run_on_file,
     write_association_products,
 )
@@ -645,20 +643,17 @@ def align_association(association, paths: Sequence[Path], args, parameters: Mapp
                                    parameters, statuses=statuses)
 
 
+def align_file(args, parameters: Mapping) -> None:
+    """One image aligned alone, or with the other detectors of its exposure (``--exposure-images``)."""
+    for other in args.exposure_images:
+        if not other.is_file():
+            raise InputFileError(other, "--exposure-images: no such image")
+    run_on_file(STEP, functools.partial(run, exposure_images=args.exposure_images), INPUT_MODELS, args,
+                parameters)
+
+
 def main(argv=None) -> None:
-    args, parameters = parse_step_args(STEP, __doc__.split("\n\n")[0], argv, exposure_images_argument)
-    if parameters["skip"]:
-        pass_on_skipped(STEP, args, parameters)
-        return
-    association, paths = read_step_input(args.input)
-    if association is None:
-        for other in args.exposure_images:
-            if not other.is_file():
-                raise InputFileError(other, "--exposure-images: no such image")
-        run_on_file(STEP, functools.partial(run, exposure_images=args.exposure_images), INPUT_MODELS, args,
-                    parameters)
-    else:
-        align_association(association, paths, args, parameters)
+    run_association_script(STEP, __doc__, align_association, align_file, argv, exposure_images_argument)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,25 @@ def test_the_import_check_sees_an_import(tmp_path):
 
 
 
+def main_guard_body(path: Path) -> list[str]:
+    """The statements under a script's ``if __name__ == "__main__":``, as source text."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            return [ast.unparse(statement) for statement in node.body]
+    return []
+
+
+def test_every_script_ends_through_run_and_exit():
+    """One way out for every program (romanpipe.cli.run_and_exit): the exit statuses of the
+    romancal documentation, logs and streams flushed, then no interpreter teardown."""
+    # warm_start.py is not a program of its own but a launcher: it passes on the exit status
+    # of the script it runs (romanpipe.warm) and must not import romanpipe's package to start.
+    scripts = sorted(path for path in (ROOT / "scripts").glob("*.py") if path.name != "warm_start.py")
+    endings = {path.name: main_guard_body(path) for path in scripts}
+    assert len(endings) >= 25
+    assert {name: body for name, body in endings.items() if body != ["cli.run_and_exit(main)"]} == {}
+
+
 def test_no_script_imports_another_script():
     """What two steps share lives in romanpipe: a script that imports another's drags its
     dependencies and start-up along, and hides where the shared code is."""

@@ -2,12 +2,13 @@
 
 A tiny campaign (one detector, 64 x 64) of two good exposures, mixed with bad inputs of every
 kind an operator meets (corrupt and truncated files, odd names, broken links, references cut,
-missing or of the wrong model, an exposure that fails after the pool), run once with the
-local profile as the README says. Each bad input must have one row in the report's quarantine
-table with its reason; the good exposures their _cal and their mosaic; the run must exit
-non-zero (a job failed), and nothing may run or be written outside the work directory. The
-same finished campaign then takes config values built to run commands, in every string key
-of the schema, and must run none of them.
+missing, of the wrong model or lacking the exposure's filter, a flooded exposure that fails
+only when calibrated, after the pool), run once with the local profile as the README says.
+Each bad input must have one row in the report's quarantine table with its reason; the good
+exposures their _cal and their mosaic; the run must exit non-zero (a job failed), and nothing
+may run or be written outside the work directory. The same finished campaign then takes
+config values built to run commands, in every string key of the schema, and must run none
+of them.
 """
 
 import os
@@ -20,6 +21,7 @@ from romanpipe import crds_cache
 from romanpipe.products import write_atomic
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
 import roman_datamodels as rdm
@@ -37,6 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("torture")]
 
 SIZE, SEED = 64, 5
+# The good exposures: two dithers of one detector and filter, one association.
+CAMPAIGN = {"detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 2,
+            "dithers": [[0.0, 0.0], [2.5, 1.5]], "size": SIZE, "stars": 20, "saturating_stars": 1,
+            "seed": SEED}
 GOOD = ["r0000101001001001001_01101_0001_WFI01", "r0000101001001001001_01101_0002_WFI01"]
 # Exposures valid in themselves, copied from the first good one with a later start: each selects
 # a reference delivered for its day only, damaged after delivery (or, for PHOTOM, lacking F158).
@@ -46,6 +52,14 @@ LATE = {
     "reference_wrong_model": ("r0000101001001001001_01101_0013_WFI01", "2027-03-04", "mask"),
     "reference_cut": ("r0000101001001001001_01101_0014_WFI01", "2027-03-05", "mask"),
 }
+# Whole, and its SATURATION reference sound (every pixel checked), but taken with the detector
+# flooded: every pixel saturates in the first resultant, so no pixel has a slope. Only
+# calibrating the exposure shows that; it fails after the pool, in source_detection. Taken
+# (and its reference valid from) after the good exposures and before the days of LATE, whose
+# damaged references it would otherwise select.
+FLOODED, FLOODED_START, FLOODED_USEAFTER = ("r0000101001001001001_01101_0015_WFI01", "2027-03-01T12:00:00",
+                                            "2027-03-01T06:00:00")
+FLOODED_REASON = "source_detection failed: no science data: "
 PAYLOAD = "x$(touch INJECTED)`touch INJECTED`;touch INJECTED;'y z"
 
 
@@ -58,10 +72,12 @@ def uncal_name(expo: str) -> str:
     return f"{expo}_uncal.asdf"
 
 
-def later_copy(source: Path, target: Path, start: str) -> None:
+def later_copy(source: Path, target: Path, start: str, *, flooded: bool = False) -> None:
     with rdm.open(source) as model:
         later = model.copy()
     later.meta.exposure.start_time = Time(start)
+    if flooded:
+        later.data = np.full_like(later.data, np.iinfo(later.data.dtype).max)
     later.to_asdf(target)
 
 
@@ -81,6 +97,20 @@ def without_f158(model) -> None:
     table = dict(model.phot_table)
     del table["F158"]
     model.phot_table = table
+
+
+def every_pixel_checked(model) -> None:
+    """A SATURATION reference with a threshold for every pixel (none NaN or NO_SAT_CHECK)."""
+    model.data = np.nan_to_num(model.data, nan=float(np.nanmedian(model.data)))
+    model.dq = np.zeros_like(model.dq)
+
+
+def add_flooded_exposure(workdir: Path) -> str:
+    """The FLOODED exposure beside the good ones, with its SATURATION reference; its name."""
+    uncal = workdir / "uncal"
+    later_copy(uncal / uncal_name(GOOD[0]), uncal / uncal_name(FLOODED), FLOODED_START, flooded=True)
+    deliver(workdir, "saturation", FLOODED_USEAFTER, every_pixel_checked)
+    return FLOODED
 
 
 def bad_inputs(workdir: Path) -> dict[str, str]:
@@ -138,6 +168,7 @@ def bad_inputs(workdir: Path) -> dict[str, str]:
         expected[shown] = "holds characters the workflow does not pass on"
     expected["uncal/absent_uncal.asdf"] = "no such file"
 
+    expected[f"uncal/{uncal_name(add_flooded_exposure(workdir))}"] = FLOODED_REASON
     # valid exposures whose references are not
     for case, (expo, day, reftype) in LATE.items():
         later_copy(good, uncal / uncal_name(expo), f"{day}T12:00:00")
@@ -154,7 +185,8 @@ def bad_inputs(workdir: Path) -> dict[str, str]:
             reference.write_bytes(reference.read_bytes()[: reference.stat().st_size // 2])
             reason = f"its MASK reference {reference.name}: truncated"
         else:
-            reason = "PHOTOM table has no row for optical element F158"
+            reason = (f"its PHOTOM reference {reference.name}: PHOTOM table has no row for "
+                      "optical element F158")
         expected[f"uncal/{uncal_name(expo)}"] = reason
     return expected
 
@@ -164,10 +196,7 @@ def tortured(tmp_path_factory):
     """(work directory, run result, expected reasons, files outside before the run)."""
     root = tmp_path_factory.mktemp("torture").resolve()
     workdir = root / "campaign"
-    simulate_campaign(CampaignConfig.from_mapping({
-        "detectors": ["WFI01"], "filters": ["F158"], "exposures_per_filter": 2,
-        "dithers": [[0.0, 0.0], [2.5, 1.5]], "size": SIZE, "stars": 20, "saturating_stars": 1, "seed": SEED,
-    }), workdir)
+    simulate_campaign(CampaignConfig.from_mapping(CAMPAIGN), workdir)
     expected = bad_inputs(workdir)
     listed = [str(p.relative_to(workdir)) for p in sorted((workdir / "uncal").iterdir())]
     listed += ["uncal/absent_uncal.asdf", f"uncal/{uncal_name(GOOD[0])}"]  # a missing file, a duplicate
@@ -193,7 +222,7 @@ def test_every_bad_input_has_one_quarantine_row_with_its_reason(tortured):
         assert len(rows) == 1, (listed, reason, table[table["path"] == path].to_dict("records"))
         assert "\n" not in rows.iloc[0]["reason"]
     failed = table[table["stage"] != "pool"]
-    assert failed[["exposure", "stage"]].values.tolist() == [[LATE["photom_without_f158"][0], "photom"]]
+    assert failed[["exposure", "stage"]].values.tolist() == [[FLOODED, "source_detection"]]
 
 
 def test_the_good_exposures_are_calibrated_and_mosaicked_and_the_run_fails(tortured):
@@ -210,8 +239,8 @@ def test_the_good_exposures_are_calibrated_and_mosaicked_and_the_run_fails(tortu
     assert sorted(Path(m["expname"]).name for m in members) == [f"{expo}_cal.asdf" for expo in GOOD]
     with rdm.open(workdir / "results" / "mosaics" / f"{index.loc[0, 'product']}_i2d.asdf") as mosaic:
         assert isinstance(mosaic, datamodels.MosaicModel)
-    failed = LATE["photom_without_f158"][0]
-    assert f"left out {failed}: it did not reach _cal" in (workdir / "logs" / "associations.log").read_text()
+    log = (workdir / "logs" / "associations.log").read_text()
+    assert f"left out {FLOODED}: it did not reach _cal" in log
 
 
 def test_nothing_is_left_behind_or_written_outside(tortured):

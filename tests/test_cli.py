@@ -38,3 +38,12 @@ def test_failure_exits_non_zero_with_one_line_and_no_product(tmp_path):
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "missing_flat.asdf" in errors[0]
     assert not output.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_utility_reports_a_missing_folder_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPTS / "list_products.py"), str(tmp_path / "absent")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().endswith(f"{tmp_path / 'absent'}: no such folder")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -246,3 +246,26 @@ def test_an_exposure_list_naming_a_missing_file(campaign):
     assert list(pd.read_csv(campaign / "pool.csv", index_col="exposure").index) == [EXPO.format(1, "WFI01")]
     reasons = pd.read_csv(campaign / "quarantine.csv", index_col="exposure")["reason"]
     assert reasons["absent"] == f"{campaign / 'absent_uncal.asdf'}: no such file"
+
+
+def test_a_photom_reference_without_the_exposures_optical_element_quarantines_it(campaign):
+    """WFI01's PHOTOM has no F158 row (the exposures' filter): its exposure is quarantined naming
+    the reference and the element, as the photom step would fail; WFI02's has one and goes on."""
+    from test_photom import photom_reference
+
+    references = []
+    for detector, elements in (("WFI01", ("F062",)), ("WFI02", ("F062", "F158"))):
+        path = photom_reference(campaign / f"photom_{detector}.asdf", elements)
+        with datamodels.open(path) as model:
+            reference = model.copy()
+        reference.meta.instrument.detector = detector
+        reference.meta.useafter = Time("2020-01-01T00:00:00")
+        references.append(campaign / f"roman_wfi_photom_{len(references) + 5:04d}.asdf")
+        reference.to_asdf(references[-1])
+    crds_cache.deliver(campaign / "crds_cache", references)
+    table, reasons = run_pool(campaign, '{"dq_init": ["mask"], "photom": ["photom"]}')
+    assert list(table.index) == [EXPO.format(2, "WFI02")]
+    path = campaign / "uncal" / f"{EXPO.format(1, 'WFI01')}_uncal.asdf"
+    assert reasons[EXPO.format(1, "WFI01")] == (
+        f"{path}: its PHOTOM reference roman_wfi_photom_0005.asdf: PHOTOM table has no row for "
+        "optical element F158")

@@ -190,6 +190,17 @@ def reference_path(reftype: str, meta, *, override=None) -> str:
     return best_references(selection_parameters(meta), [reftype])[reftype.lower()]
 
 
+def phot_table_row(phot_table, optical_element: str):
+    """The PHOTOM reference's row for ``optical_element`` (rows are keyed by upper-case names).
+
+    LookupError saying so when the table has none: the photom step and the pool ask the same way.
+    """
+    try:
+        return phot_table[optical_element.upper()]
+    except KeyError:
+        raise LookupError(f"PHOTOM table has no row for optical element {optical_element}") from None
+
+
 def _metadata_value(meta, path: str):
     node = meta
     for name in path.split("."):

@@ -19,7 +19,14 @@ from typing import Any
 
 from . import params as step_params
 from . import refs
-from .association import Association, is_association, listing, read_step_input, write_association
+from .association import (
+    Association,
+    is_association,
+    listing,
+    read_science_members,
+    read_step_input,
+    write_association,
+)
 from .cli import setup_logging
 from .errors import InputFileError, ParameterError
 from .naming import STEP_SUFFIX, product_name
@@ -151,6 +158,34 @@ def run_script(step: str, doc: str, input_models: tuple[type, ...], run: StepFun
         pass_on_skipped(step, args, parameters)
     else:
         run_on_file(step, run, input_models, args, parameters)
+
+
+# What a high-level step does with its input: an association and its science members, or
+# (flux, tweakreg) one product; each gets the parsed arguments and the resolved parameters.
+AssociationHandler = Callable[[Association, list[Path], argparse.Namespace, dict[str, Any]], None]
+ImageHandler = Callable[[argparse.Namespace, dict[str, Any]], None]
+
+
+def run_association_script(step: str, doc: str, on_association: AssociationHandler,
+                           on_image: ImageHandler | None = None, argv=None,
+                           extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """The ``main`` of a high-level step script: parse, :func:`pass_on_skipped` when the step is
+    skipped, else read INPUT and hand it on. A step with ``on_image`` also takes one product
+    (:func:`read_step_input` decides); one without takes associations only
+    (:func:`read_science_members`). An association without science members ends the step the
+    same way in both (exit status 64). ``extra_arguments`` as :func:`parse_step_args`."""
+    args, parameters = parse_step_args(step, doc.split("\n\n")[0], argv, extra_arguments)
+    if parameters.get("skip"):
+        pass_on_skipped(step, args, parameters)
+        return
+    if on_image is None:
+        association, members = read_science_members(args.input)
+    else:
+        association, members = read_step_input(args.input)
+        if association is None:
+            on_image(args, parameters)
+            return
+    on_association(association, members, args, parameters)
 
 
 def run_on_file(step: str, run: StepFunction, input_models: tuple[type, ...], args: argparse.Namespace,

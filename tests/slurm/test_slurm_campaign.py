@@ -3,13 +3,18 @@
 One simulated campaign, run twice from identical copies: with the local profile and through
 `snakemake --profile profiles/slurm`. The products must be the same, every job must have
 been a real SLURM job, and a job cancelled with `scancel` mid-run must be retried
-(restart-times) to a correct product and a successful run.
+(restart-times) to a correct product and a successful run. A second campaign, to the mosaics,
+holds an exposure that fails after the pool (the torture test's flooded one): the good
+exposures must still reach _cal and their mosaic (the workflow's second pass, again through
+SLURM), the failed one must be in the failure ledger and the report's quarantine table, and
+the run must exit non-zero.
 
 Run by `make test-slurm`, which starts a one-node cluster on this machine first
 (.ci/slurm_cluster.sh); not collected by `make test`. Skipped, with the reason, when that
 script could not set up a cluster (not root, Debian's packages unreachable).
 """
 
+import json
 import os
 import re
 import shutil
@@ -21,16 +26,22 @@ from pathlib import Path
 
 from romanpipe.naming import split_suffix
 
+import pandas as pd
 import pytest
 import roman_datamodels as rdm
+from roman_datamodels import datamodels
 
 from comparison import fresh_copy, model_differences, product_differences
+from test_campaign_torture import CAMPAIGN, FLOODED_REASON, GOOD, add_flooded_exposure
 from wfisim.campaign import CampaignConfig, simulate_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 # where .ci/slurm_cluster.sh keeps its pid files and, when it could not set up a cluster, why
 STATE = Path(os.environ.get("WFI_SLURM_STATE", Path(tempfile.gettempdir()) / f"wfi-slurm-ci-{os.getuid()}"))
 RUN_TIMEOUT = 600  # seconds for one workflow run; the whole module takes ~8 minutes
+# A run with a failing exposure: its group jobs, then the second pass makes the mosaic, a job
+# per step.
+FAILING_RUN_TIMEOUT = 1500
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
@@ -70,11 +81,11 @@ def cancel_jobs_in(workdir: Path) -> None:
         subprocess.run(["scancel", *ids], check=False, timeout=30)
 
 
-def run_slurm(workdir: Path) -> subprocess.CompletedProcess:
-    command = snakemake_command(workdir, "--profile", str(ROOT / "profiles" / "slurm"))
+def run_slurm(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    command = snakemake_command(workdir, "--profile", str(ROOT / "profiles" / "slurm"), *args)
     try:
         return subprocess.run(command, capture_output=True, text=True, env=clean_env(),
-                              timeout=RUN_TIMEOUT)
+                              timeout=timeout)
     finally:
         cancel_jobs_in(workdir)
 
@@ -148,6 +159,18 @@ def slurm_run(campaign, tmp_path_factory):
     assert result.returncode == 0, result.stderr[-5000:]
     # SLURM's view of the jobs, taken at once: slurmctld forgets finished jobs after MinJobAge
     return workdir, result.stdout + result.stderr, {job["id"]: job for job in jobs_in(workdir)}
+
+
+@pytest.fixture(scope="module")
+def failing_run(slurm_cluster, tmp_path_factory):
+    """Two good exposures of one association and a flooded one that fails in source_detection,
+    to the mosaics through SLURM: (work directory, the failing exposure, the run's result)."""
+    workdir = tmp_path_factory.mktemp("failing").resolve() / "campaign"
+    simulate_campaign(CampaignConfig.from_mapping(CAMPAIGN), workdir)
+    failing = add_flooded_exposure(workdir)
+    # A failure in the data fails again on every retry: no retries here (the cancelled-job test
+    # checks them), so that the run's time goes to the second pass.
+    return workdir, failing, run_slurm(workdir, "--restart-times", "0", timeout=FAILING_RUN_TIMEOUT)
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -258,3 +281,35 @@ def test_a_cancelled_job_is_retried_to_completion(campaign, local_run, tmp_path_
     # (the target here is one _rampfit: no provenance or benchmark table is made)
     assert product_differences(local_run, workdir, "pool.csv") == []
     assert product_differences(local_run, workdir, "quarantine.csv") == []
+
+
+def test_an_exposure_failing_on_slurm_costs_only_itself(failing_run):
+    workdir, failing, result = failing_run
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, log[-5000:]
+    assert "1 exposure(s) failed after the pool and are left out of the campaign" in log, log[-5000:]
+    assert "Running again without them" in log
+    results = workdir / "results"
+    # The good exposures reached _cal, the failing one did not ...
+    assert sorted(p.name for p in (results / "exposures").glob("*_cal.asdf")) == \
+        [f"{expo}_cal.asdf" for expo in GOOD]
+    # ... and their association was built from them alone, and mosaicked by SLURM jobs.
+    index = pd.read_csv(results / "associations.csv")
+    assert len(index) == 1
+    members = json.loads(index.loc[0, "tree"])["products"][0]["members"]
+    assert sorted(Path(m["expname"]).name for m in members) == [f"{expo}_cal.asdf" for expo in GOOD]
+    mosaic_path = results / "mosaics" / f"{index.loc[0, 'product']}_i2d.asdf"
+    assert mosaic_path.is_file(), log[-8000:]
+    with rdm.open(mosaic_path) as mosaic:
+        assert isinstance(mosaic, datamodels.MosaicModel)
+    folders = {path.relative_to(workdir / ".snakemake" / "slurm_logs").parts[0]
+               for _, _, path in submissions(log)}
+    assert {"rule_flux", "rule_skymatch", "rule_outlier_detection", "rule_resample"} <= folders, folders
+    assert f"left out {failing}: it did not reach _cal" in (workdir / "logs" / "associations.log").read_text()
+    # The failure is recorded with its step and reason, in the ledger and the report's table.
+    ledger = pd.read_csv(results / "failed.csv", dtype=str, keep_default_na=False)
+    assert ledger[["exposure", "step"]].values.tolist() == [[failing, "source_detection"]]
+    assert ledger.loc[0, "reason"].startswith(FLOODED_REASON)
+    report = pd.read_csv(results / "quarantine_report.csv", dtype=str, keep_default_na=False)
+    assert report[["exposure", "stage"]].values.tolist() == [[failing, "source_detection"]]
+    assert report.loc[0, "reason"].startswith(FLOODED_REASON)

@@ -45,6 +45,10 @@ checkpoint associations:
 rule association_file:
     """One association file from the index; unchanged members leave it (and its mosaic) alone."""
     input:
+        # The tree (params) is read from the checkpoint's index: a job run elsewhere (a SLURM
+        # job's own Snakemake) can only read it as an input. ancient(): a new index does not
+        # redo this file; a changed tree does (params).
+        index=ancient(ASSOCIATION_INDEX),
         code=step_script("associate"),
     output:
         ASSOCIATION_FILE,
