@@ -16,10 +16,11 @@ import pandas
 import roman_datamodels as rdm
 
 # Metadata that legitimately differs between two runs of the same code on the same inputs:
-# when the file was written and, in a step's provenance, when, where and how long it ran.
+# when the file was written (a catalog's or segmentation map's copy of its image's meta
+# too) and, in a step's provenance, when, where and how long it ran.
 # (Absolute paths contain the run's folder: they are compared with that folder replaced.)
 VOLATILE = re.compile(
-    r"^roman\.meta\.(file_date"
+    r"^roman\.meta\.(file_date|image\.file_date"
     r"|provenance\.[^.]+\.(date|start\w*|end\w*|finish\w*|duration\w*|elapsed\w*|wall\w*|cpu\w*"
     r"|host\w*|node\w*|pid|user|slurm\w*))$"
 )

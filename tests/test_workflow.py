@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # ... and the catalog of each of them (source_catalog, after tweakreg)
 IMAGE_CHAIN_FOR_6 = {"flat_field": 6, "photom": 6, "source_detection": 6, "tweakreg": 6, "source_catalog": 6}
 MOSAICS_FOR_2 = {"flux": 2, "skymatch": 2, "outlier_detection": 2, "resample": 2}
+# A changed _cal reruns the association checkpoint, which reads every _cal's footprint (a new
+# WCS can move an image into other sky cells); association files and mosaics whose members did
+# not change stay as they are.
+REGROUPING = {"associations": 1}
 
 
 def report_jobs(images: int, mosaics: int) -> dict[str, int]:
@@ -465,7 +469,7 @@ def test_changed_parameter_reruns_that_step_only(full_run):
     # that step and everything downstream of it, for every exposure; nothing upstream
     assert planned_jobs(result) == {"saturation": 8, "refpix": 8, "linearity": 8, "dark_current": 8,
                                     "ramp_fit": 8, "assign_wcs": 8, **IMAGE_CHAIN_FOR_6, "cal": 8,
-                                    **MOSAICS_FOR_2, **report_jobs(8, 2), "all": 1}
+                                    **MOSAICS_FOR_2, **REGROUPING, **report_jobs(8, 2), "all": 1}
 
 
 def test_a_parameter_file_reaches_every_step_command_and_reruns_from_the_first(full_run):
@@ -493,8 +497,8 @@ def test_edited_step_script_reruns_that_step_and_downstream_only(full_run, workf
         script.write_text(original)
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result) == {"linearity": 8, "dark_current": 8, "ramp_fit": 8, "assign_wcs": 8,
-                                    **IMAGE_CHAIN_FOR_6, "cal": 8, **MOSAICS_FOR_2, **report_jobs(8, 2),
-                                    "all": 1}
+                                    **IMAGE_CHAIN_FOR_6, "cal": 8, **MOSAICS_FOR_2, **REGROUPING,
+                                    **report_jobs(8, 2), "all": 1}
 
 
 def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
@@ -520,7 +524,8 @@ def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
                                     "photom": 3, "source_detection": 3, "tweakreg": 3,
                                     "source_catalog": 3, "cal": 4,
                                     "flux": 1, "skymatch": 1, "outlier_detection": 1, "resample": 1,
-                                    **report_jobs(4, 1), "quarantine_table": 1, "all": 1}
+                                    **REGROUPING, **report_jobs(4, 1), "quarantine_table": 1,
+                                    "all": 1}
     assert "WFI01_darkcurrent" not in result.stdout
 
 
@@ -542,7 +547,7 @@ def test_new_f158_flat_of_one_detector_reruns_its_images_from_flat_field_only(fu
     assert planned_jobs(result) == {"flat_field": 3, "photom": 3, "source_detection": 3, "tweakreg": 3,
                                     "source_catalog": 3, "cal": 3, "flux": 1, "skymatch": 1,
                                     "outlier_detection": 1, "resample": 1, **report_jobs(3, 1),
-                                    "quarantine_table": 1, "all": 1}
+                                    **REGROUPING, "quarantine_table": 1, "all": 1}
     assert "WFI02_flat" not in result.stdout
 
 
