@@ -161,3 +161,14 @@ def test_every_rule_has_a_benchmark_and_resources(workflow_rules):
     memory and time instead of the profile's fallbacks."""
     assert "dq_init" in workflow_rules and "benchmarks" in workflow_rules
     assert {name for name, rule in workflow_rules.items() if lacking_benchmark_or_resources(rule)} == set()
+
+
+def test_every_per_exposure_step_runs_inside_the_slurm_profiles_exposure_job():
+    """A step missing from the profile's group becomes a SLURM job of its own per exposure
+    (its fixed overhead paid again; make test-slurm counts the jobs)."""
+    from romanpipe.exposure_types import EXPOSURE_STEPS
+    from romanpipe.steps import CALIBRATED_IMAGE_STEPS
+
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    grouped = {entry.split("=")[0] for entry in profile["groups"] if entry.endswith("=exposure")}
+    assert set(EXPOSURE_STEPS) | set(CALIBRATED_IMAGE_STEPS) | {"cal", "quicklook_cal"} <= grouped

@@ -56,7 +56,7 @@ def step_list() -> str:
     lines = []
     for step in step_catalog.STEPS:
         takes = ("image or association" if step in step_catalog.IMAGE_OR_ASSOCIATION_STEPS
-                 else "image" if step in step_catalog.IMAGE_STEPS
+                 else "image" if step in step_catalog.CALIBRATED_IMAGE_STEPS
                  else "exposure" if step in EXPOSURE_STEPS else "association")
         lines.append(f"{step:<18} {STEP_SUFFIX[step]:<18} {takes:<21} {step_catalog.summary(step)}\n")
     return "".join(lines)

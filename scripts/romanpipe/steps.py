@@ -25,7 +25,7 @@ STEPS = tuple(STEP_SUFFIX)
 # Steps whose script takes one image or an association (the others take one or the other).
 IMAGE_OR_ASSOCIATION_STEPS = ("tweakreg", "flux")
 # Steps that take one calibrated image (a _cal; a mosaic later) and make a product beside it.
-IMAGE_STEPS = ("source_catalog",)
+CALIBRATED_IMAGE_STEPS = ("source_catalog",)
 
 # The reference types each exposure-level step reads (linearity also reads INVERSELINEARITY and
 # INTEGRALNONLINEARITY with resultant_aware: OPTIONAL_REFTYPES).
