@@ -96,11 +96,14 @@ def submissions(log: str) -> list[tuple[str, str, Path]]:
 
 
 def steps_run_for(run: Path) -> dict[str, set[str]]:
-    """Exposure -> the rules of its group job: the steps in its _cal's provenance, cal, its quicklook."""
+    """Exposure -> the rules of its group job: the steps in its _cal's provenance, cal, its
+    quicklook, and source_catalog where the run made the exposure's catalog."""
     steps = {}
     for cal in (run / "results" / "exposures").glob("*_cal.asdf"):
+        expo = split_suffix(cal)[0]
+        catalog = {"source_catalog"} if cal.with_name(f"{expo}_cat.parquet").exists() else set()
         with rdm.open(cal) as model:
-            steps[split_suffix(cal)[0]] = set(model.meta.provenance.keys()) | {"cal", "quicklook_cal"}
+            steps[expo] = set(model.meta.provenance.keys()) | {"cal", "quicklook_cal"} | catalog
     return steps
 
 
