@@ -390,10 +390,15 @@ def reference(step, reftype):
     return crds_selection
 
 
+def optional_reftypes(step):
+    """The optional reference types the step's parameters switch on (romanpipe.steps.OPTIONAL_REFTYPES),
+    e.g. linearity's with resultant_aware."""
+    return [r for r in step_reftypes(step, config[step]) if r in OPTIONAL_REFTYPES.get(step, {})]
+
+
 def optional_references(step):
-    """Input function: {reftype: file} of the optional references the step's parameters switch
-    on (romanpipe.steps.OPTIONAL_REFTYPES), e.g. linearity's with resultant_aware."""
-    optional = [r for r in step_reftypes(step, config[step]) if r in OPTIONAL_REFTYPES.get(step, {})]
+    """Input function: {reftype: file} of the step's optional references (optional_reftypes)."""
+    optional = optional_reftypes(step)
 
     def references(wildcards):
         files = {}
@@ -408,7 +413,7 @@ def optional_references(step):
 def optional_reference_options(step):
     """Params function: ``--override-<reftype> FILE`` (quoted) for each optional reference the
     job has as an input (see optional_references)."""
-    optional = [r for r in step_reftypes(step, config[step]) if r in OPTIONAL_REFTYPES.get(step, {})]
+    optional = optional_reftypes(step)
 
     def options(wildcards, input):
         return " ".join(f"--override-{reftype} {shlex.quote(input[reftype])}" for reftype in optional)
