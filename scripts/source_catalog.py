@@ -66,6 +66,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from romanpipe import cli, dqflags
 from romanpipe.background import estimate_background
@@ -73,7 +74,13 @@ from romanpipe.errors import NoScienceDataError
 from romanpipe.files import atomic_path
 from romanpipe.naming import product_name
 from romanpipe.products import derived_model, open_model, plain_array, write_atomic
-from romanpipe.roman_psf import PIXEL_SCALE_ARCSEC, epsf_reference_model, fit_psf_photometry, kernel_and_psf
+from romanpipe.roman_psf import (
+    PIXEL_SCALE_ARCSEC,
+    epsf_reference_model,
+    fit_psf_photometry,
+    kernel_and_psf,
+    mosaic_psf_model,
+)
 from romanpipe.steprun import StepRun, parse_step_args, record_provenance
 from romanpipe.timing import PhaseTimer
 
@@ -90,7 +97,12 @@ from scipy.spatial import cKDTree
 log = logging.getLogger("source_catalog")
 
 STEP = "source_catalog"
-INPUT_MODELS = (datamodels.ImageModel,)
+INPUT_MODELS = (datamodels.ImageModel, datamodels.MosaicModel)
+# The products of an image (Level 2) and of a mosaic (Level 3): rad's catalog and segmentation models.
+OUTPUT_MODELS = {
+    datamodels.ImageModel: (datamodels.ImageSourceCatalogModel, datamodels.SegmentationMapModel),
+    datamodels.MosaicModel: (datamodels.MosaicSourceCatalogModel, datamodels.MosaicSegmentationMapModel),
+}
 
 BKG_FILTER_SIZE = 3
 BKG_SIGMA = 3.0
@@ -385,8 +397,13 @@ def image_scale(wcs, shape) -> ImageScale:
     return ImageScale(scale, (scale * ARCSEC_RAD) ** 2, north_angle, east_is_left)
 
 
-def flux_conversion(meta, scale: ImageScale) -> float:
-    """nJy per data unit summed over pixels (step 7): photometry's MJy/sr per DN/s x pixel area x 1e15."""
+def flux_conversion(meta, scale: ImageScale, *, surface_brightness: bool = False) -> float:
+    """nJy per data unit summed over pixels (step 7): photometry's MJy/sr per DN/s x pixel area x 1e15.
+
+    A mosaic (``surface_brightness``) is in MJy/sr already (the flux step): its pixel area
+    (sr) x 1e15, the area from its WCS."""
+    if surface_brightness:
+        return scale.pixel_area_sr * MJY_TO_NJY
     photometry = meta.get("photometry") or {}
     conversion = photometry.get("conversion_megajanskys")
     area = photometry.get("pixel_area")
@@ -486,31 +503,67 @@ def source_catalog(data, err, dq, *, psf_model, scale: ImageScale, flux_to_njy: 
     return CatalogResult(catalog, detection, ee_fractions)
 
 
+def image_arrays(image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """data, err and dq of an ImageModel, or of a MosaicModel (no dq: its pixels that no input
+    covered, weight 0, are DO_NOT_USE)."""
+    data, err = plain_array(image["data"]), plain_array(image["err"])
+    if isinstance(image, datamodels.MosaicModel):
+        uncovered = ~(plain_array(image["weight"]) > 0)
+        return data, err, np.where(uncovered, int(dqflags.pixel.DO_NOT_USE), 0).astype(np.uint32)
+    return data, err, plain_array(image["dq"])
+
+
+def mosaic_detector(image) -> str:
+    """The detector whose PSF a mosaic's is made from: the one most of its inputs came from."""
+    instrument = image.meta.get("individual_image_meta", {}).get("instrument")
+    detectors = ([str(d) for d in instrument["detector"]]
+                 if instrument is not None and "detector" in instrument.colnames else [])
+    return max(sorted(set(detectors)), key=detectors.count) if detectors else "WFI01"
+
+
+def image_psf(image, parameters, input_name, reference) -> tuple[float, object]:
+    """The detection kernel's FWHM and the image's effective PSF (photutils ImagePSF): the EPSF
+    reference's (``override_epsf``, read by ``reference``) or the Roman PSF of its detector
+    and filter; for a mosaic, that PSF drizzled onto its grid (romanpipe.roman_psf.mosaic_psf_model)."""
+    mosaic = isinstance(image, datamodels.MosaicModel)
+    instrument = image.meta.instrument
+    if mosaic:
+        instrument = SimpleNamespace(detector=mosaic_detector(image), optical_element=instrument.optical_element)
+    # The PSF also when not fitted: its encircled energy gives the aperture corrections.
+    kernel_fwhm, psf_model = kernel_and_psf(instrument, parameters["kernel_fwhm"],
+                                            not parameters["override_epsf"], input_name)
+    if parameters["override_epsf"]:
+        psf_model = epsf_reference_model(reference("epsf"))
+    if mosaic:
+        psf_model = mosaic_psf_model(psf_model, pixel_scale_arcsec=image_scale(
+            image.meta.wcs, image.data.shape).pixel_scale_arcsec, pixfrac=float(image.meta.resample.pixfrac))
+    return kernel_fwhm, psf_model
+
+
 def run(image, step: StepRun) -> tuple:
-    """The catalog model (rad's ImageSourceCatalogModel) and segmentation model of an open ImageModel."""
+    """The catalog model and segmentation model of an open ImageModel (rad's ImageSourceCatalogModel,
+    SegmentationMapModel) or MosaicModel (MosaicSourceCatalogModel, MosaicSegmentationMapModel)."""
     parameters, input_name = step.parameters, step.input
-    data, err, dq = (plain_array(image[name]) for name in ("data", "err", "dq"))
+    data, err, dq = image_arrays(image)
     if data.ndim != 2 or 0 in data.shape or unusable_pixels(data, err, dq).all():
         raise NoScienceDataError(f"{input_name}: no usable pixel in data of shape {data.shape} "
                                  "(all DO_NOT_USE, not finite or without a positive error)")
-    # The PSF also when not fitted: its encircled energy gives the aperture corrections.
-    kernel_fwhm, psf_model = kernel_and_psf(image.meta.instrument, parameters["kernel_fwhm"],
-                                            not parameters["override_epsf"], input_name)
-    if parameters["override_epsf"]:
-        psf_model = epsf_reference_model(step.reference("epsf"))
+    kernel_fwhm, psf_model = image_psf(image, parameters, input_name, step.reference)
     wcs = image.meta.get("wcs")
     scale = image_scale(wcs, data.shape)
+    catalog_class, segmentation_class = OUTPUT_MODELS[type(image)]
     result = source_catalog(data, err, dq, psf_model=psf_model, scale=scale,
-                            flux_to_njy=flux_conversion(image.meta, scale), kernel_fwhm=kernel_fwhm,
+                            flux_to_njy=flux_conversion(image.meta, scale, surface_brightness=isinstance(
+                                image, datamodels.MosaicModel)), kernel_fwhm=kernel_fwhm,
                             snr_threshold=parameters["snr_threshold"], npixels=parameters["npixels"],
                             deblend=parameters["deblend"], bkg_boxsize=parameters["bkg_boxsize"],
                             fit_psf=parameters["fit_psf"])
     add_sky_coordinates(result.catalog, wcs, parameters["fit_psf"] and len(result.catalog) > 0)
-    catalog_model = derived_model(datamodels.ImageSourceCatalogModel, image, Path(input_name).name)
+    catalog_model = derived_model(catalog_class, image, Path(input_name).name)
     table = schema_table(result.catalog, parameters["fit_psf"], catalog_model)
     table.meta.update(catalog_meta(result.ee_fractions, scale, kernel_fwhm))
     catalog_model.source_catalog = table
-    segmentation = derived_model(datamodels.SegmentationMapModel, image, Path(input_name).name)
+    segmentation = derived_model(segmentation_class, image, Path(input_name).name)
     segments = result.detection.segments
     segmentation.data = (np.zeros(data.shape, np.uint32) if segments is None
                          else segments.data.astype(np.uint32))

@@ -302,3 +302,33 @@ def epsf_reference_model(path):
         stamp = np.array(reference.psf[0, 0, 0], dtype=np.float64)
         oversampling = int(reference.meta.oversample)
     return ImagePSF(stamp, oversampling=oversampling)
+
+
+def mosaic_psf_model(psf_model, *, pixel_scale_arcsec: float, pixfrac: float,
+                     input_scale_arcsec: float = PIXEL_SCALE_ARCSEC):
+    """The effective PSF of a drizzled mosaic from a detector's effective PSF (photutils ImagePSF).
+
+    As romancal 1.1's Level 3 PSF (its ``create_l3_psf_model``, read in its source): drizzling
+    drops each input pixel's value onto a square ``pixfrac`` input pixels wide, and a mosaic
+    pixel averages what falls on it, so the detector's effective PSF (already integrated over
+    the input pixel) is convolved with a box of ``pixfrac`` input pixels and one of the
+    mosaic's pixel, then sampled on the mosaic's grid, oversampled as the input, and scaled so
+    that its samples sum to oversampling^2 per unit flux as photutils expects. (romancal
+    also averages it azimuthally, for mosaics of many detectors and roll angles; we keep the
+    detector's shape.)
+    """
+    from astropy.convolution import Box2DKernel, convolve
+    from photutils.psf import ImagePSF
+
+    oversampling = int(psf_model.oversampling[0])
+    data = np.asarray(psf_model.data, dtype=np.float64)
+    ratio = pixel_scale_arcsec / input_scale_arcsec  # mosaic pixels in input pixels
+    for width in (pixfrac * oversampling, ratio * oversampling):
+        data = convolve(data, Box2DKernel(width), boundary="fill", fill_value=0.0, normalize_kernel=True)
+    smoothed = ImagePSF(data, oversampling=oversampling)
+    # The stamp on the mosaic's grid: as many mosaic pixels as the input stamp spans, odd.
+    half = int(((data.shape[0] - 1) / 2) / ratio)
+    offsets = np.arange(-half, half + 1) * ratio  # oversampled mosaic samples, in input samples
+    x, y = np.meshgrid(smoothed.origin[0] + offsets, smoothed.origin[1] + offsets)
+    resampled = smoothed.interpolator(x.ravel(), y.ravel(), grid=False).reshape(x.shape) * ratio**2
+    return ImagePSF(resampled, oversampling=oversampling)
