@@ -429,12 +429,12 @@ def add_sky_coordinates(catalog: Table, wcs, fit_psf: bool) -> None:
     catalog["ra"], catalog["dec"] = catalog[f"ra_{best}"], catalog[f"dec_{best}"]
 
 
-def schema_table(measured: Table, fit_psf: bool, template) -> Table:
-    """``measured`` as rad's catalog: romancal's columns and order, the schema's dtypes, units and
-    descriptions; what is not measured is NaN (floats), -1 (integers) or False."""
+def schema_table(measured: Table, columns, template) -> Table:
+    """``measured`` as rad's catalog ``template``: ``columns`` in their order, the schema's dtypes,
+    units and descriptions; what is not measured is NaN (floats), -1 (integers) or False."""
     table = Table()
     n = len(measured)
-    for name in catalog_columns(fit_psf):
+    for name in columns:
         definition = template.get_column_definition(name)
         dtype = np.dtype(definition["datatype"])
         if name in measured.colnames:
@@ -528,7 +528,8 @@ def image_psf(image, parameters, input_name, reference) -> tuple[float, object]:
     mosaic = isinstance(image, datamodels.MosaicModel)
     instrument = image.meta.instrument
     if mosaic:
-        instrument = SimpleNamespace(detector=mosaic_detector(image), optical_element=instrument.optical_element)
+        instrument = SimpleNamespace(detector=mosaic_detector(image),
+                                     optical_element=instrument.optical_element)
     # The PSF also when not fitted: its encircled energy gives the aperture corrections.
     kernel_fwhm, psf_model = kernel_and_psf(instrument, parameters["kernel_fwhm"],
                                             not parameters["override_epsf"], input_name)
@@ -560,7 +561,7 @@ def run(image, step: StepRun) -> tuple:
                             fit_psf=parameters["fit_psf"])
     add_sky_coordinates(result.catalog, wcs, parameters["fit_psf"] and len(result.catalog) > 0)
     catalog_model = derived_model(catalog_class, image, Path(input_name).name)
-    table = schema_table(result.catalog, parameters["fit_psf"], catalog_model)
+    table = schema_table(result.catalog, catalog_columns(parameters["fit_psf"]), catalog_model)
     table.meta.update(catalog_meta(result.ee_fractions, scale, kernel_fwhm))
     catalog_model.source_catalog = table
     segmentation = derived_model(segmentation_class, image, Path(input_name).name)
