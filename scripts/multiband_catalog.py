@@ -36,19 +36,17 @@ import copy
 import logging
 from pathlib import Path
 
-from romanpipe import cli
+from romanpipe import catalogs, cli
 from romanpipe import params as step_params
 from romanpipe.errors import InputFileError, NoScienceDataError
 from romanpipe.products import derived_model, open_model, write_atomic
-from romanpipe.roman_psf import PIVOT_WAVELENGTH_UM
+from romanpipe.roman_psf import PIVOT_WAVELENGTH_UM, encircled_energy
 from romanpipe.steprun import StepRun, record_provenance
 from romanpipe.timing import PhaseTimer
 
 import numpy as np
 from astropy.table import Table
 from roman_datamodels import datamodels
-
-import source_catalog as single
 
 log = logging.getLogger("multiband_catalog")
 
@@ -72,8 +70,8 @@ APPENDED = ("sharpness", "roundness1", "is_extended", "fluxfrac_radius_50", "psf
 
 def band_columns(fit_psf: bool) -> list[str]:
     """romancal 1.1's "dr_band" columns (without the label), in its order, before the filter is named."""
-    psf = (*single.PSF_XY_COLUMNS, *single.PSF_SKY_COLUMNS, *single.PSF_FLAG_COLUMNS) if fit_psf else ()
-    fluxes = [name for name in single.catalog_columns(fit_psf)
+    psf = (*catalogs.PSF_XY_COLUMNS, *catalogs.PSF_SKY_COLUMNS, *catalogs.PSF_FLAG_COLUMNS) if fit_psf else ()
+    fluxes = [name for name in catalogs.catalog_columns(fit_psf)
               if name.startswith("aper") or name.endswith(("_flux", "_flux_err", "_abmag", "_abmag_err"))]
     return [*psf, "sharpness", "roundness1", "is_extended", "fluxfrac_radius_50", *fluxes]
 
@@ -133,15 +131,15 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
         raise InputFileError(names[0], f"optical elements {elements}: one mosaic per filter")
     check_same_grid(models, names)
     settings = {key: parameters[key] for key in ("snr_threshold", "npixels", "deblend", "bkg_boxsize")}
-    scale = single.image_scale(models[0].meta.wcs, models[0].data.shape)
+    scale = catalogs.image_scale(models[0].meta.wcs, models[0].data.shape)
     per_filter = {}
     for model, name, element in zip(models, names, elements, strict=True):
-        data, err, dq = single.image_arrays(model)
-        mask = single.unusable_pixels(data, err, dq)
+        data, err, dq = catalogs.image_arrays(model)
+        mask = catalogs.unusable_pixels(data, err, dq)
         if mask.all():
             raise NoScienceDataError(f"{name}: no usable pixel")
-        kernel_fwhm, psf_model = single.image_psf(model, parameters, name, reference)
-        detection = single.detect(data, mask, kernel_fwhm=kernel_fwhm, **settings)
+        kernel_fwhm, psf_model = catalogs.image_psf(model, parameters, name, reference)
+        detection = catalogs.detect(data, mask, kernel_fwhm=kernel_fwhm, **settings)
         per_filter[element] = (detection, err, dq, mask, kernel_fwhm, psf_model)
 
     combined, unusable = detection_image([f[0].subtracted for f in per_filter.values()],
@@ -149,9 +147,9 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
                                          [f[3] for f in per_filter.values()])
     kernel_fwhm = max(f[4] for f in per_filter.values())
     log.info("detection image of %s, kernel FWHM %.3f pixels", ", ".join(per_filter), kernel_fwhm)
-    common = single.detect(combined, unusable, kernel_fwhm=kernel_fwhm, **settings)
-    radii = [r / scale.pixel_scale_arcsec for r in single.APERTURE_RADII_ARCSEC]
-    ee_fractions = {element.lower(): single.encircled_energy(per_filter[element][5], radii)
+    common = catalogs.detect(combined, unusable, kernel_fwhm=kernel_fwhm, **settings)
+    radii = [r / scale.pixel_scale_arcsec for r in catalogs.APERTURE_RADII_ARCSEC]
+    ee_fractions = {element.lower(): encircled_energy(per_filter[element][5], radii)
                     for element in wavelength_order(per_filter)}
     if common.segments is None:
         log.warning("no sources detected")
@@ -160,15 +158,15 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
     out = None
     for element in wavelength_order(per_filter):
         detection, err, dq, mask, _, psf_model = per_filter[element]
-        forced = single.Detection(detection.background, detection.background_rms, detection.subtracted,
+        forced = catalogs.Detection(detection.background, detection.background_rms, detection.subtracted,
                                   common.detection_image, common.segments)
-        measured = single.measure(forced, err, dq, mask, scale=scale, flux_to_njy=single.flux_conversion(
+        measured = catalogs.measure(forced, err, dq, mask, scale=scale, flux_to_njy=catalogs.flux_conversion(
             None, scale, surface_brightness=True), ee_fractions=ee_fractions[element.lower()],
             psf_model=psf_model if parameters["fit_psf"] else None)
-        single.add_sky_coordinates(measured, models[0].meta.wcs, parameters["fit_psf"])
+        catalogs.add_sky_coordinates(measured, models[0].meta.wcs, parameters["fit_psf"])
         if out is None:
             out = Table({name: measured[name] for name in DETECTION_COLUMNS if name in measured.colnames})
-            single.add_sky_coordinates(out, models[0].meta.wcs, fit_psf=False)  # ra, dec: the centroid's
+            catalogs.add_sky_coordinates(out, models[0].meta.wcs, fit_psf=False)  # ra, dec: the centroid's
         else:
             for name in ("warning_flags", "image_flags"):
                 out[name] = np.bitwise_or(out[name], measured[name])
@@ -198,9 +196,9 @@ def run(models, names, parameters, output: Path, reference=None) -> tuple:
     for model in (catalog_model, segmentation):
         model.meta["image_metas"] = image_metas(models)
         model.meta["psf_match_reference_filter"] = "NOT_CONFIGURED"  # no PSF matching (docstring)
-    schema = single.schema_table(table, catalog_columns(elements, parameters["fit_psf"]), catalog_model)
-    scale = single.image_scale(models[0].meta.wcs, models[0].data.shape)
-    schema.meta.update(single.catalog_meta([], scale, kernel_fwhm))
+    schema = catalogs.schema_table(table, catalog_columns(elements, parameters["fit_psf"]), catalog_model)
+    scale = catalogs.image_scale(models[0].meta.wcs, models[0].data.shape)
+    schema.meta.update(catalogs.catalog_meta([], scale, kernel_fwhm))
     schema.meta["ee_fractions"] = {element: np.asarray(value, np.float32)
                                    for element, value in ee_fractions.items()}
     catalog_model.source_catalog = schema
@@ -229,7 +227,7 @@ def main(argv=None) -> None:
         return
     if len(args.mosaics) < 2:
         raise InputFileError(args.mosaics[0], "a multiband catalog needs the mosaics of two filters or more")
-    catalog_path, segmentation_path = single.output_paths(args.output)
+    catalog_path, segmentation_path = catalogs.output_paths(args.output)
     timer = PhaseTimer()
     with timer.phase("read"):
         models = [open_model(path, (datamodels.MosaicModel,)) for path in args.mosaics]
@@ -242,7 +240,7 @@ def main(argv=None) -> None:
                 record_provenance(model, "multiband_catalog", parameters, step.references)
         with timer.phase("write"):
             write_atomic(segmentation, segmentation_path)
-            single.write_parquet(catalog_model, catalog_path)
+            catalogs.write_parquet(catalog_model, catalog_path)
     finally:
         for model in models:
             model.close()

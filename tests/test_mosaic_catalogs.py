@@ -165,8 +165,8 @@ def test_mosaic_psf_of_pixfrac_and_scale():
     assert same.data.sum() / 16 == pytest.approx(total, rel=2e-3)
     assert coarse.data.sum() / 16 == pytest.approx(total, rel=2e-3)
     radii = [1.0, 2.0]
-    assert (source_catalog.encircled_energy(coarse, [r / 2 for r in radii])
-            < source_catalog.encircled_energy(detector_psf, radii)).all()
+    assert (roman_psf.encircled_energy(coarse, [r / 2 for r in radii])
+            < roman_psf.encircled_energy(detector_psf, radii)).all()
 
 
 # --- the multiband catalog ------------------------------------------------------------------
