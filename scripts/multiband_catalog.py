@@ -53,17 +53,6 @@ log = logging.getLogger("multiband_catalog")
 STEP = "source_catalog"  # its parameters: see the module docstring
 GRID_TOLERANCE_PIXELS = 1e-3
 
-# romancal 1.1's "dr_det" columns, in its order.
-DETECTION_COLUMNS = [
-    "label", "flagged_spatial_id", "x_centroid", "y_centroid", "x_centroid_err", "y_centroid_err",
-    "x_centroid_win", "y_centroid_win", "x_centroid_win_err", "y_centroid_win_err",
-    "ra", "dec", "ra_centroid", "dec_centroid", "ra_centroid_err", "dec_centroid_err",
-    "ra_centroid_win", "dec_centroid_win", "ra_centroid_win_err", "dec_centroid_win_err",
-    "bbox_xmin", "bbox_xmax", "bbox_ymin", "bbox_ymax", "segment_area",
-    "semimajor", "semiminor", "fwhm", "ellipticity", "orientation_pix", "orientation_sky",
-    "cxx", "cxy", "cyy", "kron_radius", "nn_label", "nn_distance",
-    "warning_flags", "image_flags", "dust_ebv",
-]
 # Columns romancal names by appending the filter; others take it before "_flux", "_abmag" or after "_psf".
 APPENDED = ("sharpness", "roundness1", "is_extended", "fluxfrac_radius_50", "psf_gof", "psf_flags")
 
@@ -74,6 +63,12 @@ def band_columns(fit_psf: bool) -> list[str]:
     fluxes = [name for name in catalogs.catalog_columns(fit_psf)
               if name.startswith("aper") or name.endswith(("_flux", "_flux_err", "_abmag", "_abmag_err"))]
     return [*psf, "sharpness", "roundness1", "is_extended", "fluxfrac_radius_50", *fluxes]
+
+
+def detection_columns() -> list[str]:
+    """romancal 1.1's "dr_det" columns, in its order: its single-image ("prompt") columns less
+    the band columns."""
+    return [name for name in catalogs.catalog_columns(fit_psf=False) if name not in band_columns(False)]
 
 
 def band_column_name(name: str, optical_element: str) -> str:
@@ -165,7 +160,7 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
             psf_model=psf_model if parameters["fit_psf"] else None)
         catalogs.add_sky_coordinates(measured, models[0].meta.wcs, parameters["fit_psf"])
         if out is None:
-            out = Table({name: measured[name] for name in DETECTION_COLUMNS if name in measured.colnames})
+            out = Table({name: measured[name] for name in detection_columns() if name in measured.colnames})
             catalogs.add_sky_coordinates(out, models[0].meta.wcs, fit_psf=False)  # ra, dec: the centroid's
         else:
             for name in ("warning_flags", "image_flags"):
@@ -177,7 +172,7 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
 
 
 def catalog_columns(elements, fit_psf: bool) -> list[str]:
-    return DETECTION_COLUMNS + [band_column_name(name, element) for element in wavelength_order(elements)
+    return detection_columns() + [band_column_name(name, element) for element in wavelength_order(elements)
                                 for name in band_columns(fit_psf)]
 
 
