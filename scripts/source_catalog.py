@@ -1,7 +1,8 @@
 """source_catalog: the catalog of an image's sources: segments, centroids, shapes, aperture, PSF photometry.
 
 As romancal 1.1's SourceCatalogStep (read in its source: the romancal documentation has no
-section on it), built on photutils:
+section on it), built on photutils (the kernels: romanpipe.catalogs), on a calibrated image
+(Level 2, ImageModel) or a mosaic (Level 3, MosaicModel: see the last paragraph):
 
 1. Background and its RMS: photutils Background2D in ``bkg_boxsize`` boxes (3-sigma
    clipped medians, the mesh median-filtered over 3 x 3 boxes; one box over the whole image
@@ -56,7 +57,14 @@ table's metadata (aperture radii, ee_fractions, versions) go into the Parquet sc
 metadata. The segmentation map goes beside it as ``<base>_segm.asdf`` (rad's
 SegmentationMapModel: ``data`` the labels, ``detection_image`` the convolved image).
 
+A mosaic is in MJy/sr (step 7: no photometry conversion, its WCS's pixel area), has no DQ
+array (its pixels no input covered, weight 0, are unusable), and its PSF is the detector's
+(the one most of its inputs came from; or ``override_epsf``) drizzled onto its grid
+(romanpipe.roman_psf.mosaic_psf_model); its products are rad's MosaicSourceCatalogModel and
+MosaicSegmentationMapModel, with the same columns.
+
     python scripts/source_catalog.py r..._cal.asdf r..._cat.parquet [--fit-psf false] [--deblend true]
+    python scripts/source_catalog.py r..._f158_i2d.asdf r..._f158_cat.parquet
 """
 
 from __future__ import annotations
