@@ -191,6 +191,7 @@ def run(models, names, parameters, output: Path, reference=None) -> tuple:
     for model in (catalog_model, segmentation):
         model.meta["image_metas"] = image_metas(models)
         model.meta["psf_match_reference_filter"] = "NOT_CONFIGURED"  # no PSF matching (docstring)
+        model.meta.instrument.optical_element = None  # several: romancal blends what differs to None
     schema = catalogs.schema_table(table, catalog_columns(elements, parameters["fit_psf"]), catalog_model)
     scale = catalogs.image_scale(models[0].meta.wcs, models[0].data.shape)
     schema.meta.update(catalogs.catalog_meta([], scale, kernel_fwhm))

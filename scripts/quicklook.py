@@ -77,8 +77,8 @@ def unusable_pixels(model) -> np.ndarray:
         flagged = np.asarray(model.weight) <= 0
     elif isinstance(model, datamodels.ImageModel):
         flagged = (np.asarray(model.dq) & dqflags.pixel.DO_NOT_USE) != 0
-    else:
-        flagged = np.zeros(data.shape, bool)
+    else:  # a detection image is exactly 0 where no filter had a usable pixel (romanpipe.catalogs.detect)
+        flagged = data == 0
     return flagged | ~np.isfinite(data)
 
 

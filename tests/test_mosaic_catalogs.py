@@ -250,3 +250,12 @@ def test_band_column_names_are_romancals():
                      "psf_flux_err": "psf_f158_flux_err", "kron_abmag_err": "kron_f158_abmag_err",
                      "is_extended": "is_extended_f158", "psf_gof": "psf_gof_f158",
                      "fluxfrac_radius_50": "fluxfrac_radius_50_f158"}
+
+
+def test_multiband_products_name_no_single_filter(multiband):
+    metadata = pq.read_schema(multiband).metadata
+    assert metadata.get(b"roman.meta.instrument.optical_element", b"None") == b"None"
+    with rdm.open(multiband.parent / f"{PRODUCT}_segm.asdf") as segmentation:
+        assert segmentation.meta.instrument.optical_element is None
+        elements = [meta["instrument"]["optical_element"] for meta in segmentation.meta.image_metas]
+        assert elements == ["F158", "F087"]

@@ -176,3 +176,11 @@ def test_benchmark_table_adds_the_warm_workers_cpu_and_memory(tmp_path):
     # a job that ran plainly keeps Snakemake's figures
     assert table.loc["linearity", "cpu_time"] == pytest.approx(0.05)
     assert table.loc["linearity", "max_rss"] == pytest.approx(12.0)
+
+
+def test_unusable_pixels_of_a_detection_image_are_those_no_filter_covered():
+    segmentation = datamodels.MultibandSegmentationMapModel.create_fake_data(shape=(4, 4))
+    detection = np.full((4, 4), 0.5, np.float32)
+    detection[0, :] = 0.0  # detect() zeroes the pixels no filter could use
+    segmentation["detection_image"] = detection
+    assert (quicklook.unusable_pixels(segmentation) == (detection == 0)).all()
