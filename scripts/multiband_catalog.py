@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from romanpipe import catalogs, cli
@@ -101,6 +102,19 @@ def detection_image(subtracted, background_rms, masks) -> tuple[np.ndarray, np.n
         return np.where(unusable, 0.0, combined / total), unusable
 
 
+@dataclass(frozen=True)
+class FilterImage:
+    """One filter's mosaic as step 1 leaves it: its detection (background, RMS, subtracted image),
+    its errors, DQ and unusable pixels, its kernel FWHM and effective PSF."""
+
+    detection: catalogs.Detection
+    err: np.ndarray
+    dq: np.ndarray
+    mask: np.ndarray
+    kernel_fwhm: float
+    psf_model: object
+
+
 def check_same_grid(models, names) -> None:
     """The mosaics must be on one pixel grid (a sky cell's): same shape, same sky at the corners."""
     shape = models[0].data.shape
@@ -119,7 +133,7 @@ def check_same_grid(models, names) -> None:
 
 def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table, object, dict, float]:
     """Steps 1-4 of the module docstring on open MosaicModels: the table (schema columns not yet
-    applied), the detection (source_catalog.Detection), the filters' ee_fractions (lower-case
+    applied), the detection (romanpipe.catalogs.Detection), the filters' ee_fractions (lower-case
     filter -> fractions, in order of wavelength) and the detection kernel's FWHM."""
     elements = [str(model.meta.instrument.optical_element) for model in models]
     if len(set(elements)) != len(elements):
@@ -135,16 +149,17 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
             raise NoScienceDataError(f"{name}: no usable pixel")
         kernel_fwhm, psf_model = catalogs.image_psf(model, parameters, name, reference)
         detection = catalogs.detect(data, mask, kernel_fwhm=kernel_fwhm, **settings)
-        per_filter[element] = (detection, err, dq, mask, kernel_fwhm, psf_model)
+        per_filter[element] = FilterImage(detection, err, dq, mask, kernel_fwhm, psf_model)
 
-    combined, unusable = detection_image([f[0].subtracted for f in per_filter.values()],
-                                         [f[0].background_rms for f in per_filter.values()],
-                                         [f[3] for f in per_filter.values()])
-    kernel_fwhm = max(f[4] for f in per_filter.values())
+    images = list(per_filter.values())
+    combined, unusable = detection_image([image.detection.subtracted for image in images],
+                                         [image.detection.background_rms for image in images],
+                                         [image.mask for image in images])
+    kernel_fwhm = max(image.kernel_fwhm for image in images)
     log.info("detection image of %s, kernel FWHM %.3f pixels", ", ".join(per_filter), kernel_fwhm)
     common = catalogs.detect(combined, unusable, kernel_fwhm=kernel_fwhm, **settings)
     radii = [r / scale.pixel_scale_arcsec for r in catalogs.APERTURE_RADII_ARCSEC]
-    ee_fractions = {element.lower(): encircled_energy(per_filter[element][5], radii)
+    ee_fractions = {element.lower(): encircled_energy(per_filter[element].psf_model, radii)
                     for element in wavelength_order(per_filter)}
     if common.segments is None:
         log.warning("no sources detected")
@@ -152,12 +167,15 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
 
     out = None
     for element in wavelength_order(per_filter):
-        detection, err, dq, mask, _, psf_model = per_filter[element]
-        forced = catalogs.Detection(detection.background, detection.background_rms, detection.subtracted,
-                                  common.detection_image, common.segments)
-        measured = catalogs.measure(forced, err, dq, mask, scale=scale, flux_to_njy=catalogs.flux_conversion(
-            None, scale, surface_brightness=True), ee_fractions=ee_fractions[element.lower()],
-            psf_model=psf_model if parameters["fit_psf"] else None)
+        image = per_filter[element]
+        own = image.detection
+        forced = catalogs.Detection(own.background, own.background_rms, own.subtracted,
+                                    common.detection_image, common.segments)
+        measured = catalogs.measure(
+            forced, image.err, image.dq, image.mask, scale=scale,
+            flux_to_njy=catalogs.flux_conversion(None, scale, surface_brightness=True),
+            ee_fractions=ee_fractions[element.lower()],
+            psf_model=image.psf_model if parameters["fit_psf"] else None)
         catalogs.add_sky_coordinates(measured, models[0].meta.wcs, parameters["fit_psf"])
         if out is None:
             out = Table({name: measured[name] for name in detection_columns() if name in measured.colnames})
@@ -172,8 +190,9 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
 
 
 def catalog_columns(elements, fit_psf: bool) -> list[str]:
+    """The multiband catalog's columns: the detection's, then each filter's in order of wavelength."""
     return detection_columns() + [band_column_name(name, element) for element in wavelength_order(elements)
-                                for name in band_columns(fit_psf)]
+                                  for name in band_columns(fit_psf)]
 
 
 def image_metas(models) -> list[dict]:
@@ -195,6 +214,7 @@ def run(models, names, parameters, output: Path, reference=None) -> tuple:
     schema = catalogs.schema_table(table, catalog_columns(elements, parameters["fit_psf"]), catalog_model)
     scale = catalogs.image_scale(models[0].meta.wcs, models[0].data.shape)
     schema.meta.update(catalogs.catalog_meta([], scale, kernel_fwhm))
+    # One set of aperture corrections per filter (romancal's multiband ee_fractions).
     schema.meta["ee_fractions"] = {element: np.asarray(value, np.float32)
                                    for element, value in ee_fractions.items()}
     catalog_model.source_catalog = schema
