@@ -23,7 +23,8 @@ SKYMAP = {"pixel_scale": 0.11, "nxy_skycell": 200, "border": 10, "region_deg": 5
 PER_EXPOSURE = {"dq_init", "saturation", "refpix", "linearity", "dark_current", "jump", "ramp_fit",
                 "assign_wcs", "flat_field", "photom", "source_detection", "tweakreg", "source_catalog", "cal",
                 "quicklook_cal"}
-PER_CELL = {"association_file", "flux", "skymatch", "outlier_detection", "resample", "quicklook_mosaic"}
+PER_CELL = {"association_file", "flux", "skymatch", "outlier_detection", "resample", "quicklook_mosaic",
+            "source_catalog_mosaic"}
 # Jobs that read the whole campaign: the checkpoints and the report's tables.
 CAMPAIGN_WIDE = {"pool", "associations", "quarantine_table", "provenance", "benchmarks", "all"}
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")

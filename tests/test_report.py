@@ -46,6 +46,45 @@ def test_quicklook_paints_flagged_pixels_red(tmp_path):
     assert red_pixels(tmp_path / "clean.png") == 0
 
 
+def cyan_pixels(png) -> int:
+    """Pixels of the colour the sources are circled in (matplotlib's tab:cyan, 23, 190, 207)."""
+    rgb = imread(png)[..., :3]
+    return int(((rgb[..., 0] < 0.25) & (rgb[..., 1] > 0.6) & (rgb[..., 2] > 0.7)).sum())
+
+
+def test_quicklook_draws_a_catalogs_sources_and_their_magnitudes(tmp_path):
+    image = image_file(tmp_path / "image_cal.asdf", flagged_block=False)
+    catalog = tmp_path / "image_cat.parquet"
+    pd.DataFrame({"x_centroid": [10.0, 30.0], "y_centroid": [10.0, 25.0], "x_psf": [10.2, 29.8],
+                  "y_psf": [9.9, 25.1], "kron_abmag": [22.0, 24.5], "kron_abmag_err": [0.01, 0.1]}
+                 ).to_parquet(catalog)
+    assert cli.run(quicklook.main, [str(image), str(tmp_path / "plain.png")]) == 0
+    assert cli.run(quicklook.main, [str(image), str(tmp_path / "drawn.png"), "--catalog", str(catalog)]) == 0
+    assert cyan_pixels(tmp_path / "plain.png") == 0
+    assert cyan_pixels(tmp_path / "drawn.png") > 40  # two circles of ~12 screen pixels
+    assert imread(tmp_path / "drawn.png").shape[0] > imread(tmp_path / "plain.png").shape[0]  # the histogram
+    view = quicklook.read_catalog(catalog)
+    np.testing.assert_array_equal(view.x, [10.2, 29.8])  # the PSF positions
+    assert list(view.magnitudes) == ["kron_abmag"]
+
+
+def test_quicklook_of_a_multiband_catalog_has_one_histogram_per_filter(tmp_path):
+    catalog = tmp_path / "cell_cat.parquet"
+    pd.DataFrame({"x_centroid": [1.0], "y_centroid": [2.0], "kron_f087_abmag": [23.0],
+                  "kron_f087_abmag_err": [0.1], "kron_f158_abmag": [22.5]}).to_parquet(catalog)
+    view = quicklook.read_catalog(catalog)
+    assert view.x.tolist() == [1.0] and list(view.magnitudes) == ["kron_f087_abmag", "kron_f158_abmag"]
+
+
+def test_quicklook_refuses_a_table_that_is_no_catalog(tmp_path, capsys):
+    image = image_file(tmp_path / "image_cal.asdf")
+    table = tmp_path / "other.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(table)
+    output = tmp_path / "out.png"
+    assert cli.run(quicklook.main, [str(image), str(output), "--catalog", str(table)]) != 0
+    assert "other.parquet" in capsys.readouterr().err and not output.exists()
+
+
 def test_unusable_pixels_of_a_mosaic_are_the_uncovered_ones():
     mosaic = datamodels.MosaicModel.create_fake_data(shape=(6, 6))
     mosaic.data = np.ones((6, 6), np.float32)
@@ -137,3 +176,11 @@ def test_benchmark_table_adds_the_warm_workers_cpu_and_memory(tmp_path):
     # a job that ran plainly keeps Snakemake's figures
     assert table.loc["linearity", "cpu_time"] == pytest.approx(0.05)
     assert table.loc["linearity", "max_rss"] == pytest.approx(12.0)
+
+
+def test_unusable_pixels_of_a_detection_image_are_those_no_filter_covered():
+    segmentation = datamodels.MultibandSegmentationMapModel.create_fake_data(shape=(4, 4))
+    detection = np.full((4, 4), 0.5, np.float32)
+    detection[0, :] = 0.0  # detect() zeroes the pixels no filter could use
+    segmentation["detection_image"] = detection
+    assert (quicklook.unusable_pixels(segmentation) == (detection == 0)).all()

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # association file changes only when its members do, so the mosaic chains rerun for their inputs.
 # ... and the catalog of each of them (source_catalog, after tweakreg)
 IMAGE_CHAIN_FOR_6 = {"flat_field": 6, "photom": 6, "source_detection": 6, "tweakreg": 6, "source_catalog": 6}
-MOSAICS_FOR_2 = {"flux": 2, "skymatch": 2, "outlier_detection": 2, "resample": 2}
+# ... and each mosaic's catalog (source_catalog_mosaic, after resample)
+MOSAICS_FOR_2 = {"flux": 2, "skymatch": 2, "outlier_detection": 2, "resample": 2, "source_catalog_mosaic": 2}
 # A changed _cal reruns the association checkpoint, which reads every _cal's footprint (a new
 # WCS can move an image into other sky cells); association files and mosaics whose members did
 # not change stay as they are.
@@ -482,7 +483,7 @@ def test_a_parameter_file_reaches_every_step_command_and_reruns_from_the_first(f
     planned = planned_jobs(result)
     step_jobs = sum(planned[rule] for rule in ("dq_init", "saturation", "refpix", "linearity", "dark_current",
                                                "ramp_fit", "assign_wcs", *IMAGE_CHAIN_FOR_6, *MOSAICS_FOR_2))
-    assert planned["dq_init"] == 8 and len(step_commands) == step_jobs == 8 * 7 + 6 * 5 + 2 * 4
+    assert planned["dq_init"] == 8 and len(step_commands) == step_jobs == 8 * 7 + 6 * 5 + 2 * 5
     assert all(f"--parameter-file '{pfile}'" in line for line in step_commands)
 
 
@@ -524,6 +525,7 @@ def test_new_reference_context_reruns_only_the_exposures_it_changes(full_run):
                                     "photom": 3, "source_detection": 3, "tweakreg": 3,
                                     "source_catalog": 3, "cal": 4,
                                     "flux": 1, "skymatch": 1, "outlier_detection": 1, "resample": 1,
+                                    "source_catalog_mosaic": 1,
                                     **REGROUPING, **report_jobs(4, 1), "quarantine_table": 1,
                                     "all": 1}
     assert "WFI01_darkcurrent" not in result.stdout
@@ -546,7 +548,8 @@ def test_new_f158_flat_of_one_detector_reruns_its_images_from_flat_field_only(fu
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result) == {"flat_field": 3, "photom": 3, "source_detection": 3, "tweakreg": 3,
                                     "source_catalog": 3, "cal": 3, "flux": 1, "skymatch": 1,
-                                    "outlier_detection": 1, "resample": 1, **report_jobs(3, 1),
+                                    "outlier_detection": 1, "resample": 1, "source_catalog_mosaic": 1,
+                                    **report_jobs(3, 1),
                                     **REGROUPING, "quarantine_table": 1, "all": 1}
     assert "WFI02_flat" not in result.stdout
 

@@ -275,8 +275,6 @@ def roman_psf_model(detector: str, optical_element: str):
     return ImagePSF(_effective_psf(sca_number(detector), element), oversampling=PSF_OVERSAMPLING)
 
 
-
-
 def kernel_and_psf(instrument, kernel_fwhm: float | None, with_psf: bool, input_name) -> tuple[float, object]:
     """The detection kernel's FWHM (``kernel_fwhm``, or the filter's default when None) and the
     Roman PSF model of ``instrument`` (meta.instrument) when ``with_psf`` (else None).
@@ -288,6 +286,22 @@ def kernel_and_psf(instrument, kernel_fwhm: float | None, with_psf: bool, input_
     except ValueError as err:
         raise ParameterError(f"{input_name}: {err}") from None
     return fwhm, psf_model
+
+
+def encircled_energy(psf_model, radii_pixels) -> np.ndarray:
+    """The fraction of a point source's flux within each radius (native pixels) of its origin.
+
+    The effective PSF's samples are the flux a pixel centred there collects (in units of the
+    flux the model is normalised to: its samples sum to oversampling^2 over the plane it
+    covers), so their sum over a circle divided by oversampling^2 is what aperture
+    photometry of that radius measures.
+    """
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    oversampling = float(psf_model.oversampling[0])
+    apertures = [CircularAperture(psf_model.origin, r * oversampling) for r in radii_pixels]
+    sums = aperture_photometry(np.asarray(psf_model.data), apertures)
+    return np.array([float(sums[f"aperture_sum_{i}"][0]) for i in range(len(apertures))]) / oversampling**2
 
 
 def epsf_reference_model(path):
@@ -302,3 +316,33 @@ def epsf_reference_model(path):
         stamp = np.array(reference.psf[0, 0, 0], dtype=np.float64)
         oversampling = int(reference.meta.oversample)
     return ImagePSF(stamp, oversampling=oversampling)
+
+
+def mosaic_psf_model(psf_model, *, pixel_scale_arcsec: float, pixfrac: float,
+                     input_scale_arcsec: float = PIXEL_SCALE_ARCSEC):
+    """The effective PSF of a drizzled mosaic from a detector's effective PSF (photutils ImagePSF).
+
+    As romancal 1.1's Level 3 PSF (its ``create_l3_psf_model``, read in its source): drizzling
+    drops each input pixel's value onto a square ``pixfrac`` input pixels wide, and a mosaic
+    pixel averages what falls on it, so the detector's effective PSF (already integrated over
+    the input pixel) is convolved with a box of ``pixfrac`` input pixels and one of the
+    mosaic's pixel, then sampled on the mosaic's grid, oversampled as the input, and scaled so
+    that its samples sum to oversampling^2 per unit flux as photutils expects. (romancal
+    also averages it azimuthally, for mosaics of many detectors and roll angles; we keep the
+    detector's shape.)
+    """
+    from astropy.convolution import Box2DKernel, convolve
+    from photutils.psf import ImagePSF
+
+    oversampling = int(psf_model.oversampling[0])
+    data = np.asarray(psf_model.data, dtype=np.float64)
+    ratio = pixel_scale_arcsec / input_scale_arcsec  # mosaic pixels in input pixels
+    for width in (pixfrac * oversampling, ratio * oversampling):
+        data = convolve(data, Box2DKernel(width), boundary="fill", fill_value=0.0, normalize_kernel=True)
+    smoothed = ImagePSF(data, oversampling=oversampling)
+    # The stamp on the mosaic's grid: as many mosaic pixels as the input stamp spans, odd.
+    half = int(((data.shape[0] - 1) / 2) / ratio)
+    offsets = np.arange(-half, half + 1) * ratio  # oversampled mosaic samples, in input samples
+    x, y = np.meshgrid(smoothed.origin[0] + offsets, smoothed.origin[1] + offsets)
+    resampled = smoothed.interpolator(x.ravel(), y.ravel(), grid=False).reshape(x.shape) * ratio**2
+    return ImagePSF(resampled, oversampling=oversampling)

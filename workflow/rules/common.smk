@@ -529,15 +529,27 @@ SOURCE_CATALOG = os.path.join(RESULTS, "exposures", "{expo}_cat.parquet")
 SEGMENTATION_MAP = os.path.join(RESULTS, "exposures", "{expo}_segm.asdf")
 
 
+def has_catalog(expo):
+    """Whether an exposure's _cal gets a catalog: an imaging one, unless source_catalog.skip or a partial target."""
+    return (
+        not config["source_catalog"]["skip"]
+        and TARGET_STEP is None
+        and "tweakreg" in applicable_steps(exposure_type(expo))
+    )
+
+
 def source_catalogs(wildcards):
     """The catalog of every imaging exposure's _cal, unless source_catalog.skip or a partial target."""
-    if config["source_catalog"]["skip"] or TARGET_STEP is not None:
-        return []
-    return [
-        SOURCE_CATALOG.format(expo=expo)
-        for expo in campaign_table().index
-        if "tweakreg" in applicable_steps(exposure_type(expo))
-    ]
+    return [SOURCE_CATALOG.format(expo=expo) for expo in campaign_table().index if has_catalog(expo)]
+
+
+def cal_catalog(wildcards):
+    """The catalog a _cal's quicklook draws, when it has one."""
+    return [SOURCE_CATALOG.format(expo=wildcards.expo)] if has_catalog(wildcards.expo) else []
+
+
+def cal_catalog_option(wildcards):
+    return " ".join(f"--catalog {shlex.quote(path)}" for path in cal_catalog(wildcards))
 
 
 def final_mosaics(wildcards):
@@ -662,6 +674,65 @@ def mosaic_products():
     return [MOSAIC_PRODUCT.format(product=product) for product in association_index()["product"]]
 
 
+# Level 3 catalogs (catalog.smk): one per mosaic, and one per sky cell mosaicked in several filters.
+MOSAIC_CATALOG = os.path.join(RESULTS, "mosaics", "{product}_cat.parquet")
+MOSAIC_SEGMENTATION = os.path.join(RESULTS, "mosaics", "{product}_segm.asdf")
+MULTIBAND_CATALOG = os.path.join(RESULTS, "multiband", "{cell}_cat.parquet")
+MULTIBAND_SEGMENTATION = os.path.join(RESULTS, "multiband", "{cell}_segm.asdf")
+
+
+wildcard_constraints:
+    cell=r"[^/]+",
+
+
+def level3_catalogs_wanted():
+    return config["target"] == "i2d" and not config["source_catalog"]["skip"]
+
+
+def mosaic_catalogs(wildcards):
+    """The catalog of every mosaic (held back, as the mosaics, while the association checkpoint is pending)."""
+    if not level3_catalogs_wanted():
+        return []
+    return [MOSAIC_CATALOG.format(product=product) for product in association_index()["product"]]
+
+
+def multiband_cells():
+    """Sky cell -> its mosaics' products, for the cells mosaicked in more than one filter.
+
+    Sky-cell products are named ``r<program>_<release>_<type>_<cell>_<filter>``: the name
+    without its filter names the cell's multiband catalog. Only sky cells share one grid
+    across filters (overlap groups and the user's associations do not).
+    """
+    settings = config["associations"]
+    if not level3_catalogs_wanted() or settings["user_dir"] or settings["grouping"] != "skycell":
+        return {}
+    cells = {}
+    for product in association_index()["product"]:
+        cells.setdefault(product.rpartition("_")[0], []).append(product)
+    return {cell: sorted(products) for cell, products in cells.items() if len(products) > 1}
+
+
+def multiband_catalogs(wildcards):
+    return [MULTIBAND_CATALOG.format(cell=cell) for cell in multiband_cells()]
+
+
+def mosaic_catalog(wildcards):
+    """The catalog a mosaic's quicklook draws, when catalogs are made."""
+    return [MOSAIC_CATALOG.format(product=wildcards.product)] if level3_catalogs_wanted() else []
+
+
+def mosaic_catalog_option(wildcards):
+    return " ".join(f"--catalog {shlex.quote(path)}" for path in mosaic_catalog(wildcards))
+
+
+def multiband_mosaics(wildcards):
+    try:
+        products = multiband_cells()[wildcards.cell]
+    except KeyError:
+        raise WorkflowError(f"no sky cell {wildcards.cell!r} mosaicked in more than one filter") from None
+    return [MOSAIC_PRODUCT.format(product=product) for product in products]
+
+
 # Ground-test (TVAC) products (groundtest.smk).
 DARK_REFERENCE = os.path.join(RESULTS, "references", "{detector}_{kind}.asdf")
 DIAGNOSTICS_DIR = os.path.join(RESULTS, "diagnostics", "{expo}")
@@ -723,6 +794,11 @@ def quicklook_images(wildcards):
     if config["target"] not in ("cal", "i2d"):
         return []
     return [os.path.join(RESULTS, "quicklook", f"{expo}_cal.png") for expo in campaign_table().index]
+
+
+def quicklook_multiband(wildcards):
+    """A quicklook of every multiband catalog: its detection image, its sources."""
+    return [os.path.join(RESULTS, "quicklook", f"{cell}_multiband.png") for cell in multiband_cells()]
 
 
 def quicklook_mosaics(wildcards):

@@ -20,6 +20,7 @@ rule quicklook_cal:
     """A PNG of a calibrated image for the report."""
     input:
         product=CAL_PRODUCT,
+        catalog=cal_catalog,
         code=step_script("quicklook"),
     output:
         report(
@@ -31,6 +32,7 @@ rule quicklook_cal:
         ),
     params:
         python=PYTHON,
+        catalog=cal_catalog_option,
     resources:
         mem_mb=step_memory_mb(2),
         runtime=step_runtime_min(1),
@@ -41,13 +43,14 @@ rule quicklook_cal:
     conda:
         "../../envs/image.yaml"
     shell:
-        "{params.python} {input.code:q} {input.product:q} {output:q} > {log:q} 2>&1"
+        "{params.python} {input.code:q} {input.product:q} {output:q} {params.catalog} > {log:q} 2>&1"
 
 
 rule quicklook_mosaic:
     """A PNG of a mosaic for the report."""
     input:
         product=MOSAIC_PRODUCT,
+        catalog=mosaic_catalog,
         code=step_script("quicklook"),
     output:
         report(
@@ -59,6 +62,7 @@ rule quicklook_mosaic:
         ),
     params:
         python=PYTHON,
+        catalog=mosaic_catalog_option,
     resources:
         mem_mb=step_memory_mb(2),
         runtime=step_runtime_min(1),
@@ -69,7 +73,36 @@ rule quicklook_mosaic:
     conda:
         "../../envs/mosaic.yaml"
     shell:
-        "{params.python} {input.code:q} {input.product:q} {output:q} > {log:q} 2>&1"
+        "{params.python} {input.code:q} {input.product:q} {output:q} {params.catalog} > {log:q} 2>&1"
+
+
+rule quicklook_multiband:
+    """The detection image of a multiband catalog with its sources circled, and their magnitudes."""
+    input:
+        product=MULTIBAND_SEGMENTATION,
+        catalog=MULTIBAND_CATALOG,
+        code=step_script("quicklook"),
+    output:
+        report(
+            os.path.join(RESULTS, "quicklook", "{cell}_multiband.png"),
+            caption="../report/catalog.rst",
+            category="Catalogs",
+            subcategory="Multiband",
+            labels={"catalog": "{cell}_cat"},
+        ),
+    params:
+        python=PYTHON,
+    resources:
+        mem_mb=step_memory_mb(2),
+        runtime=step_runtime_min(1),
+    log:
+        os.path.join(LOGS, "quicklook", "{cell}_multiband.log"),
+    benchmark:
+        os.path.join(BENCHMARKS, "quicklook_multiband", "{cell}.tsv")
+    conda:
+        "../../envs/mosaic.yaml"
+    shell:
+        "{params.python} {input.code:q} {input.product:q} {output:q} --catalog {input.catalog:q} > {log:q} 2>&1"
 
 
 rule provenance:
@@ -111,6 +144,7 @@ rule benchmarks:
         groundtest=groundtest_products,
         quicklook_images=quicklook_images,
         quicklook_mosaics=quicklook_mosaics,
+        quicklook_multiband=quicklook_multiband,
         provenance=os.path.join(RESULTS, "provenance.csv"),
         code=step_script("benchmark_table"),
     output:
