@@ -15,12 +15,20 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
-include: "workflow/rules/pool.smk"
-include: "workflow/rules/detector.smk"
-include: "workflow/rules/exposure.smk"
+
+
+# The Level 3 stage of a campaign run in shards (inputs.cal_list) plans no Level 2 job:
+# without these rules its _cal products are plain inputs, and no pool is read.
+if not CAL_LIST:
+
+    include: "workflow/rules/pool.smk"
+    include: "workflow/rules/detector.smk"
+    include: "workflow/rules/exposure.smk"
+    include: "workflow/rules/catalog.smk"
+    include: "workflow/rules/groundtest.smk"
+
+
 include: "workflow/rules/mosaic.smk"
-include: "workflow/rules/catalog.smk"
-include: "workflow/rules/groundtest.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -46,4 +54,4 @@ rule all:
         quicklook_mosaics=quicklook_mosaics,
         provenance=os.path.join(RESULTS, "provenance.csv"),
         benchmarks=os.path.join(RESULTS, "benchmarks.csv"),
-        quarantine=QUARANTINE_REPORT,
+        quarantine=quarantine_report(),
