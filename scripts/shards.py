@@ -85,8 +85,10 @@ def campaign_config(configfiles: list[Path]) -> dict:
     for path in configfiles:
         try:
             update(config, yaml.safe_load(path.read_text()) or {})
-        except (OSError, yaml.YAMLError) as err:
-            raise InputFileError(path, f"unreadable config ({type(err).__name__})") from None
+        except OSError as err:
+            raise InputFileError(path, f"unreadable config: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise InputFileError(path, f"not YAML: {str(err).splitlines()[0]}") from None
     return config
 
 

@@ -49,6 +49,11 @@ def test_an_unchanged_list_is_not_rewritten(tmp_path):
     assert path.read_text() == "path\nb\n"
 
 
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(InputFileError, match="absent.yaml: unreadable config: No such file"):
+        main(["plan", "--directory", str(tmp_path), "--configfile", str(tmp_path / "absent.yaml")])
+
+
 def test_running_before_planning_says_so(tmp_path):
     (tmp_path / "campaign.yaml").write_text("{}")
     with pytest.raises(InputFileError, match="run `shards.py plan` first"):
