@@ -15,12 +15,21 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
-include: "workflow/rules/pool.smk"
-include: "workflow/rules/detector.smk"
-include: "workflow/rules/exposure.smk"
+
+
+# The Level 3 stage of a campaign run in shards (inputs.cal_list) plans no Level 2 job:
+# without these rules its _cal products are plain inputs, and no pool is read.
+if not CAL_LIST:
+
+    include: "workflow/rules/pool.smk"
+    include: "workflow/rules/detector.smk"
+    include: "workflow/rules/exposure.smk"
+    include: "workflow/rules/groundtest.smk"
+
+
 include: "workflow/rules/mosaic.smk"
+# Level 2 and Level 3 catalogs: the Level 2 rule is planned only for the _cal products this run makes.
 include: "workflow/rules/catalog.smk"
-include: "workflow/rules/groundtest.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -49,4 +58,4 @@ rule all:
         quicklook_multiband=quicklook_multiband,
         provenance=os.path.join(RESULTS, "provenance.csv"),
         benchmarks=os.path.join(RESULTS, "benchmarks.csv"),
-        quarantine=QUARANTINE_REPORT,
+        quarantine=quarantine_report(),

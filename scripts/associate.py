@@ -24,7 +24,7 @@ The checkpoint writes one index (a CSV row per association: its name, product an
 tree as JSON); ``write`` then makes one association file from its row, so an
 association whose members did not change is not rewritten and its mosaic not redone.
 
-    python scripts/associate.py index --cal results/exposures/*_cal.asdf \\
+    python scripts/associate.py index --cal results/exposures/*_cal.asdf [--cal-list CAL.csv] \\
         --output results/associations.csv [--grouping overlap] [--skycells SKYCELLS.asdf]
         [--user-dir my_associations]
     python scripts/associate.py write --tree '{...}' --output results/associations/NAME_asn.json
@@ -44,6 +44,7 @@ from romanpipe.association import asn_from_list, association_name, read_associat
 from romanpipe.errors import InputFileError
 from romanpipe.files import atomic_path
 from romanpipe.footprints import s_region_vertices
+from romanpipe.inputs import InputListError, listed_paths
 from romanpipe.naming import split_suffix
 from romanpipe.products import open_model
 from romanpipe.skycells import SkyMap
@@ -202,6 +203,8 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="group _cal products and write the association index")
     index.add_argument("--cal", type=Path, nargs="*", default=[], help="calibrated imaging products")
+    index.add_argument("--cal-list", help="a CSV or Parquet table whose column `path` lists more of them "
+                                          "(a survey's products do not fit on a command line)")
     index.add_argument("--output", type=Path, required=True, help="index CSV to write")
     index.add_argument("--user-dir", type=Path, help="use the *_asn.json files here as given")
     index.add_argument("--grouping", choices=GROUPINGS, default="skycell",
@@ -222,6 +225,11 @@ def main(argv=None) -> None:
     if args.command == "write":
         write_association(args.tree, args.output)
         return
+    if args.cal_list:
+        try:
+            args.cal += [Path(path) for path in listed_paths(None, args.cal_list)]
+        except InputListError as err:
+            raise InputFileError(args.cal_list, str(err).removeprefix(f"{args.cal_list}: ")) from None
     for exposure, reason in args.left_out.items():
         log.warning("left out %s: it did not reach _cal (%s)", exposure, reason)
     index_dir = args.output.parent / "associations"

@@ -105,6 +105,25 @@ def test_user_associations_are_used_as_given_with_members_repointed(campaign):
     assert members(row) == ["../exposures/e1_WFI01_cal.asdf", "../exposures/e4_WFI10_cal.asdf"]
 
 
+def test_a_cal_list_gives_the_same_index_as_the_command_line(campaign):
+    """The Level 3 stage of a sharded campaign lists its _cal products in a table."""
+    folder, paths = campaign
+    table = folder / "cal.csv"
+    pd.DataFrame({"path": [str(path) for path in paths[2:]]}).to_csv(table, index=False)
+    listed = run_index(folder, paths[:2], "--grouping", "overlap", "--cal-list", str(table))
+    pd.testing.assert_frame_equal(listed, run_index(folder, paths, "--grouping", "overlap"))
+
+
+def test_a_cal_list_without_paths_fails_naming_it(campaign, caplog):
+    folder, paths = campaign
+    table = folder / "cal.csv"
+    table.write_text("file\nx_cal.asdf\n")
+    status = associate.cli.run(associate.main, ["index", "--cal-list", str(table), "--output",
+                                                str(folder / "a.csv")])
+    assert status == 1 and not (folder / "a.csv").exists()
+    assert f"{table}: the table of files needs a column 'path'" in caplog.text
+
+
 def test_user_association_with_an_unknown_member_fails(campaign):
     folder, paths = campaign
     user = folder / "mine"

@@ -66,10 +66,10 @@ def listed_paths(uncal_dir: str | None, exposure_list: str | None) -> list[str]:
         table = (pd.read_parquet(exposure_list) if exposure_list.endswith(".parquet")
                  else pd.read_csv(exposure_list, dtype=str, keep_default_na=False))
     except Exception as err:  # noqa: BLE001 - pandas and pyarrow raise many types
-        raise InputListError(f"{exposure_list}: unreadable exposure list ({type(err).__name__}: "
+        raise InputListError(f"{exposure_list}: unreadable table of files ({type(err).__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
     if "path" not in table.columns:
-        raise InputListError(f"{exposure_list}: the exposure list needs a column 'path'")
+        raise InputListError(f"{exposure_list}: the table of files needs a column 'path'")
     return [str(path) for path in table["path"]]
 
 

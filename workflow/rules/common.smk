@@ -31,7 +31,7 @@ from romanpipe.exposure_types import (  # noqa: E402
 )
 from romanpipe import refs  # noqa: E402
 from romanpipe.pool_table import reference_column  # noqa: E402
-from romanpipe.inputs import InputListError, discover_inputs  # noqa: E402
+from romanpipe.inputs import InputListError, discover_inputs, listed_paths  # noqa: E402
 from romanpipe.files import workdir_relative  # noqa: E402
 from romanpipe.failures import error_line, read_ledger, record_failures  # noqa: E402
 from romanpipe.errors import ParameterError  # noqa: E402
@@ -61,11 +61,22 @@ def check_settings():
     path = config["parameter_file"]
     if path and not os.path.isfile(path):
         raise WorkflowError(f"parameter_file: {path!r}: no such file")
+    cal_list = config["inputs"]["cal_list"]
+    if cal_list and not os.path.isfile(cal_list):
+        raise WorkflowError(f"inputs.cal_list: {cal_list!r}: no such file")
+    if cal_list and config["target"] != "i2d":
+        raise WorkflowError(
+            f"inputs.cal_list runs the Level 3 stage, whose target is i2d (target: {config['target']!r})"
+        )
 
 
 check_settings()
 
 RESULTS = config["results_dir"]
+# The Level 3 stage of a campaign run in shards (scripts/shards.py): the mosaics of the _cal
+# products this table lists. The Level 2 rules are then not loaded (Snakefile), so the plan
+# holds no Level 2 job and reads no pool.
+CAL_LIST = config["inputs"]["cal_list"]
 LOGS = config["logs_dir"]
 BENCHMARKS = os.path.join(LOGS, "benchmarks")
 # CRDS_PATH from the environment wins over the config, as crds users expect; every job
@@ -113,6 +124,8 @@ def discover_exposures():
     same ones (romanpipe.inputs) and quarantines them with their reason.
     """
     table = config["inputs"]["exposure_list"]
+    if CAL_LIST:
+        return {}
     try:
         inputs = discover_inputs(config["inputs"]["uncal_dir"], table)
     except InputListError as err:
@@ -330,6 +343,11 @@ FAILURE_LEDGER = os.path.join(RESULTS, "failed.csv")
 QUARANTINE_REPORT = os.path.join(RESULTS, "quarantine_report.csv")
 
 
+def quarantine_report():
+    """The quarantine report (the Level 3 stage has no pool: its shards have theirs)."""
+    return [] if CAL_LIST else QUARANTINE_REPORT
+
+
 def failure_ledger_file():
     """The failure ledger as an input, when a run has written one (a new entry remakes the table)."""
     return [FAILURE_LEDGER] if os.path.exists(FAILURE_LEDGER) else []
@@ -521,7 +539,10 @@ def exposure_target(expo):
 
 
 def exposure_products(wildcards):
-    """Every valid exposure's target product; quarantined inputs make none."""
+    """Every valid exposure's target product; quarantined inputs make none (and the Level 3
+    stage calibrates none)."""
+    if CAL_LIST:
+        return []
     return [exposure_target(expo) for expo in campaign_table().index]
 
 
@@ -530,10 +551,12 @@ SEGMENTATION_MAP = os.path.join(RESULTS, "exposures", "{expo}_segm.asdf")
 
 
 def has_catalog(expo):
-    """Whether an exposure's _cal gets a catalog: an imaging one, unless source_catalog.skip or a partial target."""
+    """Whether an exposure's _cal gets a catalog: an imaging one, unless source_catalog.skip, a partial target
+    or a Level 3 run over a list of _cal products (inputs.cal_list)."""
     return (
         not config["source_catalog"]["skip"]
         and TARGET_STEP is None
+        and not CAL_LIST
         and "tweakreg" in applicable_steps(exposure_type(expo))
     )
 
@@ -575,7 +598,10 @@ wildcard_constraints:
 
 
 def imaging_cal_products(wildcards):
-    """The _cal products that go on to mosaics (imaging exposures that did not fail)."""
+    """The _cal products that go on to mosaics (imaging exposures that did not fail), or those
+    inputs.cal_list names."""
+    if CAL_LIST:
+        return listed_cal_products()
     pool = campaign_table()
     return [
         CAL_PRODUCT.format(expo=expo)
@@ -584,9 +610,28 @@ def imaging_cal_products(wildcards):
     ]
 
 
+@functools.lru_cache(maxsize=1)
+def listed_cal_products():
+    try:
+        return listed_paths(None, CAL_LIST)
+    except InputListError as err:
+        raise WorkflowError(str(err)) from None
+
+
+def cal_products_option(wildcards, input):
+    """The association checkpoint's _cal products: the list file in the Level 3 stage (a survey's
+    products do not fit on a command line), else each product (quoted)."""
+    if CAL_LIST:
+        return f"--cal-list {shlex.quote(CAL_LIST)}"
+    return "--cal " + " ".join(shlex.quote(path) for path in input.cal)
+
+
 def left_out_option(wildcards):
     """The imaging exposures that failed after the pool, with their reasons: the association
-    checkpoint lists them in its log (they are in no association)."""
+    checkpoint lists them in its log (they are in no association). None in the Level 3 stage:
+    the shards' failures never reach its list."""
+    if CAL_LIST:
+        return ""
     pool_path = _complete_pool_path()
     pool = pool_table()
     ledger = read_ledger(FAILURE_LEDGER, pool_path)
@@ -760,6 +805,8 @@ def dark_exposures(wildcards):
 def groundtest_products(wildcards):
     """The references and figures config.groundtest asks for."""
     settings = config["groundtest"]
+    if CAL_LIST:
+        return []
     pool = campaign_table()
     is_dark = pool["exposure_type"].isin(DARK_TYPES)
     products = []
@@ -791,7 +838,7 @@ def frames_option():
 # The report's products (report.smk).
 def quicklook_images(wildcards):
     """A quicklook of every _cal, when the target is cal or i2d."""
-    if config["target"] not in ("cal", "i2d"):
+    if config["target"] not in ("cal", "i2d") or CAL_LIST:
         return []
     return [os.path.join(RESULTS, "quicklook", f"{expo}_cal.png") for expo in campaign_table().index]
 
@@ -916,6 +963,8 @@ def remove_leftovers():
     note_stop_signals()
     for path in remove_staging(RESULTS) if os.path.isdir(RESULTS) else []:
         logger.info(f"removed {path}, left by an interrupted write")
+    if CAL_LIST:
+        return  # the Level 3 stage makes no ramp
     try:
         remove_spent_ramps(failed_exposures())
     except (IncompleteCheckpointException, FileNotFoundError):
@@ -925,6 +974,8 @@ def remove_leftovers():
 def after_failed_run():
     """Record the exposures that failed and, once, run again without them, so that every
     association is built from the members that reached _cal. Snakemake exits non-zero."""
+    if CAL_LIST:
+        return  # the Level 3 stage: no exposure to record
     try:
         pool_path = _complete_pool_path()
     except IncompleteCheckpointException:

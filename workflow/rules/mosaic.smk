@@ -2,7 +2,8 @@
 High-level processing: associations (a checkpoint) and, per association, flux ->
 skymatch -> outlier_detection -> resample to a Level 3 mosaic.
 
-REQUIRED INPUTS: {expo}_cal.asdf of every imaging exposure (exposure.smk)
+REQUIRED INPUTS: {expo}_cal.asdf of every imaging exposure (exposure.smk), or in the
+                 Level 3 stage of a sharded campaign the _cal products inputs.cal_list names
 OUTPUTS:         results/associations.csv (the checkpoint's index),
                  results/associations/{asn}_asn.json (one per association),
                  results/mosaics/{asn}/{asn}_<suffix>_asn.json per step, with the
@@ -25,6 +26,7 @@ checkpoint associations:
         ),
     params:
         python=PYTHON,
+        cal=cal_products_option,
         grouping=association_options(),
         left_out=left_out_option,
     resources:
@@ -38,7 +40,7 @@ checkpoint associations:
     conda:
         "../../envs/mosaic.yaml"
     shell:
-        "{params.python} {input.code:q} index --cal {input.cal:q} --output {output:q} "
+        "{params.python} {input.code:q} index {params.cal} --output {output:q} "
         "{params.grouping} {params.left_out} > {log:q} 2>&1"
 
 

@@ -1,0 +1,162 @@
+"""A campaign run in shards (scripts/shards.py): Level 2 one visit at a time, then Level 3 over
+the union of the shards' _cal products, makes the products of the same campaign run whole; a
+dry run says per shard how many jobs remain; a shard run again touches no other shard, and
+the Level 3 stage then redoes only the cells of that shard's exposures."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from romanpipe.errors import InputFileError
+
+import pytest
+
+from comparison import model_differences
+from shards import OTHER_SHARD, main, plan_shards, shard_key, write_if_changed
+from test_incremental import PER_CELL, executed_jobs
+from test_workflow import ROOT, snakemake
+from wfisim.campaign import CampaignConfig, simulate_campaign
+
+VISIT_1 = "r0000101001001001001_01101_0001_WFI01_uncal.asdf"
+
+
+def test_a_shard_is_the_name_up_to_its_level():
+    assert shard_key(f"uncal/{VISIT_1}", "visit") == "r0000101001001001001"
+    assert shard_key(f"uncal/{VISIT_1}", "observation") == "r0000101001001001"
+    assert shard_key(f"uncal/{VISIT_1}", "pass") == "r0000101001"
+    assert shard_key("uncal/dark_WFI01_uncal.asdf", "visit") == OTHER_SHARD
+
+
+def test_every_detector_of_a_visit_shares_its_shard():
+    paths = [f"u/r0000101001001001{visit:03d}_01101_{expo:04d}_WFI{det:02d}_uncal.asdf"
+             for visit in (2, 1) for expo in (1, 2) for det in (1, 2)]
+    shards = plan_shards(paths, "visit")
+    assert list(shards) == ["r0000101001001001001", "r0000101001001001002"]
+    assert all(len(members) == 4 for members in shards.values())
+    assert shards["r0000101001001001001"] == sorted(p for p in paths if "001001_" in p)
+    assert list(plan_shards(paths, "pass")) == ["r0000101001"]
+
+
+def test_an_unchanged_list_is_not_rewritten(tmp_path):
+    path = tmp_path / "list.csv"
+    write_if_changed(path, "path\na\n")
+    os.utime(path, (1, 1))
+    write_if_changed(path, "path\na\n")
+    assert path.stat().st_mtime == 1
+    write_if_changed(path, "path\nb\n")
+    assert path.read_text() == "path\nb\n"
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(InputFileError, match="absent.yaml: unreadable config: No such file"):
+        main(["plan", "--directory", str(tmp_path), "--configfile", str(tmp_path / "absent.yaml")])
+
+
+def test_running_before_planning_says_so(tmp_path):
+    (tmp_path / "campaign.yaml").write_text("{}")
+    with pytest.raises(InputFileError, match="run `shards.py plan` first"):
+        main(["run", "--directory", str(tmp_path), "--configfile", str(tmp_path / "campaign.yaml")])
+    assert not (tmp_path / "shards").exists()
+
+
+SKYMAP = {"pixel_scale": 0.11, "nxy_skycell": 100, "border": 10, "region_deg": 5.0}
+# One visit per filter (the simulator makes an observation of each): two shards of two exposures.
+CAMPAIGN = {"detectors": ["WFI01"], "filters": ["F158", "F087"], "exposures_per_filter": 2,
+            "dithers": [[0.0, 0.0], [2.5, 1.5]], "size": 64, "stars": 20, "saturating_stars": 0, "seed": 5,
+            "skymap": SKYMAP}
+SHARDS = {"r0000101001001001001": "f158", "r0000101001001002001": "f087"}
+
+
+def run_shards(workdir: Path, *args: str, snakemake_args=()) -> subprocess.CompletedProcess:
+    """scripts/shards.py as the README runs it (a clean CRDS environment, as the workflow tests')."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "shards.py"), *args, "--directory",
+                           str(workdir), "--configfile", str(workdir / "workflow.yaml"),
+                           "--", "--cores", "2", *snakemake_args],
+                          capture_output=True, text=True, env=env, timeout=1800)
+
+
+def status_lines(workdir: Path) -> list[str]:
+    result = run_shards(workdir, "status")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
+def modification_times(folder: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def campaigns(tmp_path_factory):
+    """The same campaign run whole and in shards (with the dry runs before and after)."""
+    simulated = tmp_path_factory.mktemp("simulated")
+    simulate_campaign(CampaignConfig.from_mapping(CAMPAIGN), simulated)
+    whole, sharded = (tmp_path_factory.mktemp(name) for name in ("whole", "sharded"))
+    for out in (whole, sharded):
+        shutil.copytree(simulated, out, dirs_exist_ok=True)
+    result = snakemake(whole)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = run_shards(sharded, "plan")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    before = status_lines(sharded)
+    result = run_shards(sharded, "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return whole, sharded, planned.stdout.splitlines(), before, status_lines(sharded)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("workflow")
+def test_a_dry_run_says_per_shard_how_many_jobs_remain(campaigns):
+    _, _, planned, before, after = campaigns
+    assert planned == [f"shard {shard}: 2 Level 1 file(s)" for shard in SHARDS]
+    # before any run each shard's pool is pending: the pool, the report's tables and `all`
+    assert before == [f"shard {shard}: 5 job(s) remain (its pool runs first: the steps of its exposures "
+                      "are counted after it)" for shard in SHARDS] + [
+        f"level 3: waits for 2 shard(s) to finish ({', '.join(SHARDS)})"]
+    assert after == [f"shard {shard}: nothing to do" for shard in SHARDS] + [
+        "level 3 (4 _cal products): nothing to do"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("workflow")
+def test_the_sharded_campaign_makes_the_whole_campaigns_products(campaigns):
+    whole, sharded, *_ = campaigns
+    cal = sorted((whole / "results" / "exposures").glob("*_cal.asdf"))
+    assert len(cal) == 4
+    for path in cal:
+        shard = path.name[:20]
+        assert not model_differences(path, sharded / "shards" / shard / "results" / "exposures" / path.name)
+    mosaics = sorted(path.name for path in (whole / "results" / "mosaics").glob("*_i2d.asdf"))
+    assert mosaics == sorted(path.name for path in (sharded / "results" / "mosaics").glob("*_i2d.asdf"))
+    assert {name.split("_")[4] for name in mosaics} == set(SHARDS.values())
+    for name in mosaics:
+        assert not model_differences(whole / "results" / "mosaics" / name,
+                                     sharded / "results" / "mosaics" / name)
+    # Level 3 planned no Level 2 job: its results hold no exposure product and no pool
+    assert not (sharded / "results" / "exposures").exists()
+    assert not (sharded / "results" / "pool.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("workflow")
+def test_a_shard_run_again_touches_no_other_shard_and_level3_only_its_cells(campaigns):
+    _, sharded, *_ = campaigns
+    again, other = SHARDS
+    untouched = modification_times(sharded / "shards" / other)
+    mosaics = modification_times(sharded / "results" / "mosaics")
+    result = run_shards(sharded, "run", "--shard", again, snakemake_args=["--forceall"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rule dq_init:" in result.stderr  # the shard did run again
+    assert modification_times(sharded / "shards" / other) == untouched
+    assert modification_times(sharded / "results" / "mosaics") == mosaics  # Level 3 waits for `level3`
+    result = run_shards(sharded, "level3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = executed_jobs(result.stdout + result.stderr)
+    redone = {w.get("asn") or w.get("product") for rule, w in jobs if rule in PER_CELL}
+    assert redone and all(name.endswith(f"_{SHARDS[again]}") for name in redone), redone
+    for path, mtime in mosaics.items():
+        if path.name.endswith("_i2d.asdf"):
+            changed = path.stat().st_mtime_ns != mtime
+            assert changed == (f"_{SHARDS[again]}_" in path.name), path.name
