@@ -275,8 +275,6 @@ def roman_psf_model(detector: str, optical_element: str):
     return ImagePSF(_effective_psf(sca_number(detector), element), oversampling=PSF_OVERSAMPLING)
 
 
-
-
 def kernel_and_psf(instrument, kernel_fwhm: float | None, with_psf: bool, input_name) -> tuple[float, object]:
     """The detection kernel's FWHM (``kernel_fwhm``, or the filter's default when None) and the
     Roman PSF model of ``instrument`` (meta.instrument) when ``with_psf`` (else None).
@@ -288,6 +286,22 @@ def kernel_and_psf(instrument, kernel_fwhm: float | None, with_psf: bool, input_
     except ValueError as err:
         raise ParameterError(f"{input_name}: {err}") from None
     return fwhm, psf_model
+
+
+def encircled_energy(psf_model, radii_pixels) -> np.ndarray:
+    """The fraction of a point source's flux within each radius (native pixels) of its origin.
+
+    The effective PSF's samples are the flux a pixel centred there collects (in units of the
+    flux the model is normalised to: its samples sum to oversampling^2 over the plane it
+    covers), so their sum over a circle divided by oversampling^2 is what aperture
+    photometry of that radius measures.
+    """
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    oversampling = float(psf_model.oversampling[0])
+    apertures = [CircularAperture(psf_model.origin, r * oversampling) for r in radii_pixels]
+    sums = aperture_photometry(np.asarray(psf_model.data), apertures)
+    return np.array([float(sums[f"aperture_sum_{i}"][0]) for i in range(len(apertures))]) / oversampling**2
 
 
 def epsf_reference_model(path):

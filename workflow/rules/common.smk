@@ -28,6 +28,7 @@ from romanpipe.exposure_types import (  # noqa: E402
     MOSAIC_TYPES,
     applicable_steps,
     chain_steps,
+    makes_catalog,
 )
 from romanpipe import refs  # noqa: E402
 from romanpipe.pool_table import reference_column  # noqa: E402
@@ -37,7 +38,7 @@ from romanpipe.failures import error_line, read_ledger, record_failures  # noqa:
 from romanpipe.errors import ParameterError  # noqa: E402
 from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.files import remove_staging  # noqa: E402
-from romanpipe.steps import OPTIONAL_REFTYPES, step_reftypes  # noqa: E402
+from romanpipe.steps import CALIBRATED_IMAGE_STEPS, OPTIONAL_REFTYPES, step_reftypes  # noqa: E402
 from romanpipe import revision  # noqa: E402
 
 try:
@@ -232,6 +233,16 @@ def pipeline_steps():
     return [step for step in CHAIN if is_enabled(step) and within_target(step)]
 
 
+def catalogs_enabled():
+    """Whether the imaging _cal get source catalogs: not skipped, and the target is not a partial one."""
+    return not config["source_catalog"]["skip"] and TARGET_STEP is None
+
+
+def reference_steps():
+    """The steps that run and read references: the exposure chain's, and the catalog's."""
+    return pipeline_steps() + [step for step in CALIBRATED_IMAGE_STEPS if catalogs_enabled()]
+
+
 def crds_reftypes():
     """Step -> the reference types CRDS selects for it: those the config does not override.
 
@@ -240,7 +251,7 @@ def crds_reftypes():
     """
     return {
         step: [reftype for reftype in step_reftypes(step, config[step]) if not override(step, reftype)]
-        for step in pipeline_steps()
+        for step in reference_steps()
         if step_reftypes(step, config[step])
     }
 
@@ -253,7 +264,7 @@ def override_references():
             for reftype in step_reftypes(step, config[step])
             if override(step, reftype)
         }
-        for step in pipeline_steps()
+        for step in reference_steps()
         if step_reftypes(step, config[step])
     }
 
@@ -531,12 +542,12 @@ SEGMENTATION_MAP = os.path.join(RESULTS, "exposures", "{expo}_segm.asdf")
 
 def source_catalogs(wildcards):
     """The catalog of every imaging exposure's _cal, unless source_catalog.skip or a partial target."""
-    if config["source_catalog"]["skip"] or TARGET_STEP is not None:
+    if not catalogs_enabled():
         return []
     return [
         SOURCE_CATALOG.format(expo=expo)
         for expo in campaign_table().index
-        if "tweakreg" in applicable_steps(exposure_type(expo))
+        if makes_catalog(exposure_type(expo))
     ]
 
 
