@@ -21,7 +21,8 @@ romancal 1.1's RampFitStep runs by default) on the same ramp (``likely_speed.py`
 the mosaic level: our flux → skymatch →
 outlier_detection → resample on four dithered ``_cal`` files against romancal's
 MosaicPipeline on the same files (outlier_detection at the romancal documentation's grid and scale, like
-romancal's; then once more as the workflow configures it). Every process is timed by
+romancal's; then once more as the workflow configures it); our source_catalog against romancal's
+SourceCatalogStep on a _cal of a few thousand stars (``catalog_speed.py``). Every process is timed by
 ``/usr/bin/time -v``; peak RSS is the largest single process's. Results:
 ``<out>/bench_<size>.md``::
 
@@ -45,6 +46,7 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 
 from romanpipe.timing import PHASES, read_timings  # noqa: E402
 
+import catalog_speed  # noqa: E402
 import peer  # noqa: E402
 from measure import (  # noqa: E402
     add_warm_workers,
@@ -365,6 +367,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-likely", action="store_true",
                         help="leave out romancal's default ramp fit (its pipeline and the likely-fit rows)")
     parser.add_argument("--skip-mosaic", action="store_true", help="leave out the mosaic level")
+    parser.add_argument("--skip-catalog", action="store_true", help="leave out the source catalog")
+    parser.add_argument("--catalog-stars", type=int, default=3000, help="stars on the source catalog's _cal")
     args = parser.parse_args(argv)
 
     env = clean_environment()
@@ -374,6 +378,9 @@ def main(argv=None) -> int:
         sections += [likely_fit_level(args, ma_table) for ma_table in args.ma_table]
     if not args.skip_mosaic:
         sections.append(mosaic_level(args, args.ma_table[0], env))
+    if not args.skip_catalog:
+        stars, repeat = args.catalog_stars, args.repeat
+        sections.append(catalog_speed.catalog_table(args.out, args.size, stars, repeat, env))
     text = [f"# Benchmark: {args.size}×{args.size} readout, {', '.join(args.ma_table)}\n\n",
             f"{machine_description()}\n\n",
             f"Reproduce: `python benchmarks/bench.py --size {args.size} --ma-table {' '.join(args.ma_table)} "

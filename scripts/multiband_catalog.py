@@ -104,7 +104,7 @@ def detection_image(subtracted, background_rms, masks) -> tuple[np.ndarray, np.n
 
 @dataclass(frozen=True)
 class FilterImage:
-    """One filter's mosaic as step 1 leaves it: its detection (background, RMS, subtracted image),
+    """One filter's mosaic as step 1 leaves it: its detection (background RMS, subtracted image),
     its errors, DQ and unusable pixels, its kernel FWHM and effective PSF."""
 
     detection: catalogs.Detection
@@ -169,7 +169,7 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
     for element in wavelength_order(per_filter):
         image = per_filter[element]
         own = image.detection
-        forced = catalogs.Detection(own.background, own.background_rms, own.subtracted,
+        forced = catalogs.Detection(own.background_rms, own.subtracted,
                                     common.detection_image, common.segments)
         measured = catalogs.measure(
             forced, image.err, image.dq, image.mask, scale=scale,

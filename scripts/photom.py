@@ -20,7 +20,7 @@ import logging
 from romanpipe import cli
 from romanpipe.errors import InputFileError
 from romanpipe.products import COMPLETE, open_model
-from romanpipe.refs import phot_table_row
+from romanpipe.refs import element_row
 from romanpipe.steprun import StepRun, run_script
 
 import numpy as np
@@ -37,7 +37,7 @@ SR_TO_ARCSEC2 = float((1.0 * u.sr).to_value(u.arcsec**2))
 
 def photometry_keywords(phot_table, optical_element: str) -> dict[str, float | None]:
     """``meta.photometry`` for ``optical_element`` from a PHOTOM table; LookupError if it has no row."""
-    row = phot_table_row(phot_table, optical_element)
+    row = element_row(phot_table, optical_element, STEP)
     conversion, uncertainty, area = (_scalar(row.get(key))
                                      for key in ("photmjsr", "uncertainty", "pixelareasr"))
     return {

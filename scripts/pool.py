@@ -10,7 +10,8 @@ a one-line reason and the campaign continues without it.
         --output results/pool.csv --quarantine results/quarantine.csv
 
 Each exposure gets the references of the steps (among those given) that apply to
-its exposure type, so a prism exposure is not quarantined for want of a FLAT.
+its exposure type, so a prism exposure is not quarantined for want of a FLAT; an
+exposure whose _cal gets a source catalog (an image) also gets source_catalog's.
 Ground-test (TvacModel) files are read like ScienceRawModel ones; their exposure
 types are recorded in the science schemas' names (romanpipe.exposure_types.science_exposure_type).
 """
@@ -27,12 +28,13 @@ from romanpipe import cli, refs
 from romanpipe.asdf_blocks import check_blocks
 from romanpipe.detector import BORDER, matching_science_area
 from romanpipe.errors import InputFileError, PipelineError
-from romanpipe.exposure_types import applicable_steps, science_exposure_type
+from romanpipe.exposure_types import applicable_steps, makes_catalog, science_exposure_type
 from romanpipe.files import atomic_path, workdir_relative
 from romanpipe.inputs import InputListError, discover_inputs
 from romanpipe.naming import split_suffix
 from romanpipe.pool_table import CONTEXT_COLUMN, QUARANTINE_COLUMNS, pool_columns, reference_column
 from romanpipe.products import open_level1, open_model
+from romanpipe.steps import CALIBRATED_IMAGE_STEPS
 
 import numpy as np
 import pandas as pd
@@ -55,6 +57,8 @@ REFERENCE_MODELS = {
     "distortion": datamodels.DistortionRefModel,
     "flat": datamodels.FlatRefModel,
     "photom": datamodels.WfiImgPhotomRefModel,
+    "epsf": datamodels.EpsfRefModel,
+    "apcorr": datamodels.ApcorrRefModel,
 }
 # References applied to the Level 2 image, which has lost the detector's reference border:
 # they may cover the science pixels only or the whole readout (romanpipe.detector).
@@ -118,31 +122,34 @@ def reference_pixel_shapes(reftype: str, path: str) -> dict[str, tuple[int, ...]
     check_blocks(path)
     expected = REFERENCE_MODELS.get(reftype)
     with open_model(path, (expected,) if expected else None) as model:
+        # APCORR's ``data`` is its table of rows, not an array.
+        arrays = {name: model[name] for name in {*REFERENCE_VALUE_ARRAYS, *REFERENCE_PIXEL_ARRAYS}
+                  if name in model and hasattr(model[name], "shape")}
         for name in REFERENCE_VALUE_ARRAYS:
-            if name in model and not np.isfinite(np.asarray(model[name])).any():
+            if name in arrays and not np.isfinite(np.asarray(arrays[name])).any():
                 raise InputFileError(Path(path).name, f"{name} holds no finite value")
-        return {name: tuple(np.shape(model[name])) for name in REFERENCE_PIXEL_ARRAYS
-                if name in model and np.ndim(model[name]) >= 2}
+        return {name: tuple(np.shape(arrays[name])) for name in REFERENCE_PIXEL_ARRAYS
+                if name in arrays and np.ndim(arrays[name]) >= 2}
 
 
 @functools.cache
-def photom_rows(path: str) -> dict[str, None]:
-    """The optical elements a (checked) PHOTOM reference's ``phot_table`` has rows for, as dict keys."""
-    with open_model(path, (datamodels.WfiImgPhotomRefModel,)) as model:
-        return dict.fromkeys(model.phot_table)
+def element_rows(reftype: str, path: str) -> dict[str, None]:
+    """The optical elements a (checked) reference of one row per element has rows for, as dict keys."""
+    with open_model(path, (REFERENCE_MODELS[reftype],)) as model:
+        return dict.fromkeys(model[refs.ELEMENT_TABLES[reftype]])
 
 
 def reference_problem(reftype: str, path: str, record: dict) -> str | None:
     """Why the ``reftype`` reference at ``path`` cannot calibrate the exposure of ``record`` (its
-    pixels ny x nx; for PHOTOM, its optical element), or None."""
+    pixels ny x nx; for PHOTOM and APCORR, its optical element), or None."""
     ny, nx = record["ny"], record["nx"]
     try:
         shapes = reference_pixel_shapes(reftype, path)
     except InputFileError as err:
         return f"reference {Path(path).name}: {err.problem}"
-    if reftype == "photom":
+    if reftype in refs.ELEMENT_TABLES:
         try:
-            refs.phot_table_row(photom_rows(path), record["optical_element"])
+            refs.element_row(element_rows(reftype, path), record["optical_element"], reftype)
         except LookupError as err:
             return f"reference {Path(path).name}: {err}"
     for name, shape in shapes.items():
@@ -163,6 +170,8 @@ def selected_references(record: dict, step_reftypes: dict[str, list[str]],
     """CRDS's picks for the exposure, by reference type, after checking them and the overrides
     of its steps; InputFileError naming a bad one."""
     steps = applicable_steps(record["exposure_type"])
+    if makes_catalog(record["exposure_type"]):
+        steps += CALIBRATED_IMAGE_STEPS
     needed = sorted({reftype for step in steps for reftype in step_reftypes.get(step, ())})
     selection = refs.best_references(refs.selection_parameters(record), needed) if needed else {}
     given = {(reftype, file) for step in steps for reftype, file in overrides.get(step, {}).items()}

@@ -23,17 +23,18 @@ section on it), built on photutils (the kernels: romanpipe.catalogs), on a calib
    nearest neighbour.
 5. Circular aperture photometry at 0.1, 0.2, 0.4, 0.8 and 1.6 arcsec (``aperXX_flux``,
    XX in tenths of an arcsecond) and the local background as the 3-sigma-clipped median of
-   a 2.4-2.8 arcsec annulus. The aperture corrections are the encircled energy of the
-   effective PSF within each radius: the EPSF reference's (``override_epsf``; the
-   simulator's reference factory makes it from the PSF it draws its stars with), else the
-   Roman PSF of the detector and filter of romanpipe.roman_psf (galsim or stpsf). The
+   a 2.4-2.8 arcsec annulus. The aperture corrections are the encircled energy of a point
+   source within each radius, from the APCORR reference of the detector (its row for the
+   image's optical element: ``ee_fractions`` at ``ee_radii`` pixels, through a cubic spline
+   as romancal; the simulator's reference factory makes it from its EPSF reference). The
    table's ``meta.ee_fractions`` holds them, and aperXX_flux / ee_fraction is a point
    source's total flux. As romancal, the fluxes themselves are not corrected. The
    apertures are centred on the PSF position where its fit converged, else on the
    windowed centroid. ``is_extended`` is romancal's test, aper04 > 1.2 x aper02 x
    EE(0.4")/EE(0.2").
 6. With ``fit_psf`` (done before 5, whose apertures it centres: see photometry_positions):
-   flux and position of the Roman effective PSF fitted to every source at once (5 x 5
+   flux and position of the EPSF reference's effective PSF (its first: in focus, first
+   spectral type, first position) fitted to every source at once (5 x 5
    pixels around its centroid, weighted by 1/err^2, romanpipe.roman_psf
    .fit_psf_photometry) -> ``x_psf``, ``y_psf``, ``psf_flux`` (the total flux), their
    errors, ``psf_gof`` (sum of |residuals| / flux) and ``psf_flags`` (photutils' bits).
@@ -60,8 +61,9 @@ SegmentationMapModel: ``data`` the labels, ``detection_image`` the convolved ima
 A mosaic is in MJy/sr (step 7: no photometry conversion, its WCS's pixel area), has no DQ
 array (its pixels no input covered, weight 0, are unusable), and its PSF is the detector's
 (the one most of its inputs came from; or ``override_epsf``) drizzled onto its grid
-(romanpipe.roman_psf.mosaic_psf_model); its products are rad's MosaicSourceCatalogModel and
-MosaicSegmentationMapModel, with the same columns.
+(romanpipe.roman_psf.mosaic_psf_model), whose encircled energy gives the aperture
+corrections (no APCORR: its are a detector's, not a drizzled mosaic's); its products are
+rad's MosaicSourceCatalogModel and MosaicSegmentationMapModel, with the same columns.
 
     python scripts/source_catalog.py r..._cal.asdf r..._cat.parquet [--fit-psf false] [--deblend true]
     python scripts/source_catalog.py r..._f158_i2d.asdf r..._f158_cat.parquet
@@ -92,9 +94,10 @@ from romanpipe.catalogs import (
     unusable_pixels,
     write_parquet,
 )
-from romanpipe.errors import NoScienceDataError
+from romanpipe.errors import InputFileError, NoScienceDataError
 from romanpipe.products import derived_model, open_model, write_atomic
-from romanpipe.roman_psf import encircled_energy
+from romanpipe.refs import element_row
+from romanpipe.roman_psf import encircled_energy, epsf_reference_model, kernel_and_psf
 from romanpipe.steprun import StepRun, parse_step_args, record_provenance
 from romanpipe.timing import PhaseTimer
 
@@ -119,23 +122,50 @@ class CatalogResult:
     ee_fractions: np.ndarray  # of APERTURE_RADII_ARCSEC
 
 
-def source_catalog(data, err, dq, *, psf_model, scale: ImageScale, flux_to_njy: float, kernel_fwhm: float,
-                   snr_threshold: float = 2.0, npixels: int = 5, deblend: bool = True,
+def apcorr_ee_fractions(path, optical_element: str, radii_pixels) -> np.ndarray:
+    """The encircled energy within each radius (detector pixels) from the APCORR reference at
+    ``path``: a cubic spline through its row's ``ee_fractions`` at ``ee_radii`` (rad's schema:
+    pixels; romancal 1.1 evaluates its spline at the radii in arcsec).
+
+    InputFileError naming the file when it has no row for ``optical_element`` or its radii do
+    not reach the apertures'.
+    """
+    from scipy.interpolate import make_interp_spline
+
+    with open_model(path, (datamodels.ApcorrRefModel,)) as reference:
+        try:
+            row = element_row(reference.data, optical_element, "apcorr")
+        except LookupError as err:
+            raise InputFileError(path, str(err)) from None
+        radii = np.asarray(row["ee_radii"], dtype=np.float64)
+        fractions = np.asarray(row["ee_fractions"], dtype=np.float64)
+    wanted = np.asarray(radii_pixels, dtype=np.float64)
+    if radii.size < 2 or wanted.min() < radii.min() or wanted.max() > radii.max():
+        raise InputFileError(path, f"APCORR ee_radii of {optical_element} ({radii.min():.3g}-"
+                                   f"{radii.max():.3g} pixels) do not cover the apertures "
+                                   f"({wanted.min():.3g}-{wanted.max():.3g})")
+    order = np.argsort(radii)
+    spline = make_interp_spline(radii[order], fractions[order], k=min(3, radii.size - 1))
+    return spline(wanted)
+
+
+def source_catalog(data, err, dq, *, psf_model, ee_fractions, scale: ImageScale, flux_to_njy: float,
+                   kernel_fwhm: float, snr_threshold: float = 2.0, npixels: int = 5, deblend: bool = True,
                    bkg_boxsize: int = 1000, fit_psf: bool = True) -> CatalogResult:
     """Steps 1-8 of the module docstring on one image (arrays in, new arrays out).
 
-    ``psf_model`` is the Roman effective PSF of the image (photutils ImagePSF): its encircled
-    energy gives the aperture corrections, and with ``fit_psf`` it is fitted to every source.
-    ValueError if no pixel is usable.
+    ``psf_model``: the effective PSF of the image (photutils ImagePSF) fitted to every source
+    with ``fit_psf`` (else unused: None); ``ee_fractions``: a point source's encircled energy
+    within each of APERTURE_RADII_ARCSEC (the aperture corrections). ValueError if no pixel
+    is usable.
     """
-    data = np.asarray(data, dtype=np.float64)
     err = np.asarray(err, dtype=np.float64)
     mask = unusable_pixels(data, err, dq)
     if mask.all():
         raise ValueError("every pixel is flagged DO_NOT_USE or has no finite value and positive error")
     detection = detect(data, mask, kernel_fwhm=kernel_fwhm, snr_threshold=snr_threshold, npixels=npixels,
                        deblend=deblend, bkg_boxsize=bkg_boxsize)
-    ee_fractions = encircled_energy(psf_model, [r / scale.pixel_scale_arcsec for r in APERTURE_RADII_ARCSEC])
+    ee_fractions = np.asarray(ee_fractions, dtype=np.float64)
     if detection.segments is None:
         log.warning("no sources detected")
         return CatalogResult(Table(), detection, ee_fractions)
@@ -152,11 +182,19 @@ def run(image, step: StepRun) -> tuple:
     if data.ndim != 2 or 0 in data.shape or unusable_pixels(data, err, dq).all():
         raise NoScienceDataError(f"{input_name}: no usable pixel in data of shape {data.shape} "
                                  "(all DO_NOT_USE, not finite or without a positive error)")
-    kernel_fwhm, psf_model = image_psf(image, parameters, input_name, step.reference)
     wcs = image.meta.get("wcs")
     scale = image_scale(wcs, data.shape)
+    radii_pixels = [r / scale.pixel_scale_arcsec for r in APERTURE_RADII_ARCSEC]
+    if isinstance(image, datamodels.MosaicModel):
+        kernel_fwhm, psf_model = image_psf(image, parameters, input_name, step.reference)
+        ee_fractions = encircled_energy(psf_model, radii_pixels)
+    else:
+        kernel_fwhm, _ = kernel_and_psf(image.meta.instrument, parameters["kernel_fwhm"], False, input_name)
+        psf_model = epsf_reference_model(step.reference("epsf")) if parameters["fit_psf"] else None
+        optical_element = str(image.meta.instrument.optical_element)
+        ee_fractions = apcorr_ee_fractions(step.reference("apcorr"), optical_element, radii_pixels)
     catalog_class, segmentation_class = OUTPUT_MODELS[type(image)]
-    result = source_catalog(data, err, dq, psf_model=psf_model, scale=scale,
+    result = source_catalog(data, err, dq, psf_model=psf_model, ee_fractions=ee_fractions, scale=scale,
                             flux_to_njy=flux_conversion(image.meta, scale, surface_brightness=isinstance(
                                 image, datamodels.MosaicModel)), kernel_fwhm=kernel_fwhm,
                             snr_threshold=parameters["snr_threshold"], npixels=parameters["npixels"],

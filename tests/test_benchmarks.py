@@ -236,3 +236,29 @@ def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
     np.testing.assert_allclose(fluxes, [100.0, 300.0], rtol=0.01)
     brighter = fidelity.star_fluxes(2 * image, wcs, truth)
     assert fidelity.median_ratio(brighter, fluxes) == (pytest.approx(2.0), 2)
+
+
+def test_catalog_bench_input_holds_its_stars_and_the_pools_references(tmp_path):
+    """The source catalog bench's _cal: the simulator's stars (their flux in DN/s over the sky),
+    its WCS and photometry, and the EPSF and APCORR the pool would select for it."""
+    import catalog_speed
+    import roman_datamodels as rdm
+
+    from wfisim.detector import build_detector
+
+    paths = catalog_speed.make_input(tmp_path, 72, stars=4, seed=3)
+    gain = build_detector("WFI01", (64, 64), 3).nominal_gain
+    rng = np.random.default_rng(3)  # the stars make_input draws first
+    rng.uniform(size=8)
+    flux = np.exp(rng.uniform(*np.log(catalog_speed.STAR_FLUX_E_PER_S), 4))
+    with rdm.open(paths["cal"]) as image:
+        assert image.data.shape == (64, 64)
+        total = float(np.sum(image.data)) - catalog_speed.SKY_E_PER_S / gain * 64**2
+        noise = np.sqrt(np.sum(np.asarray(image.err, dtype=np.float64) ** 2))
+        # most of each star's stamp lies on the 64^2 image: between 60 % and all of the flux
+        assert 0.6 * flux.sum() / gain - 5 * noise < total < flux.sum() / gain + 5 * noise
+        ra, dec = image.meta.wcs(32.0, 32.0)
+        assert abs(dec - 66.0) < 0.3 and image.meta.photometry.conversion_megajanskys > 0
+    with rdm.open(paths["apcorr"]) as apcorr, rdm.open(paths["epsf"]) as epsf:
+        assert list(apcorr.data) == ["F158"] and epsf.meta.instrument.optical_element == "F158"
+    assert catalog_speed.make_input(tmp_path, 72, stars=4, seed=3) == paths  # made once

@@ -269,3 +269,46 @@ def test_a_photom_reference_without_the_exposures_optical_element_quarantines_it
     assert reasons[EXPO.format(1, "WFI01")] == (
         f"{path}: its PHOTOM reference roman_wfi_photom_0005.asdf: PHOTOM table has no row for "
         "optical element F158")
+
+
+def catalog_references(folder, detector, apcorr_elements):
+    """An APCORR reference of ``detector`` with rows for ``apcorr_elements`` and its F158 EPSF."""
+    apcorr = datamodels.ApcorrRefModel.create_fake_data()
+    radii = np.arange(1.0, 17.0)
+    apcorr.data = {element: {"ee_fractions": 1 - 0.5 / radii, "ee_radii": radii,
+                             "ap_corrections": radii / (radii - 0.5),
+                             "sky_background_rin": None, "sky_background_rout": None}
+                   for element in apcorr_elements}
+    epsf = datamodels.EpsfRefModel.create_fake_data(shape=(1, 1, 1, 9, 9))
+    epsf.meta.instrument.optical_element = "F158"
+    paths = []
+    for model in (apcorr, epsf):
+        model.meta.instrument.detector = detector
+        model.meta.useafter = Time("2020-01-01T00:00:00")
+        paths.append(folder / f"roman_wfi_{model.meta.reftype.lower()}_{detector}.asdf")
+        model.to_asdf(paths[-1])
+    return paths
+
+
+def test_images_get_their_catalogs_references_and_an_apcorr_without_their_filter_quarantines(campaign):
+    """source_catalog's APCORR and EPSF are selected for images (their _cal get a catalog), not for a
+    prism exposure; WFI01's APCORR has no F158 row: its image is quarantined naming it."""
+    for path in (campaign / "uncal").glob("*_000[3-6]_*"):
+        path.unlink()
+    spectral = make_level1(seed=7)
+    spectral.meta.exposure.type = "WFI_SPECTRAL"
+    spectral.meta.instrument.optical_element = "PRISM"
+    spectral.to_asdf(campaign / "uncal" / f"{EXPO.format(7, 'WFI01')}_uncal.asdf")
+    references = [*catalog_references(campaign, "WFI01", ["F062"]),
+                  *catalog_references(campaign, "WFI02", ["F062", "F158"])]
+    crds_cache.deliver(campaign / "crds_cache", references)
+    table, reasons = run_pool(campaign, '{"dq_init": ["mask"], "source_catalog": ["apcorr", "epsf"]}')
+    table = table.fillna("")
+    assert sorted(table.index) == [EXPO.format(2, "WFI02"), EXPO.format(7, "WFI01")]
+    image = table.loc[EXPO.format(2, "WFI02")]
+    assert image.ref_apcorr.endswith("roman_wfi_apcorr_0002.asdf")
+    assert image.ref_epsf.endswith("roman_wfi_epsf_0002.asdf")
+    prism = table.loc[EXPO.format(7, "WFI01")]
+    assert prism.ref_apcorr == prism.ref_epsf == ""
+    assert reasons[EXPO.format(1, "WFI01")].endswith(
+        "its APCORR reference roman_wfi_apcorr_0001.asdf: APCORR table has no row for optical element F158")

@@ -433,6 +433,38 @@ def test_epsf_reference_is_the_psf_the_stars_are_drawn_with():
     np.testing.assert_allclose(star, 1000.0 * native / native.sum(), rtol=1e-4, atol=1e-6)
 
 
+def test_apcorr_reference_is_the_encircled_energy_of_the_epsf_reference(tmp_path):
+    """One APCORR per detector, a row per imaging filter of the campaign: the fraction of a simulated
+    star's flux (its stamp's) within each radius, summed here pixel by pixel on a star drawn
+    by the simulator at a pixel centre, in circles of whole pixels."""
+    from wfisim.psf import ROMAN_STAMP_HALF_WIDTH, render_stars
+
+    paths = write_references(detector(name="WFI03"), tmp_path, useafter="2027-01-01T00:00:00",
+                             reftypes=["apcorr"], optical_elements=["F158", "PRISM", "F062", "F158"])
+    [path] = paths
+    with rdm.open(path) as model:
+        model.validate()
+        assert model.meta.reftype == "APCORR" and model.meta.instrument.detector == "WFI03"
+        assert list(model.data) == ["F062", "F158"]
+        row = model.data["F158"]
+        radii, fractions = np.asarray(row["ee_radii"]), np.asarray(row["ee_fractions"])
+        np.testing.assert_allclose(np.asarray(row["ap_corrections"]) * fractions, 1.0)
+    assert radii[0] == pytest.approx(0.1) and radii[-1] == pytest.approx(ROMAN_STAMP_HALF_WIDTH)
+    assert np.all(np.diff(fractions) > 0) and 0.98 < fractions[-1] < 1.0  # the stamp's corners beyond
+    half = ROMAN_STAMP_HALF_WIDTH
+    centre = np.array([float(half)])
+    star = render_stars((2 * half + 1,) * 2, Catalog(centre, centre, np.array([1.0])), 0.0, "F158",
+                        detector="WFI03", psf="roman")
+    y, x = np.mgrid[-half:half + 1, -half:half + 1]
+    # A circle of radius r + 0.5 holds the pixels whose centres lie within r + 0.5 ~ the same area
+    # as the exact circle: compare where the ring of partly covered pixels carries little light.
+    for radius in (4.0, 8.0, 12.0):
+        within = star[np.hypot(x, y) <= radius].sum()
+        assert np.interp(radius, radii, fractions) == pytest.approx(within, abs=0.01)
+    assert write_references(detector(name="WFI03"), tmp_path, useafter="2027-01-01T00:00:00",
+                            reftypes=["apcorr"], optical_elements=["PRISM"]) == []
+
+
 def test_a_far_dither_without_saturating_stars_gets_its_stars():
     """Saturating stars are kept inside every dither; with none to place, a dither wider than
     half the array is fine (numpy refused the empty draw from an inverted range)."""
@@ -464,9 +496,9 @@ def test_campaign_writes_exposures_truth_references_crds_cache_and_workflow_conf
     assert crds_cache.context_references(tmp_path / "crds_cache", outputs.crds_context) == sorted(
         path.name for path in outputs.references)
     # Per detector: MASK SATURATION GAIN READNOISE LINEARITY INVERSELINEARITY INTEGRALNONLINEARITY DARK
-    # PHOTOM, and DISTORTION, FLAT and EPSF of F087; one DARKDECAYSIGNAL and the sky map of the
+    # PHOTOM APCORR, and DISTORTION, FLAT and EPSF of F087; one DARKDECAYSIGNAL and the sky map of the
     # campaign's sky, whose cells cover every detector's corners.
-    assert len(outputs.references) == 2 * 12 + 2
+    assert len(outputs.references) == 2 * 13 + 2
     skymap = SkyMap.read(next(path for path in outputs.references if "skycells" in path.name))
     for det in ("WFI01", "WFI02"):
         geometry = DetectorGeometry(det, (32, 32), Pointing.at(**config.pointing))

@@ -28,6 +28,13 @@ HALO_SNR = 50.0
 EDGE = 8  # pixels
 
 
+def roman_ee_fractions(radii_arcsec=source_catalog.APERTURE_RADII_ARCSEC):
+    """The encircled energy of the step's Roman PSF (total-flux normalised, as the galsim fields'
+    truth) within each radius: the aperture corrections of these fields."""
+    model = roman_psf.roman_psf_model("WFI03", "F158")
+    return roman_psf.encircled_energy(model, np.asarray(radii_arcsec) / 0.11)
+
+
 def psf_snr(flux):
     """Signal-to-noise of a PSF-weighted measurement of a star (noise-equivalent area of the Roman PSF)."""
     model = roman_psf.roman_psf_model("WFI03", "F158")
@@ -53,7 +60,8 @@ def catalog(field):
     x, y, flux, data, err = field
     return source_catalog.source_catalog(
         data, err, np.zeros(SHAPE, np.uint32), psf_model=roman_psf.roman_psf_model("WFI03", "F158"),
-        scale=source_catalog.image_scale(None, SHAPE), flux_to_njy=1.0, **SETTINGS)
+        ee_fractions=roman_ee_fractions(), scale=source_catalog.image_scale(None, SHAPE), flux_to_njy=1.0,
+        **SETTINGS)
 
 
 def nearest(catalog_x, catalog_y, x, y):
@@ -129,7 +137,8 @@ def test_close_pair_is_one_source_without_deblending_and_two_with():
     for deblend in (False, True):
         result = source_catalog.source_catalog(
             data, err, np.zeros((80, 80), np.uint32), psf_model=roman_psf.roman_psf_model("WFI03", "F158"),
-            scale=source_catalog.image_scale(None, (80, 80)), flux_to_njy=1.0,
+            ee_fractions=roman_ee_fractions(), scale=source_catalog.image_scale(None, (80, 80)),
+            flux_to_njy=1.0,
             **{**SETTINGS, "deblend": deblend})
         labels[deblend] = result.detection.segments.data[[40, 41], [40, 45]]
         distance, _ = nearest(result.catalog["x_psf"], result.catalog["y_psf"], x, y)
@@ -147,7 +156,8 @@ def test_flags_mark_saturation_bad_pixels_and_edges():
     dq[71, 71] = dqflags.pixel.DO_NOT_USE | dqflags.pixel.DEAD
     result = source_catalog.source_catalog(
         data, err, dq, psf_model=roman_psf.roman_psf_model("WFI03", "F158"),
-        scale=source_catalog.image_scale(None, (100, 100)), flux_to_njy=1.0, **SETTINGS)
+        ee_fractions=roman_ee_fractions(), scale=source_catalog.image_scale(None, (100, 100)),
+        flux_to_njy=1.0, **SETTINGS)
     table = result.catalog
     _, index = nearest(table["x_centroid"], table["y_centroid"], x, y)
     flags = np.asarray(table["warning_flags"])[index]
@@ -184,6 +194,37 @@ def write_cal(path, data, err, dq, *, wcs=None, conversion=0.5, pixel_area=2.8e-
     return path
 
 
+def apcorr_reference(path, ee_fractions, radii, element="F158"):
+    """An APCORR reference of WFI03 holding ``ee_fractions`` at ``radii`` for ``element``."""
+    model = datamodels.ApcorrRefModel.create_fake_data()
+    radii = np.asarray(radii, dtype=np.float64)
+    fractions = np.asarray(ee_fractions, dtype=np.float64)
+    model.data = {element: {"ee_fractions": fractions, "ee_radii": radii, "ap_corrections": 1.0 / fractions,
+                           "sky_background_rin": None, "sky_background_rout": None}}
+    model.meta.instrument.detector = "WFI03"
+    model.to_asdf(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """EPSF and APCORR references of the step's Roman PSF (romanpipe.roman_psf: total-flux normalised,
+    as the galsim fields' truth), as ``--override-*`` options."""
+    from test_simulator import detector
+    from wfisim.references import make_reference
+
+    folder = tmp_path_factory.mktemp("references")
+    model = roman_psf.roman_psf_model("WFI03", "F158")
+    epsf = make_reference("epsf", detector(name="WFI03"), useafter="2027-01-01T00:00:00",
+                          optical_element="F158")
+    epsf.psf = np.asarray(model.data, dtype=np.float32)[None, None, None]
+    epsf.meta.oversample = int(model.oversampling[0])
+    epsf.to_asdf(folder / "epsf.asdf")
+    radii = np.arange(1, 161) * 0.1
+    apcorr = apcorr_reference(folder / "apcorr.asdf", roman_psf.encircled_energy(model, radii), radii)
+    return ["--override-epsf", str(folder / "epsf.asdf"), "--override-apcorr", str(apcorr)]
+
+
 @pytest.fixture(scope="module")
 def cal_file(tmp_path_factory, field):
     x, y, flux, data, err = field
@@ -192,12 +233,12 @@ def cal_file(tmp_path_factory, field):
     return write_cal(folder / f"{EXPO}_cal.asdf", data, err, np.zeros(SHAPE, np.uint32), wcs=wcs), wcs
 
 
-def test_cli_writes_the_parquet_catalog_and_the_segmentation_map(cal_file, field, tmp_path):
+def test_cli_writes_the_parquet_catalog_and_the_segmentation_map(cal_file, field, references, tmp_path):
     path, wcs = cal_file
     x, y, flux, *_ = field
     output = tmp_path / f"{EXPO}_cat.parquet"
     assert cli.run(source_catalog.main, [str(path), str(output), "--snr-threshold", "1.5",
-                                         "--npixels", "5", "--deblend", "true"]) == 0
+                                         "--npixels", "5", "--deblend", "true", *references]) == 0
 
     table = pd.read_parquet(output)
     template = datamodels.ImageSourceCatalogModel.create_fake_data()
@@ -209,7 +250,8 @@ def test_cli_writes_the_parquet_catalog_and_the_segmentation_map(cal_file, field
     metadata = {key.decode(): value.decode() for key, value in schema.metadata.items()}
     assert metadata["roman.meta.instrument.optical_element"] == "F158"
     assert metadata["roman.meta.image.filename"] == path.name
-    assert "source_catalog.ee_fractions" in metadata
+    # The aperture corrections are the APCORR reference's, at the apertures' radii.
+    np.testing.assert_allclose(catalog_ee_fractions(output), roman_ee_fractions(), rtol=1e-3)
 
     # Fluxes in nJy: DN/s x MJy/sr per DN/s x sr x 1e15.
     distance, index = nearest(table["x_psf"], table["y_psf"], x, y)
@@ -232,14 +274,33 @@ def test_cli_writes_the_parquet_catalog_and_the_segmentation_map(cal_file, field
         assert segmentation.meta.provenance.source_catalog.parameters.npixels == 5
 
 
-def test_cli_without_psf_fit_has_no_psf_columns(cal_file, tmp_path):
+def test_cli_without_psf_fit_has_no_psf_columns(cal_file, references, tmp_path):
     path, _ = cal_file
     output = tmp_path / f"{EXPO}_cat.parquet"
-    assert cli.run(source_catalog.main, [str(path), str(output), "--fit-psf", "false"]) == 0
+    apcorr_only = references[2:]  # no EPSF: nothing is fitted
+    assert cli.run(source_catalog.main, [str(path), str(output), "--fit-psf", "false", *apcorr_only]) == 0
     table = pd.read_parquet(output)
     assert list(table.columns) == source_catalog.catalog_columns(fit_psf=False)
     assert not {"x_psf", "psf_flux", "psf_flags"} & set(table.columns)
     np.testing.assert_array_equal(table["ra"], table["ra_centroid"])
+    with rdm.open(tmp_path / f"{EXPO}_segm.asdf") as segmentation:
+        assert set(segmentation.meta.provenance.source_catalog.references) == {"apcorr"}
+
+
+@pytest.mark.parametrize(("element", "radii", "problem"), [
+    ("F087", [1.0, 20.0], "APCORR table has no row for optical element F158"),
+    ("F158", [2.0, 4.0], "APCORR ee_radii of F158 (2-4 pixels) do not cover the apertures (0.909-14.5)"),
+])
+def test_cli_apcorr_without_the_filter_or_the_radii_fails_naming_it(cal_file, tmp_path, capsys, element,
+                                                                    radii, problem):
+    path, _ = cal_file
+    apcorr = apcorr_reference(tmp_path / "apcorr.asdf", [0.5, 0.7], radii, element)
+    output = tmp_path / "out" / f"{EXPO}_cat.parquet"
+    assert cli.run(source_catalog.main, [str(path), str(output), "--fit-psf", "false",
+                                         "--override-apcorr", str(apcorr)]) != 0
+    error = capsys.readouterr().err
+    assert apcorr.name in error and problem in error
+    assert not output.parent.exists() or not list(output.parent.iterdir())
 
 
 def test_cli_image_without_usable_pixels_fails_and_writes_nothing(tmp_path, capsys):
@@ -252,13 +313,14 @@ def test_cli_image_without_usable_pixels_fails_and_writes_nothing(tmp_path, caps
     assert not output.parent.exists() or not list(output.parent.iterdir())
 
 
-def test_cli_empty_field_writes_an_empty_catalog(tmp_path):
+def test_cli_empty_field_writes_an_empty_catalog(references, tmp_path):
     rng = np.random.default_rng(1)
     data = (SKY + rng.normal(0, 0.1, (64, 64))).astype(np.float32)
+    wcs = tan_gwcs((32, 32), (80.0, -30.0), 20.0, (64, 64), scale=0.11 / 3600)
     path = write_cal(tmp_path / f"{EXPO}_cal.asdf", data, np.full((64, 64), 0.1, np.float16),
-                     np.zeros((64, 64), np.uint32))
+                     np.zeros((64, 64), np.uint32), wcs=wcs)
     output = tmp_path / f"{EXPO}_cat.parquet"
-    assert cli.run(source_catalog.main, [str(path), str(output)]) == 0
+    assert cli.run(source_catalog.main, [str(path), str(output), *references]) == 0
     table = pd.read_parquet(output)
     assert len(table) == 0 and list(table.columns) == source_catalog.catalog_columns(fit_psf=True)
     with rdm.open(tmp_path / f"{EXPO}_segm.asdf") as segmentation:
@@ -267,20 +329,9 @@ def test_cli_empty_field_writes_an_empty_catalog(tmp_path):
 
 # --- the peer ---------------------------------------------------------------------------------
 
-def apcorr_reference(path, ee_fractions, radii_arcsec):
-    """An APCORR reference for F158 holding our encircled energies (romancal reads it for is_extended)."""
-    model = datamodels.ApcorrRefModel.create_fake_data()
-    radii = np.asarray(radii_arcsec, dtype=np.float64)
-    fractions = np.asarray(ee_fractions, dtype=np.float64)
-    model.data = {"F158": {"ee_fractions": fractions, "ee_radii": radii, "ap_corrections": 1.0 / fractions,
-                           "sky_background_rin": 2.4, "sky_background_rout": 2.8}}
-    model.meta.instrument.detector = "WFI03"
-    model.to_asdf(path)
-    return path
-
-
 @pytest.mark.peer
-def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalog, tmp_path, monkeypatch):
+def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalog, references, tmp_path,
+                                                                monkeypatch):
     """romancal 1.1's SourceCatalogStep on the same _cal with the same parameters: the same
     sources, aperture fluxes to 1 % (median), centroids to a few hundredths of a pixel."""
     pytest.importorskip("romancal")
@@ -300,13 +351,16 @@ def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalo
     # Six radii: romancal fits a cubic spline to them.
     radii = np.array([0.1, 0.2, 0.4, 0.8, 1.2, 1.6])
     model = roman_psf.roman_psf_model("WFI03", "F158")
+    # romancal 1.1 evaluates the APCORR's spline at the radii in arcsec (rad's schema and our step:
+    # pixels), so it gets a file of its own.
     fractions = roman_psf.encircled_energy(model, radii / 0.11)
     apcorr = apcorr_reference(tmp_path / "apcorr.asdf", fractions, radii)
     output = tmp_path / f"{EXPO}_cat.parquet"
     parameters = {"snr_threshold": 2.0, "npixels": 5, "deblend": True, "kernel_fwhm": SETTINGS["kernel_fwhm"]}
     options = [arg for name, value in parameters.items()
                for arg in (f"--{name.replace('_', '-')}", str(value).lower())]
-    assert cli.run(source_catalog.main, [str(path), str(output), "--fit-psf", "false", *options]) == 0
+    assert cli.run(source_catalog.main, [str(path), str(output), "--fit-psf", "false", *options,
+                                         *references[2:]]) == 0
     ours = pd.read_parquet(output)
     # process() directly: run() would ask a CRDS server for the step's parameter reference.
     with rdm.open(path) as image:
@@ -327,11 +381,18 @@ def test_peer_romancal_source_catalog_measures_the_same_sources(cal_file, catalo
                                theirs["ra_centroid"].to_numpy()[index[matched]], atol=0.05 * 0.11 / 3600)
 
 
-# --- the simulator's EPSF reference ---------------------------------------------------------
+# --- the simulator's EPSF and APCORR references ---------------------------------------------
+
+def catalog_ee_fractions(path) -> np.ndarray:
+    """The ``ee_fractions`` a catalog's Parquet metadata holds."""
+    text = pq.read_schema(path).metadata[b"source_catalog.ee_fractions"].decode()
+    return np.array(text.strip("[]").split(), dtype=float)
+
 
 @pytest.fixture(scope="module")
 def simulated_field(tmp_path_factory):
-    """Stars drawn by the simulator (wfisim.psf.render_stars, its Roman PSF) and its EPSF reference."""
+    """Stars drawn by the simulator (wfisim.psf.render_stars, its Roman PSF), its EPSF and APCORR
+    references."""
     from test_simulator import detector
     from wfisim.psf import render_stars
     from wfisim.references import make_reference
@@ -346,26 +407,63 @@ def simulated_field(tmp_path_factory):
     data, err = observe(rate, seed=6)
     epsf = make_reference("epsf", detector(name="WFI03"), useafter="2027-01-01T00:00:00",
                           optical_element="F158")
-    path = tmp_path_factory.mktemp("epsf") / "roman_wfi_epsf_0001.asdf"
+    folder = tmp_path_factory.mktemp("references")
+    path = folder / "roman_wfi_epsf_0001.asdf"
     epsf.to_asdf(path)
-    return x, y, flux, data, err, path
+    apcorr = make_reference("apcorr", detector(name="WFI03"), useafter="2027-01-01T00:00:00",
+                            row_elements=["F158"])
+    apcorr.to_asdf(folder / "roman_wfi_apcorr_0001.asdf")
+    return x, y, flux, data, err, path, folder / "roman_wfi_apcorr_0001.asdf"
 
 
-def test_the_epsf_reference_gives_the_simulated_fluxes_and_positions(simulated_field, tmp_path):
-    x, y, flux, data, err, epsf = simulated_field
-    path = write_cal(tmp_path / f"{EXPO}_cal.asdf", data, err, np.zeros(data.shape, np.uint32),
+@pytest.fixture(scope="module")
+def simulated_catalog(simulated_field, tmp_path_factory):
+    """The CLI's catalog of the simulated field with the simulator's references, and its folder."""
+    x, y, flux, data, err, epsf, apcorr = simulated_field
+    folder = tmp_path_factory.mktemp("simulated_catalog")
+    wcs = tan_gwcs((data.shape[1] / 2, data.shape[0] / 2), (80.0, -30.0), 20.0, data.shape, scale=0.11 / 3600)
+    path = write_cal(folder / f"{EXPO}_cal.asdf", data, err, np.zeros(data.shape, np.uint32), wcs=wcs,
                      conversion=1.0, pixel_area=1e-15)  # 1 DN/s = 1 nJy
-    output = tmp_path / f"{EXPO}_cat.parquet"
-    assert cli.run(source_catalog.main, [str(path), str(output), "--override-epsf", str(epsf)]) == 0
+    output = folder / f"{EXPO}_cat.parquet"
+    assert cli.run(source_catalog.main, [str(path), str(output), "--override-epsf", str(epsf),
+                                         "--override-apcorr", str(apcorr)]) == 0
+    return output
+
+
+def test_the_epsf_reference_gives_the_simulated_fluxes_and_positions(simulated_field, simulated_catalog):
+    """The simulator's stars hold their whole flux within their 33 x 33-pixel stamps; its EPSF is
+    normalised so, and fits give that flux (a PSF normalised to the total flux over the plane
+    would put 2-6 % more, 1/EE(stamp), from F062 to F213)."""
+    x, y, flux, data, err, epsf, apcorr = simulated_field
+    output = simulated_catalog
     table = pd.read_parquet(output)
     distance, index = nearest(table["x_psf"], table["y_psf"], x, y)
     assert (distance < 0.1).all()
     dx, dy = table["x_psf"].to_numpy()[index] - x, table["y_psf"].to_numpy()[index] - y
     assert math.sqrt(np.mean(dx**2 + dy**2) / 2) <= 0.02
     assert abs(np.median(table["psf_flux"].to_numpy()[index] / flux) - 1) < 0.01
-    ee = pq.read_schema(output).metadata[b"source_catalog.ee_fractions"].decode()
-    fractions = np.array(ee.strip("[]").split(), dtype=float)
-    corrected = table["aper04_flux"].to_numpy()[index] / fractions[2]
-    assert abs(np.median(corrected / flux) - 1) < 0.02
-    with rdm.open(tmp_path / f"{EXPO}_segm.asdf") as segmentation:
-        assert segmentation.meta.provenance.source_catalog.references.epsf.file == epsf.name
+    with rdm.open(output.with_name(f"{EXPO}_segm.asdf")) as segmentation:
+        references = segmentation.meta.provenance.source_catalog.references
+        assert references.epsf.file == epsf.name and references.apcorr.file == apcorr.name
+
+
+@pytest.mark.parametrize("aperture", ["aper02_flux", "aper04_flux"])
+def test_the_apcorr_reference_corrects_apertures_to_the_simulated_fluxes(simulated_field, simulated_catalog,
+                                                                        aperture):
+    """aperXX / ee_fraction (the APCORR reference's, at the aperture's radius) is the injected flux:
+    its median within 2 % in every magnitude bin of 4 stars or more."""
+    x, y, flux, *_ = simulated_field
+    table = pd.read_parquet(simulated_catalog)
+    fractions = dict(zip(source_catalog.aperture_column_names(), catalog_ee_fractions(simulated_catalog),
+                         strict=True))
+    distance, index = nearest(table["x_psf"], table["y_psf"], x, y)
+    assert (distance < 0.1).all()
+    ratio = table[aperture].to_numpy()[index] / fractions[aperture] / flux
+    magnitude = -2.5 * np.log10(flux)
+    checked = 0
+    for low in np.arange(magnitude.min(), magnitude.max() + 1.0, 1.0):
+        in_bin = (magnitude >= low) & (magnitude < low + 1.0)
+        if in_bin.sum() >= 4:
+            assert abs(np.median(ratio[in_bin]) - 1) < 0.02, (low, in_bin.sum())
+            checked += 1
+    assert checked >= 3

@@ -15,6 +15,7 @@ from romanpipe.products import write_atomic
 import asdf
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import roman_datamodels as rdm
 import yaml
@@ -22,6 +23,7 @@ from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture,
 from photutils.centroids import centroid_2dg, centroid_sources
 from roman_datamodels import datamodels
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from footprints import pixel_sky, sees
 from wfisim.campaign import CampaignConfig, simulate_campaign
@@ -273,6 +275,39 @@ def test_roman_psf_fits_align_every_image_to_the_truth_within_5_mas(roman_psf_ca
             assert "psf_flags" in detected.meta.source_catalog["tweakreg_catalog"].dtype.names  # fitted
         assert len(after) >= 20
         assert np.sqrt(np.mean(after**2)) <= 5.0, path.name
+
+
+def test_catalogs_use_the_pools_epsf_and_apcorr_and_measure_the_injected_fluxes(roman_psf_campaign):
+    """The pool selects source_catalog's EPSF and APCORR through CRDS: the simulator's, made from
+    the PSF its stars are drawn with and normalised as they are (their whole flux within their
+    33 x 33-pixel stamps). PSF fluxes are then the injected ones to 1 % and aperture-corrected
+    0.4" fluxes to 2 % (medians over the unflagged stars of S/N > 50). With the step's own
+    Roman PSF, normalised to the total flux over the plane, they were 2-5.5 % high (1/EE of the
+    stamp: 2 % at F087, 5 % at F158)."""
+    run = roman_psf_campaign
+    pool = pd.read_csv(run / "results" / "pool.csv", index_col="exposure")
+    catalogs = sorted((run / "results" / "exposures").glob("*_cat.parquet"))
+    assert len(catalogs) == 4
+    for path in catalogs:
+        expo = path.name.removesuffix("_cat.parquet")
+        with rdm.open(path.with_name(f"{expo}_segm.asdf")) as segmentation:
+            used = segmentation.meta.provenance.source_catalog.references
+            assert used.epsf.file == Path(pool.loc[expo, "ref_epsf"]).name
+            assert used.apcorr.file == Path(pool.loc[expo, "ref_apcorr"]).name
+        table = pd.read_parquet(path)
+        truth = read_truth(run / "truth" / f"{expo}_truth.asdf")["catalog"]
+        x, y = np.asarray(truth["x"]) - 4, np.asarray(truth["y"]) - 4  # Level 2 = readout - 4
+        flux = np.asarray(truth["flux_mjy"]) * 1e15  # nJy
+        distance, index = cKDTree(np.c_[x, y]).query(np.c_[table["x_psf"], table["y_psf"]])
+        good = ((distance < 0.1) & (table["psf_flux"] > 50 * table["psf_flux_err"])
+                & (table["warning_flags"] == 0) & (table["psf_flags"] == 0)).to_numpy()
+        assert good.sum() >= 10, expo
+        psf_ratio = table["psf_flux"].to_numpy()[good] / flux[index[good]]
+        assert abs(np.median(psf_ratio) - 1) < 0.01, (expo, np.median(psf_ratio))
+        text = pq.read_schema(path).metadata[b"source_catalog.ee_fractions"].decode()
+        ee_04 = float(text.strip("[]").split()[2])  # of 0.1, 0.2, 0.4, 0.8, 1.6"
+        aperture_ratio = table["aper04_flux"].to_numpy()[good] / ee_04 / flux[index[good]]
+        assert abs(np.median(aperture_ratio) - 1) < 0.02, (expo, np.median(aperture_ratio))
 
 
 @pytest.fixture(scope="module")
@@ -617,12 +652,13 @@ def test_jump_step_runs_on_even_ramps_and_finds_the_cosmic_rays(even_campaign):
         assert found / strong >= 0.99
 
 
-# Every reference type the exposure chain reads, by the step that reads it (jump does not run:
-# ramp fitting detects the jumps).
+# Every reference type the exposure chain and the catalog read, by the step that reads it (jump
+# does not run: ramp fitting detects the jumps).
 OVERRIDDEN_REFERENCES = {"dq_init": ["mask"], "saturation": ["saturation"], "refpix": ["refpix"],
                          "linearity": ["linearity"],
                          "dark_current": ["dark"], "ramp_fit": ["gain", "readnoise", "dark"],
-                         "assign_wcs": ["distortion"], "flat_field": ["flat"], "photom": ["photom"]}
+                         "assign_wcs": ["distortion"], "flat_field": ["flat"], "photom": ["photom"],
+                         "source_catalog": ["apcorr", "epsf"]}
 
 
 @pytest.fixture(scope="module")

@@ -98,9 +98,9 @@ def catalog_columns(fit_psf: bool) -> list[str]:
 
 @dataclass(frozen=True)
 class Detection:
-    """What detection makes: the background and its RMS, the subtracted and detection images, the segments."""
+    """What detection makes: the background's RMS, the background-subtracted and detection images, the
+    segments (the background itself is not kept: one more full-size array through the measurements)."""
 
-    background: np.ndarray
     background_rms: np.ndarray
     subtracted: np.ndarray
     detection_image: np.ndarray
@@ -127,30 +127,38 @@ def unusable_pixels(data, err, dq) -> np.ndarray:
 def detect(data, mask, *, kernel_fwhm: float, snr_threshold: float, npixels: int, deblend: bool,
            bkg_boxsize: int) -> Detection:
     """Steps 1-3 of the module docstring on a 2-D image; ``mask`` True where a pixel is unusable."""
-    data = np.where(mask, 0.0, np.asarray(data, dtype=np.float64))
+    data = np.array(data, dtype=np.float64)  # one full-size copy, its unusable pixels zeroed
+    data[mask] = 0.0
     size = math.ceil(3 * kernel_fwhm)
     kernel = make_2dgaussian_kernel(kernel_fwhm, size=size + 1 - size % 2)
     finder = SourceFinder(npixels, deblend=deblend, n_levels=DEBLEND_LEVELS, contrast=DEBLEND_CONTRAST,
                           progress_bar=False)
-    sources = np.zeros(mask.shape, bool)
-    for _ in range(2):  # the second pass estimates the background without the first's sources
-        background = estimate_background(data, mask | sources, bkg_boxsize=bkg_boxsize,
-                                         bkg_filter_size=BKG_FILTER_SIZE, bkg_sigma=BKG_SIGMA,
-                                         bkg_estimator=BKG_ESTIMATOR)
-        level, rms = background.background, background.background_rms
-        subtracted = np.where(mask, 0.0, data - level)
-        detection_image = convolve(subtracted, kernel, mask=mask, normalize_kernel=True)
-        detection_image[mask] = 0.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoDetectionsWarning)
-            segments = finder(detection_image, snr_threshold * rms, mask=mask)
-        if segments is None:
-            break
-        sources = segments.make_source_mask(size=SOURCE_MASK_SIZE)
-    log.info("background median %.4g, RMS %.4g; kernel FWHM %.3f pixels; %d sources",
-             float(background.background_median), float(background.background_rms_median), kernel_fwhm,
-             0 if segments is None else segments.n_labels)
-    return Detection(level, rms, subtracted, detection_image, segments)
+    log.info("detection kernel FWHM %.3f pixels", kernel_fwhm)
+    detection = detection_pass(data, mask, np.zeros(mask.shape, bool), kernel, finder, snr_threshold,
+                               bkg_boxsize)
+    if detection.segments is None:
+        return detection
+    # The second pass estimates the background without the first's sources; the first's arrays
+    # go before it makes its own (kept, they raised the peak memory of a full detector by half).
+    sources = detection.segments.make_source_mask(size=SOURCE_MASK_SIZE)
+    del detection
+    return detection_pass(data, mask, sources, kernel, finder, snr_threshold, bkg_boxsize)
+
+
+def detection_pass(data, mask, sources, kernel, finder, snr_threshold: float, bkg_boxsize: int) -> Detection:
+    """One pass of steps 1-3: the background estimated without ``mask | sources``, the segments."""
+    background = estimate_background(data, mask | sources, bkg_boxsize=bkg_boxsize,
+                                     bkg_filter_size=BKG_FILTER_SIZE, bkg_sigma=BKG_SIGMA,
+                                     bkg_estimator=BKG_ESTIMATOR)
+    subtracted = np.where(mask, 0.0, data - background.background)
+    detection_image = convolve(subtracted, kernel, mask=mask, normalize_kernel=True)
+    detection_image[mask] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segments = finder(detection_image, snr_threshold * background.background_rms, mask=mask)
+    log.info("background median %.4g, RMS %.4g; %d sources", float(background.background_median),
+             float(background.background_rms_median), 0 if segments is None else segments.n_labels)
+    return Detection(background.background_rms, subtracted, detection_image, segments)
 
 
 def measure(detection: Detection, err, dq, mask, *, scale: ImageScale, flux_to_njy: float,
@@ -160,8 +168,11 @@ def measure(detection: Detection, err, dq, mask, *, scale: ImageScale, flux_to_n
     err = np.asarray(err, dtype=np.float64)
     pixels_per_arcsec = 1.0 / scale.pixel_scale_arcsec
     area_arcsec2 = scale.pixel_scale_arcsec**2
+    # One copy of the errors with the unusable pixels zeroed, for the segments and the apertures (the
+    # subtracted image has them zeroed already): full-size temporaries set a full detector's peak memory.
+    error = np.where(mask, 0.0, err)
     sources = SourceCatalog(detection.subtracted, segments, convolved_data=detection.detection_image,
-                            error=np.where(mask, 0.0, err), mask=mask)
+                            error=error, mask=mask)
     out = Table()
     out["label"] = sources.label.astype(np.int32)
     for name, attribute in (("x_centroid", "x_centroid"), ("y_centroid", "y_centroid"),
@@ -199,8 +210,7 @@ def measure(detection: Detection, err, dq, mask, *, scale: ImageScale, flux_to_n
     data = np.where(mask, np.nan, detection.subtracted)
     radii = [r * pixels_per_arcsec for r in APERTURE_RADII_ARCSEC]
     apertures = [CircularAperture(positions, r) for r in radii]
-    photometry = aperture_photometry(np.where(mask, 0.0, data), apertures,
-                                     error=np.where(mask, 0.0, err))
+    photometry = aperture_photometry(detection.subtracted, apertures, error=error)
     annulus = [r * pixels_per_arcsec for r in ANNULUS_RADII_ARCSEC]
     local, local_err = annulus_background(data, positions, annulus)
     out["aper_bkg_flux"] = local * flux_to_njy / area_arcsec2

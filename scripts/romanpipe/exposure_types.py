@@ -79,3 +79,8 @@ def applicable_steps(exposure_type: str, chain: str | None = None) -> tuple[str,
         raise ValueError(f"unknown exposure type {exposure_type!r} "
                          f"(known: {', '.join(EXPOSURE_TYPES)})") from None
     return tuple(step for step in steps if step not in IMAGE_STEPS or step in image_steps)
+
+
+def makes_catalog(exposure_type: str) -> bool:
+    """Whether the ``_cal`` of ``exposure_type`` gets a source catalog: an image tweakreg aligns."""
+    return "tweakreg" in applicable_steps(exposure_type)

@@ -190,15 +190,21 @@ def reference_path(reftype: str, meta, *, override=None) -> str:
     return best_references(selection_parameters(meta), [reftype])[reftype.lower()]
 
 
-def phot_table_row(phot_table, optical_element: str):
-    """The PHOTOM reference's row for ``optical_element`` (rows are keyed by upper-case names).
+# The reference types that hold one row per optical element, and the node holding the rows.
+ELEMENT_TABLES = {"photom": "phot_table", "apcorr": "data"}
 
-    LookupError saying so when the table has none: the photom step and the pool ask the same way.
+
+def element_row(table, optical_element: str, reftype: str):
+    """The row for ``optical_element`` of a ``reftype`` reference's table (ELEMENT_TABLES; rows are
+    keyed by upper-case names).
+
+    LookupError saying so when the table has none: the steps and the pool ask the same way.
     """
     try:
-        return phot_table[optical_element.upper()]
+        return table[optical_element.upper()]
     except KeyError:
-        raise LookupError(f"PHOTOM table has no row for optical element {optical_element}") from None
+        raise LookupError(f"{reftype.upper()} table has no row for optical element {optical_element}") \
+            from None
 
 
 def _metadata_value(meta, path: str):

@@ -27,8 +27,8 @@ IMAGE_OR_ASSOCIATION_STEPS = ("tweakreg", "flux")
 # Steps that take one calibrated image (a _cal; a mosaic later) and make a product beside it.
 CALIBRATED_IMAGE_STEPS = ("source_catalog",)
 
-# The reference types each exposure-level step reads (linearity also reads INVERSELINEARITY and
-# INTEGRALNONLINEARITY with resultant_aware: OPTIONAL_REFTYPES).
+# The reference types each step reads (linearity also reads INVERSELINEARITY and
+# INTEGRALNONLINEARITY with resultant_aware, source_catalog EPSF with fit_psf: OPTIONAL_REFTYPES).
 STEP_REFTYPES = {
     "dq_init": ["mask"],
     "saturation": ["saturation"],
@@ -41,11 +41,13 @@ STEP_REFTYPES = {
     "assign_wcs": ["distortion"],
     "flat_field": ["flat"],
     "photom": ["photom"],
+    "source_catalog": ["apcorr"],
 }
 
 # Reference types a step reads only when the parameter named here is on.
 OPTIONAL_REFTYPES = {
     "linearity": {"inverselinearity": "resultant_aware", "integralnonlinearity": "resultant_aware"},
+    "source_catalog": {"epsf": "fit_psf"},
 }
 
 

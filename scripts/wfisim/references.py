@@ -21,6 +21,12 @@ FLAT        ``data``/``err``/``dq`` from ``wfisim.flat`` (true flat x nominal ga
 PHOTOM      ``phot_table`` from ``wfisim.photometry``.
 EPSF        ``psf`` (1, 1, 1, 133, 133): ``wfisim.psf.epsf_stamp``, the PSF the simulator draws
             its stars with, per imaging filter (parkeys DETECTOR and OPTICAL_ELEMENT).
+APCORR      ``data[<filter>]``: the encircled energy of that EPSF (``ee_fractions``, of the
+            flux a star of the simulator holds) within ``ee_radii`` (pixels, 0.1 to 16 in
+            steps of 0.1: a spline through them gives any aperture up to a star's stamp),
+            ``ap_corrections`` = 1 / ``ee_fractions``; one file per detector (parkey DETECTOR)
+            with a row for each imaging filter of the campaign; the sky annulus is left null
+            (the catalog step has its own).
 
 Files are named ``roman_wfi_<reftype>_<NNNN>.asdf`` (seed, "Reference File Naming
 Convention"), NNNN one past the highest version of that reftype already present
@@ -38,6 +44,7 @@ from pathlib import Path
 from romanpipe.crds_layout import next_reference_name
 from romanpipe.dqflags import pixel
 from romanpipe.products import write_atomic
+from romanpipe.roman_psf import encircled_energy
 
 import numpy as np
 from astropy.time import Time
@@ -55,7 +62,7 @@ from .nonlinearity import (
 )
 from .photometry import photom_reference_arrays
 from .pointing import distortion_model
-from .psf import CUTOUT_CENTRE_SCI, OVERSAMPLING, epsf_stamp
+from .psf import CUTOUT_CENTRE_SCI, OVERSAMPLING, ROMAN_STAMP_HALF_WIDTH, epsf_stamp
 from .refpix_effects import REFPIX_DESCRIPTION, build_refpix_reference, fits_readout_layout
 from .scene import PIVOT_WAVELENGTH_UM
 
@@ -82,6 +89,8 @@ class ReferenceKind:
     placeholder_shape: tuple[int, ...] | None = None
     # Kinds selected by optical element: the elements they are made for; None: one per detector.
     optical_elements: frozenset[str] | None = None
+    # Kinds of one file per detector holding a row for each of the campaign's elements among these.
+    row_elements: frozenset[str] | None = None
 
     def made_for(self, optical_element: str) -> bool:
         return self.optical_elements is not None and optical_element.upper() in self.optical_elements
@@ -116,6 +125,23 @@ def _readnoise(detector: DetectorModel, rng: np.random.Generator) -> dict:
 def _epsf(detector: DetectorModel, rng: np.random.Generator, optical_element: str) -> dict:
     # One in-focus PSF of a flat spectrum at the cutout's centre: psf[defocus, spectrum, position].
     return {"psf": epsf_stamp(detector.name, optical_element)[None, None, None].astype(np.float32)}
+
+
+# Every tenth of a pixel to the edge of a star's stamp: a cubic spline through them gives the
+# encircled energy of a 0.1" aperture (0.9 pixel) to 3e-4 (every quarter pixel: 6e-3).
+APCORR_RADII_PIXELS = np.arange(1, 10 * ROMAN_STAMP_HALF_WIDTH + 1) * 0.1
+
+
+def _apcorr(detector: DetectorModel, rng: np.random.Generator, optical_elements: tuple[str, ...]) -> dict:
+    from photutils.psf import ImagePSF
+
+    rows = {}
+    for element in optical_elements:
+        ee = encircled_energy(ImagePSF(epsf_stamp(detector.name, element), oversampling=OVERSAMPLING),
+                              APCORR_RADII_PIXELS)
+        rows[element] = {"ee_fractions": ee, "ee_radii": APCORR_RADII_PIXELS.copy(),
+                         "ap_corrections": 1.0 / ee, "sky_background_rin": None, "sky_background_rout": None}
+    return {"data": rows}
 
 
 # INTEGRALNONLINEARITY: 32 channels of 128 columns; the simulated A/D converter has no integral
@@ -179,6 +205,10 @@ REFERENCE_KINDS: dict[str, ReferenceKind] = {
                                    "pixel_x": [CUTOUT_CENTRE_SCI - 1.0], "pixel_y": [CUTOUT_CENTRE_SCI - 1.0],
                                    "jitter_major": 0.0, "jitter_minor": 0.0, "jitter_position_angle": 0.0},
                       placeholder_shape=(1, 1, 1, 1, 1), optical_elements=IMAGING_ELEMENTS),
+        ReferenceKind("apcorr", datamodels.ApcorrRefModel,
+                      "The encircled energy of the simulator's Roman effective PSF (its EPSF reference) "
+                      "within radii of 0.1 to 16 pixels, as a fraction of a simulated star's flux.",
+                      _apcorr, row_elements=IMAGING_ELEMENTS),
         ReferenceKind("photom", datamodels.WfiImgPhotomRefModel,
                       "Simulated photometric calibration: MJy/sr per DN/s of the flat-fielded data.",
                       photom_reference_arrays, placeholder_shape=(1, 1)),
@@ -194,10 +224,11 @@ def reftypes_for(detector: DetectorModel) -> tuple[str, ...]:
 
 
 def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | str,
-                   optical_element: str | None = None):
+                   optical_element: str | None = None, row_elements: Iterable[str] = ()):
     """The ``reftype`` reference model of ``detector``, valid from ``useafter``.
 
-    ``optical_element``: required by (and only by) the kinds selected by optical element.
+    ``optical_element``: required by (and only by) the kinds selected by optical element;
+    ``row_elements``: the elements a kind of one row per element has rows for (those it is made for).
     """
     try:
         kind = REFERENCE_KINDS[reftype.lower()]
@@ -214,7 +245,10 @@ def make_reference(reftype: str, detector: DetectorModel, *, useafter: Time | st
     if optical_element is not None:
         stream.append(zlib.crc32(optical_element.upper().encode()))
     rng = np.random.default_rng(np.random.SeedSequence(stream))
-    if optical_element is None:
+    if kind.row_elements is not None:
+        arrays = kind.build(detector, rng, _row_elements(kind, row_elements))
+        instrument = kind.meta.get("instrument", {})
+    elif optical_element is None:
         arrays = kind.build(detector, rng)
         instrument = kind.meta.get("instrument", {})
     else:
@@ -254,11 +288,19 @@ def write_references(detector: DetectorModel, directory: str | Path, *, useafter
     paths = []
     for reftype in reftypes:
         kind = REFERENCE_KINDS[reftype.lower()]
+        if kind.row_elements is not None and not _row_elements(kind, elements):
+            continue  # no row to hold
         for element in ([None] if kind.optical_elements is None
                         else [element for element in elements if kind.made_for(element)]):
-            model = make_reference(reftype, detector, useafter=useafter, optical_element=element)
+            model = make_reference(reftype, detector, useafter=useafter, optical_element=element,
+                                   row_elements=elements)
             paths.append(write_atomic(model, next_reference_path(directory, reftype, *also_taken)))
     return paths
+
+
+def _row_elements(kind: ReferenceKind, elements: Iterable[str]) -> tuple[str, ...]:
+    """The distinct elements among ``elements`` that ``kind`` has rows for, sorted."""
+    return tuple(sorted({element.upper() for element in elements} & kind.row_elements))
 
 
 def make_darkdecaysignal(detectors: Iterable[DetectorModel], *, useafter: Time | str, simulated: bool = True):

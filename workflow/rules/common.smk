@@ -28,6 +28,7 @@ from romanpipe.exposure_types import (  # noqa: E402
     MOSAIC_TYPES,
     applicable_steps,
     chain_steps,
+    makes_catalog,
 )
 from romanpipe import refs  # noqa: E402
 from romanpipe.pool_table import reference_column  # noqa: E402
@@ -37,7 +38,7 @@ from romanpipe.failures import error_line, read_ledger, record_failures  # noqa:
 from romanpipe.errors import ParameterError  # noqa: E402
 from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.files import remove_staging  # noqa: E402
-from romanpipe.steps import OPTIONAL_REFTYPES, step_reftypes  # noqa: E402
+from romanpipe.steps import CALIBRATED_IMAGE_STEPS, OPTIONAL_REFTYPES, step_reftypes  # noqa: E402
 from romanpipe import revision  # noqa: E402
 
 try:
@@ -245,6 +246,17 @@ def pipeline_steps():
     return [step for step in CHAIN if is_enabled(step) and within_target(step)]
 
 
+def catalogs_enabled():
+    """Whether the imaging _cal get source catalogs: not skipped, the target is not a partial one, and
+    this run makes _cal products (not a Level 3 run over a list of them, inputs.cal_list)."""
+    return not config["source_catalog"]["skip"] and TARGET_STEP is None and not CAL_LIST
+
+
+def reference_steps():
+    """The steps that run and read references: the exposure chain's, and the catalog's."""
+    return pipeline_steps() + [step for step in CALIBRATED_IMAGE_STEPS if catalogs_enabled()]
+
+
 def crds_reftypes():
     """Step -> the reference types CRDS selects for it: those the config does not override.
 
@@ -253,7 +265,7 @@ def crds_reftypes():
     """
     return {
         step: [reftype for reftype in step_reftypes(step, config[step]) if not override(step, reftype)]
-        for step in pipeline_steps()
+        for step in reference_steps()
         if step_reftypes(step, config[step])
     }
 
@@ -266,7 +278,7 @@ def override_references():
             for reftype in step_reftypes(step, config[step])
             if override(step, reftype)
         }
-        for step in pipeline_steps()
+        for step in reference_steps()
         if step_reftypes(step, config[step])
     }
 
@@ -551,14 +563,8 @@ SEGMENTATION_MAP = os.path.join(RESULTS, "exposures", "{expo}_segm.asdf")
 
 
 def has_catalog(expo):
-    """Whether an exposure's _cal gets a catalog: an imaging one, unless source_catalog.skip, a partial target
-    or a Level 3 run over a list of _cal products (inputs.cal_list)."""
-    return (
-        not config["source_catalog"]["skip"]
-        and TARGET_STEP is None
-        and not CAL_LIST
-        and "tweakreg" in applicable_steps(exposure_type(expo))
-    )
+    """Whether an exposure's _cal gets a catalog (catalogs_enabled, and an imaging exposure)."""
+    return catalogs_enabled() and makes_catalog(exposure_type(expo))
 
 
 def source_catalogs(wildcards):
