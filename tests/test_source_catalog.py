@@ -454,7 +454,7 @@ def test_the_apcorr_reference_corrects_apertures_to_the_simulated_fluxes(simulat
     its median within 2 % in every magnitude bin of 4 stars or more."""
     x, y, flux, *_ = simulated_field
     table = pd.read_parquet(simulated_catalog)
-    fractions = dict(zip(source_catalog.aperture_column_names(), catalog_ee_fractions(simulated_catalog),
+    fractions = dict(zip(catalogs.aperture_column_names(), catalog_ee_fractions(simulated_catalog),
                          strict=True))
     distance, index = nearest(table["x_psf"], table["y_psf"], x, y)
     assert (distance < 0.1).all()
