@@ -147,9 +147,10 @@ def exposure_fidelity(photom: Path, refcat: Path, truth: Truth, x, y, work: Path
     """Our source_detection and tweakreg on ``photom`` with fit_psf on and off: astrometry of
     the aligned WCS (median, mas) and detection purity/completeness (fit_psf off's catalog).
     ``x``, ``y``: where the stars truly sit on the image (0-based Level 2 pixels)."""
+    from romanpipe.params import step_defaults
+
     import roman_datamodels as rdm
     from astropy.table import Table
-    from romanpipe.params import step_defaults
 
     work.mkdir(parents=True, exist_ok=True)
     with rdm.open(photom) as image:
