@@ -5,6 +5,11 @@ The truth is a star list (RA, Dec, and where the stars sit on the detector: the 
 ``catalog`` x, y, or a true WCS inverted). ``exposure_fidelity`` runs our source_detection and
 tweakreg scripts on a ``_photom`` product with ``fit_psf`` on and off against a reference
 catalog; the other functions measure products that exist. Used by ``benchmarks/parity.py``.
+
+Purity is the fraction of detections within MATCH_RADIUS_ARCSEC of a true star, any true star
+(also one in the image's outer pixels); completeness the fraction of the stars at least
+BRIGHT_SNR significant, 6 pixels or more inside the image and not brighter at the peak than
+source_detection's ``peakmax`` (which drops such sources on purpose) that are detected.
 """
 
 from __future__ import annotations
