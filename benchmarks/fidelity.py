@@ -5,6 +5,11 @@ The truth is a star list (RA, Dec, and where the stars sit on the detector: the 
 ``catalog`` x, y, or a true WCS inverted). ``exposure_fidelity`` runs our source_detection and
 tweakreg scripts on a ``_photom`` product with ``fit_psf`` on and off against a reference
 catalog; the other functions measure products that exist. Used by ``benchmarks/parity.py``.
+
+Purity is the fraction of detections within MATCH_RADIUS_ARCSEC of a true star, any true star
+(also one in the image's outer pixels); completeness the fraction of the stars at least
+BRIGHT_SNR significant, 6 pixels or more inside the image and not brighter at the peak than
+source_detection's ``peakmax`` (which drops such sources on purpose) that are detected.
 """
 
 from __future__ import annotations
@@ -69,20 +74,46 @@ def star_significance(data, err, x, y, radius=APERTURE_RADIUS) -> np.ndarray:
         return np.asarray(table["aperture_sum"]) / np.asarray(table["aperture_sum_err"])
 
 
-def detection_quality(detected_ra, detected_dec, truth: Truth, significance: np.ndarray,
-                      radius_arcsec=MATCH_RADIUS_ARCSEC) -> dict:
-    """Purity (detections that are stars) and completeness (stars >= BRIGHT_SNR detected).
+def star_peaks(data, x, y) -> np.ndarray:
+    """The brightest finite pixel of the 3 x 3 around each (x, y) (NaN where none is)."""
+    data = np.asarray(data, np.float64)
+    rows, columns = np.rint(np.asarray(y)).astype(int), np.rint(np.asarray(x)).astype(int)
+    peaks = np.full(len(rows), -np.inf)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            r, c = rows + dy, columns + dx
+            inside = (r >= 0) & (c >= 0) & (r < data.shape[0]) & (c < data.shape[1])
+            values = np.full(len(rows), -np.inf)
+            values[inside] = data[r[inside], c[inside]]
+            peaks = np.fmax(peaks, np.where(np.isfinite(values), values, -np.inf))
+    return np.where(np.isfinite(peaks), peaks, np.nan)
 
-    ``significance`` is each true star's (NaN for stars off the image).
+
+def detection_quality(detected_ra, detected_dec, truth: Truth, counted: np.ndarray,
+                      radius_arcsec=MATCH_RADIUS_ARCSEC) -> dict:
+    """Purity (detections that are stars) and completeness (``counted`` stars detected).
+
+    Purity is judged against every true star, wherever it sits: a detection of a star in the
+    image's outer pixels is real, although such stars are not ``counted``. ``counted`` marks
+    the stars completeness is measured on (see :func:`counted_stars`).
     """
     index, separation = nearest_star(detected_ra, detected_dec, truth)
     real = separation <= radius_arcsec
     found = np.zeros(len(truth.ra), bool)
     found[index[real]] = True
-    bright = np.nan_to_num(significance, nan=-np.inf) >= BRIGHT_SNR
+    counted = np.asarray(counted, bool)
     return {"detections": int(len(detected_ra)), "purity": float(real.mean()) if real.size else float("nan"),
-            "bright_stars": int(bright.sum()),
-            "completeness": float(found[bright].mean()) if bright.any() else float("nan")}
+            "bright_stars": int(counted.sum()),
+            "completeness": float(found[counted].mean()) if counted.any() else float("nan")}
+
+
+def counted_stars(significance, peaks, peakmax) -> np.ndarray:
+    """Stars completeness counts: at least BRIGHT_SNR significant and not brighter at the peak
+    than source_detection's ``peakmax``, above which DAOStarFinder drops a source on purpose
+    (the romancal documentation, section "Source Detection": saturated cores are no positions
+    for tweakreg). NaN significance (off the image, bad pixels) is not counted."""
+    significance, peaks = np.asarray(significance, float), np.asarray(peaks, float)
+    return (np.nan_to_num(significance, nan=-np.inf) >= BRIGHT_SNR) & ~(peaks > peakmax)
 
 
 def star_fluxes(data, wcs, truth: Truth, radius=FLUX_RADIUS) -> np.ndarray:
@@ -121,6 +152,8 @@ def exposure_fidelity(photom: Path, refcat: Path, truth: Truth, x, y, work: Path
     """Our source_detection and tweakreg on ``photom`` with fit_psf on and off: astrometry of
     the aligned WCS (median, mas) and detection purity/completeness (fit_psf off's catalog).
     ``x``, ``y``: where the stars truly sit on the image (0-based Level 2 pixels)."""
+    from romanpipe.params import step_defaults
+
     import roman_datamodels as rdm
     from astropy.table import Table
 
@@ -130,8 +163,12 @@ def exposure_fidelity(photom: Path, refcat: Path, truth: Truth, x, y, work: Path
     x, y = np.asarray(x, float), np.asarray(y, float)
     on = (x > 5) & (y > 5) & (x < data.shape[1] - 6) & (y < data.shape[0] - 6)
     on_image = Truth(truth.ra[on], truth.dec[on])
-    significance = star_significance(data, err, x[on], y[on])
-    results = {"stars": int(on.sum())}
+    peakmax = step_defaults("source_detection")["peakmax"]
+    peaks = star_peaks(data, x, y)
+    significance = np.full(len(x), np.nan)
+    significance[on] = star_significance(data, err, x[on], y[on])
+    counted = on & counted_stars(significance, peaks, peakmax)
+    results = {"stars": int(on.sum()), "above peakmax": int((on & (peaks > peakmax)).sum())}
     for fit_psf in (False, True):
         label = "fit_psf" if fit_psf else "centroid"
         detected = work / f"{label}_sourcedetection.asdf"
@@ -149,7 +186,7 @@ def exposure_fidelity(photom: Path, refcat: Path, truth: Truth, x, y, work: Path
                 with rdm.open(detected) as found:
                     catalog = Table(np.asarray(found.meta.source_catalog.tweakreg_catalog))
                 ra, dec = wcs(np.asarray(catalog["x"], float), np.asarray(catalog["y"], float))
-                results.update(detection_quality(ra, dec, on_image, significance))
+                results.update(detection_quality(ra, dec, truth, counted))
     with rdm.open(photom) as image:
         results["input astrometry mas"] = wcs_error_mas(image.meta.wcs, x[on], y[on], on_image)
     return results

@@ -155,24 +155,29 @@ DITHERS = [[0.0, 0.0], [3.5, 2.0], [6.0, 4.5], [9.5, 6.5]]  # the four half-pixe
 STARS_PER_FULL_DETECTOR = 2000
 
 
-def simulate_campaign(folder: Path, size: int, ma_table: str, env: dict[str, str]) -> list[Path]:
+def campaign_config(size: int, ma_table: str, psf: str = "gaussian") -> dict:
+    """Our simulator's campaign of four dithered F158 exposures of WFI01 (``psf``: its star model)."""
+    scale = (size / 4096) ** 2
+    return {
+        "title": f"benchmark campaign {size} {ma_table}", "detectors": ["WFI01"], "filters": ["F158"],
+        "exposures_per_filter": len(DITHERS), "dithers": DITHERS, "size": size, "ma_table": ma_table,
+        "seed": 2027, "stars": max(40, round(STARS_PER_FULL_DETECTOR * scale)),
+        "saturating_stars": max(2, round(20 * scale)), "sky_e_per_s": 1.0,
+        "cosmic_ray_flux_per_cm2_s": 5.0, "psf": psf,
+    }
+
+
+def simulate_campaign(folder: Path, size: int, ma_table: str, env: dict[str, str],
+                      psf: str = "gaussian") -> list[Path]:
     """Four dithered F158 exposures of WFI01 by our simulator (once: reused when present)."""
     uncal = sorted((folder / "uncal").glob("*_uncal.asdf"))
     if uncal:
         return uncal
     import yaml
 
-    scale = (size / 4096) ** 2
-    config = {
-        "title": f"benchmark campaign {size} {ma_table}", "detectors": ["WFI01"], "filters": ["F158"],
-        "exposures_per_filter": len(DITHERS), "dithers": DITHERS, "size": size, "ma_table": ma_table,
-        "seed": 2027, "stars": max(40, round(STARS_PER_FULL_DETECTOR * scale)),
-        "saturating_stars": max(2, round(20 * scale)), "sky_e_per_s": 1.0,
-        "cosmic_ray_flux_per_cm2_s": 5.0,
-    }
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "campaign.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path.write_text(yaml.safe_dump(campaign_config(size, ma_table, psf)))
     subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), "campaign", "--config",
                     str(config_path), "--out", str(folder), "-q"], check=True, env=env)
     return sorted((folder / "uncal").glob("*_uncal.asdf"))

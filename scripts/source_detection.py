@@ -99,6 +99,11 @@ INPUT_MODELS = (datamodels.ImageModel,)
 
 GOOD_PIXELS = "~DO_NOT_USE"  # DQ bit spec of the pixels that take part (romanpipe.dqflags)
 NO_PEAK_BITS = "JUMP_DET"  # a source may not peak on these pixels (cosmic-ray residuals)
+# A source fainter than this many times the PSF envelope of a source above peakmax is its halo
+# (in_halo). Measured as flux / (F (fwhm / d)^3): rings and spikes of galsim's Roman PSF around
+# stars of 7,000-240,000 flux came out as sources at 1.0-2.5 (6-22 pixels away); stars of 1/1000 of
+# such a star 26 pixels away at 3.9 (and of 1/100, 39).
+HALO_FACTOR = 3.0
 DAO_COLUMNS = ("id", "x", "y", "flux", "sharpness", "roundness1", "roundness2")
 FIT_COLUMNS = ("x_init", "y_init", "flux_init", "x_err", "y_err", "flux_err", "qfit", "cfit", "psf_flags")
 
@@ -143,13 +148,16 @@ def find_sources(data, err, dq, *, kernel_fwhm, sharplo=0.0, sharphi=1.0, roundl
              float(background.background_median), float(background.background_rms_median), threshold,
              kernel_fwhm)
 
+    # peakmax and max_sources are applied below, after the halo rule that needs the dropped sources.
     finder = DAOStarFinder(threshold, kernel_fwhm, sharpness_range=(sharplo, sharphi),
-                           roundness_range=(roundlo, roundhi), peak_max=peakmax, n_brightest=max_sources)
+                           roundness_range=(roundlo, roundhi))
     with warnings.catch_warnings():
         # An empty field is a result, reported below, not a warning.
         warnings.simplefilter("ignore", NoDetectionsWarning)
         found = finder(subtracted, mask=bad | cosmic_ray_pixels(dq))
-    if found is None:
+    if found is not None:
+        found = drop_bright_sources_and_their_halos(found, peakmax, kernel_fwhm, max_sources)
+    if found is None or len(found) == 0:
         log.warning("no sources detected")
         return empty_catalog(psf_model is not None)
     catalog = Table({"id": np.arange(1, len(found) + 1, dtype=np.int64),
@@ -164,6 +172,36 @@ def find_sources(data, err, dq, *, kernel_fwhm, sharplo=0.0, sharphi=1.0, roundl
     error = np.asarray(err, dtype=np.float64)
     fit_mask = bad | ~np.isfinite(error) | (error <= 0)
     return fit_psf_photometry(subtracted, np.where(fit_mask, 1.0, error), fit_mask, catalog, psf_model)
+
+
+def in_halo(x, y, flux, bright_x, bright_y, bright_flux, fwhm) -> np.ndarray:
+    """True where a source is fainter than HALO_FACTOR x (fwhm / d)^3 of the flux of a bright
+    source at distance d: the far wing of a diffraction-limited PSF falls as d^-3, and there a
+    saturated star's rings and strut spikes are brighter than faint stars."""
+    x, y, flux = (np.asarray(value, np.float64)[:, None] for value in (x, y, flux))
+    distance = np.hypot(x - np.asarray(bright_x, np.float64), y - np.asarray(bright_y, np.float64))
+    # Within one FWHM of a bright source a fainter one is part of it: the envelope stops at 1.
+    wing = HALO_FACTOR * np.asarray(bright_flux, np.float64) * (fwhm / np.maximum(distance, fwhm)) ** 3
+    return (flux < wing).any(axis=1)
+
+
+def drop_bright_sources_and_their_halos(found: Table, peakmax, fwhm, max_sources) -> Table:
+    """DAOStarFinder's sources less those peaking above ``peakmax`` and those in their halos
+    (:func:`in_halo`), then the ``max_sources`` brightest by flux (photutils' ``n_brightest``)."""
+    peak, flux = np.asarray(found["peak"], np.float64), np.asarray(found["flux"], np.float64)
+    too_bright = peak > peakmax if peakmax is not None else np.zeros(len(found), bool)
+    keep = ~too_bright
+    if too_bright.any():
+        x, y = np.asarray(found["x_centroid"]), np.asarray(found["y_centroid"])
+        halo = keep & in_halo(x, y, flux, x[too_bright], y[too_bright], flux[too_bright], fwhm)
+        if halo.any():
+            log.info("%d sources in the halos of %d sources above peakmax dropped", int(halo.sum()),
+                     int(too_bright.sum()))
+        keep &= ~halo
+    found = found[keep]
+    if max_sources is not None and len(found) > max_sources:
+        found = found[np.argsort(np.asarray(found["flux"]))[::-1][:max_sources]]
+    return found
 
 
 def empty_catalog(with_fit: bool) -> Table:

@@ -20,6 +20,10 @@ in wcs_fit_results' status; an image without a source catalog is SKIPPED. One im
 with ``--exposure-images`` (the other detectors of its exposure; the workflow gives
 them) is fitted together with them as one rigid group (``align_exposure``, ours), so a
 sparse detector is held by its neighbours' stars; only its own product is written.
+``abs_separation`` defaults to romancal 1.1's 1.0 arcsec, not the documented 0.1: tweakwcs
+matches once, after a shift-only first guess, and across an exposure a roll leaves a far
+detector's sources ~0.5 arcsec off, within ``abs_tolerance`` (0.7) of a neighbour closer than
+that; sources closer than ``abs_separation`` take no part, so no pair can be swapped.
 
 Reference catalogs are taken at the exposure's epoch (``meta.exposure.start_time``):
 the catalog service is asked for that epoch, and a local catalog's ``pmra`` (which
@@ -227,9 +231,9 @@ def _absolute_alignment(correctors, refcat: Table, parameters) -> tuple[str | No
         return (f"not enough reference sources in the field ({len(refcat)} < abs_minobj "
                 f"{parameters['abs_minobj']})", 0)
     if parameters["abs_separation"] <= math.sqrt(2) * parameters["abs_tolerance"]:
-        log.info("abs_separation %.3g arcsec is not larger than sqrt(2) x abs_tolerance %.3g (the documented "
-                 "defaults): close pairs may be confused", parameters["abs_separation"],
-                 parameters["abs_tolerance"])
+        log.warning("abs_separation %.3g arcsec is not larger than sqrt(2) x abs_tolerance %.3g (as in the "
+                    "romancal documentation): close pairs may be confused", parameters["abs_separation"],
+                    parameters["abs_tolerance"])
     match = _CountingMatch(searchrad=parameters["abs_searchrad"], separation=parameters["abs_separation"],
                            use2dhist=parameters["abs_use2dhist"], tolerance=parameters["abs_tolerance"])
     for corrector in correctors:

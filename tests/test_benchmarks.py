@@ -200,15 +200,40 @@ def test_pool_row_paths_are_made_absolute_from_the_run_folder(tmp_path):
 
 def test_detection_quality_counts_real_detections_and_bright_stars_found():
     """Five stars; detections: three within 0.1" of a star, two far from every star. The
-    bright stars (>= 10 sigma) are 0, 1, 3; 0 and 1 are found, 3 is not."""
+    counted stars are 0, 1, 3; 0 and 1 are found, 3 is not."""
     arcsec = 1 / 3600
     truth = fidelity.Truth(np.array([10.0, 10.0 + 5 * arcsec, 10.0, 10.0 + 10 * arcsec, 10.0]),
                            np.array([20.0, 20.0, 20.0 + 5 * arcsec, 20.0 + 10 * arcsec, 20.0 + 20 * arcsec]))
     detected_ra = np.array([10.0, 10.0 + 5.1 * arcsec, 10.0, 10.0 + 30 * arcsec, 10.0 - 30 * arcsec])
     detected_dec = np.array([20.0 + 0.1 * arcsec, 20.0, 20.0 + 5.05 * arcsec, 20.0, 20.0])
-    significance = np.array([50.0, 12.0, 3.0, 40.0, np.nan])
-    quality = fidelity.detection_quality(detected_ra, detected_dec, truth, significance)
+    counted = np.array([True, True, False, True, False])
+    quality = fidelity.detection_quality(detected_ra, detected_dec, truth, counted)
     assert quality == {"detections": 5, "purity": 3 / 5, "bright_stars": 3, "completeness": 2 / 3}
+
+
+def test_a_detected_star_that_completeness_does_not_count_is_still_real():
+    """A star in the image's outer pixels is left out of completeness but its detection is a
+    star: at 256 px, three of the 37 detections were such stars, and were counted false."""
+    arcsec = 1 / 3600
+    truth = fidelity.Truth(np.array([10.0, 10.0 + 5 * arcsec]), np.array([20.0, 20.0]))
+    quality = fidelity.detection_quality(np.array([10.0, 10.0 + 5 * arcsec]), np.array([20.0, 20.0]), truth,
+                                         np.array([True, False]))
+    assert quality["purity"] == 1.0 and quality["completeness"] == 1.0 and quality["bright_stars"] == 1
+
+
+def test_counted_stars_are_significant_and_within_peakmax():
+    """source_detection's peakmax drops saturated cores on purpose: such stars are not missed."""
+    significance = np.array([50.0, 9.0, 400.0, np.nan, 20.0])
+    peaks = np.array([30.0, 5.0, 1900.0, 1.0, np.nan])
+    np.testing.assert_array_equal(fidelity.counted_stars(significance, peaks, 1000.0),
+                                  [True, False, False, False, True])
+
+
+def test_star_peaks_is_the_brightest_finite_pixel_around_a_position():
+    image = np.zeros((8, 8))
+    image[3, 4], image[2, 3], image[2, 1], image[6, 6] = 7.0, 9.0, 11.0, np.nan
+    peaks = fidelity.star_peaks(image, np.array([3.6, 6.0, 0.2]), np.array([2.8, 6.0, 0.0]))
+    np.testing.assert_array_equal(peaks, [9.0, 0.0, 0.0])
 
 
 def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
@@ -262,3 +287,14 @@ def test_catalog_bench_input_holds_its_stars_and_the_pools_references(tmp_path):
     with rdm.open(paths["apcorr"]) as apcorr, rdm.open(paths["epsf"]) as epsf:
         assert list(apcorr.data) == ["F158"] and epsf.meta.instrument.optical_element == "F158"
     assert catalog_speed.make_input(tmp_path, 72, stars=4, seed=3) == paths  # made once
+
+
+def test_parity_campaign_draws_its_stars_with_the_psf_fit_psf_fits():
+    """fit_psf fits galsim's Roman PSF; on the Gaussian stars the parity campaign drew, it moved
+    bright stars by up to 0.3 pixel and tweakreg ended 8.9 mas off (0.5 mas on Roman-PSF stars)."""
+    import parity
+
+    from wfisim.campaign import CampaignConfig
+
+    config = CampaignConfig.from_mapping(measure.campaign_config(256, "IMG_UNEVEN_6", parity.CAMPAIGN_PSF))
+    assert config.psf == "roman" and config.size == 256 and config.exposures_per_filter == 4

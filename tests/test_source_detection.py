@@ -388,6 +388,30 @@ def test_peakmax_drops_stars_whose_brightest_pixel_is_above_it():
     assert len(capped) < len(every)
 
 
+def test_the_halo_of_a_star_above_peakmax_makes_no_detection_and_hides_no_star():
+    """A galsim Roman-PSF star of 30,000 DN/s (above peakmax, dropped) and four of 300 DN/s
+    25-27 pixels from it: its rings and strut spikes were four more detections, of 17-38
+    DN/s at 10-17 pixels; only the four stars may be found."""
+    shape = (128, 128)
+    x = np.array([64.3, 90.0, 39.0, 64.2, 64.0])
+    y = np.array([63.8, 64.0, 67.0, 91.0, 38.0])
+    data, err = observe(galsim_rate(shape, x, y, np.array([3e4, 300.0, 300.0, 300.0, 300.0])), seed=5)
+    catalog = source_detection.find_sources(data, err, np.zeros(shape, np.uint32), kernel_fwhm=1.633,
+                                            peakmax=1000.0)
+    found, _ = match(catalog, x[1:], y[1:])
+    assert found.all() and len(catalog) == 4
+
+
+def test_in_halo_is_below_halo_factor_times_the_d_cubed_envelope():
+    """Hand values: a bright source of 1000 at the origin, FWHM 1; at 10 pixels the envelope
+    is 1000 x 10^-3 = 1, times HALO_FACTOR; within one FWHM it is the whole flux."""
+    edge = source_detection.HALO_FACTOR
+    halo = source_detection.in_halo(np.array([10.0, 10.0, 0.5, 30.0]), np.zeros(4),
+                                    np.array([0.99 * edge, 1.01 * edge, 999.0, 0.99 * edge]),
+                                    np.array([0.0]), np.array([0.0]), np.array([1000.0]), 1.0)
+    np.testing.assert_array_equal(halo, [True, False, True, False])
+
+
 def test_computed_threshold_is_the_median_of_background_plus_snr_threshold_times_rms():
     from astropy.stats import SigmaClip
     from photutils.background import Background2D, MedianBackground
