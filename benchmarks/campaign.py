@@ -89,6 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--skip-warmup", action="store_true",
+                        help="no untimed first run: numba's cache (<out>/.numba_cache) is already filled, "
+                             "e.g. by bench.py at the same size")
     args = parser.parse_args(argv)
 
     env = clean_environment()
@@ -98,7 +101,8 @@ def main(argv=None) -> int:
     peer_env = peer.configure_environment(sim / "crds_cache", dict(env))
     run = (args.out / f"campaign_{args.size}_{args.ma_table}").resolve()
     prepare_run_folder(sim, run, exposures, "cal")
-    run_ours(run, env, args.cores)  # untimed: numba's cache, the pool table romancal reads
+    if not args.skip_warmup:
+        run_ours(run, env, args.cores)  # untimed: numba's cache compiled as on an installation
 
     ours, theirs = [], []
     for repeat in range(args.repeat):
