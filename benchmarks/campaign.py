@@ -31,20 +31,18 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 import peer  # noqa: E402
 from bench import best, fresh, local_catalog, prepare_run_folder, summary  # noqa: E402
 from measure import (  # noqa: E402
-    add_warm_workers,
     clean_environment,
     machine_description,
     markdown_table,
     run_measured,
+    run_workflow,
     simulate_campaign,
-    snakemake_command,
 )
 
 
 def run_ours(run: Path, env, cores: int) -> dict[str, float]:
     fresh(run)
-    figures = run_measured(snakemake_command(run, cores=cores), env, log=run / "snakemake.log")
-    return summary(add_warm_workers(figures, run / "results" / ".cache" / "warm"))
+    return summary(run_workflow(run, env, cores=cores))
 
 
 def run_peer(run: Path, exposures: list[Path], env, cores: int) -> dict[str, float]:
