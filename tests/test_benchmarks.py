@@ -109,7 +109,7 @@ def test_exposure_table_ratios():
     assert "| ramp_fit | 8.0 | 7.0 | 1.50 | 16.0 | 0.50× |" in lines
     assert "| dq_init | — | — | — | — | — |" in lines
     assert lines[-1] == ("| **total** vs romancal (ols_cas22) | 40.0 | 30.0 | 1.50 "
-                         "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (memory 0.38×) |")
+                         "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (CPU 0.67×, memory 0.38×) |")
 
 
 PEER_LOG = """\
