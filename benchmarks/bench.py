@@ -49,15 +49,15 @@ from romanpipe.timing import PHASES, read_timings  # noqa: E402
 import catalog_speed  # noqa: E402
 import peer  # noqa: E402
 from measure import (  # noqa: E402
-    add_warm_workers,
     clean_environment,
     cpu_seconds,
     documented_outlier_settings,
     machine_description,
     markdown_table,
     run_measured,
+    run_workflow,
     simulate_campaign,
-    snakemake_command,
+    warm_servers_folder,
 )
 
 EXPOSURE_CHAIN = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "ramp_fit", "assign_wcs",
@@ -73,20 +73,20 @@ RERUN_CONFIG = {"flat_field": {"include_var_flat": False}}
 DEFAULT_MA_TABLES = ["IMG_UNEVEN_6", "IMG_UNEVEN_16"]
 
 
-def read_rule_benchmarks(logs: Path, steps: list[str]) -> dict[str, dict[str, float]]:
-    """Snakemake's per-rule benchmark tables (s, max_rss in MB, cpu_time) -> our figures."""
-    import pandas as pd
+def read_rule_benchmarks(logs: Path, steps: list[str], warm_folder: Path | None = None
+                         ) -> dict[str, dict[str, float]]:
+    """Snakemake's per-rule benchmark tables (s, max_rss in MB, cpu_time) -> our figures, summed
+    over a rule's jobs; a job run warm with its worker's CPU and memory from the servers' logs
+    in ``warm_folder`` (``benchmark_table.py``: Snakemake measures only the client)."""
+    from benchmark_table import benchmark_table
 
+    table = benchmark_table(logs / "benchmarks", warm_folder)
     figures = {}
     for step in steps:
-        # a job per exposure (benchmarks/<step>/<expo>.tsv) or one per run (benchmarks/<step>.tsv)
-        tables = sorted((logs / "benchmarks" / step).glob("*.tsv")) + sorted(
-            (logs / "benchmarks").glob(f"{step}.tsv"))
-        if not tables:
-            continue
-        frame = pd.concat([pd.read_csv(path, sep="\t") for path in tables])
-        figures[step] = {"wall_s": float(frame["s"].sum()), "cpu_s": float(frame["cpu_time"].sum()),
-                         "max_rss_gb": float(frame["max_rss"].max()) / 1024}
+        jobs = table[table["rule"] == step]
+        if not jobs.empty:
+            figures[step] = {"wall_s": float(jobs["s"].sum()), "cpu_s": float(jobs["cpu_time"].sum()),
+                             "max_rss_gb": float(jobs["max_rss"].max()) / 1024}
     return figures
 
 
@@ -200,8 +200,7 @@ def fresh(run: Path) -> None:
 
 
 def run_ours(run: Path, env, *extra) -> dict[str, float]:
-    figures = run_measured(snakemake_command(run, *extra), env, log=run / "snakemake.log")
-    return summary(add_warm_workers(figures, run / "results" / ".cache" / "warm"))
+    return summary(run_workflow(run, env, *extra))
 
 
 def run_peer_pipeline(run: Path, uncal: Path, algorithm: str, env) -> tuple[dict[str, float], dict]:
@@ -240,7 +239,8 @@ def exposure_table(ours_jobs, peer_split, ours_total, peer_pipelines) -> str:
         rows.append([f"**total** vs {label}", *cells(ours_total),
                      f"{theirs['wall_s']:.1f} (CPU {theirs['cpu_s']:.1f}, {theirs['max_rss_gb']:.2f} GB)",
                      f"{ratio(ours_total['wall_s'], theirs['wall_s'])} "
-                     f"(memory {ratio(ours_total['max_rss_gb'], theirs['max_rss_gb'])})"])
+                     f"(CPU {ratio(ours_total['cpu_s'], theirs['cpu_s'])}, "
+                     f"memory {ratio(ours_total['max_rss_gb'], theirs['max_rss_gb'])})"])
     headers = ["step", "ours wall (s)", "ours CPU (s)", "ours peak RSS (GB)", "romancal wall (s)",
                "wall ours/romancal"]
     return markdown_table(headers, rows)
@@ -269,7 +269,8 @@ def exposure_level(args, ma_table: str, env) -> tuple[str, dict[str, float]]:
         fresh(exposure_run)
         ours_runs.append(run_ours(exposure_run, env))
         if ours_runs[-1] is best(ours_runs):
-            ours_jobs = read_rule_benchmarks(exposure_run / "logs", [*TIMED_JOBS, *REPORT_JOBS])
+            ours_jobs = read_rule_benchmarks(exposure_run / "logs", [*TIMED_JOBS, *REPORT_JOBS],
+                                             warm_servers_folder(exposure_run))
             ours_timings = read_job_timings(exposure_run / "logs", TIMED_JOBS)
         print(f"{ma_table} run {repeat + 1}: ours {ours_runs[-1]}", file=sys.stderr)
         for algorithm in algorithms:
@@ -335,7 +336,8 @@ def mosaic_level(args, ma_table: str, env) -> str:
         shutil.rmtree(mosaic_run / generated, ignore_errors=True)
     (mosaic_run / "results" / "associations.csv").unlink(missing_ok=True)
     ours_mosaic = run_ours(mosaic_run, env, *like_romancal)
-    ours_mosaic_steps = read_rule_benchmarks(mosaic_run / "logs", MOSAIC_CHAIN)
+    ours_mosaic_steps = read_rule_benchmarks(mosaic_run / "logs", MOSAIC_CHAIN,
+                                             warm_servers_folder(mosaic_run))
     asn = cal_association(mosaic_run)
     peer_mosaic = summary(run_measured(
         [sys.executable, str(HERE / "peer.py"), "mosaic", str(asn), str(mosaic_run / "peer" / "i2d.asdf")],
@@ -343,8 +345,8 @@ def mosaic_level(args, ma_table: str, env) -> str:
     # What operators run: the workflow configuration's outlier_detection (its finer median
     # grid) changes its parameters, so it and resample rerun.
     run_ours(mosaic_run, env)
-    configured_outliers = read_rule_benchmarks(mosaic_run / "logs",
-                                               ["outlier_detection"])["outlier_detection"]
+    configured_outliers = read_rule_benchmarks(mosaic_run / "logs", ["outlier_detection"],
+                                               warm_servers_folder(mosaic_run))["outlier_detection"]
     return "".join([
         f"\n## Mosaic level, {ma_table} (four dithered _cal files → _i2d)\n\n",
         markdown_table(["run", "wall (s)", "CPU (s)", "peak RSS (GB)"], [

@@ -31,20 +31,18 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 import peer  # noqa: E402
 from bench import best, fresh, local_catalog, prepare_run_folder, summary  # noqa: E402
 from measure import (  # noqa: E402
-    add_warm_workers,
     clean_environment,
     machine_description,
     markdown_table,
     run_measured,
+    run_workflow,
     simulate_campaign,
-    snakemake_command,
 )
 
 
 def run_ours(run: Path, env, cores: int) -> dict[str, float]:
     fresh(run)
-    figures = run_measured(snakemake_command(run, cores=cores), env, log=run / "snakemake.log")
-    return summary(add_warm_workers(figures, run / "results" / ".cache" / "warm"))
+    return summary(run_workflow(run, env, cores=cores))
 
 
 def run_peer(run: Path, exposures: list[Path], env, cores: int) -> dict[str, float]:
@@ -89,6 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--skip-warmup", action="store_true",
+                        help="no untimed first run: numba's cache (<out>/.numba_cache) is already filled, "
+                             "e.g. by bench.py at the same size")
     args = parser.parse_args(argv)
 
     env = clean_environment()
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
     peer_env = peer.configure_environment(sim / "crds_cache", dict(env))
     run = (args.out / f"campaign_{args.size}_{args.ma_table}").resolve()
     prepare_run_folder(sim, run, exposures, "cal")
-    run_ours(run, env, args.cores)  # untimed: numba's cache, the pool table romancal reads
+    if not args.skip_warmup:
+        run_ours(run, env, args.cores)  # untimed: numba's cache compiled as on an installation
 
     ours, theirs = [], []
     for repeat in range(args.repeat):

@@ -61,27 +61,57 @@ def cpu_seconds(figures: dict[str, float]) -> float:
     return figures["user_s"] + figures["system_s"]
 
 
-def add_warm_workers(figures: dict[str, float], folder: Path, timeout: float = 30.0) -> dict[str, float]:
+def warm_log_sizes(folder: Path) -> dict[str, int]:
+    """How far each warm-start server's log in ``folder`` reaches now (bytes): what a later
+    :func:`add_warm_workers` leaves out, as an earlier run's."""
+    return {log.name: log.stat().st_size for log in folder.glob("*.log")} if folder.is_dir() else {}
+
+
+def add_warm_workers(figures: dict[str, float], folder: Path, already_logged: dict[str, int] | None = None,
+                     timeout: float = 30.0) -> dict[str, float]:
     """``figures`` of a workflow run with what its warm-start servers spent (romanpipe.warm).
 
     Jobs run warm are not children of Snakemake, so ``/usr/bin/time`` does not count them:
     the servers are stopped (their lock files removed), and the CPU each one logs at its exit
-    (its imports and every job it ran) is added, with the largest job's peak memory.
+    (its imports and every job it ran) is added, with the largest job's peak memory. A run
+    in a folder with earlier runs' results reuses their servers' logs: only what was logged
+    beyond ``already_logged`` (:func:`warm_log_sizes` before the run) counts.
     """
+    already_logged = already_logged or {}
     logs = sorted(folder.glob("*.log")) if folder.is_dir() else []
     for lock_file in folder.glob("*.lock") if folder.is_dir() else []:
         lock_file.unlink()
+
+    def this_run(log: Path) -> str:
+        with log.open() as stream:
+            stream.seek(already_logged.get(log.name, 0))
+            return stream.read()
+
     deadline = time.monotonic() + timeout
     cpu, peak_kb = 0.0, 0
     for log in logs:
-        while "exits:" not in log.read_text() and time.monotonic() < deadline:
+        while "exits:" not in this_run(log) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for line in log.read_text().splitlines():
+        for line in this_run(log).splitlines():
             record = json.loads(line.split(" exits: ", 1)[1]) if " exits: " in line else (
                 json.loads(line) if line.startswith("{") else {})
             cpu += record.get("server_cpu", 0.0) + record.get("jobs_cpu", 0.0)
             peak_kb = max(peak_kb, record.get("max_rss_kb", 0))
     return {**figures, "user_s": figures["user_s"] + cpu, "max_rss_kb": max(figures["max_rss_kb"], peak_kb)}
+
+
+def warm_servers_folder(folder: Path) -> Path:
+    """Where a workflow run in ``folder`` keeps its warm-start servers' locks and logs (the
+    workflow's ``ROMANPIPE_WARM_DIR``)."""
+    return folder / "results" / ".cache" / "warm"
+
+
+def run_workflow(folder: Path, env: dict[str, str], *extra: str, cores: int = 2) -> dict[str, float]:
+    """Our workflow on ``folder`` (:func:`snakemake_command`) under ``/usr/bin/time``, with what
+    this run's warm-start servers spent (:func:`add_warm_workers`)."""
+    already_logged = warm_log_sizes(warm_servers_folder(folder))
+    figures = run_measured(snakemake_command(folder, *extra, cores=cores), env, log=folder / "snakemake.log")
+    return add_warm_workers(figures, warm_servers_folder(folder), already_logged)
 
 
 def parity_stats(ours, theirs, error, *, ours_dq=None, theirs_dq=None, usable=None) -> dict[str, float]:

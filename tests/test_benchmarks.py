@@ -72,6 +72,33 @@ def test_rule_benchmarks_are_summed_per_step(tmp_path):
     figures = bench.read_rule_benchmarks(tmp_path, ["flat_field", "photom", "provenance"])
     assert figures == {"flat_field": {"wall_s": 5.0, "cpu_s": 4.0, "max_rss_gb": 1.0},
                        "provenance": {"wall_s": 1.0, "cpu_s": 0.5, "max_rss_gb": 0.25}}
+    # Job b ran warm: Snakemake measured its client; its worker (the server's log) used 6 CPU s,
+    # 2 GB. An earlier run's record of the same job comes first in the log: the last one counts.
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    (warm / "key.log").write_text("".join(
+        json.dumps({"job": "flat_field.py", "log": str(tmp_path / "flat_field" / "b.log"), "exit": 0,
+                    "cpu": cpu, "max_rss_kb": rss_kb}) + "\n"
+        for cpu, rss_kb in ((9.0, 1), (6.0, 2 * 1024**2))))
+    figures = bench.read_rule_benchmarks(tmp_path, ["flat_field"], warm)
+    assert figures == {"flat_field": {"wall_s": 5.0, "cpu_s": 10.0, "max_rss_gb": 2.0}}
+
+
+def test_warm_workers_of_this_run_only(tmp_path):
+    """A rerun in the same folder: the servers' log holds the earlier run's exit line too; only
+    what this run's servers logged is added (here 2.5 + 4.0 CPU s, a job of 3 GB)."""
+    log = tmp_path / "key.log"
+    log.write_text('{"job": "a.py", "cpu": 20.0, "max_rss_kb": 8000000}\n'
+                   '2026-12-07T20:00:00Z server 1 exits: {"server_cpu": 3.0, "jobs_cpu": 20.0}\n')
+    before = measure.warm_log_sizes(tmp_path)
+    (tmp_path / "key.lock").write_text("")
+    with log.open("a") as stream:
+        stream.write('{"job": "b.py", "cpu": 4.0, "max_rss_kb": 3145728}\n'
+                     '2026-12-07T20:10:00Z server 2 exits: {"server_cpu": 2.5, "jobs_cpu": 4.0}\n')
+    measured = {"user_s": 10.0, "system_s": 1.0, "max_rss_kb": 1000}
+    figures = measure.add_warm_workers(measured, tmp_path, before)
+    assert figures == {"user_s": 16.5, "system_s": 1.0, "max_rss_kb": 3145728}
+    assert not (tmp_path / "key.lock").exists()  # the servers are told to stop
 
 
 def test_exposure_table_ratios():
@@ -82,7 +109,7 @@ def test_exposure_table_ratios():
     assert "| ramp_fit | 8.0 | 7.0 | 1.50 | 16.0 | 0.50× |" in lines
     assert "| dq_init | — | — | — | — | — |" in lines
     assert lines[-1] == ("| **total** vs romancal (ols_cas22) | 40.0 | 30.0 | 1.50 "
-                         "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (memory 0.38×) |")
+                         "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (CPU 0.67×, memory 0.38×) |")
 
 
 PEER_LOG = """\
