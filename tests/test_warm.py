@@ -252,15 +252,37 @@ def test_a_job_of_another_code_revision_does_not_use_the_server(served):
 SELECTS = """\
 import sys
 from romanpipe import refs
-print("warm" if "numpy" in sys.modules else "plain",
+print("warm" if "tweakwcs" in sys.modules else "plain",
       refs.best_references(refs.selection_parameters({"detector": "WFI01", "optical_element": "F158",
       "start_time": "2027-01-01T00:00:00", "exposure_type": "WFI_IMAGE"}), ["saturation"])["saturation"])
 """
 
 
-def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path):
+# A sitecustomize that imports crds when roman_datamodels is first imported, as stpipe's asdf
+# entry points do when the peer extra is installed (the client, which imports neither, is unchanged).
+IMPORT_CRDS_WITH_ROMAN_DATAMODELS = """\
+import importlib.abc
+import sys
+
+
+class ImportCrdsWithRomanDatamodels(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "roman_datamodels":
+            sys.meta_path.remove(self)
+            import crds.client.api  # noqa: F401
+        return None
+
+
+sys.meta_path.insert(0, ImportCrdsWithRomanDatamodels())
+"""
+
+
+@pytest.mark.parametrize("crds_imported_with_roman_datamodels", [False, True])
+def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path, crds_imported_with_roman_datamodels):
     """The job configures and imports crds itself, as in a new process (a crds imported ahead by
-    the server failed here: 'NoneType' object has no attribute 'endswith')."""
+    the server failed here: 'NoneType' object has no attribute 'endswith'), also when a library
+    imports crds with roman_datamodels (as stpipe's entry points do when the peer extra is
+    installed: then the server's preload imports crds)."""
     from romanpipe import crds_cache
 
     from astropy.time import Time
@@ -281,6 +303,11 @@ def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path):
     setup.probe = setup.scripts / "selects.py"
     setup.env = {name: value for name, value in setup.env.items() if not name.startswith("CRDS_")}
     setup.env["CRDS_PATH"] = str(cache)
+    if crds_imported_with_roman_datamodels:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(IMPORT_CRDS_WITH_ROMAN_DATAMODELS)
+        setup.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), setup.env.get("PYTHONPATH")]))
     try:
         setup.start_server()
         warm_run, plain_run = setup.run(), setup.run(plain=True)

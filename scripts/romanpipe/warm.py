@@ -348,6 +348,19 @@ def _preload() -> None:
             datamodels.open(path).close()
     except Exception as err:  # noqa: BLE001
         _note(f"preload of a Roman file: {type(err).__name__}: {err}")
+    _forget_crds()
+
+
+def _forget_crds() -> None:
+    """Drop crds from the modules a job inherits, should a preloaded library have imported it.
+
+    With romancal's stpipe installed (the ``peer`` extra), importing roman_datamodels imports
+    crds through stpipe's entry points; configured at the server's start, it then failed every
+    job's selection offline ('NoneType' object has no attribute 'endswith'). A job imports its
+    own, as a plain process does.
+    """
+    for name in [name for name in sys.modules if name == "crds" or name.startswith("crds.")]:
+        del sys.modules[name]
 
 
 def _peer_uid(connection: socket.socket) -> int:
