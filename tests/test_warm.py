@@ -277,8 +277,8 @@ sys.meta_path.insert(0, ImportCrdsWithRomanDatamodels())
 """
 
 
-@pytest.mark.parametrize("crds_imported_with_roman_datamodels", [False, True])
-def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path, crds_imported_with_roman_datamodels):
+@pytest.mark.parametrize("crds_with_roman_datamodels", [False, True])
+def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path, crds_with_roman_datamodels):
     """The job configures and imports crds itself, as in a new process (a crds imported ahead by
     the server failed here: 'NoneType' object has no attribute 'endswith'), also when a library
     imports crds with roman_datamodels (as stpipe's entry points do when the peer extra is
@@ -303,7 +303,7 @@ def test_a_warm_job_selects_references_through_crds_as_a_plain_one(tmp_path, crd
     setup.probe = setup.scripts / "selects.py"
     setup.env = {name: value for name, value in setup.env.items() if not name.startswith("CRDS_")}
     setup.env["CRDS_PATH"] = str(cache)
-    if crds_imported_with_roman_datamodels:
+    if crds_with_roman_datamodels:
         site = tmp_path / "site"
         site.mkdir()
         (site / "sitecustomize.py").write_text(IMPORT_CRDS_WITH_ROMAN_DATAMODELS)
