@@ -214,6 +214,22 @@ def exposure_pipeline_steps(pool_row, folder: Path, readout_shape, algorithm: st
     return steps
 
 
+def romancal_default_steps(pool_row, folder: Path, readout_shape, include_var_flat: bool = True,
+                           abs_refcat: Path | None = None) -> dict[str, dict]:
+    """ExposurePipeline ``steps`` at romancal 1.1's defaults (``likely``, dark_decay, wfi18_transient,
+    linearity read by read) with the references of a run of our romancal-1.1 preset: its pool row
+    lists INVERSELINEARITY, INTEGRALNONLINEARITY and DARKDECAYSIGNAL, which replace the neutral ones
+    of :func:`exposure_pipeline_steps`. romancal's dark_decay reads a full frame only: on a smaller
+    readout it is skipped (the comparison's campaign simulates no decay signal, so ours subtracts 0).
+    """
+    steps = exposure_pipeline_steps(pool_row, folder, readout_shape, "likely", include_var_flat, abs_refcat)
+    steps["linearity"].update(override_inverselinearity=pool_row["ref_inverselinearity"],
+                              override_integralnonlinearity=pool_row["ref_integralnonlinearity"])
+    steps["dark_decay"] = ({"override_darkdecaysignal": pool_row["ref_darkdecaysignal"]}
+                           if refpix_runs(readout_shape) else {"skip": True})
+    return steps
+
+
 def step_class(alias: str):
     import importlib
 
