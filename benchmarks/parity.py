@@ -391,6 +391,38 @@ def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
     return path
 
 
+def romanisim_small_level1(uncal: Path, truth: Path, path: Path, seed: int = 7) -> Path:
+    """A small Level 1 file whose ramp romanisim reads out (``romanisim.l1.make_l1``: electrons
+    apportioned to the reads, cosmic rays, IPC, read noise, rounding, saturation) from our
+    simulator's scene: ``truth``'s sky-plus-dark electron rate (Poisson-drawn here) and detector
+    (gain, read noise, bias, saturation), in a copy of ``uncal`` (its metadata and read pattern).
+    romanisim's own images are full detectors only (:func:`romanisim_level1`); this keeps a test
+    small. romanisim's read time (3.16 s) stands for our frame time."""
+    import galsim
+    import roman_datamodels as rdm
+    from romanisim import l1
+
+    from wfisim.truth import read_truth
+
+    scene = read_truth(truth)
+    detector = scene["detector"]
+    with rdm.open(uncal) as model:
+        read_pattern = [list(reads) for reads in model.meta.exposure.read_pattern]
+        duration = l1.read_pattern_to_tij(read_pattern)[-1][-1]
+        mean_electrons = (scene["rate_e_per_s"] + detector["dark_current_e_per_s"]) * duration
+        electrons = np.random.default_rng(seed).poisson(mean_electrons).astype(np.float64)
+        # Our bias is the reset level (romanisim's pedestal would come on top of it).
+        resultants, _ = l1.make_l1(galsim.Image(electrons), read_pattern, pedestal=0,
+                                   read_noise=detector["read_noise_dn"], gain=detector["gain_e_per_dn"],
+                                   crparam={}, rng=galsim.UniformDeviate(seed),
+                                   saturation=detector["saturation_level_dn"])
+        model.data = (resultants + detector["bias_dn"]).clip(0, np.iinfo(np.uint16).max).astype(np.uint16)
+        model.meta.filename = path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+    return path
+
+
 def romanisim_catalog(level1: Path) -> Path:
     return level1.parent.parent / "catalogs" / "romanisim_stars.ecsv"
 
@@ -443,8 +475,8 @@ def preset_run(folder: Path, env, target: str = "cal") -> Path:
         config["refpix"] = {**config.get("refpix", {}), "skip": True}
     (run / "workflow.yaml").write_text(yaml.safe_dump(config))
     # --notemp: the intermediate products stay for a step-by-step look where the goals are missed.
-    subprocess.run(snakemake_command(run, "--notemp", "--configfile", str(run / "workflow.yaml"), str(PRESET)),
-                   check=True, env=env)
+    preset = ["--notemp", "--configfile", str(run / "workflow.yaml"), str(PRESET)]
+    subprocess.run(snakemake_command(run, *preset), check=True, env=env)
     return run
 
 
@@ -457,14 +489,16 @@ def jump_agreement(ours_dq, theirs_dq) -> float:
 def preset_parity(run: Path, suffix: str = "cal") -> dict:
     """Our romancal-1.1 preset's product against romancal 1.1's default ExposurePipeline on the same
     Level 1 file and the references our run used (:func:`peer.romancal_default_steps`): the
-    :func:`compare_images` figures and ``jump_agreement``."""
+    :func:`compare_images` figures, ``jump_agreement`` and our ``jumps`` (pixels with JUMP_DET)."""
     row = peer.read_pool_row(run / "results" / "pool.csv")
     uncal = Path(row["path"])
     readout = peer.readout_shape_of(uncal)
     theirs = peer.run_exposure_pipeline(uncal, peer.romancal_default_steps(row, run / "peer", readout))
     ours = run / "results" / "exposures" / f"{row['exposure']}_{suffix}.asdf"
     stats = compare_images(ours, theirs)
-    stats["jump_agreement"] = jump_agreement(open_arrays(ours, "dq")[0], theirs.dq)
+    ours_dq = open_arrays(ours, "dq")[0]
+    stats["jump_agreement"] = jump_agreement(ours_dq, theirs.dq)
+    stats["jumps"] = int(np.count_nonzero(ours_dq & dq_flag("JUMP_DET")))
     stats["notes"] = "" if peer.refpix_runs(readout) else (
         "refpix skipped on both sides and romancal's dark_decay (full 4096-column readout only; no decay "
         "signal simulated)")
