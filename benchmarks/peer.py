@@ -9,7 +9,7 @@ the shape romancal requires. Also a command line, so that ``bench.py`` can time 
 run in its own process::
 
     python benchmarks/peer.py exposure UNCAL OUT_CAL --pool results/pool.csv --algorithm ols_cas22 \
-        [--abs-refcat catalogs/gaia_like.ecsv]
+        [--abs-refcat catalogs/gaia_like.ecsv] [--romancal-default]
     python benchmarks/peer.py step rampfit IN OUT --pool results/pool.csv
     python benchmarks/peer.py mosaic ASN OUT_I2D [--output-wcs grid.asdf]
 """
@@ -339,6 +339,9 @@ def main(argv=None) -> int:
     exposure.add_argument("--algorithm", default="ols_cas22")
     exposure.add_argument("--abs-refcat", type=Path,
                           help="run source_catalog and tweakreg against this catalog file")
+    exposure.add_argument("--romancal-default", action="store_true",
+                          help="romancal 1.1's default steps with the references of a run of our "
+                               "romancal-1.1 preset (its pool.csv); --algorithm is then likely")
     step = commands.add_parser("step", help="one ExposurePipeline step on a file, result to a file")
     step.add_argument("alias", choices=list(EXPOSURE_STEPS))
     step.add_argument("input", type=Path)
@@ -358,9 +361,14 @@ def main(argv=None) -> int:
     if args.command in ("exposure", "step"):
         row = read_pool_row(args.pool, args.uncal)
         configure_environment(Path(row["ref_mask"]).parents[3])
-        steps = exposure_pipeline_steps(row, args.output.parent / "peer_references",
-                                        readout_shape_of(args.uncal), args.algorithm, include_var_flat=False,
-                                        abs_refcat=getattr(args, "abs_refcat", None))
+        references, readout = args.output.parent / "peer_references", readout_shape_of(args.uncal)
+        refcat = getattr(args, "abs_refcat", None)
+        if getattr(args, "romancal_default", False):
+            steps = romancal_default_steps(row, references, readout, include_var_flat=False,
+                                           abs_refcat=refcat)
+        else:
+            steps = exposure_pipeline_steps(row, references, readout, args.algorithm, include_var_flat=False,
+                                            abs_refcat=refcat)
         if args.command == "exposure":
             run_exposure_pipeline(args.uncal, steps, **saving)
         else:
