@@ -423,6 +423,24 @@ def romanisim_small_level1(uncal: Path, truth: Path, path: Path, seed: int = 7) 
     return path
 
 
+def romanisim_small_campaign(folder: Path) -> Path:
+    """``folder``'s first exposure with its ramp read out by romanisim (:func:`romanisim_small_level1`),
+    its references, CRDS cache, catalogs and workflow.yaml: ``<folder>_romanisim`` (made once)."""
+    import shutil
+
+    uncal = sorted((folder / "uncal").glob("*_uncal.asdf"))[0]
+    other = folder.parent / f"{folder.name}_romanisim"
+    level1 = other / "uncal" / uncal.name
+    if not level1.is_file():
+        truth = folder / "truth" / uncal.name.replace("_uncal.asdf", "_truth.asdf")
+        romanisim_small_level1(uncal, truth, level1)
+    for shared in ("crds_cache", "catalogs"):
+        if not (other / shared).exists():
+            (other / shared).symlink_to((folder / shared).resolve())
+    shutil.copy(folder / "workflow.yaml", other / "workflow.yaml")
+    return other
+
+
 def romanisim_catalog(level1: Path) -> Path:
     return level1.parent.parent / "catalogs" / "romanisim_stars.ecsv"
 
@@ -668,7 +686,10 @@ def main(argv=None) -> int:
                 lambda: romanisim_fidelity_rows(romanisim_folder, romanisim_products))
 
     preset_rows = [preset_row("our simulator", lambda: preset_run(folder, env))]
-    if args.romanisim and args.size == peer.FULL_READOUT_COLUMNS:
+    if args.size != peer.FULL_READOUT_COLUMNS:
+        preset_rows.append(preset_row("our scene, romanisim's readout (romanisim.l1)",
+                                      lambda: preset_run(romanisim_small_campaign(folder), env)))
+    elif args.romanisim:
         preset_rows.append(preset_row("romanisim", lambda: preset_run(romanisim_folder, env, "photom"),
                                       "photom"))
 

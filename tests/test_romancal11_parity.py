@@ -2,7 +2,6 @@
 Level 1 file and references: issue 24's goals (median |Δ|/err ≤ 0.01, 99.9th percentile ≤ 0.1, JUMP_DET
 set alike on ≥ 99.9 % of the pixels), on our simulator's ramp and on a ramp romanisim reads out."""
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,28 +25,13 @@ def campaign(tmp_path_factory):
     return folder
 
 
-def romanisim_campaign(folder: Path) -> Path:
-    """``folder``'s campaign with its ramp read out by romanisim instead (same scene, references)."""
-    import parity
-
-    [uncal] = (folder / "uncal").glob("*_uncal.asdf")
-    expo = uncal.name.removesuffix("_uncal.asdf")
-    other = folder.parent / "romanisim"
-    truth = folder / "truth" / f"{expo}_truth.asdf"
-    parity.romanisim_small_level1(uncal, truth, other / "uncal" / uncal.name)
-    for shared in ("crds_cache", "catalogs"):
-        (other / shared).symlink_to(folder / shared)
-    shutil.copy(folder / "workflow.yaml", other / "workflow.yaml")
-    return other
-
-
 @pytest.mark.parametrize("readout", ["our simulator", "romanisim"])
 def test_preset_matches_romancals_default_exposure_pipeline(campaign, readout, monkeypatch):
     import measure
     import parity
     import peer
 
-    folder = campaign if readout == "our simulator" else romanisim_campaign(campaign)
+    folder = campaign if readout == "our simulator" else parity.romanisim_small_campaign(campaign)
     run = parity.preset_run(folder, measure.clean_environment())
     for name, value in peer.configure_environment(folder / "crds_cache", {}).items():
         monkeypatch.setenv(name, value)
