@@ -412,9 +412,12 @@ def romanisim_small_level1(uncal: Path, truth: Path, path: Path, seed: int = 7) 
         mean_electrons = (scene["rate_e_per_s"] + detector["dark_current_e_per_s"]) * duration
         electrons = np.random.default_rng(seed).poisson(mean_electrons).astype(np.float64)
         # Our bias is the reset level (romanisim's pedestal would come on top of it).
+        # romanisim's cosmic rays come at its flux over the area it is given (a full detector's
+        # by default): this array's, at the H4RG's 10 µm pixels.
+        area_cm2 = electrons.size * (10e-4) ** 2
         resultants, _ = l1.make_l1(galsim.Image(electrons), read_pattern, pedestal=0,
                                    read_noise=detector["read_noise_dn"], gain=detector["gain_e_per_dn"],
-                                   crparam={}, rng=galsim.UniformDeviate(seed),
+                                   crparam={"area": area_cm2}, rng=galsim.UniformDeviate(seed),
                                    saturation=detector["saturation_level_dn"])
         model.data = (resultants + detector["bias_dn"]).clip(0, np.iinfo(np.uint16).max).astype(np.uint16)
         model.meta.filename = path.name
