@@ -463,12 +463,15 @@ def romanisim_run(folder: Path, ma_table: str, env) -> Path:
         (romanisim_folder / "crds_cache").symlink_to(folder / "crds_cache")
     config = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}, "target": "photom"}
     (romanisim_folder / "workflow.yaml").write_text(yaml.safe_dump(config))
-    # --notemp: the likely row fits our _darkcurrent again.
-    subprocess.run(snakemake_command(romanisim_folder, "--notemp"), check=True, env=env)
+    # The likely row fits our _darkcurrent again (KEEP_RAMPS).
+    subprocess.run(snakemake_command(romanisim_folder, "--notemp", *KEEP_RAMPS), check=True, env=env)
     return romanisim_folder
 
 
 PRESET = HERE.parent / "config" / "romancal-1.1.yaml"
+# Snakemake arguments keeping every ramp product (the workflow removes spent ramps itself, --notemp
+# or not, unless keep_ramp_intermediates): the step-by-step comparisons read them.
+KEEP_RAMPS = ["--config", "keep_ramp_intermediates=True"]
 PRESET_HEADERS = ["inputs", "pixels compared", "median \\|Δ\\|/err", "99.9 % \\|Δ\\|/err", "jump flags agree",
                   "DQ agreement", "notes"]
 # Issue 24's goals for the preset against romancal's default ExposurePipeline: median and 99.9th
@@ -495,8 +498,9 @@ def preset_run(folder: Path, env, target: str = "cal") -> Path:
         # romancal's refpix cannot run on a smaller readout: ours is skipped too, like with like.
         config["refpix"] = {**config.get("refpix", {}), "skip": True}
     (run / "workflow.yaml").write_text(yaml.safe_dump(config))
-    # --notemp: the intermediate products stay for a step-by-step look where the goals are missed.
-    preset = ["--notemp", "--configfile", str(run / "workflow.yaml"), str(PRESET)]
+    # The intermediate products stay for a step-by-step look where the goals are missed (the
+    # workflow removes spent ramps itself, --notemp or not).
+    preset = ["--configfile", str(run / "workflow.yaml"), str(PRESET), *KEEP_RAMPS]
     subprocess.run(snakemake_command(run, *preset), check=True, env=env)
     return run
 
@@ -648,7 +652,8 @@ def main(argv=None) -> int:
     kept = any((folder / "results" / "exposures").glob("*_dqinit.asdf"))
     done = (folder / "results" / "pool.csv").is_file()
     rerun = ["--forcerun", "dq_init"] if done and not kept else []
-    subprocess.run(snakemake_command(folder, "--notemp", *documented_outlier_settings(folder), *rerun),
+    subprocess.run(snakemake_command(folder, "--notemp", *documented_outlier_settings(folder), *KEEP_RAMPS,
+                                     *rerun),
                    check=True, env=env)
     print(f"our workflow: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     peer.configure_environment(folder / "crds_cache")
