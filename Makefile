@@ -6,12 +6,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 DEMO   ?= demo
+PRESET ?=
 
 # The stamp depends on the pins: a second call installs nothing unless they changed.
 INSTALLED := $(VENV)/.installed-base
 PEER_INSTALLED := $(VENV)/.installed-peer
 
-.PHONY: setup demo groundtest test test-slurm lint peer-test bench bench-campaign bench-slurm parity clean-demo
+.PHONY: setup demo demo-romancal11 groundtest test test-slurm lint peer-test bench bench-campaign bench-slurm parity clean-demo
 
 setup: $(INSTALLED)
 
@@ -28,11 +29,16 @@ $(PEER_INSTALLED): $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/simulate.py campaign --config config/demo_campaign.yaml --out $(DEMO)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
-	    --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml
-	$(BIN)/snakemake --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml \
+	    --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml $(PRESET)
+	$(BIN)/snakemake --snakefile Snakefile --directory $(DEMO) --configfile $(DEMO)/workflow.yaml $(PRESET) \
 	    --report "$(abspath $(DEMO))/report.html"
 	@$(BIN)/python scripts/list_products.py $(DEMO)/results
 	@echo "Report: $(DEMO)/report.html"
+
+# The demo campaign through romancal 1.1's exposure chain (config/romancal-1.1.yaml after the
+# campaign's config; README, "romancal 1.1's chain (preset)"), in its own folder.
+demo-romancal11:
+	$(MAKE) demo DEMO=demo-romancal11 PRESET=config/romancal-1.1.yaml
 
 # The ground-test (TVAC) session of the README: simulate a TVAC set, run the partial
 # pipeline, fit superbias/DARK from the darks, draw the diagnostics, build the report.

@@ -16,9 +16,11 @@ times:
   timestamps of its log.
 
 Then a one-step rerun (``flat_field.include_var_flat`` changed: flat_field and every later
-job rerun) against the full run; our ``likely`` ramp fit alone against stcal 1.20's (what
-romancal 1.1's RampFitStep runs by default) on the same ramp (``likely_speed.py``); and
-the mosaic level: our flux → skymatch →
+job rerun) against the full run; romancal 1.1's chain: our ``config/romancal-1.1.yaml`` preset
+against romancal's ExposurePipeline at its defaults on the same exposure and references, both
+to ``_cal``, alternately (``--skip-preset`` leaves it out); our ``likely`` ramp fit alone
+against stcal 1.20's (what romancal 1.1's RampFitStep runs by default) on the same ramp
+(``likely_speed.py``); and the mosaic level: our flux → skymatch →
 outlier_detection → resample on four dithered ``_cal`` files against romancal's
 MosaicPipeline on the same files (outlier_detection at the romancal documentation's grid and scale, like
 romancal's; then once more as the workflow configures it); our source_catalog against romancal's
@@ -44,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
+from romanpipe.exposure_types import chain_steps  # noqa: E402
 from romanpipe.timing import PHASES, read_timings  # noqa: E402
 
 import catalog_speed  # noqa: E402
@@ -70,6 +73,7 @@ MOSAIC_CHAIN = ["flux", "skymatch", "outlier_detection", "resample"]
 # romancal's step names in its log -> ours (it fits ramps before dark_current, photom before flatfield).
 PEER_NAME = {"rampfit": "ramp_fit", "flatfield": "flat_field", "source_catalog": "source_detection"}
 RERUN_CONFIG = {"flat_field": {"include_var_flat": False}}
+PRESET = HERE.parent / "config" / "romancal-1.1.yaml"
 DEFAULT_MA_TABLES = ["IMG_UNEVEN_6", "IMG_UNEVEN_16"]
 
 
@@ -203,14 +207,17 @@ def run_ours(run: Path, env, *extra) -> dict[str, float]:
     return summary(run_workflow(run, env, *extra))
 
 
-def run_peer_pipeline(run: Path, uncal: Path, algorithm: str, env) -> tuple[dict[str, float], dict]:
+def run_peer_pipeline(run: Path, uncal: Path, algorithm: str, env,
+                      romancal_default: bool = False) -> tuple[dict[str, float], dict]:
     """romancal's ExposurePipeline to _cal (source catalog, tweakreg on our catalog); its figures
-    and where its time went."""
-    output = run / "peer" / f"{algorithm}_cal.asdf"
-    log = run / "peer" / f"{algorithm}.log"
+    and where its time went. ``romancal_default``: at romancal 1.1's defaults with every reference
+    of the run's pool (a run of our romancal-1.1 preset; ``peer.romancal_default_steps``)."""
+    name = "romancal_default" if romancal_default else algorithm
+    output = run / "peer" / f"{name}_cal.asdf"
+    log = run / "peer" / f"{name}.log"
     command = [sys.executable, str(HERE / "peer.py"), "exposure", str(uncal), str(output), "--pool",
                str(run / "results" / "pool.csv"), "--algorithm", algorithm, "--abs-refcat",
-               str(local_catalog(run))]
+               str(local_catalog(run)), *(["--romancal-default"] if romancal_default else [])]
     launched = time.time()
     figures = summary(run_measured(command, env, log=log))
     return figures, peer_log_split(log.read_text(), launched, figures["wall_s"])
@@ -320,6 +327,42 @@ def likely_fit_level(args, ma_table: str) -> str:
                         "ours/romancal"], rows)])
 
 
+def preset_level(args, ma_table: str, env) -> str:
+    """Our romancal-1.1 preset (``config/romancal-1.1.yaml``) against romancal 1.1's default
+    ExposurePipeline on one exposure, uncal → cal with source detection and tweakreg, alternately;
+    per step our jobs' figures (issue 24's goals: wall and memory ≤ 0.5× romancal's)."""
+    sim = (args.out / f"sim_{args.size}_{ma_table}").resolve()
+    exposures = simulate_campaign(sim, args.size, ma_table, env)
+    peer_env = peer.configure_environment(sim / "crds_cache", dict(env))
+    run = (args.out / f"bench_{args.size}_{ma_table}" / "preset").resolve()
+    prepare_run_folder(sim, run, exposures[:1], "cal")
+    preset = ["--configfile", str(run / "workflow.yaml"), str(PRESET)]
+    fresh(run)
+    run_ours(run, env, *preset)  # numba's kernels compiled, as for the documented chain
+    ours_runs, peer_runs, jobs = [], [], {}
+    for repeat in range(args.repeat):
+        fresh(run)
+        ours_runs.append(run_ours(run, env, *preset))
+        if ours_runs[-1] is best(ours_runs):
+            jobs = read_job_timings(run / "logs", list(chain_steps("romancal-1.1")))
+        peer_runs.append(run_peer_pipeline(run, exposures[0], "likely", peer_env, romancal_default=True)[0])
+        print(f"{ma_table} preset run {repeat + 1}: ours {ours_runs[-1]}, romancal {peer_runs[-1]}",
+              file=sys.stderr)
+    ours, theirs = best(ours_runs), best(peer_runs)
+    return "".join([
+        f"\n## romancal 1.1's chain, {ma_table} (ours: config/romancal-1.1.yaml through Snakemake, 2 cores; "
+        "romancal 1.1's ExposurePipeline at its defaults; same exposure and references, uncal → cal with "
+        "source detection and tweakreg)\n\n",
+        markdown_table(["run", "wall (s)", "CPU (s)", "peak RSS (GB)"], [
+            *[[f"ours: {step} (its log's timing)", f"{timing['wall']['total']:.1f}",
+               f"{timing['cpu']['total']:.1f}", "—"] for step, timing in jobs.items()],
+            ["ours total (Snakemake, romancal-1.1 preset)", *cells(ours)],
+            ["romancal 1.1 ExposurePipeline (defaults: likely, dark_decay, wfi18_transient, read-by-read "
+             "linearity)", *cells(theirs)],
+            ["ours/romancal (goal ≤ 0.5× wall and memory)", ratio(ours["wall_s"], theirs["wall_s"]),
+             ratio(ours["cpu_s"], theirs["cpu_s"]), ratio(ours["max_rss_gb"], theirs["max_rss_gb"])]])])
+
+
 def mosaic_level(args, ma_table: str, env) -> str:
     """Our mosaic chain on four dithered _cal files against romancal's MosaicPipeline."""
     sim = (args.out / f"sim_{args.size}_{ma_table}").resolve()
@@ -371,11 +414,15 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-mosaic", action="store_true", help="leave out the mosaic level")
     parser.add_argument("--skip-catalog", action="store_true", help="leave out the source catalog")
     parser.add_argument("--catalog-stars", type=int, default=3000, help="stars on the source catalog's _cal")
+    parser.add_argument("--skip-preset", action="store_true",
+                        help="leave out romancal 1.1's chain (our preset against romancal's defaults)")
     args = parser.parse_args(argv)
 
     env = clean_environment()
     env["NUMBA_CACHE_DIR"] = str((args.out / ".numba_cache").resolve())
     sections = [exposure_level(args, ma_table, env)[0] for ma_table in args.ma_table]
+    if not args.skip_preset:
+        sections += [preset_level(args, ma_table, env) for ma_table in args.ma_table]
     if not args.skip_likely:
         sections += [likely_fit_level(args, ma_table) for ma_table in args.ma_table]
     if not args.skip_mosaic:

@@ -391,6 +391,59 @@ def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
     return path
 
 
+def romanisim_small_level1(uncal: Path, truth: Path, path: Path, seed: int = 7) -> Path:
+    """A small Level 1 file whose ramp romanisim reads out (``romanisim.l1.make_l1``: electrons
+    apportioned to the reads, cosmic rays, IPC, read noise, rounding, saturation) from our
+    simulator's scene: ``truth``'s sky-plus-dark electron rate (Poisson-drawn here) and detector
+    (gain, read noise, bias, saturation), in a copy of ``uncal`` (its metadata and read pattern).
+    romanisim's own images are full detectors only (:func:`romanisim_level1`); this keeps a test
+    small. romanisim's read time (3.16 s) stands for our frame time."""
+    import galsim
+    import roman_datamodels as rdm
+    from romanisim import l1
+
+    from wfisim.truth import read_truth
+
+    scene = read_truth(truth)
+    detector = scene["detector"]
+    with rdm.open(uncal) as model:
+        read_pattern = [list(reads) for reads in model.meta.exposure.read_pattern]
+        duration = l1.read_pattern_to_tij(read_pattern)[-1][-1]
+        mean_electrons = (scene["rate_e_per_s"] + detector["dark_current_e_per_s"]) * duration
+        electrons = np.random.default_rng(seed).poisson(mean_electrons).astype(np.float64)
+        # Our bias is the reset level (romanisim's pedestal would come on top of it).
+        # romanisim's cosmic rays come at its flux over the area it is given (a full detector's
+        # by default): this array's, at the H4RG's 10 µm pixels.
+        area_cm2 = electrons.size * (10e-4) ** 2
+        resultants, _ = l1.make_l1(galsim.Image(electrons), read_pattern, pedestal=0,
+                                   read_noise=detector["read_noise_dn"], gain=detector["gain_e_per_dn"],
+                                   crparam={"area": area_cm2}, rng=galsim.UniformDeviate(seed),
+                                   saturation=detector["saturation_level_dn"])
+        model.data = (resultants + detector["bias_dn"]).clip(0, np.iinfo(np.uint16).max).astype(np.uint16)
+        model.meta.filename = path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+    return path
+
+
+def romanisim_small_campaign(folder: Path) -> Path:
+    """``folder``'s first exposure with its ramp read out by romanisim (:func:`romanisim_small_level1`),
+    its references, CRDS cache, catalogs and workflow.yaml: ``<folder>_romanisim`` (made once)."""
+    import shutil
+
+    uncal = sorted((folder / "uncal").glob("*_uncal.asdf"))[0]
+    other = folder.parent / f"{folder.name}_romanisim"
+    level1 = other / "uncal" / uncal.name
+    if not level1.is_file():
+        truth = folder / "truth" / uncal.name.replace("_uncal.asdf", "_truth.asdf")
+        romanisim_small_level1(uncal, truth, level1)
+    for shared in ("crds_cache", "catalogs"):
+        if not (other / shared).exists():
+            (other / shared).symlink_to((folder / shared).resolve())
+    shutil.copy(folder / "workflow.yaml", other / "workflow.yaml")
+    return other
+
+
 def romanisim_catalog(level1: Path) -> Path:
     return level1.parent.parent / "catalogs" / "romanisim_stars.ecsv"
 
@@ -410,9 +463,85 @@ def romanisim_run(folder: Path, ma_table: str, env) -> Path:
         (romanisim_folder / "crds_cache").symlink_to(folder / "crds_cache")
     config = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}, "target": "photom"}
     (romanisim_folder / "workflow.yaml").write_text(yaml.safe_dump(config))
-    # --notemp: the likely row fits our _darkcurrent again.
-    subprocess.run(snakemake_command(romanisim_folder, "--notemp"), check=True, env=env)
+    # The likely row fits our _darkcurrent again (KEEP_RAMPS).
+    subprocess.run(snakemake_command(romanisim_folder, "--notemp", *KEEP_RAMPS), check=True, env=env)
     return romanisim_folder
+
+
+PRESET = HERE.parent / "config" / "romancal-1.1.yaml"
+# Snakemake arguments keeping every ramp product (the workflow removes spent ramps itself, --notemp
+# or not, unless keep_ramp_intermediates): the step-by-step comparisons read them.
+KEEP_RAMPS = ["--config", "keep_ramp_intermediates=True"]
+PRESET_HEADERS = ["inputs", "pixels compared", "median \\|Δ\\|/err", "99.9 % \\|Δ\\|/err", "jump flags agree",
+                  "DQ agreement", "notes"]
+# Issue 24's goals for the preset against romancal's default ExposurePipeline: median and 99.9th
+# percentile of |Δ|/err at most these, JUMP_DET set alike on at least this fraction of the pixels.
+PRESET_GOALS = {"median": 0.01, "p999": 0.1, "jump_agreement": 0.999}
+
+
+def preset_run(folder: Path, env, target: str = "cal") -> Path:
+    """Our workflow with ``config/romancal-1.1.yaml`` on the first exposure of ``folder`` (its
+    references, CRDS cache and catalogs linked), to ``target``: ``<folder>_romancal11``. On a readout
+    smaller than the full detector our refpix is skipped, as romancal's must be."""
+    import yaml
+
+    run = folder.parent / f"{folder.name}_romancal11"
+    uncal = sorted((folder / "uncal").glob("*_uncal.asdf"))[0]
+    (run / "uncal").mkdir(parents=True, exist_ok=True)
+    for link, source in ((run / "uncal" / uncal.name, uncal), (run / "crds_cache", folder / "crds_cache"),
+                         (run / "catalogs", folder / "catalogs")):
+        if source.exists() and not link.exists():
+            link.symlink_to(source.resolve())
+    config = yaml.safe_load((folder / "workflow.yaml").read_text())
+    config["target"] = target
+    if not peer.refpix_runs(peer.readout_shape_of(uncal)):
+        # romancal's refpix cannot run on a smaller readout: ours is skipped too, like with like.
+        config["refpix"] = {**config.get("refpix", {}), "skip": True}
+    (run / "workflow.yaml").write_text(yaml.safe_dump(config))
+    # The intermediate products stay for a step-by-step look where the goals are missed (the
+    # workflow removes spent ramps itself, --notemp or not).
+    preset = ["--configfile", str(run / "workflow.yaml"), str(PRESET), *KEEP_RAMPS]
+    subprocess.run(snakemake_command(run, *preset), check=True, env=env)
+    return run
+
+
+def jump_agreement(ours_dq, theirs_dq) -> float:
+    """The fraction of pixels where both or neither DQ word has JUMP_DET."""
+    jump = dq_flag("JUMP_DET")
+    return float(np.mean((np.asarray(ours_dq) & jump != 0) == (np.asarray(theirs_dq) & jump != 0)))
+
+
+def preset_parity(run: Path, suffix: str = "cal") -> dict:
+    """Our romancal-1.1 preset's product against romancal 1.1's default ExposurePipeline on the same
+    Level 1 file and the references our run used (:func:`peer.romancal_default_steps`): the
+    :func:`compare_images` figures, ``jump_agreement`` and our ``jumps`` (pixels with JUMP_DET)."""
+    row = peer.read_pool_row(run / "results" / "pool.csv")
+    uncal = Path(row["path"])
+    readout = peer.readout_shape_of(uncal)
+    theirs = peer.run_exposure_pipeline(uncal, peer.romancal_default_steps(row, run / "peer", readout))
+    ours = run / "results" / "exposures" / f"{row['exposure']}_{suffix}.asdf"
+    stats = compare_images(ours, theirs)
+    ours_dq = open_arrays(ours, "dq")[0]
+    stats["jump_agreement"] = jump_agreement(ours_dq, theirs.dq)
+    stats["jumps"] = int(np.count_nonzero(ours_dq & dq_flag("JUMP_DET")))
+    stats["notes"] = "" if peer.refpix_runs(readout) else (
+        "refpix skipped on both sides and romancal's dark_decay (full 4096-column readout only; no decay "
+        "signal simulated)")
+    return stats
+
+
+def preset_row(label: str, make_run, suffix: str = "cal") -> list:
+    """One row of the preset's table (``make_run()`` runs our preset and gives its folder), or why it
+    could not be computed."""
+    try:
+        stats = preset_parity(make_run(), suffix)
+    except Exception as error:  # noqa: BLE001 - a failed comparison is reported, the others still run
+        message = f"not compared: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        print(f"preset {label}: {message}", file=sys.stderr)
+        return [label, "—", None, None, None, None, message]
+    print(f"preset {label}: {stats}", file=sys.stderr)
+    return [label, stats["pixels"], stats["median"], stats["p999"], stats["jump_agreement"],
+            stats["dq_agreement"], stats["notes"]]
 
 
 FIDELITY_HEADERS = ["inputs", "figure", "value", "goal (issue 21)"]
@@ -527,7 +656,8 @@ def main(argv=None) -> int:
     kept = any((folder / "results" / "exposures").glob("*_dqinit.asdf"))
     done = (folder / "results" / "pool.csv").is_file()
     rerun = ["--forcerun", "dq_init"] if done and not kept else []
-    subprocess.run(snakemake_command(folder, "--notemp", *documented_outlier_settings(folder), *rerun),
+    subprocess.run(snakemake_command(folder, "--notemp", *documented_outlier_settings(folder), *KEEP_RAMPS,
+                                     *rerun),
                    check=True, env=env)
     print(f"our workflow: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     peer.configure_environment(folder / "crds_cache")
@@ -567,7 +697,19 @@ def main(argv=None) -> int:
         guarded(fidelity_rows, "romanisim",
                 lambda: romanisim_fidelity_rows(romanisim_folder, romanisim_products))
 
+    preset_rows = [preset_row("our simulator", lambda: preset_run(folder, env))]
+    if args.size != peer.FULL_READOUT_COLUMNS:
+        preset_rows.append(preset_row("our scene, romanisim's readout (romanisim.l1)",
+                                      lambda: preset_run(romanisim_small_campaign(folder), env)))
+    elif args.romanisim:
+        preset_rows.append(preset_row("romanisim", lambda: preset_run(romanisim_folder, env, "photom"),
+                                      "photom"))
+
     table = markdown_table(HEADERS, comparison.rows)
+    table += ("\nromancal 1.1's chain (config/romancal-1.1.yaml) against romancal 1.1's default "
+              "ExposurePipeline, uncal → cal on the first exposure (goals, issue 24: median ≤ "
+              f"{PRESET_GOALS['median']}, 99.9 % ≤ {PRESET_GOALS['p999']}, jump flags ≥ "
+              f"{PRESET_GOALS['jump_agreement']:.1%}):\n\n" + markdown_table(PRESET_HEADERS, preset_rows))
     table += "\nFidelity against the truth (benchmarks/fidelity.py):\n\n" + markdown_table(FIDELITY_HEADERS,
                                                                                        fidelity_rows)
     header = (f"Parity with romancal, {args.size}×{args.size} readout, {args.ma_table}, our simulator "

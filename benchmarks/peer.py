@@ -9,7 +9,7 @@ the shape romancal requires. Also a command line, so that ``bench.py`` can time 
 run in its own process::
 
     python benchmarks/peer.py exposure UNCAL OUT_CAL --pool results/pool.csv --algorithm ols_cas22 \
-        [--abs-refcat catalogs/gaia_like.ecsv]
+        [--abs-refcat catalogs/gaia_like.ecsv] [--romancal-default]
     python benchmarks/peer.py step rampfit IN OUT --pool results/pool.csv
     python benchmarks/peer.py mosaic ASN OUT_I2D [--output-wcs grid.asdf]
 """
@@ -214,6 +214,22 @@ def exposure_pipeline_steps(pool_row, folder: Path, readout_shape, algorithm: st
     return steps
 
 
+def romancal_default_steps(pool_row, folder: Path, readout_shape, include_var_flat: bool = True,
+                           abs_refcat: Path | None = None) -> dict[str, dict]:
+    """ExposurePipeline ``steps`` at romancal 1.1's defaults (``likely``, dark_decay, wfi18_transient,
+    linearity read by read) with the references of a run of our romancal-1.1 preset: its pool row
+    lists INVERSELINEARITY, INTEGRALNONLINEARITY and DARKDECAYSIGNAL, which replace the neutral ones
+    of :func:`exposure_pipeline_steps`. romancal's dark_decay reads a full frame only: on a smaller
+    readout it is skipped (the comparison's campaign simulates no decay signal, so ours subtracts 0).
+    """
+    steps = exposure_pipeline_steps(pool_row, folder, readout_shape, "likely", include_var_flat, abs_refcat)
+    steps["linearity"].update(override_inverselinearity=pool_row["ref_inverselinearity"],
+                              override_integralnonlinearity=pool_row["ref_integralnonlinearity"])
+    steps["dark_decay"] = ({"override_darkdecaysignal": pool_row["ref_darkdecaysignal"]}
+                           if refpix_runs(readout_shape) else {"skip": True})
+    return steps
+
+
 def step_class(alias: str):
     import importlib
 
@@ -323,6 +339,9 @@ def main(argv=None) -> int:
     exposure.add_argument("--algorithm", default="ols_cas22")
     exposure.add_argument("--abs-refcat", type=Path,
                           help="run source_catalog and tweakreg against this catalog file")
+    exposure.add_argument("--romancal-default", action="store_true",
+                          help="romancal 1.1's default steps with the references of a run of our "
+                               "romancal-1.1 preset (its pool.csv); --algorithm is then likely")
     step = commands.add_parser("step", help="one ExposurePipeline step on a file, result to a file")
     step.add_argument("alias", choices=list(EXPOSURE_STEPS))
     step.add_argument("input", type=Path)
@@ -342,9 +361,14 @@ def main(argv=None) -> int:
     if args.command in ("exposure", "step"):
         row = read_pool_row(args.pool, args.uncal)
         configure_environment(Path(row["ref_mask"]).parents[3])
-        steps = exposure_pipeline_steps(row, args.output.parent / "peer_references",
-                                        readout_shape_of(args.uncal), args.algorithm, include_var_flat=False,
-                                        abs_refcat=getattr(args, "abs_refcat", None))
+        references, readout = args.output.parent / "peer_references", readout_shape_of(args.uncal)
+        refcat = getattr(args, "abs_refcat", None)
+        if getattr(args, "romancal_default", False):
+            steps = romancal_default_steps(row, references, readout, include_var_flat=False,
+                                           abs_refcat=refcat)
+        else:
+            steps = exposure_pipeline_steps(row, references, readout, args.algorithm, include_var_flat=False,
+                                            abs_refcat=refcat)
         if args.command == "exposure":
             run_exposure_pipeline(args.uncal, steps, **saving)
         else:

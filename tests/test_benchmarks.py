@@ -194,6 +194,43 @@ def test_peer_overrides_name_our_references(tmp_path):
         np.testing.assert_array_equal(trimmed.data, flat.data[4:-4, 4:-4])
 
 
+@pytest.mark.peer
+def test_romancal_default_steps_use_the_preset_runs_references(tmp_path):
+    """romancal at its defaults gets the preset run's INVERSELINEARITY, INTEGRALNONLINEARITY and
+    DARKDECAYSIGNAL; its dark_decay is skipped below the full readout, where it cannot run."""
+    pytest.importorskip("romancal")
+    import peer
+    import roman_datamodels.datamodels as rdm
+
+    rdm.LinearityRefModel.create_fake_data(shape=(3, 16, 16)).to_asdf(tmp_path / "lin.asdf")
+    rdm.FlatRefModel.create_fake_data(shape=(4096, 4096)).to_asdf(tmp_path / "flat.asdf")
+    row = {f"ref_{reftype}": f"/refs/{reftype}.asdf" for reftype in
+           ("mask", "saturation", "refpix", "gain", "readnoise", "dark", "distortion", "photom",
+            "inverselinearity", "integralnonlinearity", "darkdecaysignal")}
+    row.update(ref_linearity=str(tmp_path / "lin.asdf"), ref_flat=str(tmp_path / "flat.asdf"))
+    small = peer.romancal_default_steps(row, tmp_path / "work", (16, 16))
+    assert small["rampfit"]["algorithm"] == "likely"
+    assert small["linearity"] == {"override_linearity": str(tmp_path / "lin.asdf"),
+                                  "override_inverselinearity": "/refs/inverselinearity.asdf",
+                                  "override_integralnonlinearity": "/refs/integralnonlinearity.asdf"}
+    assert small["dark_decay"] == small["refpix"] == {"skip": True}
+    full = peer.romancal_default_steps(row, tmp_path / "work", (4096, 4096))
+    assert full["dark_decay"] == {"override_darkdecaysignal": "/refs/darkdecaysignal.asdf"}
+    assert full["refpix"] == {"override_refpix": "/refs/refpix.asdf"}
+    assert "wfi18_transient" not in full  # romancal's own default: it acts on WFI18 only
+
+
+def test_jump_agreement_compares_only_the_jump_flag():
+    from romanpipe import dqflags
+
+    import parity
+
+    jump, saturated = int(dqflags.pixel["JUMP_DET"]), int(dqflags.pixel["SATURATED"])
+    ours = np.array([0, jump, jump | saturated, saturated, 0])
+    theirs = np.array([saturated, jump, 0, saturated | jump, 0])
+    assert parity.jump_agreement(ours, theirs) == 3 / 5  # pixels 0, 1 and 4 alike
+
+
 def test_campaign_throughput_per_hour_and_per_exposure():
     import campaign
 

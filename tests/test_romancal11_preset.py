@@ -10,6 +10,7 @@ import asdf
 import numpy as np
 import pytest
 import roman_datamodels as rdm
+import yaml
 from roman_datamodels import datamodels
 
 from wfisim.campaign import CampaignConfig, simulate_campaign
@@ -18,14 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
 
 
-@pytest.fixture(scope="module")
-def preset_run(tmp_path_factory):
-    """WFI01 and WFI18, one F158 exposure each, 64 x 64, dark decay simulated; the campaign's
-    workflow.yaml then the preset, to _cal."""
-    out = tmp_path_factory.mktemp("romancal11")
-    simulate_campaign(CampaignConfig.from_mapping({
-        "detectors": ["WFI01", "WFI18"], "filters": ["F158"], "exposures_per_filter": 1, "size": 64,
-        "stars": 10, "saturating_stars": 1, "seed": 5, "dark_decay_signal": True}), out)
+def run_preset_to_cal(out: Path) -> None:
+    """The campaign's workflow.yaml then the preset, to _cal (as `make demo-romancal11` runs it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(out),
@@ -33,6 +28,16 @@ def preset_run(tmp_path_factory):
          str(ROOT / "config" / "romancal-1.1.yaml")],
         capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def preset_run(tmp_path_factory):
+    """WFI01 and WFI18, one F158 exposure each, 64 x 64, dark decay simulated."""
+    out = tmp_path_factory.mktemp("romancal11")
+    simulate_campaign(CampaignConfig.from_mapping({
+        "detectors": ["WFI01", "WFI18"], "filters": ["F158"], "exposures_per_filter": 1, "size": 64,
+        "stars": 10, "saturating_stars": 1, "seed": 5, "dark_decay_signal": True}), out)
+    run_preset_to_cal(out)
     return out
 
 
@@ -72,3 +77,29 @@ def test_dark_subtracted_rates_match_the_truth(preset_run):
             assert abs(np.median(pull)) < 0.15
             assert 0.9 < np.std(pull) < 1.15
             assert np.mean(np.abs(pull) < 4) > 0.995
+
+
+def test_preset_runs_on_the_demo_campaign(tmp_path):
+    """config/demo_campaign.yaml (both detectors, both filters and the prism) at 64 x 64 with one
+    dither per filter: every exposure's _cal made by romancal 1.1's chain, the likely fit and the
+    read-by-read linearity used, dark_decay with its DARKDECAYSIGNAL on every exposure, wfi18_transient
+    not applicable (WFI01, WFI02), the dark on the rate; the prism stops after assign_wcs."""
+    demo = yaml.safe_load((ROOT / "config" / "demo_campaign.yaml").read_text())
+    demo.update(size=64, exposures_per_filter=1, dithers=demo["dithers"][:1])
+    simulate_campaign(CampaignConfig.from_mapping(demo), tmp_path)
+    run_preset_to_cal(tmp_path)
+    cals = sorted((tmp_path / "results" / "exposures").glob("*_cal.asdf"))
+    assert len(cals) == 2 * 3
+    types = []
+    for cal in cals:
+        with rdm.open(cal) as model:
+            steps, provenance = model.meta.cal_step, model.meta.provenance
+            types.append(model.meta.exposure.type)
+            assert (steps.dark_decay, steps.wfi18_transient, steps.ramp_fit, steps.dark) == (
+                "COMPLETE", "N/A", "COMPLETE", "COMPLETE"), cal.name
+            assert provenance["ramp_fit"]["parameters"]["algorithm"] == "likely"
+            assert provenance["linearity"]["parameters"]["resultant_aware"] is True
+            assert set(provenance["dark_decay"]["references"]) == {"darkdecaysignal"}
+            imaging = model.meta.exposure.type == "WFI_IMAGE"
+            assert (steps.flat_field, steps.photom) == (("COMPLETE" if imaging else "SKIPPED",) * 2)
+    assert sorted(types) == ["WFI_IMAGE"] * 4 + ["WFI_SPECTRAL"] * 2
