@@ -568,7 +568,10 @@ def has_catalog(expo):
 
 
 def source_catalogs(wildcards):
-    """The catalog of every imaging exposure's _cal, unless source_catalog.skip or a partial target."""
+    """The catalog of every imaging exposure's _cal, unless source_catalog.skip, a partial target
+    or a Level 3 run (which has no pool to list exposures from)."""
+    if not catalogs_enabled():
+        return []
     return [SOURCE_CATALOG.format(expo=expo) for expo in campaign_table().index if has_catalog(expo)]
 
 
