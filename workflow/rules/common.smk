@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import typing
 
 import pandas as pd
 from snakemake.exceptions import IncompleteCheckpointException
@@ -680,33 +681,65 @@ def association_index():
     return _read_table(path, os.path.getmtime(path), "asn")
 
 
+class AssociationLookup(typing.NamedTuple):
+    """The index's associations, looked up per job: association -> tree and members' _cal
+    products, product -> association. Built once per version of the index (a survey's Level 3
+    stage asks for them in every job of every cell)."""
+
+    trees: dict
+    members: dict
+    association_of_product: dict
+
+
+def association_lookup():
+    path = checkpoints.associations.get().output[0]
+    return _association_lookup(path, os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _association_lookup(path, mtime):
+    index = _read_table(path, mtime, "asn")
+    trees = dict(zip(index.index, index["tree"]))
+    # Paths in the tree are relative to the associations folder.
+    members = {
+        asn: [
+            os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
+            for product in json.loads(tree)["products"]
+            for member in product["members"]
+        ]
+        for asn, tree in trees.items()
+    }
+    association_of_product = {}
+    for asn, product in zip(index.index, index["product"]):
+        association_of_product.setdefault(product, []).append(asn)
+    return AssociationLookup(trees, members, association_of_product)
+
+
 def association_of(wildcards):
     """The association a high-level job works on (resample's wildcard is the product it makes)."""
     if hasattr(wildcards, "asn"):
         return wildcards.asn
-    index = association_index()
-    matches = index.index[index["product"] == wildcards.product]
+    matches = association_lookup().association_of_product.get(wildcards.product, [])
     if len(matches) != 1:
         raise WorkflowError(f"no association makes the product {wildcards.product!r}")
     return matches[0]
 
 
-def association_tree(wildcards):
+def _known_association(wildcards, table):
     asn = association_of(wildcards)
     try:
-        return association_index().loc[asn, "tree"]
+        return table[asn]
     except KeyError:
         raise WorkflowError(f"no association {asn!r} in {ASSOCIATION_INDEX}") from None
 
 
+def association_tree(wildcards):
+    return _known_association(wildcards, association_lookup().trees)
+
+
 def association_members(wildcards):
-    """The members' _cal products (paths in the tree are relative to the associations folder)."""
-    tree = json.loads(association_tree(wildcards))
-    return [
-        os.path.normpath(os.path.join(ASSOCIATION_DIR, member["expname"]))
-        for product in tree["products"]
-        for member in product["members"]
-    ]
+    """The members' _cal products."""
+    return list(_known_association(wildcards, association_lookup().members))
 
 
 def mosaic_asn(step):

@@ -111,6 +111,19 @@ def metadata_runtime_min(seconds_per_file):
 def association_data_mb(wildcards, input):
     """The members' _cal products' size: what a high-level step reads (its declared input is
     the association file)."""
-    return (
-        sum(os.path.getsize(path) for path in association_members(wildcards) if os.path.exists(path)) / 2**20
-    )
+    return _members_data_mb(tuple(association_members(wildcards)))
+
+
+_complete_members_mb = {}
+
+
+def _members_data_mb(members):
+    """Summed once per association's members when all exist (the four steps of a cell ask for
+    the same members); a member still to be made counts nothing and is looked at again."""
+    if members in _complete_members_mb:
+        return _complete_members_mb[members]
+    sizes = [os.path.getsize(path) for path in members if os.path.exists(path)]
+    data_mb = sum(sizes) / 2**20
+    if len(sizes) == len(members):
+        _complete_members_mb[members] = data_mb
+    return data_mb
