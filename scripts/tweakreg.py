@@ -20,10 +20,12 @@ in wcs_fit_results' status; an image without a source catalog is SKIPPED. One im
 with ``--exposure-images`` (the other detectors of its exposure; the workflow gives
 them) is fitted together with them as one rigid group (``align_exposure``, ours), so a
 sparse detector is held by its neighbours' stars; only its own product is written.
-``abs_separation`` defaults to romancal 1.1's 1.0 arcsec, not the documented 0.1: tweakwcs
-matches once, after a shift-only first guess, and across an exposure a roll leaves a far
-detector's sources ~0.5 arcsec off, within ``abs_tolerance`` (0.7) of a neighbour closer than
-that; sources closer than ``abs_separation`` take no part, so no pair can be swapped.
+``abs_separation`` defaults to the documented 0.1 arcsec; the group fit wants romancal 1.1's
+1.0: tweakwcs matches once, after a shift-only first guess, and across an exposure a roll
+leaves a far detector's sources ~0.5 arcsec off, within ``abs_tolerance`` (0.7) of a neighbour
+closer than that; sources closer than ``abs_separation`` take no part, so no pair can be
+swapped. In a small crowded field 1.0 leaves out so many stars that detections of cosmic
+rays steer the fit (README, Known problems).
 
 Reference catalogs are taken at the exposure's epoch (``meta.exposure.start_time``):
 the catalog service is asked for that epoch, and a local catalog's ``pmra`` (which

@@ -147,7 +147,7 @@ def bad_inputs(workdir: Path) -> dict[str, str]:
     level1(32, smaller, "(64, 64), the exposure 32 x 32 pixels")  # the issue's case 3
     elsewhere = make_level1(shape=(3, SIZE, SIZE))
     elsewhere.meta.instrument.detector = "WFI07"
-    level1(33, elsewhere, "no DARK reference for detector=WFI07")
+    level1(33, elsewhere, "no APCORR reference for detector=WFI07")
     image = uncal / uncal_name("r0000101001001001001_01101_0034_WFI01")
     datamodels.ImageModel.create_fake_data(shape=(8, 8)).to_asdf(image)
     expected[str(image.relative_to(workdir))] = "is a ImageModel, expected ScienceRawModel or TvacModel"
@@ -317,6 +317,9 @@ def test_config_values_built_to_run_commands_run_none(tortured, tmp_path):
         elif key == ("crds", "path"):
             (copy / "crds_cache").rename(copy / value)
             references = copy / value / "references" / "roman" / "wfi"
+        elif key == ("inputs", "cal_list"):
+            cal_list = value  # a run of the Level 3 stage alone: its own dry run, below
+            continue
         merge(settings, nested(key, value))
     del settings["groundtest"]  # only with dark exposures, which this campaign has none of
     (copy / "injected.yaml").write_text(yaml.safe_dump(settings))
@@ -326,19 +329,32 @@ def test_config_values_built_to_run_commands_run_none(tortured, tmp_path):
                            *snakemake_command(copy, *configs)[3:]], capture_output=True, text=True,
                           env=clean_env(), timeout=1200)
     assert pool.returncode == 0, pool.stderr[-3000:]
-    dry = run(copy, *configs, "-n", "-p")
-    assert dry.returncode == 0, dry.stderr[-3000:]
-    commands = [line.removeprefix("Shell command: ") for line in dry.stdout.splitlines()
-                if line.startswith("Shell command: ")]
-    assert len(commands) >= 10
-    for command in commands:
-        harmless = command.replace(sys.executable, "true", 1)
-        subprocess.run(["bash", "-c", harmless], cwd=copy, capture_output=True, timeout=60)
+    assert len(run_printed_commands_harmlessly(copy, configs)) >= 10
+    # The Level 3 stage alone over the campaign's _cal products, listed in a file named by the payload.
+    cal_products = sorted(workdir.glob("results/exposures/*_cal.asdf"))
+    assert cal_products
+    pd.DataFrame({"path": [str(path) for path in cal_products]}).to_csv(copy / cal_list, index=False)
+    merge(settings, nested(("inputs", "cal_list"), cal_list))
+    (copy / "level3.yaml").write_text(yaml.safe_dump(settings))
+    assert run_printed_commands_harmlessly(copy, ["--configfile", str(copy / "workflow.yaml"),
+                                                  str(copy / "level3.yaml")])
     validator = jsonschema.validators.validator_for(schema)(schema)
     for key, _ in refused:  # an enum or a pattern: the schema (Snakemake validates) refuses the payload
         errors = validator.iter_errors(nested(key, PAYLOAD))
         assert any(tuple(error.absolute_path) == key for error in errors), key
     assert not list(tmp_path.rglob("INJECTED")) and not list(workdir.parent.rglob("INJECTED"))
+
+
+def run_printed_commands_harmlessly(folder, configs) -> list[str]:
+    """The shell lines a dry run prints, each run by bash with the interpreter replaced by `true`."""
+    dry = run(folder, *configs, "-n", "-p")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    commands = [line.removeprefix("Shell command: ") for line in dry.stdout.splitlines()
+                if line.startswith("Shell command: ")]
+    for command in commands:
+        harmless = command.replace(sys.executable, "true", 1)
+        subprocess.run(["bash", "-c", harmless], cwd=folder, capture_output=True, timeout=60)
+    return commands
 
 
 @pytest.mark.parametrize(("setting", "message"), [

@@ -174,9 +174,9 @@ def test_absolute_alignment_puts_detections_on_the_stars_at_the_exposure_epoch(t
     name, refcat = tweakreg.reference_catalog(str(path), [wrong_wcs], START_TIME.jyear, margin_arcsec=6.0,
                                               timeout=1.0)
     before = detected_rms(field, wrong_wcs, catalog)
-    # At the documented abs_separation every detected star takes part (the default, 1 arcsec,
-    # leaves out the few with a neighbour that close: checked below).
-    result = align(wrong_wcs, WRONG_INFO, catalog, refcat, abs_separation=0.1)
+    # At the documented abs_separation, the default, every detected star takes part (romancal
+    # 1.1's 1 arcsec leaves out the few with a neighbour that close: checked below).
+    result = align(wrong_wcs, WRONG_INFO, catalog, refcat)
     after = detected_rms(field, result.wcs, catalog)
     assert name == "gaia_like.ecsv"
     assert len(refcat) == 70  # the 30 field stars away from the detector are not used
@@ -189,9 +189,9 @@ def test_absolute_alignment_puts_detections_on_the_stars_at_the_exposure_epoch(t
     assert list(result.fit_results) == [key for key in tweakreg.WCS_FIT_KEYS]
     assert result.wcs.available_frames == ["detector", "v2v3", "v2v3corr", "world"]
     assert wrong_wcs.available_frames == ["detector", "v2v3", "world"]  # the input WCS is untouched
-    default = align(wrong_wcs, WRONG_INFO, catalog, refcat)
-    assert 50 < default.fit_results["nmatches"] < 65
-    assert detected_rms(field, default.wcs, catalog) <= TOLERANCE_MAS
+    romancal_separation = align(wrong_wcs, WRONG_INFO, catalog, refcat, abs_separation=1.0)
+    assert 50 < romancal_separation.fit_results["nmatches"] < 65
+    assert detected_rms(field, romancal_separation.wcs, catalog) <= TOLERANCE_MAS
 
 
 SHIFT_ONLY = pointed(TRUE_INFO, east=1.3, north=-0.9)
@@ -572,15 +572,16 @@ def paired_exposure(seed=5, stars=20, pairs=8, pair_pixels=2.7, apart_arcsec=540
 def test_close_pairs_do_not_swap_in_an_exposure_group_fit():
     """A 0.06 deg roll moves the far detector's stars ~0.56 arcsec from where the first guess (a
     shift) puts them, within abs_tolerance of a companion 0.3 arcsec away: with the documented
-    abs_separation (0.1) pairs swapped and the group fit ended 25 and 66 mas off (the Roman-PSF
-    campaign: 8.4 and 28.7 mas); romancal 1.1's 1.0, the default, leaves pairs out of the match."""
+    abs_separation (0.1, the default) pairs swapped and the group fit ended 25 and 66 mas off (the
+    Roman-PSF campaign: 8.4 and 28.7 mas); romancal 1.1's 1.0 leaves pairs out of the match."""
     detectors, refcat = paired_exposure()
     wrong = pointed(TRUE_INFO, east=1.3, north=-0.9, roll=0.06)
     images = [tweakreg.ImageToAlign(f"wfi0{k + 1}", build_wcs(d.distortion, wrong, SHAPE),
                                     dict(wrong, v2_ref=d.place[0], v3_ref=d.place[1]), d.detections,
                                     SPARSE_OBSERVATION) for k, d in enumerate(detectors)]
-    assert DEFAULTS["abs_separation"] > math.sqrt(2) * DEFAULTS["abs_tolerance"]
-    results = tweakreg.align_images(images, refcat, DEFAULTS, "truth")
+    parameters = dict(DEFAULTS, abs_separation=1.0)
+    assert parameters["abs_separation"] > math.sqrt(2) * parameters["abs_tolerance"]
+    results = tweakreg.align_images(images, refcat, parameters, "truth")
     assert [result.status for result in results] == ["COMPLETE"] * 2
     assert max(rms(d.error_mas(r.wcs)) for d, r in zip(detectors, results, strict=True)) <= 2.0
 
