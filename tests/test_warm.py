@@ -206,6 +206,34 @@ def test_a_server_that_never_answers_costs_the_job_its_warm_start_only(tmp_path,
     Path(socket_path).unlink(missing_ok=True)
 
 
+def test_a_job_started_while_the_server_imports_waits_for_it_and_runs_warm(fresh):
+    first = fresh.run()  # plain, and starts the server, which takes seconds to import
+    assert first.returncode == 0 and first.stdout.startswith("plain"), first.stderr
+    paths = warm.server_paths(str(fresh.folder), warm.server_key(str(fresh.scripts), fresh.env))
+    deadline = time.monotonic() + 5
+    while not warm.server_starting(paths["lock"]) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server detaches, then takes its lock
+    assert warm.server_starting(paths["lock"]) and not Path(paths["sock"]).exists(), fresh.log()
+    second = fresh.run(7)
+    assert second.returncode == 7 and second.stdout.startswith("warm "), (second.stdout, fresh.log())
+
+
+def test_a_job_waiting_for_a_starting_server_runs_plainly_once_its_lock_is_free(fresh):
+    """A server that dies while it imports releases its lock: the waiting job stops waiting."""
+    import fcntl
+
+    fresh.folder.mkdir()
+    paths = warm.server_paths(str(fresh.folder), warm.server_key(str(fresh.scripts), fresh.env))
+    with open(paths["lock"], "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a server "importing" for ever
+        waiting = subprocess.Popen([sys.executable, str(CLIENT), str(fresh.probe), "3"], cwd=fresh.workdir,
+                                   env=fresh.env, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert waiting.poll() is None  # waits for the server rather than importing itself
+    output, _ = waiting.communicate(timeout=30)  # the lock closed, released: the job runs now
+    assert waiting.returncode == 3 and output.startswith("plain ")
+
+
 def test_a_changed_library_module_stops_the_server_and_the_job_runs_plainly(fresh):
     fresh.start_server()
     assert fresh.run().stdout.startswith("warm ")
