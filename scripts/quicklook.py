@@ -34,6 +34,10 @@ from roman_datamodels import datamodels  # noqa: E402
 
 FLAGGED_COLOUR = (0.9, 0.1, 0.1, 1.0)
 SOURCE_COLOUR = "tab:cyan"
+# Samples drawn per axis at most: the PNG's image is about 500 pixels wide, and matplotlib's
+# nearest-neighbour drawing of a full 4088^2 array (normalising and resampling all of it)
+# was most of the job's work.
+MAX_SHOWN_SAMPLES = 1024
 PRODUCT_MODELS = (datamodels.ImageModel, datamodels.MosaicModel, datamodels.MultibandSegmentationMapModel)
 
 
@@ -92,23 +96,27 @@ def quicklook_figure(data: np.ndarray, flagged: np.ndarray, title: str, unit: st
     norm = ImageNormalize(usable, interval=AsymmetricPercentileInterval(0.5, 99.8),
                           stretch=AsinhStretch(0.02))
     cmap = plt.get_cmap("gray").with_extremes(bad=FLAGGED_COLOUR)
-    shown = np.ma.masked_array(data, mask=flagged)
     height, width = data.shape
+    step = -(-max(height, width) // MAX_SHOWN_SAMPLES)
+    sampled = np.s_[step // 2::step, step // 2::step]  # each sample the middle of its step
+    shown = np.ma.masked_array(data[sampled], mask=flagged[sampled])
     image_height = 6.4 * height / width + 0.6
     if catalog is None:
         fig, ax = plt.subplots(figsize=(6.4, image_height), layout="constrained")
     else:
         fig, (ax, histogram) = plt.subplots(2, 1, figsize=(6.4, image_height + 2.2), layout="constrained",
                                             height_ratios=(image_height, 2.2))
-    image = ax.imshow(shown, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+    # Drawn over the pixels it samples: axes, circles and flags stay in the data's pixel frame.
+    image = ax.imshow(shown, origin="lower", cmap=cmap, norm=norm, interpolation="nearest",
+                      extent=(-0.5, shown.shape[1] * step - 0.5, -0.5, shown.shape[0] * step - 0.5))
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(-0.5, height - 0.5)
     fig.colorbar(image, ax=ax, shrink=0.8, label=unit)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("x (pixel)")
     ax.set_ylabel("y (pixel)")
     if catalog is not None:
         ax.scatter(catalog.x, catalog.y, s=80, facecolors="none", edgecolors=SOURCE_COLOUR, linewidths=1.2)
-        ax.set_xlim(-0.5, width - 0.5)
-        ax.set_ylim(-0.5, height - 0.5)
         magnitude_histogram(histogram, catalog.magnitudes)
     return fig
 

@@ -127,6 +127,8 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
                             workdir=Path(sys.argv[2]))._workflow
     print(json.dumps({rule.name: {"log": bool(rule.log), "conda": rule.conda_env is not None,
                                   "benchmark": rule.benchmark is not None,
+                                  "log_path": str(rule.log[0]) if rule.log else None,
+                                  "benchmark_path": str(rule.benchmark) if rule.benchmark else None,
                                   "resources": sorted(rule.resources)}
                       for rule in workflow.rules if not rule.norun}))
 """
@@ -161,6 +163,17 @@ def test_every_rule_has_a_benchmark_and_resources(workflow_rules):
     memory and time instead of the profile's fallbacks."""
     assert "dq_init" in workflow_rules and "benchmarks" in workflow_rules
     assert {name for name, rule in workflow_rules.items() if lacking_benchmark_or_resources(rule)} == set()
+
+
+def test_every_jobs_log_and_benchmark_share_their_path(workflow_rules):
+    """benchmark_table pairs a warm worker (known by its job's log) with the job's benchmark
+    record by this path: logs/<x>.log <-> logs/benchmarks/<x>.tsv. A rule that names them
+    apart loses its worker's CPU and memory from the report (the quicklooks did)."""
+    logs = Path("logs")
+    apart = {name: (rule["log_path"], rule["benchmark_path"]) for name, rule in workflow_rules.items()
+             if Path(rule["log_path"]).relative_to(logs).with_suffix(".tsv")
+             != Path(rule["benchmark_path"]).relative_to(logs / "benchmarks")}
+    assert "quicklook_cal" in workflow_rules and apart == {}
 
 
 def test_every_per_exposure_step_runs_inside_the_slurm_profiles_exposure_job():

@@ -85,6 +85,23 @@ def test_quicklook_refuses_a_table_that_is_no_catalog(tmp_path, capsys):
     assert "other.parquet" in capsys.readouterr().err and not output.exists()
 
 
+def test_a_large_image_is_drawn_from_one_sample_per_step_in_its_pixel_frame():
+    """3000 x 2100 pixels, at most 1024 samples an axis: every third pixel, the middle one of
+    each step of 3, drawn over the pixels it stands for."""
+    data = np.arange(2100 * 3000, dtype=np.float32).reshape(2100, 3000)
+    flagged = np.zeros(data.shape, bool)
+    flagged[4, 7] = True  # a sampled pixel (rows and columns 1, 4, 7, ...)
+    fig = quicklook.quicklook_figure(data, flagged, "title", "DN/s")
+    ax = fig.axes[0]
+    shown = ax.images[0].get_array()
+    assert shown.shape == (700, 1000)
+    assert shown[0, 0] == data[1, 1] and shown.data[1, 2] == data[4, 7]
+    assert shown[699, 999] == data[2098, 2998]
+    assert shown.mask[1, 2] and shown.mask.sum() == 1
+    assert ax.images[0].get_extent() == [-0.5, 2999.5, -0.5, 2099.5]
+    assert ax.get_xlim() == (-0.5, 2999.5) and ax.get_ylim() == (-0.5, 2099.5)
+
+
 def test_unusable_pixels_of_a_mosaic_are_the_uncovered_ones():
     mosaic = datamodels.MosaicModel.create_fake_data(shape=(6, 6))
     mosaic.data = np.ones((6, 6), np.float32)

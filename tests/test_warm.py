@@ -206,6 +206,43 @@ def test_a_server_that_never_answers_costs_the_job_its_warm_start_only(tmp_path,
     Path(socket_path).unlink(missing_ok=True)
 
 
+def test_a_job_started_while_the_server_imports_waits_for_it_and_runs_warm(fresh):
+    first = fresh.run()  # plain, and starts the server, which takes seconds to import
+    assert first.returncode == 0 and first.stdout.startswith("plain"), first.stderr
+    paths = warm.server_paths(str(fresh.folder), warm.server_key(str(fresh.scripts), fresh.env))
+    deadline = time.monotonic() + 5
+    while not warm.server_starting(paths["lock"]) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server detaches, then takes its lock
+    assert warm.server_starting(paths["lock"]) and not Path(paths["sock"]).exists(), fresh.log()
+    # The client's own wait, with a bound a loaded machine's server import stays within
+    # (the client's is HANDSHAKE_TIMEOUT); 100: no server took the job.
+    waiting_client = (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location("
+                      f"'warm', {str(SCRIPTS / 'romanpipe' / 'warm.py')!r}); "
+                      "warm = importlib.util.module_from_spec(spec); spec.loader.exec_module(warm); "
+                      f"status = warm.run_warm({str(fresh.folder)!r}, {str(fresh.probe)!r}, ['7'], "
+                      f"timeout={SERVER_START_TIMEOUT}); "
+                      "sys.exit(100) if status is None else warm.end_as(status)")
+    second = subprocess.run([sys.executable, "-c", waiting_client], capture_output=True, text=True,
+                            cwd=fresh.workdir, env=fresh.env, timeout=2 * SERVER_START_TIMEOUT)
+    assert second.returncode == 7 and second.stdout.startswith("warm "), (second.stdout, fresh.log())
+
+
+def test_a_job_waiting_for_a_starting_server_runs_plainly_once_its_lock_is_free(fresh):
+    """A server that dies while it imports releases its lock: the waiting job stops waiting."""
+    import fcntl
+
+    fresh.folder.mkdir()
+    paths = warm.server_paths(str(fresh.folder), warm.server_key(str(fresh.scripts), fresh.env))
+    with open(paths["lock"], "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a server "importing" for ever
+        waiting = subprocess.Popen([sys.executable, str(CLIENT), str(fresh.probe), "3"], cwd=fresh.workdir,
+                                   env=fresh.env, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert waiting.poll() is None  # waits for the server rather than importing itself
+    output, _ = waiting.communicate(timeout=30)  # the lock closed, released: the job runs now
+    assert waiting.returncode == 3 and output.startswith("plain ")
+
+
 def test_a_changed_library_module_stops_the_server_and_the_job_runs_plainly(fresh):
     fresh.start_server()
     assert fresh.run().stdout.startswith("warm ")

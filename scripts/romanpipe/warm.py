@@ -7,7 +7,9 @@ library only). With ``ROMANPIPE_WARM_DIR`` naming a folder (the workflow's shell
 log are in the folder, its socket in ``$TMPDIR/romanpipe-warm-<uid>/``, private to the user); when there is no
 usable server it starts one in the background for the next jobs and becomes ``python SCRIPT
 ARGS...`` itself (``exec``: the same process, streams and exit status as before). So a
-broken, busy, missing or stale server costs a job its warm start, never its result.
+broken, busy, missing or stale server costs a job its warm start, never its result. A job
+that finds its server still importing (the lock held, no socket yet) waits for it up to the
+handshake timeout, and starts plainly as soon as the lock is free.
 
 What a job keeps when it runs warm:
 
@@ -130,9 +132,7 @@ def run_warm(folder: str, script: str, args: list[str], timeout: float = HANDSHA
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.settimeout(timeout)
-        try:
-            connection.connect(paths["sock"])
-        except OSError:
+        if not connect_to_server(connection, paths, timeout):
             start_server(folder, paths, script_dir)
             return None
         if _peer_uid(connection) != os.getuid():
@@ -163,6 +163,36 @@ def run_warm(folder: str, script: str, args: list[str], timeout: float = HANDSHA
             return {"lost": True}
     finally:
         connection.close()
+
+
+def connect_to_server(connection: socket.socket, paths: dict[str, str], timeout: float) -> bool:
+    """Connect to this job's server. One that is still starting (its lock held, no socket
+    yet: it is importing) is waited for up to ``timeout`` seconds, so the jobs that start
+    in a run's first seconds run warm instead of importing everything a second time; the
+    wait ends as soon as the lock is free (the server died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.connect(paths["sock"])
+            return True
+        except OSError:
+            if time.monotonic() > deadline or not server_starting(paths["lock"]):
+                return False
+        time.sleep(0.05)
+
+
+def server_starting(lock_path: str) -> bool:
+    """Whether a server holds this lock (it takes it before it imports and holds it while it
+    serves). Read from /proc/locks: trying the lock would make a server that is taking it
+    at that moment fail to and leave."""
+    try:
+        status = os.stat(lock_path)
+        with open("/proc/locks") as locks:
+            held = locks.read()
+    except OSError:
+        return False
+    lock_id = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    return any("FLOCK" in line and lock_id in line.split() for line in held.splitlines())
 
 
 def end_as(status: dict) -> None:

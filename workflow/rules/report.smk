@@ -37,7 +37,7 @@ rule quicklook_cal:
         mem_mb=step_memory_mb(2),
         runtime=step_runtime_min(1),
     log:
-        os.path.join(LOGS, "quicklook", "{expo}_cal.log"),
+        os.path.join(LOGS, "quicklook_cal", "{expo}.log"),
     benchmark:
         os.path.join(BENCHMARKS, "quicklook_cal", "{expo}.tsv")
     conda:
@@ -67,7 +67,7 @@ rule quicklook_mosaic:
         mem_mb=step_memory_mb(2),
         runtime=step_runtime_min(1),
     log:
-        os.path.join(LOGS, "quicklook", "{product}_i2d.log"),
+        os.path.join(LOGS, "quicklook_mosaic", "{product}.log"),
     benchmark:
         os.path.join(BENCHMARKS, "quicklook_mosaic", "{product}.tsv")
     conda:
@@ -96,7 +96,7 @@ rule quicklook_multiband:
         mem_mb=step_memory_mb(2),
         runtime=step_runtime_min(1),
     log:
-        os.path.join(LOGS, "quicklook", "{cell}_multiband.log"),
+        os.path.join(LOGS, "quicklook_multiband", "{cell}.log"),
     benchmark:
         os.path.join(BENCHMARKS, "quicklook_multiband", "{cell}.tsv")
     conda:
