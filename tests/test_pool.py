@@ -75,14 +75,18 @@ def test_pool_and_quarantine(campaign):
     assert all("\n" not in reason for reason in reasons)
 
 
-def test_references_only_for_the_steps_of_the_exposure_type(campaign):
-    """A prism exposure needs no FLAT (it stops after assign_wcs); an image without one is quarantined."""
+def keep_two_images_and_add_a_prism_exposure(campaign):
     for path in (campaign / "uncal").glob("*_000[3-6]_*"):
         path.unlink()
     spectral = make_level1(seed=7)
     spectral.meta.exposure.type = "WFI_SPECTRAL"
     spectral.meta.instrument.optical_element = "PRISM"
     spectral.to_asdf(campaign / "uncal" / f"{EXPO.format(7, 'WFI01')}_uncal.asdf")
+
+
+def test_references_only_for_the_steps_of_the_exposure_type(campaign):
+    """A prism exposure needs no FLAT (it stops after assign_wcs); an image without one is quarantined."""
+    keep_two_images_and_add_a_prism_exposure(campaign)
     status = pool.cli.run(pool.main, [
         "--uncal-dir", str(campaign / "uncal"),
         "--step-reftypes", '{"dq_init": ["mask"], "flat_field": ["flat"]}',
@@ -293,12 +297,7 @@ def catalog_references(folder, detector, apcorr_elements):
 def test_images_get_their_catalogs_references_and_an_apcorr_without_their_filter_quarantines(campaign):
     """source_catalog's APCORR and EPSF are selected for images (their _cal get a catalog), not for a
     prism exposure; WFI01's APCORR has no F158 row: its image is quarantined naming it."""
-    for path in (campaign / "uncal").glob("*_000[3-6]_*"):
-        path.unlink()
-    spectral = make_level1(seed=7)
-    spectral.meta.exposure.type = "WFI_SPECTRAL"
-    spectral.meta.instrument.optical_element = "PRISM"
-    spectral.to_asdf(campaign / "uncal" / f"{EXPO.format(7, 'WFI01')}_uncal.asdf")
+    keep_two_images_and_add_a_prism_exposure(campaign)
     references = [*catalog_references(campaign, "WFI01", ["F062"]),
                   *catalog_references(campaign, "WFI02", ["F062", "F158"])]
     crds_cache.deliver(campaign / "crds_cache", references)
