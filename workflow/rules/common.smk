@@ -17,6 +17,7 @@ import typing
 
 import pandas as pd
 from snakemake.exceptions import IncompleteCheckpointException
+from snakemake.io import checkpoint_target
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
@@ -677,7 +678,12 @@ def skycells_source():
 
 
 def association_index():
-    path = checkpoints.associations.get().output[0]
+    checkpoint = checkpoints.associations.get()
+    path = checkpoint.output[0]
+    if not os.path.exists(path):
+        # Planned with the previous run's index, the checkpoint is running again (a changed _cal):
+        # Snakemake removed its output and still counts it created. The jobs wait for the new one.
+        raise IncompleteCheckpointException(checkpoint.rule, checkpoint_target(path))
     return _read_table(path, os.path.getmtime(path), "asn")
 
 
