@@ -678,12 +678,12 @@ def skycells_source():
 
 
 def association_index():
-    checkpoint = checkpoints.associations.get()
-    path = checkpoint.output[0]
+    associations = checkpoints.associations.get()
+    path = associations.output[0]
     if not os.path.exists(path):
         # Planned with the previous run's index, the checkpoint is running again (a changed _cal):
         # Snakemake removed its output and still counts it created. The jobs wait for the new one.
-        raise IncompleteCheckpointException(checkpoint.rule, checkpoint_target(path))
+        raise IncompleteCheckpointException(associations.rule, checkpoint_target(path))
     return _read_table(path, os.path.getmtime(path), "asn")
 
 
