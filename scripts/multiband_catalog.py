@@ -147,7 +147,7 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
         mask = catalogs.unusable_pixels(data, err, dq)
         if mask.all():
             raise NoScienceDataError(f"{name}: no usable pixel")
-        kernel_fwhm, psf_model = catalogs.image_psf(model, parameters, name, reference)
+        kernel_fwhm, psf_model = catalogs.mosaic_psf(model, parameters, name, reference)
         detection = catalogs.detect(data, mask, kernel_fwhm=kernel_fwhm, **settings)
         per_filter[element] = FilterImage(detection, err, dq, mask, kernel_fwhm, psf_model)
 

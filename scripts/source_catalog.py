@@ -86,9 +86,9 @@ from romanpipe.catalogs import (
     detect,
     flux_conversion,
     image_arrays,
-    image_psf,
     image_scale,
     measure,
+    mosaic_psf,
     output_paths,
     schema_table,
     unusable_pixels,
@@ -186,7 +186,7 @@ def run(image, step: StepRun) -> tuple:
     scale = image_scale(wcs, data.shape)
     radii_pixels = [r / scale.pixel_scale_arcsec for r in APERTURE_RADII_ARCSEC]
     if isinstance(image, datamodels.MosaicModel):
-        kernel_fwhm, psf_model = image_psf(image, parameters, input_name, step.reference)
+        kernel_fwhm, psf_model = mosaic_psf(image, parameters, input_name, step.reference)
         ee_fractions = encircled_energy(psf_model, radii_pixels)
     else:
         kernel_fwhm, _ = kernel_and_psf(image.meta.instrument, parameters["kernel_fwhm"], False, input_name)

@@ -421,23 +421,19 @@ def mosaic_detector(image) -> str:
     return max(sorted(set(detectors)), key=detectors.count) if detectors else "WFI01"
 
 
-def image_psf(image, parameters, input_name, reference) -> tuple[float, object]:
-    """The detection kernel's FWHM and the image's effective PSF (photutils ImagePSF): the EPSF
-    reference's (``override_epsf``, read by ``reference``) or the Roman PSF of its detector
-    and filter; for a mosaic, that PSF drizzled onto its grid (romanpipe.roman_psf.mosaic_psf_model)."""
-    mosaic = isinstance(image, datamodels.MosaicModel)
-    instrument = image.meta.instrument
-    if mosaic:
-        instrument = SimpleNamespace(detector=mosaic_detector(image),
-                                     optical_element=instrument.optical_element)
+def mosaic_psf(image, parameters, input_name, reference) -> tuple[float, object]:
+    """The detection kernel's FWHM and a mosaic's effective PSF (photutils ImagePSF): the EPSF
+    reference's (``override_epsf``, read by ``reference``) or the Roman PSF of the detector most
+    of its inputs came from and its filter, drizzled onto its grid (romanpipe.roman_psf.mosaic_psf_model)."""
+    instrument = SimpleNamespace(detector=mosaic_detector(image),
+                                 optical_element=image.meta.instrument.optical_element)
     # The PSF also when not fitted: its encircled energy gives the aperture corrections.
     kernel_fwhm, psf_model = kernel_and_psf(instrument, parameters["kernel_fwhm"],
                                             not parameters["override_epsf"], input_name)
     if parameters["override_epsf"]:
         psf_model = epsf_reference_model(reference("epsf"))
-    if mosaic:
-        psf_model = mosaic_psf_model(psf_model, pixel_scale_arcsec=image_scale(
-            image.meta.wcs, image.data.shape).pixel_scale_arcsec, pixfrac=float(image.meta.resample.pixfrac))
+    psf_model = mosaic_psf_model(psf_model, pixel_scale_arcsec=image_scale(
+        image.meta.wcs, image.data.shape).pixel_scale_arcsec, pixfrac=float(image.meta.resample.pixfrac))
     return kernel_fwhm, psf_model
 
 

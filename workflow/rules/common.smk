@@ -677,14 +677,19 @@ def skycells_source():
     return context_pmap("set associations.skycells to a SKYCELLS file (or grouping: overlap)")
 
 
-def association_index():
+def _association_index_version():
+    """The association index's path and modification time, once its checkpoint is complete."""
     associations = checkpoints.associations.get()
     path = associations.output[0]
     if not os.path.exists(path):
         # Planned with the previous run's index, the checkpoint is running again (a changed _cal):
         # Snakemake removed its output and still counts it created. The jobs wait for the new one.
         raise IncompleteCheckpointException(associations.rule, checkpoint_target(path))
-    return _read_table(path, os.path.getmtime(path), "asn")
+    return path, os.path.getmtime(path)
+
+
+def association_index():
+    return _read_table(*_association_index_version(), "asn")
 
 
 class AssociationLookup(typing.NamedTuple):
@@ -698,8 +703,7 @@ class AssociationLookup(typing.NamedTuple):
 
 
 def association_lookup():
-    path = checkpoints.associations.get().output[0]
-    return _association_lookup(path, os.path.getmtime(path))
+    return _association_lookup(*_association_index_version())
 
 
 @functools.lru_cache(maxsize=2)
