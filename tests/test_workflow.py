@@ -491,6 +491,38 @@ def test_job_sizes_from_the_pool_match_the_products(full_run):
     assert f"mem_mb={expected_mb}," in result.stdout
 
 
+def planned_commands(result: subprocess.CompletedProcess, expo: str) -> dict[str, str]:
+    """Rule -> shell command of ``expo``'s jobs in a dry run printed with -p."""
+    commands, rule, wildcards = {}, None, None
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "checkpoint ")):
+            rule, wildcards = line.split()[1].rstrip(":"), None
+        elif line.strip().startswith("wildcards:"):
+            wildcards = line.split(":", 1)[1].strip()
+        elif line.startswith("Shell command:") and wildcards == f"expo={expo}":
+            commands[rule] = line.split(":", 1)[1].strip()
+    return commands
+
+
+def test_a_slurm_group_jobs_own_snakemake_plans_the_submitting_runs_commands(full_run):
+    """On SLURM an exposure's steps are one group job (profiles/slurm), run by a Snakemake of its
+    own that plans only those rules (the plugin's --target-jobs, --allowed-rules, --mode
+    remote): the pool checkpoint is not among them, so its table must still reach every
+    command, the optional references (source_catalog's EPSF) included."""
+    with open(ROOT / "profiles" / "slurm" / "config.yaml") as stream:
+        group_rules = [entry.split("=")[0] for entry in yaml.safe_load(stream)["groups"]]
+    pool = pd.read_csv(full_run / "results" / "pool.csv", index_col="exposure")
+    expo = next(e for e in pool.index if (full_run / "results" / "exposures" / f"{e}_cat.parquet").exists())
+    submitting = planned_commands(snakemake(full_run, "-n", "-p", "--forcerun", *group_rules), expo)
+    job_level = snakemake(
+        full_run, "-n", "-p", "--force", "--mode", "remote", "--allowed-rules", *group_rules,
+        "--target-jobs", *(f"{rule}:expo={expo}" for rule in group_rules if rule in submitting),
+    )
+    assert job_level.returncode == 0, job_level.stdout[-3000:] + job_level.stderr[-3000:]
+    assert "source_catalog" in submitting and "--override-epsf" in submitting["source_catalog"]
+    assert planned_commands(job_level, expo) == submitting
+
+
 def test_second_run_has_nothing_to_do(full_run):
     result = snakemake(full_run, "-n")
     assert result.returncode == 0

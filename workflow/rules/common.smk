@@ -448,7 +448,12 @@ def optional_reference_options(step):
     optional = optional_reftypes(step)
 
     def options(wildcards, input):
-        return " ".join(f"--override-{reftype} {shlex.quote(input[reftype])}" for reftype in optional)
+        # A job planned before the pool checkpoint counts as complete has the checkpoint's
+        # placeholder for inputs, without these names (a SLURM job's own Snakemake plans so);
+        # Snakemake plans it again from the pool's table before it runs.
+        present = input.keys()
+        return " ".join(f"--override-{reftype} {shlex.quote(input[reftype])}"
+                        for reftype in optional if reftype in present)
 
     return options
 

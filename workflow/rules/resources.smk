@@ -111,7 +111,15 @@ def metadata_runtime_min(seconds_per_file):
 def association_data_mb(wildcards, input):
     """The members' _cal products' size: what a high-level step reads (its declared input is
     the association file)."""
-    return _members_data_mb(tuple(association_members(wildcards)))
+    try:
+        members = association_members(wildcards)
+    except IncompleteCheckpointException:
+        # The association index is being made again (its checkpoint reran after a changed
+        # _cal) while Snakemake evaluates a job planned from the previous one: it cannot take
+        # this exception from a resource function. The job asks for the base amount; one
+        # killed for it comes back with more, sized from the new index.
+        return 0
+    return _members_data_mb(tuple(members))
 
 
 _complete_members_mb = {}
