@@ -34,12 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from romanpipe import cli
-from romanpipe.errors import InputFileError, PipelineError
+from romanpipe.errors import InputFileError, ParameterError, PipelineError
 from romanpipe.exposure_types import MOSAIC_TYPES
 from romanpipe.failures import read_ledger
 from romanpipe.files import atomic_path
 from romanpipe.inputs import InputListError, listed_paths
 from romanpipe.naming import EXPOSURE_NAME_RE, split_suffix
+from romanpipe.params import load_yaml
 
 import pandas as pd
 import yaml
@@ -81,14 +82,19 @@ def plan_shards(paths: list[str], level: str) -> dict[str, list[str]]:
 
 def campaign_config(configfiles: list[Path]) -> dict:
     """The campaign's settings as the workflow sees them: the defaults, then each file on top."""
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = load_yaml(ROOT / "config" / "config.yaml")
     for path in configfiles:
         try:
-            update(config, yaml.safe_load(path.read_text()) or {})
+            overrides = load_yaml(path) or {}
         except OSError as err:
             raise InputFileError(path, f"unreadable config: {err.strerror}") from None
         except yaml.YAMLError as err:
             raise InputFileError(path, f"not YAML: {str(err).splitlines()[0]}") from None
+        except ParameterError as err:
+            raise InputFileError(path, str(err).removeprefix(f"{path}: ")) from None
+        if not isinstance(overrides, dict):
+            raise InputFileError(path, f"a config file holds a mapping, not a {type(overrides).__name__}")
+        update(config, overrides)
     return config
 
 

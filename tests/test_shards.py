@@ -54,6 +54,19 @@ def test_a_missing_config_file_is_named(tmp_path):
         main(["plan", "--directory", str(tmp_path), "--configfile", str(tmp_path / "absent.yaml")])
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("a: &x [1, 2]\nb: *x\n", "alias"),
+    ("- inputs\n", "a config file holds a mapping, not a list"),
+])
+def test_a_config_file_the_workflow_would_refuse_is_named(tmp_path, text, problem):
+    """Read as the workflow's parameter files are (romanpipe.params.load_yaml): no aliases
+    (a few lines of them expand to gigabytes), bounded size, a mapping."""
+    path = tmp_path / "campaign.yaml"
+    path.write_text(text)
+    with pytest.raises(InputFileError, match=f"campaign.yaml: .*{problem}"):
+        main(["plan", "--directory", str(tmp_path), "--configfile", str(path)])
+
+
 def test_running_before_planning_says_so(tmp_path):
     (tmp_path / "campaign.yaml").write_text("{}")
     with pytest.raises(InputFileError, match="run `shards.py plan` first"):
