@@ -38,7 +38,9 @@ from wfisim.campaign import CampaignConfig, simulate_campaign
 ROOT = Path(__file__).resolve().parents[2]
 # where .ci/slurm_cluster.sh keeps its pid files and, when it could not set up a cluster, why
 STATE = Path(os.environ.get("WFI_SLURM_STATE", Path(tempfile.gettempdir()) / f"wfi-slurm-ci-{os.getuid()}"))
-RUN_TIMEOUT = 600  # seconds for one workflow run; the whole module takes ~8 minutes
+# Seconds for one workflow run, a guard against a hung run: the whole module takes ~8 minutes
+# on an idle machine, and a run took over 600 s with the machine loaded ~7x.
+RUN_TIMEOUT = 1200
 # A run with a failing exposure: its group jobs, then the second pass makes the mosaic, a job
 # per step.
 FAILING_RUN_TIMEOUT = 1500
