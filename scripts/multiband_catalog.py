@@ -104,10 +104,10 @@ def detection_image(subtracted, background_rms, masks) -> tuple[np.ndarray, np.n
 
 @dataclass(frozen=True)
 class FilterImage:
-    """One filter's mosaic as step 1 leaves it: its detection (background RMS, subtracted image),
-    its errors, DQ and unusable pixels, its kernel FWHM and effective PSF."""
+    """One filter's mosaic as step 1 leaves it: its background (subtracted image, RMS), its errors,
+    DQ and unusable pixels, its kernel FWHM and effective PSF."""
 
-    detection: catalogs.Detection
+    background: catalogs.Background
     err: np.ndarray
     dq: np.ndarray
     mask: np.ndarray
@@ -148,12 +148,13 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
         if mask.all():
             raise NoScienceDataError(f"{name}: no usable pixel")
         kernel_fwhm, psf_model = catalogs.mosaic_psf(model, parameters, name, reference)
-        detection = catalogs.detect(data, mask, kernel_fwhm=kernel_fwhm, **settings)
-        per_filter[element] = FilterImage(detection, err, dq, mask, kernel_fwhm, psf_model)
+        # Only the background: the filter's segments are the common detection's (step 3).
+        background = catalogs.subtract_background(data, mask, kernel_fwhm=kernel_fwhm, **settings)
+        per_filter[element] = FilterImage(background, err, dq, mask, kernel_fwhm, psf_model)
 
     images = list(per_filter.values())
-    combined, unusable = detection_image([image.detection.subtracted for image in images],
-                                         [image.detection.background_rms for image in images],
+    combined, unusable = detection_image([image.background.subtracted for image in images],
+                                         [image.background.rms for image in images],
                                          [image.mask for image in images])
     kernel_fwhm = max(image.kernel_fwhm for image in images)
     log.info("detection image of %s, kernel FWHM %.3f pixels", ", ".join(per_filter), kernel_fwhm)
@@ -168,9 +169,7 @@ def multiband_catalog(models, names, parameters, reference=None) -> tuple[Table,
     out = None
     for element in wavelength_order(per_filter):
         image = per_filter[element]
-        own = image.detection
-        forced = catalogs.Detection(own.background_rms, own.subtracted,
-                                    common.detection_image, common.segments)
+        forced = catalogs.Detection(image.background.subtracted, common.detection_image, common.segments)
         measured = catalogs.measure(
             forced, image.err, image.dq, image.mask, scale=scale,
             flux_to_njy=catalogs.flux_conversion(None, scale, surface_brightness=True),
@@ -220,7 +219,7 @@ def run(models, names, parameters, output: Path, reference=None) -> tuple:
     catalog_model.source_catalog = schema
     segmentation.data = (np.zeros(models[0].data.shape, np.uint32) if detection.segments is None
                          else detection.segments.data.astype(np.uint32))
-    segmentation["detection_image"] = detection.detection_image.astype(np.float32)
+    segmentation["detection_image"] = detection.detection_image  # float32: rad's dtype
     log.info("%d sources in %s", len(schema), ", ".join(wavelength_order(elements)))
     return catalog_model, segmentation
 

@@ -159,7 +159,6 @@ def source_catalog(data, err, dq, *, psf_model, ee_fractions, scale: ImageScale,
     within each of APERTURE_RADII_ARCSEC (the aperture corrections). ValueError if no pixel
     is usable.
     """
-    err = np.asarray(err, dtype=np.float64)
     mask = unusable_pixels(data, err, dq)
     if mask.all():
         raise ValueError("every pixel is flagged DO_NOT_USE or has no finite value and positive error")
@@ -209,7 +208,7 @@ def run(image, step: StepRun) -> tuple:
     segments = result.detection.segments
     segmentation.data = (np.zeros(data.shape, np.uint32) if segments is None
                          else segments.data.astype(np.uint32))
-    segmentation["detection_image"] = result.detection.detection_image.astype(np.float32)
+    segmentation["detection_image"] = result.detection.detection_image  # float32: rad's dtype
     log.info("%d sources in the catalog", len(table))
     return catalog_model, segmentation
 

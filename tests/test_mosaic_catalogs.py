@@ -8,7 +8,7 @@ drizzle's drop of one pixel (galsim's ``Pixel`` twice) and integrated over the m
 
 import math
 
-from romanpipe import cli, roman_psf
+from romanpipe import catalogs, cli, roman_psf
 
 import numpy as np
 import pandas as pd
@@ -223,6 +223,24 @@ def test_multiband_forced_photometry_gives_each_filters_flux(two_filters, multib
             assert abs(np.median(ratio) - 1) < 0.02, name
         dx = table[f"x_psf_{band}"].to_numpy()[index[bright]] - x[bright]
         assert np.sqrt(np.mean(dx**2)) < 0.05
+
+
+def test_multiband_segments_each_filter_only_for_its_background(two_filters, tmp_path, monkeypatch):
+    """A filter's own segments only mask its sources for its second background estimate: one
+    segmentation per filter, and two of the detection image (its background's first pass, the
+    catalog's segments), not a wasted final pass per filter."""
+    *_, paths = two_filters
+    calls = []
+    segment = catalogs.segment
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].subtracted.shape)
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(catalogs, "segment", counted)
+    output = tmp_path / "x_cat.parquet"
+    assert cli.run(multiband_catalog.main, [str(p) for p in paths] + ["--output", str(output)]) == 0
+    assert len(calls) == len(paths) + 2
 
 
 def test_multiband_needs_one_grid(two_filters, tmp_path, capsys):

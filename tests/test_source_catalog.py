@@ -170,6 +170,28 @@ def test_flags_mark_saturation_bad_pixels_and_edges():
     assert image_flags[1] == 0  # a DO_NOT_USE pixel is no part of a segment
 
 
+def test_masked_convolution_is_astropys():
+    """The detection image's float32 convolution equals astropy's (masked pixels interpolated over,
+    the edge filled with 0) to float32 rounding, and is 0 on masked pixels."""
+    from astropy.convolution import convolve
+    from photutils.segmentation import make_2dgaussian_kernel
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(0.0, 1.0, (40, 50)).astype(np.float32)
+    image[20, 30] = 500.0
+    mask = rng.random(image.shape) < 0.05
+    mask[:6, :7] = True  # a masked block at a corner, wider than the kernel's half
+    image[mask] = 0.0
+    kernel = make_2dgaussian_kernel(1.6, size=5).array
+    ours = catalogs.convolve_masked(image, mask, kernel)
+    expected = convolve(image, kernel, mask=mask, normalize_kernel=True)
+    expected[mask] = 0.0
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+    unmasked = catalogs.convolve_masked(image, np.zeros(image.shape, bool), kernel)
+    np.testing.assert_allclose(unmasked, convolve(image, kernel, normalize_kernel=True), rtol=1e-5, atol=1e-6)
+
+
 def test_ab_magnitudes_of_fluxes_in_njy():
     magnitude, error = catalogs.ab_magnitude(np.array([3631e9, 1.0, -5.0]), np.array([0.0, 0.1, 1.0]))
     assert magnitude[0] == pytest.approx(0.0, abs=1e-12)

@@ -15,13 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from astropy.convolution import convolve
 from astropy.stats import SigmaClip
 from astropy.table import Table
 from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
 from photutils.segmentation import SourceCatalog, SourceFinder, make_2dgaussian_kernel
 from photutils.utils.exceptions import NoDetectionsWarning
 from roman_datamodels import datamodels
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import dqflags
@@ -97,11 +97,19 @@ def catalog_columns(fit_psf: bool) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Detection:
-    """What detection makes: the background's RMS, the background-subtracted and detection images, the
-    segments (the background itself is not kept: one more full-size array through the measurements)."""
+class Background:
+    """Step 1's result: the data less its background and the background's RMS, both float32 (the
+    background itself is not kept: one more full-size array through the measurements)."""
 
-    background_rms: np.ndarray
+    subtracted: np.ndarray  # unusable pixels 0
+    rms: np.ndarray
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What detection makes: the background-subtracted and detection images (float32) and the segments
+    (the background's RMS is not kept past the segmentation, for the same reason)."""
+
     subtracted: np.ndarray
     detection_image: np.ndarray
     segments: object  # photutils SegmentationImage, or None when nothing was found
@@ -127,50 +135,94 @@ def unusable_pixels(data, err, dq) -> np.ndarray:
 def detect(data, mask, *, kernel_fwhm: float, snr_threshold: float, npixels: int, deblend: bool,
            bkg_boxsize: int) -> Detection:
     """Steps 1-3 of the module docstring on a 2-D image; ``mask`` True where a pixel is unusable."""
-    data = np.array(data, dtype=np.float64)  # one full-size copy, its unusable pixels zeroed
+    log.info("detection kernel FWHM %.3f pixels", kernel_fwhm)
+    settings = dict(kernel_fwhm=kernel_fwhm, snr_threshold=snr_threshold, npixels=npixels, deblend=deblend)
+    background = subtract_background(data, mask, bkg_boxsize=bkg_boxsize, **settings)
+    detection_image, segments = segment(background, mask, **settings)
+    return Detection(background.subtracted, detection_image, segments)
+
+
+def subtract_background(data, mask, *, kernel_fwhm: float, snr_threshold: float, npixels: int, deblend: bool,
+                        bkg_boxsize: int) -> Background:
+    """Step 1 of the module docstring: the background estimated twice, the second time without the
+    sources that the first estimate's segmentation (steps 2-3) found, dilated."""
+    # One full-size float32 copy (the data's own precision), its unusable pixels zeroed.
+    data = np.array(data, dtype=np.float32)
     data[mask] = 0.0
+    first = background_pass(data, mask, bkg_boxsize)
+    _, segments = segment(first, mask, kernel_fwhm=kernel_fwhm, snr_threshold=snr_threshold,
+                          npixels=npixels, deblend=deblend)
+    if segments is None:
+        return first
+    sources = segments.make_source_mask(size=SOURCE_MASK_SIZE)
+    # The first pass's arrays go before the second makes its own (kept, they raised the peak memory
+    # of a full detector by half).
+    del first, segments
+    return background_pass(data, mask, bkg_boxsize, sources)
+
+
+def background_pass(data, mask, bkg_boxsize: int, sources=None) -> Background:
+    """The background estimated without the unusable pixels (``mask``) and ``sources``, subtracted."""
+    excluded = mask if sources is None else mask | sources
+    background = estimate_background(data, excluded, bkg_boxsize=bkg_boxsize, bkg_filter_size=BKG_FILTER_SIZE,
+                                     bkg_sigma=BKG_SIGMA, bkg_estimator=BKG_ESTIMATOR)
+    subtracted = np.subtract(data, background.background, dtype=np.float32)
+    subtracted[mask] = 0.0
+    log.info("background median %.4g, RMS %.4g", float(background.background_median),
+             float(background.background_rms_median))
+    return Background(subtracted, np.asarray(background.background_rms, dtype=np.float32))
+
+
+def segment(background: Background, mask, *, kernel_fwhm: float, snr_threshold: float, npixels: int,
+            deblend: bool) -> tuple[np.ndarray, object]:
+    """Steps 2-3 of the module docstring: the detection image (float32, 0 on unusable pixels) and its
+    segments (photutils SegmentationImage; None when nothing was found)."""
     size = math.ceil(3 * kernel_fwhm)
-    kernel = make_2dgaussian_kernel(kernel_fwhm, size=size + 1 - size % 2)
+    kernel = make_2dgaussian_kernel(kernel_fwhm, size=size + 1 - size % 2).array
+    detection_image = convolve_masked(background.subtracted, mask, kernel)
     finder = SourceFinder(npixels, deblend=deblend, n_levels=DEBLEND_LEVELS, contrast=DEBLEND_CONTRAST,
                           progress_bar=False)
-    log.info("detection kernel FWHM %.3f pixels", kernel_fwhm)
-    detection = detection_pass(data, mask, np.zeros(mask.shape, bool), kernel, finder, snr_threshold,
-                               bkg_boxsize)
-    if detection.segments is None:
-        return detection
-    # The second pass estimates the background without the first's sources; the first's arrays
-    # go before it makes its own (kept, they raised the peak memory of a full detector by half).
-    sources = detection.segments.make_source_mask(size=SOURCE_MASK_SIZE)
-    del detection
-    return detection_pass(data, mask, sources, kernel, finder, snr_threshold, bkg_boxsize)
-
-
-def detection_pass(data, mask, sources, kernel, finder, snr_threshold: float, bkg_boxsize: int) -> Detection:
-    """One pass of steps 1-3: the background estimated without ``mask | sources``, the segments."""
-    background = estimate_background(data, mask | sources, bkg_boxsize=bkg_boxsize,
-                                     bkg_filter_size=BKG_FILTER_SIZE, bkg_sigma=BKG_SIGMA,
-                                     bkg_estimator=BKG_ESTIMATOR)
-    subtracted = np.where(mask, 0.0, data - background.background)
-    detection_image = convolve(subtracted, kernel, mask=mask, normalize_kernel=True)
-    detection_image[mask] = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoDetectionsWarning)
-        segments = finder(detection_image, snr_threshold * background.background_rms, mask=mask)
-    log.info("background median %.4g, RMS %.4g; %d sources", float(background.background_median),
-             float(background.background_rms_median), 0 if segments is None else segments.n_labels)
-    return Detection(background.background_rms, subtracted, detection_image, segments)
+        segments = finder(detection_image, snr_threshold * background.rms, mask=mask)
+    log.info("%d sources", 0 if segments is None else segments.n_labels)
+    return detection_image, segments
+
+
+def convolve_masked(image, mask, kernel) -> np.ndarray:
+    """``image`` (0 where ``mask``) convolved with ``kernel`` normalised, the masked pixels left out
+    and the kernel's weight renormalised over the rest; float32, 0 where ``mask``.
+
+    astropy's ``convolve(image, kernel, mask=mask, normalize_kernel=True)`` (its boundary filled
+    with 0, which counts as data; tested against it), with scipy's float32 filter: astropy's
+    makes three full-size float64 arrays, a third of a full detector's peak memory.
+    """
+    kernel = np.asarray(kernel, dtype=np.float64) / np.sum(kernel)
+    convolved = ndimage.convolve(image, kernel, output=np.float32, mode="constant", cval=0.0)
+    if mask.any():
+        # The kernel's weight on usable pixels and beyond the edge (astropy's fill value is data).
+        weight = ndimage.convolve((~mask).astype(np.float32), kernel, output=np.float32, mode="constant",
+                                  cval=1.0)
+        np.divide(convolved, weight, out=convolved, where=~mask)
+        del weight
+        convolved[mask] = 0.0
+    return convolved
 
 
 def measure(detection: Detection, err, dq, mask, *, scale: ImageScale, flux_to_njy: float,
             ee_fractions, psf_model=None) -> Table:
-    """Steps 4-8 of the module docstring: the catalog (pixel positions 0-based, no sky coordinates)."""
+    """Steps 4-8 of the module docstring: the catalog (pixel positions 0-based, no sky coordinates).
+
+    ``mask`` holds at least unusable_pixels(data, err, dq).
+    """
     segments = detection.segments
-    err = np.asarray(err, dtype=np.float64)
     pixels_per_arcsec = 1.0 / scale.pixel_scale_arcsec
     area_arcsec2 = scale.pixel_scale_arcsec**2
-    # One copy of the errors with the unusable pixels zeroed, for the segments and the apertures (the
-    # subtracted image has them zeroed already): full-size temporaries set a full detector's peak memory.
-    error = np.where(mask, 0.0, err)
+    # One copy of the errors with the unusable pixels zeroed, for the segments, the PSF fits and the
+    # apertures (the subtracted image has them zeroed already). float64: photutils sums a segment's
+    # squared errors in their dtype one after the other (1e-4 off in float32 over a large segment);
+    # the measurements' peak memory stays below the segmentation's with it.
+    error = np.where(mask, np.float64(0.0), err)
     sources = SourceCatalog(detection.subtracted, segments, convolved_data=detection.detection_image,
                             error=error, mask=mask)
     out = Table()
@@ -202,17 +254,16 @@ def measure(detection: Detection, err, dq, mask, *, scale: ImageScale, flux_to_n
     out["nn_label"], out["nn_distance"] = nearest_neighbours(
         out["label"], np.where(np.isfinite(centroids), centroids, -1000.0), scale)
     if psf_model is not None:
-        add_psf_photometry(out, detection.subtracted, err, mask, psf_model, flux_to_njy)
+        add_psf_photometry(out, detection.subtracted, error, mask, psf_model, flux_to_njy)
     positions = photometry_positions(out)
     finite = np.isfinite(positions).all(axis=1)
     positions = np.where(finite[:, None], positions, -1000.0)  # an aperture there measures nothing
 
-    data = np.where(mask, np.nan, detection.subtracted)
     radii = [r * pixels_per_arcsec for r in APERTURE_RADII_ARCSEC]
     apertures = [CircularAperture(positions, r) for r in radii]
     photometry = aperture_photometry(detection.subtracted, apertures, error=error)
     annulus = [r * pixels_per_arcsec for r in ANNULUS_RADII_ARCSEC]
-    local, local_err = annulus_background(data, positions, annulus)
+    local, local_err = annulus_background(detection.subtracted, mask, positions, annulus)
     out["aper_bkg_flux"] = local * flux_to_njy / area_arcsec2
     out["aper_bkg_flux_err"] = local_err * flux_to_njy / area_arcsec2
     for i, name in enumerate(aperture_column_names()):
@@ -222,10 +273,10 @@ def measure(detection: Detection, err, dq, mask, *, scale: ImageScale, flux_to_n
     out["is_extended"] = out["aper04_flux"] > out["aper02_flux"] * 1.2 * ee["aper04_flux"] / ee["aper02_flux"]
 
     dq = np.asarray(dq)
-    out["warning_flags"] = warning_flags(positions, finite, segments, sources, mask, dq,
-                                         FLAG_APERTURE_RADIUS_ARCSEC * pixels_per_arcsec)
     out["image_flags"] = np.array([np.bitwise_or.reduce(dq[s.slices][~s.data_masked.mask], initial=0)
                                    for s in segments.segments], dtype=np.int64).astype(np.int32)
+    out["warning_flags"] = warning_flags(positions, finite, out["image_flags"], mask,
+                                         FLAG_APERTURE_RADIUS_ARCSEC * pixels_per_arcsec)
     return out
 
 
@@ -258,13 +309,12 @@ def nearest_neighbours(labels, positions, scale: ImageScale) -> tuple[np.ndarray
     return np.asarray(labels)[index[:, 1]].astype(np.int32), distance[:, 1] * scale.pixel_scale_arcsec
 
 
-def annulus_background(data, positions, radii) -> tuple[np.ndarray, np.ndarray]:
-    """3-sigma-clipped median of each annulus (NaN pixels left out) and its standard error."""
+def annulus_background(data, mask, positions, radii) -> tuple[np.ndarray, np.ndarray]:
+    """3-sigma-clipped median of each annulus (pixels where ``mask`` left out) and its standard error."""
     clip = SigmaClip(sigma=3.0)
     levels, errors = [], []
-    for mask in CircularAnnulus(positions, *radii).to_mask(method="center"):
-        values = mask.get_values(data)
-        values = clip(values[np.isfinite(values)], masked=False)
+    for annulus in CircularAnnulus(positions, *radii).to_mask(method="center"):
+        values = clip(annulus.get_values(data, mask=mask), masked=False)
         if values.size == 0:
             levels.append(np.nan)
             errors.append(np.nan)
@@ -274,31 +324,32 @@ def annulus_background(data, positions, radii) -> tuple[np.ndarray, np.ndarray]:
     return np.array(levels), np.array(errors)
 
 
-def warning_flags(positions, finite, segments, sources, mask, dq, radius) -> np.ndarray:
-    """``warning_flags`` of the module docstring (step 8)."""
+def warning_flags(positions, finite, image_flags, mask, radius) -> np.ndarray:
+    """``warning_flags`` of the module docstring (step 8); ``image_flags``: the DQ bits OR-ed over each
+    source's segment."""
     flags = np.zeros(len(positions), np.int32)
     ny, nx = mask.shape
     cols = np.clip(np.rint(positions[:, 0]).astype(int), 0, nx - 1)
     rows = np.clip(np.rint(positions[:, 1]).astype(int), 0, ny - 1)
     flags |= np.where(~finite | mask[rows, cols], WARNING_BITS["centroid_unusable"], 0).astype(np.int32)
-    saturated = (dq & dqflags.pixel.SATURATED) != 0
-    in_saturated = np.array([saturated[s.slices][~s.data_masked.mask].any() for s in segments.segments])
+    in_saturated = (np.asarray(image_flags) & dqflags.pixel.SATURATED) != 0
     flags |= np.where(in_saturated, WARNING_BITS["saturated"], 0).astype(np.int32)
-    aperture = CircularAperture(positions, radius)
-    bad = aperture_photometry(mask.astype(np.float64), aperture, method="center")["aperture_sum"]
-    flags |= np.where(np.asarray(bad) > 0, WARNING_BITS["bad_pixel_in_aperture"], 0).astype(np.int32)
+    # Each aperture's own pixels of the mask (no full-size float copy of it).
+    bad = np.array([aperture.get_values(mask).any()
+                    for aperture in CircularAperture(positions, radius).to_mask(method="center")], dtype=bool)
+    flags |= np.where(bad, WARNING_BITS["bad_pixel_in_aperture"], 0).astype(np.int32)
     near_edge = ((positions[:, 0] - radius < -0.5) | (positions[:, 0] + radius > nx - 0.5)
                  | (positions[:, 1] - radius < -0.5) | (positions[:, 1] + radius > ny - 0.5))
     flags |= np.where(near_edge, WARNING_BITS["near_edge"], 0).astype(np.int32)
     return flags
 
 
-def add_psf_photometry(out: Table, subtracted, err, mask, psf_model, flux_to_njy: float) -> None:
-    """Step 6: fit the PSF at every centroid; its columns into ``out``."""
+def add_psf_photometry(out: Table, subtracted, error, mask, psf_model, flux_to_njy: float) -> None:
+    """Step 6: fit the PSF at every centroid; its columns into ``out`` (``error`` is read only where
+    ``mask`` is False: finite and positive there)."""
     start = Table({"id": out["label"], "x": out["x_centroid"], "y": out["y_centroid"],
                    "flux": out["segment_flux"] / flux_to_njy})
-    fit_mask = mask | ~np.isfinite(err) | (err <= 0)
-    fitted = fit_psf_photometry(subtracted, np.where(fit_mask, 1.0, err), fit_mask, start, psf_model)
+    fitted = fit_psf_photometry(subtracted, error, mask, start, psf_model)
     out["x_psf"], out["y_psf"] = fitted["x"], fitted["y"]
     out["x_psf_err"], out["y_psf_err"] = fitted["x_err"], fitted["y_err"]
     out["psf_flux"] = fitted["flux"] * flux_to_njy
