@@ -256,7 +256,7 @@ def test_a_group_run_again_touches_no_other_groups_cells(campaigns):
 @pytest.mark.xdist_group("workflow")
 def test_a_group_run_leaves_other_runs_writes_alone(campaigns):
     """Groups run side by side: a group's run does not sweep the staging files another run is
-    writing (the associations' run before the groups does)."""
+    writing; `groups` lists the groups it wrote."""
     _, sharded, *_ = campaigns
     cells = groups(sharded)
     group, other = list(cells)[:2]
@@ -269,6 +269,5 @@ def test_a_group_run_leaves_other_runs_writes_alone(campaigns):
     assert writing.read_bytes() == b"half a mosaic"
     result = run_shards(sharded, "groups")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not writing.exists()
-    assert result.stdout.splitlines() == [f"level 3 group {name}: {len(members)} cell(s)"
+    assert result.stdout.splitlines()[-len(cells):] == [f"level 3 group {name}: {len(members)} cell(s)"
                                           for name, members in cells.items()]
