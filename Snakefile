@@ -56,6 +56,6 @@ rule all:
         quicklook_images=quicklook_images,
         quicklook_mosaics=quicklook_mosaics,
         quicklook_multiband=quicklook_multiband,
-        provenance=os.path.join(RESULTS, "provenance.csv"),
-        benchmarks=os.path.join(RESULTS, "benchmarks.csv"),
+        provenance=PROVENANCE_TABLE,
+        benchmarks=BENCHMARK_TABLE,
         quarantine=quarantine_report(),

@@ -16,11 +16,14 @@ plan`` takes over the whole campaign, then how long a shard's run takes to its f
 pool), and, with its pool replaced by a synthetic one, to its first step (every job of the shard
 then planned), each with its peak memory: the run is stopped (SIGINT) once the job starts.
 ``--cells`` measures the Level 3 stage alone: a dry run over a synthetic association index of
-that many sky cells (each with ``--members-per-cell`` placeholder ``_cal`` products).
+that many sky cells (each with ``--members-per-cell`` placeholder ``_cal`` products); with
+``--cells-per-group`` it is planned in groups of cells, as ``shards.py level3`` runs it: the
+association checkpoint's run (up to date), then the first group's run to its first job.
 
     python benchmarks/dag_scale.py --exposures 1000 --detectors 18 --out bench/dag
     python benchmarks/dag_scale.py --sharded --exposures 10000 --detectors 18 --out bench/dag
     python benchmarks/dag_scale.py --cells 10000 --out bench/dag
+    python benchmarks/dag_scale.py --cells 10000 --cells-per-group 1000 --out bench/dag
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from romanpipe.files import atomic_path  # noqa: E402
 
 from measure import cpu_seconds, markdown_table, one_exposure_campaign, parse_time_v  # noqa: E402
 
-from shards import SHARDS_DIR, Campaign  # noqa: E402
+from shards import GROUPS_DIR, SHARDS_DIR, Campaign  # noqa: E402
 
 DETECTORS = [f"WFI{number:02d}" for number in range(1, 19)]
 
@@ -272,6 +275,34 @@ def skycell_stage(out: Path, cells: int, members_per_cell: int) -> list[str]:
     return [*workflow_arguments(out), str(out / "level3.yaml")]
 
 
+def grouped_skycell_figures(out: Path, cells: int, members_per_cell: int, cells_per_group: int) -> list[list]:
+    """Rows: the Level 3 stage's association checkpoint run (nothing to do: the index is up to
+    date), grouping the cells, and the first group's run to its first job, each stopped there."""
+    skycell_stage(out, cells, members_per_cell)
+    level3_config = out / "level3.yaml"
+    campaign = Campaign(out, [out / "workflow.yaml"], ["--cores", "1"])
+    timing = out.parent / "associations.time"
+    subprocess.run(["/usr/bin/time", "-v", "-o", str(timing),
+                    *campaign.associations_command(level3_config)], check=True, capture_output=True,
+                   env=clean_env())
+    associations = parse_time_v(timing.read_text())
+    start, cpu = time.monotonic(), time.process_time()
+    groups = campaign.plan_groups(cells_per_group)
+    grouping_s, grouping_cpu = time.monotonic() - start, time.process_time() - cpu
+    first = next(iter(groups))
+    figures, rule, jobs = until_first_job(campaign.group_command(level3_config, first),
+                                          out.parent / "skycell_group.log")
+    size = f"{members_per_cell} per cell"
+    return [
+        ["the association checkpoint's run (up to date)", size, cells, 1, associations["wall_s"],
+         cpu_seconds(associations), associations["max_rss_kb"] / 2**20],
+        [f"grouping the cells (`{GROUPS_DIR}/index.csv`, a config per group)", size,
+         f"{len(groups)} groups of <= {cells_per_group}", "", grouping_s, grouping_cpu, ""],
+        [f"a group's run to its first job (`{rule}`)", size, len(groups[first]), jobs, figures["first_job_s"],
+         cpu_seconds(figures), figures["max_rss_kb"] / 2**20],
+    ]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exposures", type=int, default=1000)
@@ -281,6 +312,8 @@ def main(argv=None) -> int:
     parser.add_argument("--exposures-per-visit", type=int, default=10, help="with --sharded (default 10)")
     parser.add_argument("--cells", type=int, help="the Level 3 stage alone, of this many sky cells")
     parser.add_argument("--members-per-cell", type=int, default=8, help="with --cells (default 8)")
+    parser.add_argument("--cells-per-group", type=int,
+                        help="with --cells: planned in groups of this many cells (shards.py level3)")
     args = parser.parse_args(argv)
     # On a shared machine the wall time waits for the others; the CPU time is this run's own.
     headers = ["run", "exposures", "shards or cells", "jobs planned", "time to the first job, wall (s)",
@@ -288,6 +321,10 @@ def main(argv=None) -> int:
     if args.sharded:
         rows = sharded_figures(args.out / "sharded", args.exposures, args.detectors, args.exposures_per_visit)
         return write_table(args.out / "dag_scale_sharded.md", markdown_table(headers, rows))
+    if args.cells and args.cells_per_group:
+        rows = grouped_skycell_figures(args.out / "skycells", args.cells, args.members_per_cell,
+                                       args.cells_per_group)
+        return write_table(args.out / "dag_scale_skycell_groups.md", markdown_table(headers, rows))
     if args.cells:
         figures, jobs = dry_run(skycell_stage(args.out / "skycells", args.cells, args.members_per_cell),
                                 args.out / "skycells.log")

@@ -8,18 +8,24 @@ runs once over the union of the shards' ``_cal`` products (``inputs.cal_list``):
 loads no Level 2 rule for it, so it plans only the sky-cell associations and their mosaics,
 in the campaign's own ``results_dir``. A shard's folder and name depend only on its
 exposures' names, so a shard run again (or one that gains an exposure) touches no other.
+Level 3 itself is planned in groups of sky cells: the association checkpoint runs once over
+the union, then each group of at most ``--cells-per-group`` cells of one projection region is
+a run of its own (``level3.cells``, ``level3.group``) that plans only its cells' jobs.
 
     python scripts/shards.py plan   --configfile campaign.yaml [--by visit]
     python scripts/shards.py status --configfile campaign.yaml [--parallel N]
     python scripts/shards.py run    --configfile campaign.yaml [--shard S ...] [-- SNAKEMAKE ARGS]
-    python scripts/shards.py level3 --configfile campaign.yaml [-- SNAKEMAKE ARGS]
+    python scripts/shards.py groups --configfile campaign.yaml [--cells-per-group N]
+    python scripts/shards.py level3 --configfile campaign.yaml [--group G ...] [--parallel N] [-- ARGS]
 
 ``plan`` writes each shard's exposure list and config (a file is rewritten only when it
 changes, so a re-plan reruns nothing) and ``shards/index.csv``; ``status`` dry-runs every
-shard and the Level 3 stage and prints one line each: how many jobs remain; ``run`` runs the
-shards (all, or those named), then Level 3 when every shard was asked for; ``level3`` runs
-Level 3 alone. Arguments after ``--`` go to every Snakemake run (``--profile profiles/slurm``,
-``--cores 8``, ...). Paths are relative to ``--directory``, as Snakemake's are.
+shard and each group of sky cells of the Level 3 stage and prints one line each: how many jobs
+remain; ``run`` runs the shards (all, or those named), then Level 3 when every shard was asked
+for; ``level3`` runs Level 3 alone (its associations, then every group of cells, or those
+named); ``groups`` makes the associations and the groups only (for a job array of groups).
+Arguments after ``--`` go to every Snakemake run (``--profile profiles/slurm``, ``--cores 8``,
+...). Paths are relative to ``--directory``, as Snakemake's are.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from romanpipe.files import atomic_path
 from romanpipe.inputs import InputListError, listed_paths
 from romanpipe.naming import EXPOSURE_NAME_RE, split_suffix
 from romanpipe.params import load_yaml
+from romanpipe.skycells import cell_place, cell_region, product_cell
 
 import pandas as pd
 import yaml
@@ -58,6 +65,11 @@ SHARDS_DIR = "shards"
 INDEX = "index.csv"
 CAL_LIST = "cal.csv"
 LEVEL3_CONFIG = "level3.yaml"
+# The groups of sky cells of the Level 3 stage: shards/level3/index.csv and a config per group.
+GROUPS_DIR = "level3"
+# A group's plan grows with its cells (about seven jobs a cell); this many keep the time to its
+# first job within a minute (README, "Running a campaign in shards").
+CELLS_PER_GROUP = 500
 TOTAL_JOBS = re.compile(r"^total\s+(\d+)\s*$", re.MULTILINE)
 POOL_PENDING = re.compile(r"^pool\s+1\s*$", re.MULTILINE)
 
@@ -170,11 +182,12 @@ class Campaign:
             raise InputFileError(index, "no shards planned yet: run `shards.py plan` first")
         return list(pd.read_csv(index, dtype=str, keep_default_na=False)["shard"])
 
-    def snakemake(self, extra_configfile: Path, *args: str) -> list[str]:
+    def snakemake(self, extra_configfiles: list[Path], *args: str) -> list[str]:
         """The Snakemake command of one run: the campaign's config files, then the run's own."""
         return [sys.executable, "-m", "snakemake", *self.snakemake_args, *args,
                 "--snakefile", str(ROOT / "Snakefile"), "--directory", str(self.workdir),
-                "--configfile", *map(str, self.configfiles), str(extra_configfile.resolve())]
+                "--configfile", *map(str, self.configfiles),
+                *(str(path.resolve()) for path in extra_configfiles)]
 
     def environment(self) -> dict[str, str]:
         """Every run shares the campaign's caches of compiled kernels and PSFs (the environment's
@@ -184,7 +197,7 @@ class Campaign:
             os.environ)
 
     def shard_command(self, shard: str, *args: str) -> list[str]:
-        return self.snakemake(self.shard_dir(shard) / "config.yaml", *args)
+        return self.snakemake([self.shard_dir(shard) / "config.yaml"], *args)
 
     def cal_products(self, shards: list[str]) -> tuple[list[str], dict[str, str]]:
         """The imaging _cal products of the shards (those that failed after their pool left
@@ -220,6 +233,53 @@ class Campaign:
         write_if_changed(config, yaml.safe_dump({"inputs": {"cal_list": f"{SHARDS_DIR}/{CAL_LIST}"}}))
         return config
 
+    def association_index(self) -> str:
+        """The association checkpoint's index, relative to the campaign's folder (as Snakemake's targets)."""
+        return os.path.join(self.config["results_dir"], "associations.csv")
+
+    def associations_command(self, level3_config: Path, *args: str) -> list[str]:
+        """The Level 3 stage's run of its association checkpoint alone (its index as the target)."""
+        return self.snakemake([level3_config], *args, self.association_index())
+
+    def plan_groups(self, cells_per_group: int) -> dict[str, list[str]]:
+        """Group -> its sky cells, from the association index (written by the checkpoint); each
+        group's config and ``shards/level3/index.csv`` written."""
+        index = self.workdir / self.association_index()
+        try:
+            products = pd.read_csv(index, dtype=str, keep_default_na=False)["product"]
+        except (OSError, KeyError, pd.errors.ParserError) as err:
+            raise InputFileError(index, f"no association index to group cells from: {err}") from None
+        product_cells = [product_cell(product) for product in products]
+        if None in product_cells:
+            raise InputFileError(index, "level 3 in groups needs sky-cell associations (grouping: skycell), "
+                                        f"not {products[product_cells.index(None)]!r}")
+        groups = group_cells(sorted(set(product_cells)), cells_per_group)
+        folder = self.shards_dir / GROUPS_DIR
+        for group, members in groups.items():
+            write_if_changed(folder / f"{group}.yaml",
+                             yaml.safe_dump({"level3": {"cells": members, "group": group}}, sort_keys=True))
+        write_if_changed(folder / INDEX,
+                         "group,cells\n" + "".join(f"{group},{len(m)}\n" for group, m in groups.items()))
+        return groups
+
+    def group_command(self, level3_config: Path, group: str, *args: str) -> list[str]:
+        return self.snakemake([level3_config, self.shards_dir / GROUPS_DIR / f"{group}.yaml"], *args)
+
+
+def group_cells(cells: list[str], cells_per_group: int) -> dict[str, list[str]]:
+    """Group -> its cells: each projection region's cells, row by row, in runs of at most
+    ``cells_per_group`` (a group is a band of neighbouring cells, which an image's cells mostly
+    share). A group is named after its region and its place there: ``270p65-0001``."""
+    regions: dict[str, list[str]] = {}
+    for cell in cells:
+        regions.setdefault(cell_region(cell), []).append(cell)
+    groups = {}
+    for region, members in sorted(regions.items()):
+        members.sort(key=lambda cell: cell_place(cell)[::-1])
+        for number, start in enumerate(range(0, len(members), cells_per_group), start=1):
+            groups[f"{region}-{number:04d}"] = members[start: start + cells_per_group]
+    return groups
+
 
 def remaining_jobs(command: list[str], env: dict[str, str]) -> str:
     """What a dry run says remains to do, in a few words."""
@@ -238,8 +298,9 @@ def remaining_jobs(command: list[str], env: dict[str, str]) -> str:
     return line
 
 
-def status(campaign: Campaign, parallel: int) -> list[str]:
-    """One line per shard, then one for Level 3: how many jobs remain."""
+def status(campaign: Campaign, parallel: int, cells_per_group: int) -> list[str]:
+    """One line per shard, then Level 3's: its associations while they are to be made, else one
+    line per group of cells: how many jobs remain."""
     shards = campaign.shards()
     env = campaign.environment()
     with ThreadPoolExecutor(parallel) as pool:
@@ -251,10 +312,18 @@ def status(campaign: Campaign, parallel: int) -> list[str]:
     if unfinished:
         named = ", ".join(list(unfinished)[:3]) + (", ..." if len(unfinished) > 3 else "")
         lines.append(f"level 3: waits for {len(unfinished)} shard(s) to finish ({named})")
-    else:
-        config = campaign.level3_config()
-        words = remaining_jobs(campaign.snakemake(config), env)
-        lines.append(f"level 3 ({len(products)} _cal products): {words}")
+        return lines
+    config = campaign.level3_config()
+    words = remaining_jobs(campaign.associations_command(config), env)
+    if words != "nothing to do":
+        lines.append(f"level 3 ({len(products)} _cal products): {words} (its associations run first: "
+                     "the groups of sky cells are counted after them)")
+        return lines
+    groups = campaign.plan_groups(cells_per_group)
+    with ThreadPoolExecutor(parallel) as pool:
+        remaining = pool.map(lambda group: remaining_jobs(campaign.group_command(config, group), env), groups)
+        lines += [f"level 3 group {group} ({len(groups[group])} cells): {words}"
+                  for group, words in zip(groups, remaining, strict=True)]
     return lines
 
 
@@ -271,13 +340,38 @@ def run_shards(campaign: Campaign, shards: list[str], parallel: int) -> list[str
     return [shard for shard, code in zip(shards, codes, strict=True) if code != 0]
 
 
-def run_level3(campaign: Campaign) -> None:
+def level3_groups(campaign: Campaign, cells_per_group: int) -> tuple[Path, dict[str, list[str]]]:
+    """Run the association checkpoint over every shard's _cal, then cut the cells into groups:
+    the Level 3 stage's config and group -> its cells."""
     config = campaign.level3_config()
     if config is None:
         raise PipelineError("level 3 not run: the shards above are not finished")
-    code = subprocess.run(campaign.snakemake(config), env=campaign.environment(), check=False).returncode
+    code = subprocess.run(campaign.associations_command(config), env=campaign.environment(),
+                          check=False).returncode
     if code != 0:
-        raise PipelineError(f"level 3: snakemake exited with status {code}")
+        raise PipelineError(f"level 3: the associations' snakemake exited with status {code}")
+    return config, campaign.plan_groups(cells_per_group)
+
+
+def run_level3(campaign: Campaign, cells_per_group: int, parallel: int,
+               only: list[str] | None = None) -> None:
+    """The association checkpoint over every shard's _cal, then each group of cells (those in
+    ``only``, if given), ``parallel`` at a time."""
+    config, groups = level3_groups(campaign, cells_per_group)
+    env = campaign.environment()
+    unknown = sorted(set(only or []) - set(groups))
+    if unknown:
+        raise PipelineError(f"{campaign.shards_dir / GROUPS_DIR / INDEX}: no group {', '.join(unknown)}")
+
+    def run(group: str) -> int:
+        log.info("level 3 group %s: running", group)
+        return subprocess.run(campaign.group_command(config, group), env=env, check=False).returncode
+
+    with ThreadPoolExecutor(parallel) as pool:
+        codes = list(pool.map(run, only or groups))
+    failed = [group for group, code in zip(only or groups, codes, strict=True) if code != 0]
+    if failed:
+        raise PipelineError(f"level 3 group(s) {', '.join(failed)}: snakemake exited non-zero")
 
 
 def parse_args(argv):
@@ -286,7 +380,7 @@ def parse_args(argv):
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="shards.py", description=__doc__.split("\n\n")[0],
                                      epilog="Arguments after -- go to every Snakemake run.")
-    parser.add_argument("command", choices=("plan", "status", "run", "level3"))
+    parser.add_argument("command", choices=("plan", "status", "run", "groups", "level3"))
     parser.add_argument("--configfile", type=Path, nargs="+", required=True,
                         help="the campaign's config files, as given to snakemake")
     parser.add_argument("--directory", type=Path, default=Path("."), help="the campaign's working folder")
@@ -294,8 +388,16 @@ def parse_args(argv):
                         help="what a shard holds (plan; default: visit)")
     parser.add_argument("--shard", nargs="+",
                         help="run only these shards (run; Level 3 is then left to `level3`)")
-    parser.add_argument("--parallel", type=int, default=1, help="shards run or dry-run at once (default 1)")
+    parser.add_argument("--group", nargs="+",
+                        help="run only these groups of sky cells (level3; see shards/level3/index.csv)")
+    parser.add_argument("--cells-per-group", type=int, default=CELLS_PER_GROUP,
+                        help="sky cells in a Level 3 group at most (status, run, groups, level3; "
+                             f"default {CELLS_PER_GROUP})")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="shards or groups of cells run or dry-run at once (default 1)")
     args = parser.parse_args(argv)
+    if args.cells_per_group < 1:
+        parser.error("--cells-per-group must be at least 1")
     args.snakemake_args = snakemake_args
     return args
 
@@ -308,9 +410,14 @@ def main(argv=None) -> None:
         for shard, members in campaign.plan(args.by).items():
             sys.stdout.write(f"shard {shard}: {len(members)} Level 1 file(s)\n")
     elif args.command == "status":
-        sys.stdout.write("".join(f"{line}\n" for line in status(campaign, args.parallel)))
+        lines = status(campaign, args.parallel, args.cells_per_group)
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+    elif args.command == "groups":
+        _, groups = level3_groups(campaign, args.cells_per_group)
+        sys.stdout.write("".join(f"level 3 group {group}: {len(cells)} cell(s)\n"
+                                 for group, cells in groups.items()))
     elif args.command == "level3":
-        run_level3(campaign)
+        run_level3(campaign, args.cells_per_group, args.parallel, args.group)
     else:
         known = campaign.shards()
         unknown = sorted(set(args.shard or []) - set(known))
@@ -320,7 +427,7 @@ def main(argv=None) -> None:
         # A shard whose exposure failed after its pool still made the others' _cal (and
         # recorded the failure): Level 3 goes on without it, as an unsharded run's second pass does.
         if not args.shard and campaign.config["target"] == "i2d":
-            run_level3(campaign)
+            run_level3(campaign, args.cells_per_group, args.parallel)
         if failed:
             raise PipelineError(f"shard(s) {', '.join(failed)}: snakemake exited non-zero "
                                 f"(see {SHARDS_DIR}/<shard>/logs)")

@@ -17,11 +17,12 @@ import roman_datamodels as rdm
 from astropy.table import Table
 
 # Metadata that legitimately differs between two runs of the same code on the same inputs:
-# when the file was written (a catalog's or segmentation map's copy of its image's meta
-# too) and, in a step's provenance, when, where and how long it ran.
+# when the file was written (a catalog's or segmentation map's copy of its image's meta too,
+# or of each filter's mosaic's meta in a multiband segmentation map) and, in a step's
+# provenance, when, where and how long it ran.
 # (Absolute paths contain the run's folder: they are compared with that folder replaced.)
 VOLATILE = re.compile(
-    r"^roman\.meta\.(file_date|image\.file_date"
+    r"^roman\.meta\.(file_date|image\.file_date|image_metas\.\d+\.file_date"
     r"|provenance\.[^.]+\.(date|start\w*|end\w*|finish\w*|duration\w*|elapsed\w*|wall\w*|cpu\w*"
     r"|host\w*|node\w*|pid|user|slurm\w*))$"
 )

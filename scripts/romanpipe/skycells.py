@@ -22,8 +22,10 @@ spherical-geometry polygons (candidates first found by a k-d tree of the cells' 
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +61,31 @@ def cell_place(name: str) -> tuple[int, int]:
     if not match:
         raise ValueError(f"{name!r} is not a sky-cell name like 270p65x48y69")
     return int(match["column"]), int(match["row"])
+
+
+def cell_region(name: str) -> str:
+    """The projection region part of a cell's name (``270p65`` of ``270p65x48y69``)."""
+    match = CELL_NAME_RE.match(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a sky-cell name like 270p65x48y69")
+    return name[: match.end("dec")]
+
+
+def product_cell(product: str) -> str | None:
+    """The sky cell of a sky-cell product (``r00001_p_full_270p65x48y69_f158``: romancal 1.1's
+    ``r<program>_<release>_<type>_<cell>_<optical element>``), or None for another name."""
+    fields = product.split("_")
+    return fields[3] if len(fields) == 5 and CELL_NAME_RE.match(fields[3]) else None
+
+
+def cell_selector(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a cell is among ``patterns``: names, or fnmatch patterns such as ``270p65x*y4?``.
+    Names are looked up in a set: a group of a thousand named cells is asked about every cell
+    of a survey."""
+    patterns = list(patterns)
+    names = frozenset(p for p in patterns if not any(c in p for c in "*?["))
+    globs = [re.compile(fnmatch.translate(p)) for p in patterns if p not in names]
+    return lambda cell: cell in names or any(g.match(cell) for g in globs)
 
 
 def rotation_matrix(orientat: float) -> np.ndarray:

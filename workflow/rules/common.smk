@@ -42,6 +42,7 @@ from romanpipe.params import check_tree_size  # noqa: E402
 from romanpipe.files import remove_staging  # noqa: E402
 from romanpipe.steps import CALIBRATED_IMAGE_STEPS, OPTIONAL_REFTYPES, step_reftypes  # noqa: E402
 from romanpipe import revision  # noqa: E402
+from romanpipe.skycells import cell_selector, product_cell  # noqa: E402
 
 try:
     # Before validation: a YAML alias bomb would otherwise be walked (and printed) in full.
@@ -71,11 +72,30 @@ def check_settings():
         raise WorkflowError(
             f"inputs.cal_list runs the Level 3 stage, whose target is i2d (target: {config['target']!r})"
         )
+    level3 = config["level3"]
+    if level3["cells"] is not None:
+        grouping = config["associations"]
+        if grouping["user_dir"] or grouping["grouping"] != "skycell":
+            raise WorkflowError(
+                "level3.cells selects sky cells: it needs associations.grouping: skycell "
+                "(and no associations.user_dir)"
+            )
+        if not level3["group"]:
+            raise WorkflowError("level3.cells needs level3.group, the name of the group's tables")
 
 
 check_settings()
 
 RESULTS = config["results_dir"]
+# A group of a campaign's sky cells (level3.cells, scripts/shards.py level3): its own tables,
+# so that groups run side by side never write one file.
+TABLES = (
+    os.path.join(RESULTS, "groups", config["level3"]["group"])
+    if config["level3"]["cells"] is not None
+    else RESULTS
+)
+PROVENANCE_TABLE = os.path.join(TABLES, "provenance.csv")
+BENCHMARK_TABLE = os.path.join(TABLES, "benchmarks.csv")
 # The Level 3 stage of a campaign run in shards (scripts/shards.py): the mosaics of the _cal
 # products this table lists. The Level 2 rules are then not loaded (Snakefile), so the plan
 # holds no Level 2 job and reads no pool.
@@ -452,8 +472,11 @@ def optional_reference_options(step):
         # placeholder for inputs, without these names (a SLURM job's own Snakemake plans so);
         # Snakemake plans it again from the pool's table before it runs.
         present = input.keys()
-        return " ".join(f"--override-{reftype} {shlex.quote(input[reftype])}"
-                        for reftype in optional if reftype in present)
+        return " ".join(
+            f"--override-{reftype} {shlex.quote(input[reftype])}"
+            for reftype in optional
+            if reftype in present
+        )
 
     return options
 
@@ -693,10 +716,6 @@ def _association_index_version():
     return path, os.path.getmtime(path)
 
 
-def association_index():
-    return _read_table(*_association_index_version(), "asn")
-
-
 class AssociationLookup(typing.NamedTuple):
     """The index's associations, looked up per job: association -> tree and members' _cal
     products, product -> association. Built once per version of the index (a survey's Level 3
@@ -772,8 +791,23 @@ def resample_input(wildcards):
     return mosaic_upstream("resample").format(asn=association_of(wildcards))
 
 
+def level3_products():
+    """The index's products this run makes: every one, or those of the cells level3.cells names."""
+    return _level3_products(*_association_index_version())
+
+
+@functools.lru_cache(maxsize=2)
+def _level3_products(path, mtime):
+    products = list(_read_table(path, mtime, "asn")["product"])
+    cells = config["level3"]["cells"]
+    if cells is None:
+        return products
+    selected = cell_selector(cells)
+    return [product for product in products if selected(product_cell(product) or "")]
+
+
 def mosaic_products():
-    return [MOSAIC_PRODUCT.format(product=product) for product in association_index()["product"]]
+    return [MOSAIC_PRODUCT.format(product=product) for product in level3_products()]
 
 
 # Level 3 catalogs (catalog.smk): one per mosaic, and one per sky cell mosaicked in several filters.
@@ -795,7 +829,7 @@ def mosaic_catalogs(wildcards):
     """The catalog of every mosaic (held back, as the mosaics, while the association checkpoint is pending)."""
     if not level3_catalogs_wanted():
         return []
-    return [MOSAIC_CATALOG.format(product=product) for product in association_index()["product"]]
+    return [MOSAIC_CATALOG.format(product=product) for product in level3_products()]
 
 
 def multiband_cells():
@@ -809,7 +843,7 @@ def multiband_cells():
     if not level3_catalogs_wanted() or settings["user_dir"] or settings["grouping"] != "skycell":
         return {}
     cells = {}
-    for product in association_index()["product"]:
+    for product in level3_products():
         cells.setdefault(product.rpartition("_")[0], []).append(product)
     return {cell: sorted(products) for cell, products in cells.items() if len(products) > 1}
 
@@ -909,9 +943,7 @@ def quicklook_mosaics(wildcards):
     """A quicklook of every mosaic (held back, alone, while the association checkpoint is pending)."""
     if config["target"] != "i2d":
         return []
-    return [
-        os.path.join(RESULTS, "quicklook", f"{product}_i2d.png") for product in association_index()["product"]
-    ]
+    return [os.path.join(RESULTS, "quicklook", f"{product}_i2d.png") for product in level3_products()]
 
 
 # A run that ends with failed jobs (onerror in the Snakefile).
@@ -1018,7 +1050,10 @@ def remove_leftovers():
     """What killed or failed runs left behind: staging files (writes cut short) and the
     temporary ramps of exposures that failed. Runs as the run starts, before any job."""
     note_stop_signals()
-    for path in remove_staging(RESULTS) if os.path.isdir(RESULTS) else []:
+    # A group of cells (level3.cells) leaves the sweep to the associations' run before it: other
+    # groups may be writing in RESULTS now.
+    swept = remove_staging(RESULTS) if os.path.isdir(RESULTS) and config["level3"]["cells"] is None else []
+    for path in swept:
         logger.info(f"removed {path}, left by an interrupted write")
     if CAL_LIST:
         return  # the Level 3 stage makes no ramp

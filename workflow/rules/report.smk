@@ -113,7 +113,7 @@ rule provenance:
         code=step_script("provenance_table"),
     output:
         report(
-            os.path.join(RESULTS, "provenance.csv"),
+            PROVENANCE_TABLE,
             caption="../report/provenance.rst",
             category="Tables",
             labels={"table": "provenance"},
@@ -145,11 +145,11 @@ rule benchmarks:
         quicklook_images=quicklook_images,
         quicklook_mosaics=quicklook_mosaics,
         quicklook_multiband=quicklook_multiband,
-        provenance=os.path.join(RESULTS, "provenance.csv"),
+        provenance=PROVENANCE_TABLE,
         code=step_script("benchmark_table"),
     output:
         report(
-            os.path.join(RESULTS, "benchmarks.csv"),
+            BENCHMARK_TABLE,
             caption="../report/benchmarks.rst",
             category="Tables",
             labels={"table": "benchmarks"},
