@@ -18,7 +18,8 @@ times:
 Then a one-step rerun (``flat_field.include_var_flat`` changed: flat_field and every later
 job rerun) against the full run; romancal 1.1's chain: our ``config/romancal-1.1.yaml`` preset
 against romancal's ExposurePipeline at its defaults on the same exposure and references, both
-to ``_cal``, alternately (``--skip-preset`` leaves it out); our ``likely`` ramp fit alone
+to ``_cal``, alternately (``--skip-preset`` leaves it out; ``--skip-documented`` leaves out
+the documented chain's exposure level and keeps it); our ``likely`` ramp fit alone
 against stcal 1.20's (what romancal 1.1's RampFitStep runs by default) on the same ramp
 (``likely_speed.py``); and the mosaic level: our flux → skymatch →
 outlier_detection → resample on four dithered ``_cal`` files against romancal's
@@ -416,11 +417,15 @@ def main(argv=None) -> int:
     parser.add_argument("--catalog-stars", type=int, default=3000, help="stars on the source catalog's _cal")
     parser.add_argument("--skip-preset", action="store_true",
                         help="leave out romancal 1.1's chain (our preset against romancal's defaults)")
+    parser.add_argument("--skip-documented", action="store_true",
+                        help="leave out the documented chain's exposure level (ours against romancal's "
+                             "ExposurePipeline, the one-step rerun)")
     args = parser.parse_args(argv)
 
     env = clean_environment()
     env["NUMBA_CACHE_DIR"] = str((args.out / ".numba_cache").resolve())
-    sections = [exposure_level(args, ma_table, env)[0] for ma_table in args.ma_table]
+    sections = [] if args.skip_documented else [exposure_level(args, ma_table, env)[0]
+                                                for ma_table in args.ma_table]
     if not args.skip_preset:
         sections += [preset_level(args, ma_table, env) for ma_table in args.ma_table]
     if not args.skip_likely:

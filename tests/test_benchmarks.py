@@ -362,3 +362,29 @@ def test_parity_campaign_draws_its_stars_with_the_psf_fit_psf_fits():
 
     config = CampaignConfig.from_mapping(measure.campaign_config(256, "IMG_UNEVEN_6", parity.CAMPAIGN_PSF))
     assert config.psf == "roman" and config.size == 256 and config.exposures_per_filter == 4
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], ["exposure", "preset", "likely", "mosaic", "catalog"]),
+    (["--skip-documented", "--skip-mosaic", "--skip-catalog"], ["preset", "likely"]),
+    (["--skip-documented", "--skip-likely", "--skip-mosaic", "--skip-catalog"], ["preset"]),
+])
+def test_bench_levels_left_out_by_their_flags(tmp_path, monkeypatch, flags, expected):
+    """--skip-documented leaves out the documented chain's exposure level and keeps the preset's,
+    so romancal 1.1's chain can be measured alone at full size."""
+    ran = []
+
+    def level(name, result):
+        def run(*args):
+            ran.append(name)
+            return result
+        return run
+
+    monkeypatch.setattr(bench, "exposure_level", level("exposure", ("", {})))
+    monkeypatch.setattr(bench, "preset_level", level("preset", ""))
+    monkeypatch.setattr(bench, "likely_fit_level", level("likely", ""))
+    monkeypatch.setattr(bench, "mosaic_level", level("mosaic", ""))
+    monkeypatch.setattr(bench.catalog_speed, "catalog_table", level("catalog", ""))
+    assert bench.main(["--size", "64", "--ma-table", "IMG_UNEVEN_6", "--out", str(tmp_path), *flags]) == 0
+    assert ran == expected
+    assert (tmp_path / "bench_64.md").exists()
