@@ -112,6 +112,21 @@ def test_exposure_table_ratios():
                          "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (CPU 0.67×, memory 0.38×) |")
 
 
+def test_exposure_table_of_the_presets_jobs():
+    """The preset's table lists its own steps (dark_decay, wfi18_transient, source_catalog), not the
+    documented chain's jump."""
+    ours = {"dark_decay": {"wall_s": 3.0, "cpu_s": 2.0, "max_rss_gb": 1.0}}
+    total = {"wall_s": 40.0, "cpu_s": 30.0, "max_rss_gb": 1.5}
+    table = bench.exposure_table(ours, {"dark_decay": 12.0}, total,
+                                 {"romancal": {"wall_s": 100.0, "cpu_s": 90.0, "max_rss_gb": 4.0}},
+                                 steps=bench.PRESET_JOBS)
+    lines = table.splitlines()
+    assert "| dark_decay | 3.0 | 2.0 | 1.00 | 12.0 | 0.25× |" in lines
+    assert "| wfi18_transient | — | — | — | — | — |" in lines
+    assert "| source_catalog | — | — | — | — | — |" in lines
+    assert not any(line.startswith("| jump |") for line in lines)
+
+
 PEER_LOG = """\
 2026-12-07 15:16:48,133 - stpipe.step - INFO - ExposurePipeline instance created.
 2026-12-07 15:16:48,400 - stpipe.step - INFO - Step ExposurePipeline running with args ('u.asdf',).
