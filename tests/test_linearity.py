@@ -501,6 +501,35 @@ def test_read_level_integral_nonlinearity_is_interpolated_per_channel():
     np.testing.assert_allclose(corrected[:, 0, 128:], 49.0)
 
 
+def test_integral_nonlinearity_is_np_interp_bit_for_bit():
+    """The compiled per-channel interpolation against np.interp channel by channel, on the grid of
+    romancal's INL tables (0-65535 DN by 256, the last step 255): random values, the grid points
+    themselves, values beyond both ends, NaN, +-inf and -0.0; 300 columns (a partial third channel)."""
+    rng = np.random.default_rng(5)
+    grid = np.append(np.arange(0, 65536, 256), 65535).astype(np.uint16)
+    tables = [rng.normal(0.0, 3.0, grid.size) for _ in range(3)]
+    tables[1][:10] = 0.0  # flat stretches: equal neighbours
+    values = rng.uniform(-1000.0, 67000.0, (4, 5, 300))
+    values[0, 0, :grid.size] = grid
+    values[0, 1, :6] = [np.nan, np.inf, -np.inf, -0.0, 65535.0, 65535.5]
+    values[1] = np.round(values[1])  # integers, as raw DN often are
+    corrected = linearity.integral_nonlinearity(grid, tables)(values)
+    expected = np.empty_like(values)
+    for channel, start in enumerate(range(0, 300, linearity.INL_CHANNEL_COLUMNS)):
+        columns = slice(start, start + linearity.INL_CHANNEL_COLUMNS)
+        expected[..., columns] = np.interp(values[..., columns], grid.astype(np.float64), tables[channel])
+    np.testing.assert_array_equal(corrected.view(np.int64), expected.view(np.int64))
+
+
+def test_integral_nonlinearity_refuses_a_table_it_cannot_interpolate():
+    with pytest.raises(ValueError, match="rise strictly"):
+        linearity.integral_nonlinearity(np.array([0.0, 10.0, 10.0]), [np.zeros(3)])
+    with pytest.raises(ValueError, match="the grid 2"):
+        linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(3)])
+    with pytest.raises(ValueError, match="1 channels, the data 200 columns"):
+        linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(2)])(np.zeros((1, 200)))
+
+
 def test_read_level_uncorrectable_inverse_flags_no_lin_corr_and_keeps_the_data():
     """A NaN inverse coefficient: identity reads, the classic polynomial of each single read
     still applies (as stcal), and NO_LIN_CORR is set."""
