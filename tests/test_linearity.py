@@ -501,24 +501,70 @@ def test_read_level_integral_nonlinearity_is_interpolated_per_channel():
     np.testing.assert_allclose(corrected[:, 0, 128:], 49.0)
 
 
-def test_integral_nonlinearity_is_np_interp_bit_for_bit():
-    """The compiled per-channel interpolation against np.interp channel by channel, on the grid of
-    romancal's INL tables (0-65535 DN by 256, the last step 255): random values, the grid points
-    themselves, values beyond both ends, NaN, +-inf and -0.0; 300 columns (a partial third channel)."""
+def numpy_read_level(data, saturated, linearize, unlinearize, read_pattern, grid, tables):
+    """The read-level correction written array at a time with numpy (np.interp for the INL):
+    the independent version the compiled kernel must match bit for bit."""
+    def polynomial(coeffs, values):
+        result = np.empty(np.broadcast_shapes(coeffs.shape[1:], values.shape))
+        result[...] = coeffs[-1]
+        for coefficient in coeffs[-2::-1]:
+            result *= values
+            result += coefficient
+        return result
+
+    observed = data.astype(np.float64)
+    mean_read = np.array([np.mean(reads) for reads in read_pattern])
+    linear = np.where(saturated, observed, polynomial(linearize, observed))
+    last = np.maximum((~saturated).sum(axis=0) - 2, 1)
+    first = linear[0]
+    rate = (np.take_along_axis(linear, last[None], axis=0)[0] - first) / (mean_read[last] - mean_read[0])
+    corrected = np.empty(data.shape, np.float32)
+    for k, reads in enumerate(read_pattern):
+        since_first = np.asarray(reads, np.float64) - mean_read[0]
+        raw = polynomial(unlinearize[:, None], first + rate * since_first[:, None, None])
+        raw += observed[k] - raw.mean(axis=0)
+        for channel, start in enumerate(range(0, data.shape[2], linearity.INL_CHANNEL_COLUMNS)):
+            columns = slice(start, start + linearity.INL_CHANNEL_COLUMNS)
+            raw[..., columns] += np.interp(raw[..., columns], grid, tables[channel])
+        corrected[k] = np.where(saturated[k], observed[k], polynomial(linearize[:, None], raw).mean(axis=0))
+    return corrected
+
+
+def test_read_level_kernel_is_the_numpy_correction_bit_for_bit():
+    """The compiled read-level kernel against :func:`numpy_read_level` on IMG_UNEVEN_6's reads:
+    cubic LINEARITY and quintic INVERSELINEARITY polynomials that vary by pixel, a random INL on
+    romancal's grid (0-65535 DN by 256, the last step 255; values from below it to above it, on
+    its points, NaN, inf), saturation from several resultants on, identity polynomials where a
+    pixel has no correction; 300 columns (a partial third channel)."""
     rng = np.random.default_rng(5)
-    grid = np.append(np.arange(0, 65536, 256), 65535).astype(np.uint16)
+    read_pattern = [[1], [2, 3], [4, 5, 6, 7], list(range(8, 16)), list(range(16, 24)), [24]]
+    shape = (6, 8, 300)
+    rate = rng.uniform(-5.0, 3000.0, shape[1:])
+    mean_read = np.array([np.mean(reads) for reads in read_pattern])
+    data = (rng.uniform(-500.0, 8000.0, shape[1:]) + rate * mean_read[:, None, None]).astype(np.float32)
+    data[:, 0, :6] = np.array([np.nan, np.inf, -np.inf, -0.0, 65535.0, 0.0])[:, None]
+    data[:, 1, :257] = np.append(np.arange(0, 65536, 256), 65535).astype(np.float32)  # the grid's points
+    saturated = np.zeros(shape, bool)
+    saturated[3:, 2, :100] = True
+    saturated[1:, 3, :50] = True
+    saturated[:, 4, :5] = True
+    linearize = np.stack([rng.normal(0, 5, shape[1:]), rng.normal(1, 0.01, shape[1:]),
+                          rng.normal(0, 1e-6, shape[1:]), rng.normal(0, 1e-11, shape[1:])])
+    unlinearize = np.stack([rng.normal(0, 5, shape[1:]), rng.normal(1, 0.01, shape[1:]),
+                            *(rng.normal(0, 10.0 ** -(3 * n), shape[1:]) for n in range(2, 6))])
+    linearize[:, 5, 7], unlinearize[:, 5, 7] = [0, 1, 0, 0], [0, 1, 0, 0, 0, 0]
+    grid = np.append(np.arange(0, 65536, 256), 65535).astype(np.float64)
     tables = [rng.normal(0.0, 3.0, grid.size) for _ in range(3)]
-    tables[1][:10] = 0.0  # flat stretches: equal neighbours
-    values = rng.uniform(-1000.0, 67000.0, (4, 5, 300))
-    values[0, 0, :grid.size] = grid
-    values[0, 1, :6] = [np.nan, np.inf, -np.inf, -0.0, 65535.0, 65535.5]
-    values[1] = np.round(values[1])  # integers, as raw DN often are
-    corrected = linearity.integral_nonlinearity(grid, tables)(values)
-    expected = np.empty_like(values)
-    for channel, start in enumerate(range(0, 300, linearity.INL_CHANNEL_COLUMNS)):
-        columns = slice(start, start + linearity.INL_CHANNEL_COLUMNS)
-        expected[..., columns] = np.interp(values[..., columns], grid.astype(np.float64), tables[channel])
-    np.testing.assert_array_equal(corrected.view(np.int64), expected.view(np.int64))
+    tables[1][:10] = 0.0  # a flat stretch: equal neighbours
+    inl = linearity.integral_nonlinearity(grid.astype(np.uint16), tables)
+
+    reads = np.concatenate([np.asarray(reads, np.float64) for reads in read_pattern])
+    out = np.empty(shape, np.float32)
+    linearity.correct_pixels_by_reads(data, saturated, linearize, unlinearize, reads,
+                                      np.cumsum([0, *(len(reads) for reads in read_pattern)]), mean_read,
+                                      inl.grid, inl.tables, inl.slopes, linearity.INL_CHANNEL_COLUMNS, out)
+    expected = numpy_read_level(data, saturated, linearize, unlinearize, read_pattern, grid, tables)
+    np.testing.assert_array_equal(out.view(np.int32), expected.view(np.int32))
 
 
 def test_integral_nonlinearity_refuses_a_table_it_cannot_interpolate():
@@ -526,8 +572,11 @@ def test_integral_nonlinearity_refuses_a_table_it_cannot_interpolate():
         linearity.integral_nonlinearity(np.array([0.0, 10.0, 10.0]), [np.zeros(3)])
     with pytest.raises(ValueError, match="the grid 2"):
         linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(3)])
+    one_channel = linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(2)])
+    identity = np.zeros((2, 1, 200))
+    identity[1] = 1.0
     with pytest.raises(ValueError, match="1 channels, the data 200 columns"):
-        linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(2)])(np.zeros((1, 200)))
+        read_level_run(np.zeros((2, 1, 200), np.float32), identity, identity, [[1], [2]], inl=one_channel)
 
 
 def test_read_level_uncorrectable_inverse_flags_no_lin_corr_and_keeps_the_data():
