@@ -121,16 +121,6 @@ IMPLAUSIBLE_DN = 1e6
 INL_CHANNEL_COLUMNS = 128
 
 
-def identity_where_uncorrectable(coeffs: np.ndarray, lin_dq: np.ndarray, *, flags=dqflags.pixel):
-    """(float64 coefficients with the identity polynomial where the reference gives no correction,
-    those pixels as a boolean map)."""
-    uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
-    prepared = np.array(coeffs, dtype=np.float64)
-    prepared[:, uncorrectable] = 0.0
-    prepared[1, uncorrectable] = 1.0
-    return prepared, uncorrectable
-
-
 class IntegralNonlinearity(NamedTuple):
     """The INTEGRALNONLINEARITY correction: per 128-column channel, a table of corrections (DN, added)
     on a grid of raw DN values, interpolated linearly and held at its ends (as np.interp)."""
@@ -166,6 +156,16 @@ def _horner(coeffs, x):
 
 
 @numba.njit(inline="always")
+def _pixel_polynomial(coeffs, identity, row, column, out):
+    """A pixel's coefficients as float64 in ``out``; the identity polynomial where ``identity``."""
+    for n in range(out.size):
+        out[n] = np.float64(coeffs[n, row, column])
+    if identity[row, column]:
+        out[:] = 0.0
+        out[1] = 1.0
+
+
+@numba.njit(inline="always")
 def _interpolate(x, grid, table, slope, points_per_dn):
     """``np.interp(x, grid, table)`` bit for bit, ``slope`` its slopes: on a grid point or beyond
     the grid the table's value there; else slope * (x - grid[j]) + table[j], from the other end
@@ -195,16 +195,18 @@ def _interpolate(x, grid, table, slope, points_per_dn):
 
 
 @numba.njit(cache=True, nogil=True)
-def correct_pixels_by_reads(observed, saturated, linearize, unlinearize, reads, read_start, mean_read,
-                            grid, tables, slopes, channel_columns, out):
+def correct_pixels_by_reads(observed, saturated, coeffs, uncorrectable, inverse_coeffs, uninvertible, reads,
+                            read_start, mean_read, grid, tables, slopes, channel_columns, out):
     """The read-level correction of a block of pixels into ``out`` (float32), pixel by pixel with
     numpy's arithmetic in numpy's order (float64; means as sequential sums over the reads
     divided by their number), so the result is the array-at-a-time version's bit for bit: one
     pass per pixel instead of some 25 passes per read over float64 temporaries of a block.
 
-    observed, saturated, out (nres, nrows, ncols); linearize, unlinearize (ncoeffs, nrows, ncols)
-    float64; reads the read numbers of all resultants in order, resultant k's from
-    read_start[k] to read_start[k + 1]; mean_read (nres,); tables with no rows: no INL.
+    observed, saturated, out (nres, nrows, ncols); coeffs, inverse_coeffs (ncoeffs, nrows, ncols)
+    the LINEARITY and INVERSELINEARITY polynomials, each replaced by the identity where
+    ``uncorrectable`` / ``uninvertible`` (nrows, ncols); reads the read numbers of all
+    resultants in order, resultant k's from read_start[k] to read_start[k + 1]; mean_read
+    (nres,); tables with no rows: no INL.
     """
     nres, nrows, ncols = observed.shape
     use_inl = tables.shape[0] > 0
@@ -212,12 +214,12 @@ def correct_pixels_by_reads(observed, saturated, linearize, unlinearize, reads, 
     values = np.empty(nres)
     linear = np.empty(nres)
     raw = np.empty(reads.size)
-    forward = np.empty(linearize.shape[0])
-    inverse = np.empty(unlinearize.shape[0])
+    forward = np.empty(coeffs.shape[0])
+    inverse = np.empty(inverse_coeffs.shape[0])
     for row in range(nrows):
         for column in range(ncols):
-            forward[:] = linearize[:, row, column]
-            inverse[:] = unlinearize[:, row, column]
+            _pixel_polynomial(coeffs, uncorrectable, row, column, forward)
+            _pixel_polynomial(inverse_coeffs, uninvertible, row, column, inverse)
             unsaturated = 0
             for k in range(nres):
                 values[k] = np.float64(observed[k, row, column])
@@ -269,8 +271,10 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
     if data.shape[0] < 2:
         raise ValueError(f"{data.shape[0]} resultant(s): the read-level correction needs two or more")
     saturated_flag = np.uint8(flags["SATURATED"])
-    linearize, uncorrectable = identity_where_uncorrectable(coeffs, lin_dq, flags=flags)
-    unlinearize, uninvertible = identity_where_uncorrectable(inverse_coeffs, lin_dq, flags=flags)
+    # Where a reference gives no correction its polynomial is the identity (inside the kernel:
+    # float64 copies of both references would be 1.3 GB on a full detector).
+    uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
+    uninvertible = uncorrectable_pixels(inverse_coeffs, lin_dq, flags=flags)
     reads = np.concatenate([np.asarray(reads, dtype=np.float64) for reads in read_pattern])
     read_start = np.cumsum([0, *(len(reads) for reads in read_pattern)])
     mean_read = np.array([np.mean(reads) for reads in read_pattern])
@@ -285,7 +289,8 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
         rows = slice(start, start + step)
         block = np.empty((data.shape[0], min(rows.stop, data.shape[1]) - start, data.shape[2]), np.float32)
         correct_pixels_by_reads(np.asarray(data[:, rows]), (groupdq[:, rows] & saturated_flag) != 0,
-                                linearize[:, rows], unlinearize[:, rows], reads, read_start, mean_read,
+                                coeffs[:, rows], uncorrectable[rows], inverse_coeffs[:, rows],
+                                uninvertible[rows], reads, read_start, mean_read,
                                 grid, tables, slopes, INL_CHANNEL_COLUMNS, block)
         implausible = np.abs(block) > IMPLAUSIBLE_DN
         if implausible.any():

@@ -552,7 +552,10 @@ def test_read_level_kernel_is_the_numpy_correction_bit_for_bit():
                           rng.normal(0, 1e-6, shape[1:]), rng.normal(0, 1e-11, shape[1:])])
     unlinearize = np.stack([rng.normal(0, 5, shape[1:]), rng.normal(1, 0.01, shape[1:]),
                             *(rng.normal(0, 10.0 ** -(3 * n), shape[1:]) for n in range(2, 6))])
-    linearize[:, 5, 7], unlinearize[:, 5, 7] = [0, 1, 0, 0], [0, 1, 0, 0, 0, 0]
+    uncorrectable, uninvertible = np.zeros(shape[1:], bool), np.zeros(shape[1:], bool)
+    uncorrectable[5, 7:9] = uninvertible[5, 8:10] = True  # one, the other or both
+    identity = np.zeros((6, *shape[1:]))
+    identity[1] = 1.0
     grid = np.append(np.arange(0, 65536, 256), 65535).astype(np.float64)
     tables = [rng.normal(0.0, 3.0, grid.size) for _ in range(3)]
     tables[1][:10] = 0.0  # a flat stretch: equal neighbours
@@ -560,9 +563,13 @@ def test_read_level_kernel_is_the_numpy_correction_bit_for_bit():
 
     reads = np.concatenate([np.asarray(reads, np.float64) for reads in read_pattern])
     out = np.empty(shape, np.float32)
-    linearity.correct_pixels_by_reads(data, saturated, linearize, unlinearize, reads,
+    linearity.correct_pixels_by_reads(data, saturated, linearize.astype(np.float32), uncorrectable,
+                                      unlinearize.astype(np.float32), uninvertible, reads,
                                       np.cumsum([0, *(len(reads) for reads in read_pattern)]), mean_read,
                                       inl.grid, inl.tables, inl.slopes, linearity.INL_CHANNEL_COLUMNS, out)
+    # The references' float32 coefficients in float64, the identity where they give no correction.
+    linearize = np.where(uncorrectable, identity[:4], linearize.astype(np.float32).astype(np.float64))
+    unlinearize = np.where(uninvertible, identity, unlinearize.astype(np.float32).astype(np.float64))
     expected = numpy_read_level(data, saturated, linearize, unlinearize, read_pattern, grid, tables)
     np.testing.assert_array_equal(out.view(np.int32), expected.view(np.int32))
 
