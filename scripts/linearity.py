@@ -36,6 +36,7 @@ buffer, which is then corrected in place instead.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from romanpipe import cli, dqflags
 from romanpipe.blocks import output_array, reusable_buffer, rows_per_block
@@ -44,6 +45,7 @@ from romanpipe.products import COMPLETE, open_model
 from romanpipe.steprun import StepRun, run_script
 from romanpipe.steps import step_reftypes
 
+import numba
 import numpy as np
 from roman_datamodels import datamodels
 
@@ -119,29 +121,136 @@ IMPLAUSIBLE_DN = 1e6
 INL_CHANNEL_COLUMNS = 128
 
 
-def identity_where_uncorrectable(coeffs: np.ndarray, lin_dq: np.ndarray, *, flags=dqflags.pixel):
-    """(float64 coefficients with the identity polynomial where the reference gives no correction,
-    those pixels as a boolean map)."""
-    uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
-    prepared = np.array(coeffs, dtype=np.float64)
-    prepared[:, uncorrectable] = 0.0
-    prepared[1, uncorrectable] = 1.0
-    return prepared, uncorrectable
+class IntegralNonlinearity(NamedTuple):
+    """The INTEGRALNONLINEARITY correction: per 128-column channel, a table of corrections (DN, added)
+    on a grid of raw DN values, interpolated linearly and held at its ends (as np.interp)."""
+
+    grid: np.ndarray  # (npoints,) float64, rising strictly
+    tables: np.ndarray  # (nchannels, npoints) float64
+    slopes: np.ndarray  # (nchannels, npoints - 1) float64, np.interp's slopes
 
 
-def integral_nonlinearity(grid: np.ndarray, channel_corrections: list[np.ndarray]):
-    """The INL correction as a function of raw DN values (..., ncols): each 128-column channel's
-    table interpolated at the values (and held at its ends), for the columns it covers."""
+def integral_nonlinearity(grid: np.ndarray, channel_corrections: list[np.ndarray]) -> IntegralNonlinearity:
+    """The INL correction of a grid and one table per 128-column channel; ValueError unless the
+    grid rises strictly and every table has a value at each of its points."""
     grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) > 0):
+        raise ValueError(f"INTEGRALNONLINEARITY value grid must rise strictly ({grid.size} points)")
+    tables = np.array([np.asarray(table, dtype=np.float64) for table in channel_corrections])
+    if tables.shape[1:] != grid.shape:
+        raise ValueError(f"INTEGRALNONLINEARITY corrections have {tables.shape[1:]} values, "
+                         f"the grid {grid.size}")
+    # np.interp's slopes, computed as it does.
+    return IntegralNonlinearity(grid, tables, np.diff(tables, axis=1) / np.diff(grid))
 
-    def correction(values: np.ndarray) -> np.ndarray:
-        result = np.empty(values.shape)
-        for channel, start in enumerate(range(0, values.shape[-1], INL_CHANNEL_COLUMNS)):
-            columns = slice(start, start + INL_CHANNEL_COLUMNS)
-            result[..., columns] = np.interp(values[..., columns], grid, channel_corrections[channel])
-        return result
 
-    return correction
+@numba.njit(inline="always")
+def _horner(coeffs, x):
+    """sum_n coeffs[n] x^n by Horner's scheme, one multiplication and one addition a step, as
+    :func:`evaluate_polynomial` (so the two agree bit for bit)."""
+    result = coeffs[coeffs.size - 1]
+    for n in range(coeffs.size - 2, -1, -1):
+        result = result * x
+        result = result + coeffs[n]
+    return result
+
+
+@numba.njit(inline="always")
+def _pixel_polynomial(coeffs, identity, row, column, out):
+    """A pixel's coefficients as float64 in ``out``; the identity polynomial where ``identity``."""
+    for n in range(out.size):
+        out[n] = np.float64(coeffs[n, row, column])
+    if identity[row, column]:
+        out[:] = 0.0
+        out[1] = 1.0
+
+
+@numba.njit(inline="always")
+def _interpolate(x, grid, table, slope, points_per_dn):
+    """``np.interp(x, grid, table)`` bit for bit, ``slope`` its slopes: on a grid point or beyond
+    the grid the table's value there; else slope * (x - grid[j]) + table[j], from the other end
+    if that is NaN; NaN stays NaN. The interval grid[j] <= x < grid[j + 1] is guessed as if the
+    grid were even (INL grids nearly are) and walked to, which finds np.interp's for any grid
+    that rises strictly."""
+    last = grid.size - 1
+    if np.isnan(x):
+        return x
+    if x > grid[last]:
+        return table[last]
+    if x < grid[0]:
+        return table[0]
+    j = min(int((x - grid[0]) * points_per_dn), last)
+    while grid[j] > x:
+        j -= 1
+    while j < last and grid[j + 1] <= x:
+        j += 1
+    if j == last or grid[j] == x:
+        return table[j]
+    value = slope[j] * (x - grid[j]) + table[j]
+    if np.isnan(value):
+        value = slope[j] * (x - grid[j + 1]) + table[j + 1]
+        if np.isnan(value) and table[j] == table[j + 1]:
+            value = table[j]
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def correct_pixels_by_reads(observed, saturated, coeffs, uncorrectable, inverse_coeffs, uninvertible, reads,
+                            read_start, mean_read, grid, tables, slopes, channel_columns, out):
+    """The read-level correction of a block of pixels into ``out`` (float32), pixel by pixel with
+    numpy's arithmetic in numpy's order (float64; means as sequential sums over the reads
+    divided by their number), so the result is the array-at-a-time version's bit for bit: one
+    pass per pixel instead of some 25 passes per read over float64 temporaries of a block.
+
+    observed, saturated, out (nres, nrows, ncols); coeffs, inverse_coeffs (ncoeffs, nrows, ncols)
+    the LINEARITY and INVERSELINEARITY polynomials, each replaced by the identity where
+    ``uncorrectable`` / ``uninvertible`` (nrows, ncols); reads the read numbers of all
+    resultants in order, resultant k's from read_start[k] to read_start[k + 1]; mean_read
+    (nres,); tables with no rows: no INL.
+    """
+    nres, nrows, ncols = observed.shape
+    use_inl = tables.shape[0] > 0
+    points_per_dn = (grid.size - 1) / (grid[grid.size - 1] - grid[0]) if use_inl else 0.0
+    values = np.empty(nres)
+    linear = np.empty(nres)
+    raw = np.empty(reads.size)
+    forward = np.empty(coeffs.shape[0])
+    inverse = np.empty(inverse_coeffs.shape[0])
+    for row in range(nrows):
+        for column in range(ncols):
+            _pixel_polynomial(coeffs, uncorrectable, row, column, forward)
+            _pixel_polynomial(inverse_coeffs, uninvertible, row, column, inverse)
+            unsaturated = 0
+            for k in range(nres):
+                values[k] = np.float64(observed[k, row, column])
+                if saturated[k, row, column]:
+                    linear[k] = values[k]
+                else:
+                    linear[k] = _horner(forward, values[k])
+                    unsaturated += 1
+            last = max(unsaturated - 2, 1)
+            first_linear = linear[0]
+            rate = (linear[last] - first_linear) / (mean_read[last] - mean_read[0])
+            channel = column // channel_columns
+            for k in range(nres):
+                if saturated[k, row, column]:
+                    out[k, row, column] = np.float32(values[k])
+                    continue
+                start, stop = read_start[k], read_start[k + 1]
+                count = stop - start
+                total = 0.0
+                for i in range(start, stop):
+                    raw[i] = _horner(inverse, first_linear + rate * (reads[i] - mean_read[0]))
+                    total = raw[i] if i == start else total + raw[i]
+                shift = values[k] - total / count
+                for i in range(start, stop):
+                    shifted = raw[i] + shift
+                    if use_inl:
+                        shifted = shifted + _interpolate(shifted, grid, tables[channel], slopes[channel],
+                                                         points_per_dn)
+                    corrected = _horner(forward, shifted)
+                    total = corrected if i == start else total + corrected
+                out[k, row, column] = np.float32(total / count)
 
 
 def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_coeffs, read_pattern, *,
@@ -150,9 +259,8 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
 
     As :func:`correct_linearity`, plus inverse_coeffs (ncoeffs', nrows, ncols) the
     INVERSELINEARITY polynomials (linear DN -> raw DN), read_pattern the reads of each
-    resultant, and inl a function of raw DN reads returning the INL correction to add
-    (:func:`integral_nonlinearity`), or None. Inputs are not modified, except ``data``
-    when it is passed as ``out``.
+    resultant, and inl the INTEGRALNONLINEARITY correction (:func:`integral_nonlinearity`) or
+    None. Inputs are not modified, except ``data`` when it is passed as ``out``.
     """
     check_ramp(data, groupdq, pixeldq, coeffs, lin_dq)
     if inverse_coeffs.ndim != 3 or inverse_coeffs.shape[0] < 2 or inverse_coeffs.shape[1:] != data.shape[1:]:
@@ -160,37 +268,35 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
                          f"(ncoeffs >= 2, {data.shape[1]}, {data.shape[2]})")
     if len(read_pattern) != data.shape[0]:
         raise ValueError(f"read_pattern has {len(read_pattern)} resultants, the data {data.shape[0]}")
+    if data.shape[0] < 2:
+        raise ValueError(f"{data.shape[0]} resultant(s): the read-level correction needs two or more")
     saturated_flag = np.uint8(flags["SATURATED"])
-    linearize, uncorrectable = identity_where_uncorrectable(coeffs, lin_dq, flags=flags)
-    unlinearize, uninvertible = identity_where_uncorrectable(inverse_coeffs, lin_dq, flags=flags)
+    # Where a reference gives no correction its polynomial is the identity (inside the kernel:
+    # float64 copies of both references would be 1.3 GB on a full detector).
+    uncorrectable = uncorrectable_pixels(coeffs, lin_dq, flags=flags)
+    uninvertible = uncorrectable_pixels(inverse_coeffs, lin_dq, flags=flags)
+    reads = np.concatenate([np.asarray(reads, dtype=np.float64) for reads in read_pattern])
+    read_start = np.cumsum([0, *(len(reads) for reads in read_pattern)])
     mean_read = np.array([np.mean(reads) for reads in read_pattern])
+    grid, tables, slopes = inl if inl is not None else (np.zeros(2), np.zeros((0, 2)), np.zeros((0, 1)))
+    if tables.shape[0] and -(-data.shape[2] // INL_CHANNEL_COLUMNS) > tables.shape[0]:
+        raise ValueError(f"INTEGRALNONLINEARITY has {tables.shape[0]} channels, "
+                         f"the data {data.shape[2]} columns")
     corrected = output_array(data, out)
     new_groupdq = np.array(groupdq, dtype=np.uint8, copy=True)
     step = rows_per_block(data.shape)
     for start in range(0, data.shape[1], step):
         rows = slice(start, start + step)
-        observed = np.asarray(data[:, rows], dtype=np.float64)
-        saturated = (groupdq[:, rows] & saturated_flag) != 0
-        lin, inverse = linearize[:, rows], unlinearize[:, rows]
-        linear = np.where(saturated, observed, evaluate_polynomial(lin, observed))
-        # The last unsaturated resultant counts as saturated; at least the second is used.
-        last = np.maximum((~saturated).sum(axis=0) - 2, 1)
-        first_linear = linear[0]
-        last_linear = np.take_along_axis(linear, last[None], axis=0)[0]
-        rate = (last_linear - first_linear) / (mean_read[last] - mean_read[0])
-        for k, reads in enumerate(read_pattern):
-            since_first = np.asarray(reads, dtype=np.float64) - mean_read[0]
-            linear_reads = first_linear + rate * since_first[:, None, None]
-            raw_reads = evaluate_polynomial(inverse[:, None], linear_reads)
-            raw_reads += observed[k] - raw_reads.mean(axis=0)
-            if inl is not None:
-                raw_reads += inl(raw_reads)
-            mean_corrected = evaluate_polynomial(lin[:, None], raw_reads).mean(axis=0)
-            corrected[k, rows] = np.where(saturated[k], observed[k], mean_corrected)
-        implausible = np.abs(corrected[:, rows]) > IMPLAUSIBLE_DN
+        block = np.empty((data.shape[0], min(rows.stop, data.shape[1]) - start, data.shape[2]), np.float32)
+        correct_pixels_by_reads(np.asarray(data[:, rows]), (groupdq[:, rows] & saturated_flag) != 0,
+                                coeffs[:, rows], uncorrectable[rows], inverse_coeffs[:, rows],
+                                uninvertible[rows], reads, read_start, mean_read,
+                                grid, tables, slopes, INL_CHANNEL_COLUMNS, block)
+        implausible = np.abs(block) > IMPLAUSIBLE_DN
         if implausible.any():
-            np.clip(corrected[:, rows], -IMPLAUSIBLE_DN, IMPLAUSIBLE_DN, out=corrected[:, rows])
+            np.clip(block, -IMPLAUSIBLE_DN, IMPLAUSIBLE_DN, out=block)
             new_groupdq[:, rows][implausible] |= np.uint8(group_flags["DO_NOT_USE"])
+        corrected[:, rows] = block
     no_lin_corr = np.where(uncorrectable | uninvertible, np.uint32(flags["NO_LIN_CORR"]), np.uint32(0))
     new_pixeldq = pixeldq.astype(np.uint32) | lin_dq.astype(np.uint32) | no_lin_corr
     return corrected, new_pixeldq, new_groupdq

@@ -112,6 +112,21 @@ def test_exposure_table_ratios():
                          "| 50.0 (CPU 45.0, 4.00 GB) | 0.80× (CPU 0.67×, memory 0.38×) |")
 
 
+def test_exposure_table_of_the_presets_jobs():
+    """The preset's table lists its own steps (dark_decay, wfi18_transient, source_catalog), not the
+    documented chain's jump."""
+    ours = {"dark_decay": {"wall_s": 3.0, "cpu_s": 2.0, "max_rss_gb": 1.0}}
+    total = {"wall_s": 40.0, "cpu_s": 30.0, "max_rss_gb": 1.5}
+    table = bench.exposure_table(ours, {"dark_decay": 12.0}, total,
+                                 {"romancal": {"wall_s": 100.0, "cpu_s": 90.0, "max_rss_gb": 4.0}},
+                                 steps=bench.PRESET_JOBS)
+    lines = table.splitlines()
+    assert "| dark_decay | 3.0 | 2.0 | 1.00 | 12.0 | 0.25× |" in lines
+    assert "| wfi18_transient | — | — | — | — | — |" in lines
+    assert "| source_catalog | — | — | — | — | — |" in lines
+    assert not any(line.startswith("| jump |") for line in lines)
+
+
 PEER_LOG = """\
 2026-12-07 15:16:48,133 - stpipe.step - INFO - ExposurePipeline instance created.
 2026-12-07 15:16:48,400 - stpipe.step - INFO - Step ExposurePipeline running with args ('u.asdf',).
@@ -362,3 +377,29 @@ def test_parity_campaign_draws_its_stars_with_the_psf_fit_psf_fits():
 
     config = CampaignConfig.from_mapping(measure.campaign_config(256, "IMG_UNEVEN_6", parity.CAMPAIGN_PSF))
     assert config.psf == "roman" and config.size == 256 and config.exposures_per_filter == 4
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], ["exposure", "preset", "likely", "mosaic", "catalog"]),
+    (["--skip-documented", "--skip-mosaic", "--skip-catalog"], ["preset", "likely"]),
+    (["--skip-documented", "--skip-likely", "--skip-mosaic", "--skip-catalog"], ["preset"]),
+])
+def test_bench_levels_left_out_by_their_flags(tmp_path, monkeypatch, flags, expected):
+    """--skip-documented leaves out the documented chain's exposure level and keeps the preset's,
+    so romancal 1.1's chain can be measured alone at full size."""
+    ran = []
+
+    def level(name, result):
+        def run(*args):
+            ran.append(name)
+            return result
+        return run
+
+    monkeypatch.setattr(bench, "exposure_level", level("exposure", ("", {})))
+    monkeypatch.setattr(bench, "preset_level", level("preset", ""))
+    monkeypatch.setattr(bench, "likely_fit_level", level("likely", ""))
+    monkeypatch.setattr(bench, "mosaic_level", level("mosaic", ""))
+    monkeypatch.setattr(bench.catalog_speed, "catalog_table", level("catalog", ""))
+    assert bench.main(["--size", "64", "--ma-table", "IMG_UNEVEN_6", "--out", str(tmp_path), *flags]) == 0
+    assert ran == expected
+    assert (tmp_path / "bench_64.md").exists()

@@ -501,6 +501,91 @@ def test_read_level_integral_nonlinearity_is_interpolated_per_channel():
     np.testing.assert_allclose(corrected[:, 0, 128:], 49.0)
 
 
+def numpy_read_level(data, saturated, linearize, unlinearize, read_pattern, grid, tables):
+    """The read-level correction written array at a time with numpy (np.interp for the INL):
+    the independent version the compiled kernel must match bit for bit."""
+    def polynomial(coeffs, values):
+        result = np.empty(np.broadcast_shapes(coeffs.shape[1:], values.shape))
+        result[...] = coeffs[-1]
+        for coefficient in coeffs[-2::-1]:
+            result *= values
+            result += coefficient
+        return result
+
+    observed = data.astype(np.float64)
+    mean_read = np.array([np.mean(reads) for reads in read_pattern])
+    linear = np.where(saturated, observed, polynomial(linearize, observed))
+    last = np.maximum((~saturated).sum(axis=0) - 2, 1)
+    first = linear[0]
+    rate = (np.take_along_axis(linear, last[None], axis=0)[0] - first) / (mean_read[last] - mean_read[0])
+    corrected = np.empty(data.shape, np.float32)
+    for k, reads in enumerate(read_pattern):
+        since_first = np.asarray(reads, np.float64) - mean_read[0]
+        raw = polynomial(unlinearize[:, None], first + rate * since_first[:, None, None])
+        raw += observed[k] - raw.mean(axis=0)
+        for channel, start in enumerate(range(0, data.shape[2], linearity.INL_CHANNEL_COLUMNS)):
+            columns = slice(start, start + linearity.INL_CHANNEL_COLUMNS)
+            raw[..., columns] += np.interp(raw[..., columns], grid, tables[channel])
+        corrected[k] = np.where(saturated[k], observed[k], polynomial(linearize[:, None], raw).mean(axis=0))
+    return corrected
+
+
+def test_read_level_kernel_is_the_numpy_correction_bit_for_bit():
+    """The compiled read-level kernel against :func:`numpy_read_level` on IMG_UNEVEN_6's reads:
+    cubic LINEARITY and quintic INVERSELINEARITY polynomials that vary by pixel, a random INL on
+    romancal's grid (0-65535 DN by 256, the last step 255; values from below it to above it, on
+    its points, NaN, inf), saturation from several resultants on, identity polynomials where a
+    pixel has no correction; 300 columns (a partial third channel)."""
+    rng = np.random.default_rng(5)
+    read_pattern = [[1], [2, 3], [4, 5, 6, 7], list(range(8, 16)), list(range(16, 24)), [24]]
+    shape = (6, 8, 300)
+    rate = rng.uniform(-5.0, 3000.0, shape[1:])
+    mean_read = np.array([np.mean(reads) for reads in read_pattern])
+    data = (rng.uniform(-500.0, 8000.0, shape[1:]) + rate * mean_read[:, None, None]).astype(np.float32)
+    data[:, 0, :6] = np.array([np.nan, np.inf, -np.inf, -0.0, 65535.0, 0.0])[:, None]
+    data[:, 1, :257] = np.append(np.arange(0, 65536, 256), 65535).astype(np.float32)  # the grid's points
+    saturated = np.zeros(shape, bool)
+    saturated[3:, 2, :100] = True
+    saturated[1:, 3, :50] = True
+    saturated[:, 4, :5] = True
+    linearize = np.stack([rng.normal(0, 5, shape[1:]), rng.normal(1, 0.01, shape[1:]),
+                          rng.normal(0, 1e-6, shape[1:]), rng.normal(0, 1e-11, shape[1:])])
+    unlinearize = np.stack([rng.normal(0, 5, shape[1:]), rng.normal(1, 0.01, shape[1:]),
+                            *(rng.normal(0, 10.0 ** -(3 * n), shape[1:]) for n in range(2, 6))])
+    uncorrectable, uninvertible = np.zeros(shape[1:], bool), np.zeros(shape[1:], bool)
+    uncorrectable[5, 7:9] = uninvertible[5, 8:10] = True  # one, the other or both
+    identity = np.zeros((6, *shape[1:]))
+    identity[1] = 1.0
+    grid = np.append(np.arange(0, 65536, 256), 65535).astype(np.float64)
+    tables = [rng.normal(0.0, 3.0, grid.size) for _ in range(3)]
+    tables[1][:10] = 0.0  # a flat stretch: equal neighbours
+    inl = linearity.integral_nonlinearity(grid.astype(np.uint16), tables)
+
+    reads = np.concatenate([np.asarray(reads, np.float64) for reads in read_pattern])
+    out = np.empty(shape, np.float32)
+    linearity.correct_pixels_by_reads(data, saturated, linearize.astype(np.float32), uncorrectable,
+                                      unlinearize.astype(np.float32), uninvertible, reads,
+                                      np.cumsum([0, *(len(reads) for reads in read_pattern)]), mean_read,
+                                      inl.grid, inl.tables, inl.slopes, linearity.INL_CHANNEL_COLUMNS, out)
+    # The references' float32 coefficients in float64, the identity where they give no correction.
+    linearize = np.where(uncorrectable, identity[:4], linearize.astype(np.float32).astype(np.float64))
+    unlinearize = np.where(uninvertible, identity, unlinearize.astype(np.float32).astype(np.float64))
+    expected = numpy_read_level(data, saturated, linearize, unlinearize, read_pattern, grid, tables)
+    np.testing.assert_array_equal(out.view(np.int32), expected.view(np.int32))
+
+
+def test_integral_nonlinearity_refuses_a_table_it_cannot_interpolate():
+    with pytest.raises(ValueError, match="rise strictly"):
+        linearity.integral_nonlinearity(np.array([0.0, 10.0, 10.0]), [np.zeros(3)])
+    with pytest.raises(ValueError, match="the grid 2"):
+        linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(3)])
+    one_channel = linearity.integral_nonlinearity(np.array([0.0, 10.0]), [np.zeros(2)])
+    identity = np.zeros((2, 1, 200))
+    identity[1] = 1.0
+    with pytest.raises(ValueError, match="1 channels, the data 200 columns"):
+        read_level_run(np.zeros((2, 1, 200), np.float32), identity, identity, [[1], [2]], inl=one_channel)
+
+
 def test_read_level_uncorrectable_inverse_flags_no_lin_corr_and_keeps_the_data():
     """A NaN inverse coefficient: identity reads, the classic polynomial of each single read
     still applies (as stcal), and NO_LIN_CORR is set."""
