@@ -300,9 +300,8 @@ def test_star_peaks_is_the_brightest_finite_pixel_around_a_position():
     np.testing.assert_array_equal(peaks, [9.0, 0.0, 0.0])
 
 
-def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
-    """Two Gaussian stars of 100 and 300 on a sky of 2 (1 px per unit of a plain TAN WCS):
-    sky-subtracted aperture sums within 1 %; an image twice as bright is a ratio of 2."""
+def tan_wcs():
+    """A plain TAN gwcs of 0.11" pixels centred on pixel (32, 32) of a 64 x 64 image."""
     from astropy import units as u
     from astropy.coordinates import ICRS
     from astropy.modeling.models import Pix2Sky_TAN, RotateNative2Celestial, Scale, Shift
@@ -312,19 +311,67 @@ def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
     scale = 0.11 / 3600
     transform = ((Shift(-32) & Shift(-32)) | (Scale(-scale) & Scale(scale)) | Pix2Sky_TAN()
                  | RotateNative2Celestial(10.0, 20.0, 180.0))
-    wcs = gwcs_wcs.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), transform),
-                        (cf.CelestialFrame(reference_frame=ICRS(), name="world"), None)])
+    return gwcs_wcs.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), transform),
+                         (cf.CelestialFrame(reference_frame=ICRS(), name="world"), None)])
+
+
+def gaussian_stars(positions, totals, sky=2.0):
+    """A 64 x 64 image of Gaussian stars (sigma 1 pixel) of the given totals on a flat sky."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    image = np.full((64, 64), sky)
+    for (x, y), total in zip(positions, totals, strict=True):
+        image += total * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.0**2)) / (2 * np.pi)
+    return image
+
+
+def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
+    """Two Gaussian stars of 100 and 300 on a sky of 2 (1 px per unit of a plain TAN WCS):
+    sky-subtracted aperture sums within 1 %; an image twice as bright is a ratio of 2."""
+    wcs = tan_wcs()
     positions = [(20.3, 22.6), (44.8, 40.1)]
     ra, dec = wcs(np.array([p[0] for p in positions]), np.array([p[1] for p in positions]))
-    yy, xx = np.mgrid[0:64, 0:64]
-    image = np.full((64, 64), 2.0)
-    for (x, y), total in zip(positions, (100.0, 300.0), strict=True):
-        image += total * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.0**2)) / (2 * np.pi)
+    image = gaussian_stars(positions, (100.0, 300.0))
     truth = fidelity.Truth(np.asarray(ra), np.asarray(dec))
     fluxes = fidelity.star_fluxes(image, wcs, truth)
     np.testing.assert_allclose(fluxes, [100.0, 300.0], rtol=0.01)
     brighter = fidelity.star_fluxes(2 * image, wcs, truth)
     assert fidelity.median_ratio(brighter, fluxes) == (pytest.approx(2.0), 2)
+
+
+def test_mosaic_ratio_counts_only_the_stars_significant_in_a_single_exposure():
+    """Stars of 300, 20 and 300 (the last off the image) on a sky of 2 with an error of 1 per pixel:
+    a 3-pixel aperture holds ~28 pixels, so the 20 star is ~3.5 sigma, the 300 ~50 sigma. The
+    mosaic doubles the bright star and halves the faint one: the ratio over the significant
+    stars is the bright star's alone, 2."""
+    from types import SimpleNamespace
+
+    wcs = tan_wcs()
+    positions = [(20.3, 22.6), (44.8, 40.1), (80.0, 30.0)]
+    ra, dec = wcs(np.array([p[0] for p in positions]), np.array([p[1] for p in positions]))
+    truth = fidelity.Truth(np.asarray(ra), np.asarray(dec))
+    single = SimpleNamespace(data=gaussian_stars(positions, (300.0, 20.0, 300.0)), err=np.ones((64, 64)),
+                             meta=SimpleNamespace(wcs=wcs))
+    np.testing.assert_array_equal(fidelity.significant_stars(single, truth), [True, False, False])
+    mosaic = SimpleNamespace(data=gaussian_stars(positions, (600.0, 10.0, 600.0)), err=np.ones((64, 64)),
+                             meta=SimpleNamespace(wcs=wcs))
+    keep = fidelity.significant_stars(single, truth)
+    ratio, stars = fidelity.mosaic_over_single(mosaic, [single, single], truth, keep=keep)
+    assert stars == 1 and ratio == pytest.approx(2.0, rel=0.01)
+    # Without the cut the faint star's 0.5 enters the median.
+    assert fidelity.mosaic_over_single(mosaic, [single, single], truth)[0] == pytest.approx(1.25, rel=0.02)
+
+
+def test_romanisim_dither_moves_the_pointing_by_its_offset_on_the_sky():
+    """The second exposure's pointing: the offset's length on the sky, east and north of the first."""
+    import parity
+    from astropy.coordinates import SkyCoord
+
+    east, north = parity.ROMANISIM_DITHERS_ARCSEC[1]
+    start = SkyCoord(*parity.ROMANISIM_POINTING_DEG, unit="deg")
+    moved = SkyCoord(*parity.dithered_pointing((east, north)), unit="deg")
+    assert start.separation(moved).arcsec == pytest.approx(np.hypot(east, north), rel=1e-6)
+    assert moved.ra.deg > start.ra.deg and moved.dec.deg > start.dec.deg
+    assert parity.dithered_pointing((0.0, 0.0)) == pytest.approx(parity.ROMANISIM_POINTING_DEG)
 
 
 def test_catalog_bench_input_holds_its_stars_and_the_pools_references(tmp_path):
