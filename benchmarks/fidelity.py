@@ -206,10 +206,15 @@ def exposure_fidelity(photom: Path, refcat: Path, truth: Truth, x, y, work: Path
 
 def mosaic_over_single(mosaic, singles, truth: Truth, keep=None) -> tuple[float, int]:
     """Median over stars (those in ``keep``, if given) of a mosaic's flux over the mean of the
-    single exposures' (surface brightness times each product's pixel area, so both are fluxes)."""
+    single exposures' (surface brightness times each product's pixel area, so both are fluxes),
+    in apertures of one size on the sky: FLUX_RADIUS pixels of the first single exposure (a sky
+    cell's pixels are half the detector's)."""
+    single_area = pixel_area_sr(singles[0].meta.wcs, np.shape(singles[0].data))
+
     def flux(model):
         area = pixel_area_sr(model.meta.wcs, np.shape(model.data))
-        return star_fluxes(model.data, model.meta.wcs, truth) * area
+        radius = FLUX_RADIUS * np.sqrt(single_area / area)
+        return star_fluxes(model.data, model.meta.wcs, truth, radius) * area
 
     per_exposure = np.array([flux(model) for model in singles])
     with np.errstate(invalid="ignore"):

@@ -419,9 +419,12 @@ def romanisim_level1(path: Path, ma_table: str, seed: int = 7, exposure: int = 1
     level1["meta"]["filename"] = path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     romanisim_catalog(path).parent.mkdir(parents=True, exist_ok=True)
-    asdf.AsdfFile({"roman": level1}).write_to(path)
     # The stars' RA, Dec: the fidelity figures' truth and tweakreg's reference catalog.
     stars["ra", "dec"].write(romanisim_catalog(path), format="ascii.ecsv", overwrite=True)
+    # Written under another name and renamed: an interrupted run leaves no file taken for made.
+    partial = path.with_name(path.name + ".partial")
+    asdf.AsdfFile({"roman": level1}).write_to(partial)
+    partial.replace(path)
     return path
 
 
@@ -644,7 +647,7 @@ def default_weight_mosaic_rows(label: str, cal_paths, truth) -> list:
 
 def workflow_mosaic_rows(label: str, folder: Path, truth) -> list:
     """The workflow's mosaic (flux, skymatch, outlier_detection, resample at the configured weights)
-    over its _cal products."""
+    over its members' _flux products (the _cal in the mosaic's unit, MJy/sr)."""
     from romanpipe.params import step_defaults
 
     import roman_datamodels as rdm
@@ -653,8 +656,8 @@ def workflow_mosaic_rows(label: str, folder: Path, truth) -> list:
     configured = yaml.safe_load((folder / "workflow.yaml").read_text()).get("resample", {})
     weight_type = configured.get("weight_type", step_defaults("resample")["weight_type"])
     i2d, = (folder / "results" / "mosaics").glob("*_i2d.asdf")
-    cal_paths = sorted((folder / "results" / "exposures").glob("*_cal.asdf"))
-    models = [rdm.open(path) for path in cal_paths]
+    flux_asn, = (folder / "results" / "mosaics").glob("*/*_flux_asn.json")
+    models = [rdm.open(path) for path in members(flux_asn)]
     try:
         with rdm.open(i2d) as mosaic:
             return [mosaic_row(label, mosaic, models, truth, weight_type,
@@ -700,32 +703,40 @@ def peer_flux_rows(label: str, products: dict, truth) -> list:
 def guarded(rows: list, label: str, compute) -> None:
     """Append ``compute()``'s rows, or one row saying why they could not be computed."""
     try:
-        rows.extend(compute())
+        computed = compute()
     except Exception as error:  # noqa: BLE001 - a failed figure is reported, the others still run
         message = f"not computed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
         rows.append([label, message, None, ""])
         print(f"fidelity {label}: {message}", file=sys.stderr)
+        return
+    rows.extend(computed)
+    for row in computed:  # as they come: a long run's figures are in its log before the table
+        print("fidelity " + " | ".join(str(value) for value in row), file=sys.stderr)
 
 
-def romanisim_fidelity_rows(folder: Path, products: dict) -> list:
-    """The romanisim exposures: their stars are the truth and tweakreg's reference catalog; where they
-    sit on the image is our assign_wcs WCS's, right to 0.01 mas on romanisim (issue 21)."""
+def romanisim_exposure_fidelity_rows(photom: Path, catalog_path: Path, truth, work: Path) -> list:
+    """:func:`exposure_fidelity_rows` on romanisim's ``photom``: the stars' true pixels are where
+    its assign_wcs WCS puts them (right to 0.01 mas on romanisim, issue 21)."""
     import roman_datamodels as rdm
+
+    with rdm.open(photom) as image:
+        x, y = image.meta.wcs.invert(truth.ra, truth.dec, with_bounding_box=False)
+    return exposure_fidelity_rows("romanisim", photom, catalog_path, truth, x, y, work)
+
+
+def romanisim_fidelity_rows(rows: list, folder: Path, products: dict) -> None:
+    """The romanisim exposures' figures, appended to ``rows`` (the quick ones first): their stars
+    are the truth and tweakreg's reference catalog."""
     from astropy.table import Table
 
     catalog_path = romanisim_catalog(folder / "uncal" / romanisim_uncal_name(1))
     catalog = Table.read(catalog_path)
     truth = fidelity.Truth(np.asarray(catalog["ra"], float), np.asarray(catalog["dec"], float))
-    photom = products["ours"]
-    with rdm.open(photom) as image:
-        x, y = image.meta.wcs.invert(truth.ra, truth.dec, with_bounding_box=False)
-    rows = []
-    guarded(rows, "romanisim", lambda: exposure_fidelity_rows("romanisim", photom, catalog_path, truth, x, y,
-                                                              folder / "peer" / "fidelity"))
     guarded(rows, "romanisim", lambda: workflow_astrometry_rows("romanisim", folder, truth))
     guarded(rows, "romanisim", lambda: workflow_mosaic_rows("romanisim", folder, truth))
     guarded(rows, "romanisim", lambda: peer_flux_rows("romanisim", products, truth))
-    return rows
+    guarded(rows, "romanisim", lambda: romanisim_exposure_fidelity_rows(products["ours"], catalog_path, truth,
+                                                                        folder / "peer" / "fidelity"))
 
 
 def our_simulator_parity(args, folder: Path, env) -> tuple[list, list, list]:
@@ -786,9 +797,9 @@ def romanisim_parity(args, folder: Path, env) -> tuple[list, list, list]:
                                romanisim_folder / "uncal" / romanisim_uncal_name(1))
     products = end_to_end(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", first,
                           suffix="photom")
-    likely_ramp_fit(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", env)
     fidelity_rows = []
-    guarded(fidelity_rows, "romanisim", lambda: romanisim_fidelity_rows(romanisim_folder, products))
+    romanisim_fidelity_rows(fidelity_rows, romanisim_folder, products)
+    likely_ramp_fit(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", env)
     preset_rows = [preset_row("romanisim", lambda: preset_run(romanisim_folder, env, "photom"), "photom")]
     return comparison.rows, fidelity_rows, preset_rows
 
