@@ -63,15 +63,30 @@ def wcs_error_mas(wcs, x, y, truth: Truth) -> float:
         SkyCoord(truth.ra, truth.dec, unit="deg")).to_value("mas")))
 
 
+def local_sky(data, positions, radius) -> np.ndarray:
+    """Median of the finite pixels in an annulus from ``radius`` + 2 to + 5 pixels around each position."""
+    from photutils.aperture import CircularAnnulus
+
+    data = np.asarray(data, np.float64)
+    annulus = CircularAnnulus(positions, radius + 2, radius + 5)
+    return np.array([np.nanmedian(mask.multiply(data)[mask.data > 0]) if mask is not None else np.nan
+                     for mask in annulus.to_mask(method="center")])
+
+
 def star_significance(data, err, x, y, radius=APERTURE_RADIUS) -> np.ndarray:
-    """Aperture flux over its error at each (x, y) (NaN where the aperture holds bad pixels)."""
+    """Sky-subtracted aperture flux over its error at each (x, y) (NaN where the aperture holds bad
+    pixels). The sky is subtracted: on a Level 2 image it would make every star significant."""
     from photutils.aperture import CircularAperture, aperture_photometry
 
     good = np.isfinite(data) & np.isfinite(err) & (err > 0)
-    table = aperture_photometry(np.where(good, data, 0.0), CircularAperture(np.column_stack([x, y]), radius),
-                                error=np.where(good, err, 0.0), mask=~good)
+    positions = np.column_stack([x, y])
+    apertures = CircularAperture(positions, radius)
+    table = aperture_photometry(np.where(good, data, 0.0), apertures, error=np.where(good, err, 0.0),
+                                mask=~good)
+    sky = local_sky(np.where(good, data, np.nan), positions, radius)
+    flux = np.asarray(table["aperture_sum"]) - sky * apertures.area
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(table["aperture_sum"]) / np.asarray(table["aperture_sum_err"])
+        return flux / np.asarray(table["aperture_sum_err"])
 
 
 def star_peaks(data, x, y) -> np.ndarray:
@@ -118,7 +133,7 @@ def counted_stars(significance, peaks, peakmax) -> np.ndarray:
 
 def star_fluxes(data, wcs, truth: Truth, radius=FLUX_RADIUS) -> np.ndarray:
     """Sky-subtracted aperture sums at the stars (in the data's units times pixels); NaN off the data."""
-    from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
+    from photutils.aperture import CircularAperture, aperture_photometry
 
     data = np.asarray(data, np.float64)
     x, y, on = true_pixels(wcs, truth, data.shape)
@@ -127,13 +142,10 @@ def star_fluxes(data, wcs, truth: Truth, radius=FLUX_RADIUS) -> np.ndarray:
         return fluxes
     positions = np.column_stack([x[on], y[on]])
     apertures = CircularAperture(positions, radius)
-    annulus = CircularAnnulus(positions, radius + 2, radius + 5)
     finite = np.isfinite(data)
     sums = aperture_photometry(np.where(finite, data, 0.0), apertures, mask=~finite)
     bad = aperture_photometry((~finite).astype(float), apertures)["aperture_sum"]
-    sky = np.array([np.nanmedian(mask.multiply(data)[mask.data > 0]) if mask is not None else np.nan
-                    for mask in annulus.to_mask(method="center")])
-    values = np.asarray(sums["aperture_sum"]) - sky * apertures.area
+    values = np.asarray(sums["aperture_sum"]) - local_sky(data, positions, radius) * apertures.area
     fluxes[np.flatnonzero(on)] = np.where(np.asarray(bad) == 0, values, np.nan)
     return fluxes
 
@@ -192,18 +204,23 @@ def exposure_fidelity(photom: Path, refcat: Path, truth: Truth, x, y, work: Path
     return results
 
 
-def mosaic_over_single(mosaic, singles, truth: Truth) -> tuple[float, int]:
-    """Median over stars of a mosaic's flux over the mean of the single exposures' (surface
-    brightness times each product's pixel area, so both are fluxes)."""
+def mosaic_over_single(mosaic, singles, truth: Truth, keep=None) -> tuple[float, int]:
+    """Median over stars (those in ``keep``, if given) of a mosaic's flux over the mean of the
+    single exposures' (surface brightness times each product's pixel area, so both are fluxes),
+    in apertures of one size on the sky: FLUX_RADIUS pixels of the first single exposure (a sky
+    cell's pixels are half the detector's)."""
+    single_area = pixel_area_sr(singles[0].meta.wcs, np.shape(singles[0].data))
+
     def flux(model):
         area = pixel_area_sr(model.meta.wcs, np.shape(model.data))
-        return star_fluxes(model.data, model.meta.wcs, truth) * area
+        radius = FLUX_RADIUS * np.sqrt(single_area / area)
+        return star_fluxes(model.data, model.meta.wcs, truth, radius) * area
 
     per_exposure = np.array([flux(model) for model in singles])
     with np.errstate(invalid="ignore"):
         complete = np.isfinite(per_exposure).all(axis=0)
         single = np.where(complete, per_exposure.mean(axis=0), np.nan)
-    return median_ratio(flux(mosaic), single)
+    return median_ratio(flux(mosaic), single, keep)
 
 
 def pixel_area_sr(wcs, shape) -> float:
@@ -216,11 +233,17 @@ def pixel_area_sr(wcs, shape) -> float:
     return float(abs(east[0] * north[1] - east[1] * north[0]))
 
 
+def significant_stars(model, truth: Truth, snr=BRIGHT_SNR) -> np.ndarray:
+    """Which stars are at least ``snr`` significant (aperture flux over its error) on ``model``
+    (a Level 2 or 3 product: data, err, WCS); False off the image."""
+    x, y, on = true_pixels(model.meta.wcs, truth, np.shape(model.data))
+    significance = np.full(len(truth.ra), np.nan)
+    data, err = np.asarray(model.data, np.float64), np.asarray(model.err, np.float64)
+    significance[on] = star_significance(data, err, x[on], y[on])
+    return np.nan_to_num(significance, nan=-np.inf) >= snr
+
+
 def ours_over_peer(ours, theirs, truth: Truth) -> tuple[float, int]:
     """Median over stars >= BRIGHT_SNR of our _cal's aperture flux over romancal's (same pixels)."""
-    x, y, on = true_pixels(ours.meta.wcs, truth, np.shape(ours.data))
-    significance = np.full(len(truth.ra), np.nan)
-    significance[on] = star_significance(np.asarray(ours.data, np.float64), np.asarray(ours.err, np.float64),
-                                         x[on], y[on])
     return median_ratio(star_fluxes(ours.data, ours.meta.wcs, truth),
-                        star_fluxes(theirs.data, ours.meta.wcs, truth), significance >= BRIGHT_SNR)
+                        star_fluxes(theirs.data, ours.meta.wcs, truth), significant_stars(ours, truth))

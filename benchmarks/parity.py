@@ -354,8 +354,44 @@ def likely_ramp_fit(comparison: Comparison, folder: Path, work: Path, label: str
     comparison.add("ramp_fit likely", f"{label} _darkcurrent", compute)
 
 
-def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
-    """A full-detector Level 1 file from romanisim, offline (cached: made once).
+# romanisim's two exposures: the first at the pointing, the second dithered from it by a whole
+# number of pixels and a half in each axis (25.5 and 15.5 pixels of 0.11"), so that the mosaic
+# samples the stars at other sub-pixel phases; the same stars in both.
+ROMANISIM_POINTING_DEG = (270.0, 66.0)
+ROMANISIM_DITHERS_ARCSEC = ((0.0, 0.0), (2.805, 1.705))
+ROMANISIM_EXPOSURE_GAP_S = 300.0
+
+
+def romanisim_uncal_name(exposure: int) -> str:
+    return f"r0000101001001001001_01101_{exposure:04d}_WFI01_uncal.asdf"
+
+
+def romanisim_stars(seed: int):
+    """romanisim's star catalog (F158), the same for a given ``seed`` whichever exposure is made."""
+    import galsim
+    from romanisim import catalog
+
+    ra, dec = ROMANISIM_POINTING_DEG
+    return catalog.make_stars(galsim.CelestialCoord(ra * galsim.degrees, dec * galsim.degrees),
+                              n=2000, radius=0.1, index=3, faintmag=22, truncation_radius=None,
+                              bandpasses=["F158"], rng=galsim.UniformDeviate(seed))
+
+
+def dithered_pointing(offset_arcsec: tuple[float, float]) -> tuple[float, float]:
+    """ROMANISIM_POINTING_DEG moved by (east, north) arcsec on the sky: (RA, Dec) deg."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    ra, dec = ROMANISIM_POINTING_DEG
+    moved = SkyCoord(ra, dec, unit="deg").spherical_offsets_by(offset_arcsec[0] * u.arcsec,
+                                                               offset_arcsec[1] * u.arcsec)
+    return float(moved.ra.deg), float(moved.dec.deg)
+
+
+def romanisim_level1(path: Path, ma_table: str, seed: int = 7, exposure: int = 1) -> Path:
+    """A full-detector Level 1 file from romanisim, offline (cached: made once): ``exposure`` (1, 2)
+    at its ROMANISIM_DITHERS_ARCSEC offset, the stars of :func:`romanisim_stars` (``seed``), its
+    own noise and cosmic rays (``seed + exposure``).
 
     No CRDS (romanisim's built-in detector parameters), galsim's Roman PSF, no stpsf,
     a star catalog made here (no Gaia query); our MA table's read pattern.
@@ -364,30 +400,31 @@ def romanisim_level1(path: Path, ma_table: str, seed: int = 7) -> Path:
         return path
     import asdf
     import galsim
-    from astropy.time import Time
-    from romanisim import catalog, image, ris_make_utils
+    from astropy.time import Time, TimeDelta
+    from romanisim import image, ris_make_utils
 
     from wfisim.matables import ma_table as our_ma_table
 
     table = our_ma_table(ma_table)
-    metadata = ris_make_utils.set_metadata(date="2027-03-01T00:00:00", bandpass="F158", sca=1,
-                                           usecrds=False)
+    start = Time("2027-03-01T00:00:00") + TimeDelta((exposure - 1) * ROMANISIM_EXPOSURE_GAP_S, format="sec")
+    metadata = ris_make_utils.set_metadata(date=start.isot, bandpass="F158", sca=1, usecrds=False)
     metadata["exposure"]["read_pattern"] = table.read_pattern_lists()
     metadata["exposure"]["nresultants"] = len(metadata["exposure"]["read_pattern"])
-    metadata["wcsinfo"]["ra_ref"], metadata["wcsinfo"]["dec_ref"] = 270.0, 66.0
-    metadata["exposure"]["start_time"] = Time("2027-03-01T00:00:00")
-    rng = galsim.UniformDeviate(seed)
-    stars = catalog.make_stars(galsim.CelestialCoord(270.0 * galsim.degrees, 66.0 * galsim.degrees),
-                               n=2000, radius=0.1, index=3, faintmag=22, truncation_radius=None,
-                               bandpasses=["F158"], rng=rng)
+    metadata["wcsinfo"]["ra_ref"], metadata["wcsinfo"]["dec_ref"] = dithered_pointing(
+        ROMANISIM_DITHERS_ARCSEC[exposure - 1])
+    metadata["exposure"]["start_time"] = start
+    stars = romanisim_stars(seed)
     level1, extras = image.simulate(metadata, stars, usecrds=False, psftype="galsim", level=1,
-                                    crparam={}, rng=rng)
+                                    crparam={}, rng=galsim.UniformDeviate(seed + exposure))
     level1["meta"]["filename"] = path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     romanisim_catalog(path).parent.mkdir(parents=True, exist_ok=True)
-    asdf.AsdfFile({"roman": level1}).write_to(path)
     # The stars' RA, Dec: the fidelity figures' truth and tweakreg's reference catalog.
     stars["ra", "dec"].write(romanisim_catalog(path), format="ascii.ecsv", overwrite=True)
+    # Written under another name and renamed: an interrupted run leaves no file taken for made.
+    partial = path.with_name(path.name + ".partial")
+    asdf.AsdfFile({"roman": level1}).write_to(partial)
+    partial.replace(path)
     return path
 
 
@@ -449,21 +486,24 @@ def romanisim_catalog(level1: Path) -> Path:
 
 
 def romanisim_run(folder: Path, ma_table: str, env) -> Path:
-    """Our workflow to _photom on romanisim's Level 1 file, with our simulator's references and CRDS cache.
-
-    It stops before source detection and tweakreg (our catalog is not romanisim's sky);
-    romancal skips them too, and _cal holds the _photom data.
-    """
+    """Our workflow to the mosaic on romanisim's two Level 1 files (:func:`romanisim_level1`), with
+    our simulator's references and CRDS cache: source_detection (``fit_psf``: romanisim draws
+    galsim's Roman PSF) and tweakreg against romanisim's star catalog, then one mosaic of the
+    overlapping pair (``grouping: overlap``: our simulator's sky map is elsewhere on the sky) at
+    resample's default weights. No source catalogs (not measured here)."""
     import yaml
 
     romanisim_folder = folder.parent / f"romanisim_{ma_table}"
-    uncal = romanisim_folder / "uncal" / "r0000101001001001001_01101_0001_WFI01_uncal.asdf"
-    romanisim_level1(uncal, ma_table)
+    uncal = [romanisim_level1(romanisim_folder / "uncal" / romanisim_uncal_name(exposure), ma_table,
+                              exposure=exposure) for exposure in range(1, len(ROMANISIM_DITHERS_ARCSEC) + 1)]
     if not (romanisim_folder / "crds_cache").exists():
         (romanisim_folder / "crds_cache").symlink_to(folder / "crds_cache")
-    config = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}, "target": "photom"}
+    config = {"inputs": {"uncal_dir": "uncal"}, "crds": {"path": "crds_cache"}, "target": "i2d",
+              "associations": {"grouping": "overlap"}, "source_detection": {"fit_psf": True},
+              "tweakreg": {"abs_refcat": str(romanisim_catalog(uncal[0]).relative_to(romanisim_folder))},
+              "source_catalog": {"skip": True}}
     (romanisim_folder / "workflow.yaml").write_text(yaml.safe_dump(config))
-    # The likely row fits our _darkcurrent again (KEEP_RAMPS).
+    # The likely row fits our _darkcurrent again (KEEP_RAMPS); the romancal rows compare _photom.
     subprocess.run(snakemake_command(romanisim_folder, "--notemp", *KEEP_RAMPS), check=True, env=env)
     return romanisim_folder
 
@@ -577,6 +617,15 @@ def exposure_fidelity_rows(label: str, photom: Path, refcat: Path, truth, x, y, 
              figures["completeness"], "≥ 0.95"]]
 
 
+def mosaic_row(label: str, mosaic, singles, truth, weight_type: str, origin: str) -> list:
+    """Mosaic over single-exposure fluxes of the stars at least BRIGHT_SNR significant in the first
+    single exposure."""
+    ratio, stars = fidelity.mosaic_over_single(mosaic, singles, truth,
+                                               keep=fidelity.significant_stars(singles[0], truth))
+    return [label, f"mosaic / single-exposure star flux, {weight_type}, {origin}, stars ≥ "
+                   f"{fidelity.BRIGHT_SNR:g}σ ({stars})", ratio, "0.99–1.01"]
+
+
 def default_weight_mosaic_rows(label: str, cal_paths, truth) -> list:
     """Our resample at its default weights on ``cal_paths``: mosaic over single-exposure fluxes."""
     from romanpipe.params import step_defaults
@@ -590,12 +639,55 @@ def default_weight_mosaic_rows(label: str, cal_paths, truth) -> list:
     try:
         mosaic, = resample.resample_models(models, [path.name for path in cal_paths], parameters,
                                            association_name="fidelity")
-        ratio, stars = fidelity.mosaic_over_single(mosaic, models, truth)
+        return [mosaic_row(label, mosaic, models, truth, parameters["weight_type"], "resample alone")]
     finally:
         for model in models:
             model.close()
-    return [[label, f"mosaic / single-exposure star flux, {parameters['weight_type']} ({stars} stars)",
-             ratio, "0.99–1.01"]]
+
+
+def workflow_mosaic_rows(label: str, folder: Path, truth) -> list:
+    """The workflow's mosaic (flux, skymatch, outlier_detection, resample at the configured weights)
+    over its members' _flux products (the _cal in the mosaic's unit, MJy/sr)."""
+    from romanpipe.params import step_defaults
+
+    import roman_datamodels as rdm
+    import yaml
+
+    configured = yaml.safe_load((folder / "workflow.yaml").read_text()).get("resample", {})
+    weight_type = configured.get("weight_type", step_defaults("resample")["weight_type"])
+    i2d, = (folder / "results" / "mosaics").glob("*_i2d.asdf")
+    flux_asn, = (folder / "results" / "mosaics").glob("*/*_flux_asn.json")
+    models = [rdm.open(path) for path in members(flux_asn)]
+    try:
+        with rdm.open(i2d) as mosaic:
+            return [mosaic_row(label, mosaic, models, truth, weight_type,
+                               f"the workflow's _i2d of {len(models)} exposures")]
+    finally:
+        for model in models:
+            model.close()
+
+
+def workflow_astrometry_rows(label: str, folder: Path, truth) -> list:
+    """Each exposure's _cal WCS after the workflow's own source_detection and tweakreg, against
+    the truth: the stars' true pixels are where the _photom WCS (assign_wcs, right to 0.01 mas on
+    romanisim, issue 21) puts them."""
+    import roman_datamodels as rdm
+    import yaml
+
+    settings = yaml.safe_load((folder / "workflow.yaml").read_text())
+    fit_psf = settings.get("source_detection", {}).get("fit_psf")
+    rows = []
+    for cal in sorted((folder / "results" / "exposures").glob("*_cal.asdf")):
+        photom = cal.with_name(cal.name.replace("_cal.asdf", "_photom.asdf"))
+        with rdm.open(photom) as image:
+            x, y, on = fidelity.true_pixels(image.meta.wcs, truth, image.data.shape)
+        on_image = fidelity.Truth(truth.ra[on], truth.dec[on])
+        with rdm.open(cal) as aligned:
+            error = fidelity.wcs_error_mas(aligned.meta.wcs, x[on], y[on], on_image)
+            status = aligned.meta.cal_step.tweakreg
+        rows.append([label, f"astrometry of the workflow's _cal, fit_psf {'on' if fit_psf else 'off'}, "
+                            f"{cal.name.split('_')[2]} (tweakreg {status}; median, mas)", error, "≤ 2"])
+    return rows
 
 
 def peer_flux_rows(label: str, products: dict, truth) -> list:
@@ -611,45 +703,48 @@ def peer_flux_rows(label: str, products: dict, truth) -> list:
 def guarded(rows: list, label: str, compute) -> None:
     """Append ``compute()``'s rows, or one row saying why they could not be computed."""
     try:
-        rows.extend(compute())
+        computed = compute()
     except Exception as error:  # noqa: BLE001 - a failed figure is reported, the others still run
         message = f"not computed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
         rows.append([label, message, None, ""])
         print(f"fidelity {label}: {message}", file=sys.stderr)
+        return
+    rows.extend(computed)
+    for row in computed:  # as they come: a long run's figures are in its log before the table
+        print("fidelity " + " | ".join(str(value) for value in row), file=sys.stderr)
 
 
-def romanisim_fidelity_rows(folder: Path, products: dict) -> list:
-    """The romanisim exposure: its stars are the truth and tweakreg's reference catalog; where they
-    sit on the image is our assign_wcs WCS's, right to 0.01 mas on romanisim (issue 21)."""
+def romanisim_exposure_fidelity_rows(photom: Path, catalog_path: Path, truth, work: Path) -> list:
+    """:func:`exposure_fidelity_rows` on romanisim's ``photom``: the stars' true pixels are where
+    its assign_wcs WCS puts them (right to 0.01 mas on romanisim, issue 21)."""
     import roman_datamodels as rdm
-    from astropy.table import Table
 
-    uncal = next((folder / "uncal").glob("*_uncal.asdf"))
-    catalog = Table.read(romanisim_catalog(uncal))
-    truth = fidelity.Truth(np.asarray(catalog["ra"], float), np.asarray(catalog["dec"], float))
-    photom = products["ours"]
     with rdm.open(photom) as image:
         x, y = image.meta.wcs.invert(truth.ra, truth.dec, with_bounding_box=False)
-    rows = exposure_fidelity_rows("romanisim", photom, romanisim_catalog(uncal), truth, x, y,
-                                  folder / "peer" / "fidelity")
-    return rows + peer_flux_rows("romanisim", products, truth)
+    return exposure_fidelity_rows("romanisim", photom, catalog_path, truth, x, y, work)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=4096, help="readout rows = columns (4096: full detector)")
-    parser.add_argument("--ma-table", default="IMG_UNEVEN_6")
-    parser.add_argument("--out", type=Path, default=Path("bench/parity"))
-    parser.add_argument("--romanisim", action="store_true",
-                        help="also compare end to end on a romanisim Level 1 file (full size only)")
-    args = parser.parse_args(argv)
+def romanisim_fidelity_rows(rows: list, folder: Path, products: dict) -> None:
+    """The romanisim exposures' figures, appended to ``rows`` (the quick ones first): their stars
+    are the truth and tweakreg's reference catalog."""
+    from astropy.table import Table
 
+    catalog_path = romanisim_catalog(folder / "uncal" / romanisim_uncal_name(1))
+    catalog = Table.read(catalog_path)
+    truth = fidelity.Truth(np.asarray(catalog["ra"], float), np.asarray(catalog["dec"], float))
+    guarded(rows, "romanisim", lambda: workflow_astrometry_rows("romanisim", folder, truth))
+    guarded(rows, "romanisim", lambda: workflow_mosaic_rows("romanisim", folder, truth))
+    guarded(rows, "romanisim", lambda: peer_flux_rows("romanisim", products, truth))
+    guarded(rows, "romanisim", lambda: romanisim_exposure_fidelity_rows(products["ours"], catalog_path, truth,
+                                                                        folder / "peer" / "fidelity"))
+
+
+def our_simulator_parity(args, folder: Path, env) -> tuple[list, list, list]:
+    """Our simulator's four exposures: the step-by-step and end-to-end comparisons, the fidelity
+    figures and the preset's row."""
     from romanpipe.params import step_defaults
 
-    env = clean_environment()
-    folder = (args.out / f"sim_{args.size}_{args.ma_table}_{CAMPAIGN_PSF}_psf").resolve()
     work = folder / "peer"
-    simulate_campaign(folder, args.size, args.ma_table, env, psf=CAMPAIGN_PSF)
     started = time.perf_counter()
     # Every intermediate product is compared, so none may be removed as temporary; a run that
     # already removed them is redone from dq_init.
@@ -671,15 +766,6 @@ def main(argv=None) -> int:
     comparison.add("cal → i2d", flux_asn.name.replace("_flux_asn", "_asn"), lambda: compare_mosaic(
         i2d, peer.run_mosaic_pipeline(_cal_association(flux_asn, folder, work),
                                       peer.mosaic_steps(our_parameters, grid))))
-    if args.romanisim:
-        if args.size != peer.FULL_READOUT_COLUMNS:
-            print("romanisim simulates the full detector only: skipped at --size "
-                  f"{args.size}", file=sys.stderr)
-        else:
-            romanisim_folder = romanisim_run(folder, args.ma_table, env)
-            romanisim_products = end_to_end(comparison, romanisim_folder, romanisim_folder / "peer",
-                                            "romanisim", suffix="photom")
-            likely_ramp_fit(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", env)
 
     fidelity_rows = []
     label = "our simulator"
@@ -693,33 +779,72 @@ def main(argv=None) -> int:
         work / "fidelity"))
     guarded(fidelity_rows, label, lambda: default_weight_mosaic_rows(label, cal_paths, truth))
     guarded(fidelity_rows, label, lambda: peer_flux_rows(label, our_products, exposure_truth))
-    if args.romanisim and args.size == peer.FULL_READOUT_COLUMNS:
-        guarded(fidelity_rows, "romanisim",
-                lambda: romanisim_fidelity_rows(romanisim_folder, romanisim_products))
 
     preset_rows = [preset_row("our simulator", lambda: preset_run(folder, env))]
     if args.size != peer.FULL_READOUT_COLUMNS:
         preset_rows.append(preset_row("our scene, romanisim's readout (romanisim.l1)",
                                       lambda: preset_run(romanisim_small_campaign(folder), env)))
-    elif args.romanisim:
-        preset_rows.append(preset_row("romanisim", lambda: preset_run(romanisim_folder, env, "photom"),
-                                      "photom"))
+    return comparison.rows, fidelity_rows, preset_rows
 
-    table = markdown_table(HEADERS, comparison.rows)
+
+def romanisim_parity(args, folder: Path, env) -> tuple[list, list, list]:
+    """romanisim's two exposures (:func:`romanisim_run`): romancal end to end and the likely row on
+    the first, the fidelity figures, the preset's row. Our simulator's run gives the references."""
+    romanisim_folder = romanisim_run(folder, args.ma_table, env)
+    peer.configure_environment(folder / "crds_cache")
+    comparison = Comparison()
+    first = peer.read_pool_row(romanisim_folder / "results" / "pool.csv",
+                               romanisim_folder / "uncal" / romanisim_uncal_name(1))
+    products = end_to_end(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", first,
+                          suffix="photom")
+    fidelity_rows = []
+    romanisim_fidelity_rows(fidelity_rows, romanisim_folder, products)
+    likely_ramp_fit(comparison, romanisim_folder, romanisim_folder / "peer", "romanisim", env)
+    preset_rows = [preset_row("romanisim", lambda: preset_run(romanisim_folder, env, "photom"), "photom")]
+    return comparison.rows, fidelity_rows, preset_rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096, help="readout rows = columns (4096: full detector)")
+    parser.add_argument("--ma-table", default="IMG_UNEVEN_6")
+    parser.add_argument("--out", type=Path, default=Path("bench/parity"))
+    parser.add_argument("--romanisim", action="store_true",
+                        help="also compare on two romanisim Level 1 files (full size only)")
+    parser.add_argument("--romanisim-only", action="store_true",
+                        help="only the romanisim rows (our simulator's campaign still gives the references)")
+    args = parser.parse_args(argv)
+    with_romanisim = args.romanisim or args.romanisim_only
+    if with_romanisim and args.size != peer.FULL_READOUT_COLUMNS:
+        parser.error(f"romanisim simulates the full detector only: --size {peer.FULL_READOUT_COLUMNS}")
+
+    env = clean_environment()
+    folder = (args.out / f"sim_{args.size}_{args.ma_table}_{CAMPAIGN_PSF}_psf").resolve()
+    simulate_campaign(folder, args.size, args.ma_table, env, psf=CAMPAIGN_PSF)
+    comparison_rows, fidelity_rows, preset_rows = [], [], []
+    parts = ([] if args.romanisim_only else [our_simulator_parity]) + ([romanisim_parity] if with_romanisim
+                                                                       else [])
+    for part in parts:
+        for rows, more in zip((comparison_rows, fidelity_rows, preset_rows), part(args, folder, env),
+                              strict=True):
+            rows.extend(more)
+
+    table = markdown_table(HEADERS, comparison_rows)
     table += ("\nromancal 1.1's chain (config/romancal-1.1.yaml) against romancal 1.1's default "
               "ExposurePipeline, uncal → cal on the first exposure (goals, issue 24: median ≤ "
               f"{PRESET_GOALS['median']}, 99.9 % ≤ {PRESET_GOALS['p999']}, jump flags ≥ "
               f"{PRESET_GOALS['jump_agreement']:.1%}):\n\n" + markdown_table(PRESET_HEADERS, preset_rows))
     table += "\nFidelity against the truth (benchmarks/fidelity.py):\n\n" + markdown_table(FIDELITY_HEADERS,
                                                                                        fidelity_rows)
-    header = (f"Parity with romancal, {args.size}×{args.size} readout, {args.ma_table}, our simulator "
-              f"(4 dithered F158 exposures of WFI01, {CAMPAIGN_PSF} PSF)"
-              f"{', and romanisim' if args.romanisim else ''}.\n"
+    inputs = ("two dithered romanisim exposures of WFI01 (F158, galsim's Roman PSF)" if args.romanisim_only
+              else f"our simulator (4 dithered F158 exposures of WFI01, {CAMPAIGN_PSF} PSF)"
+                   f"{', and two dithered romanisim exposures' if args.romanisim else ''}")
+    flags = " --romanisim-only" if args.romanisim_only else " --romanisim" if args.romanisim else ""
+    header = (f"Parity with romancal, {args.size}×{args.size} readout, {args.ma_table}, {inputs}.\n"
               f"{machine_description()}\n"
-              f"Reproduce: `make parity SIZE={args.size}` "
-              f"(`python benchmarks/parity.py --size {args.size} --ma-table {args.ma_table}"
-              f"{' --romanisim' if args.romanisim else ''}`)\n\n")
-    output = args.out / f"parity_{args.size}_{args.ma_table}.md"
+              f"Reproduce: `python benchmarks/parity.py --size {args.size} --ma-table {args.ma_table}{flags}`"
+              f"{'' if args.romanisim_only else f' (`make parity SIZE={args.size}`)'}\n\n")
+    output = args.out / f"parity_{args.size}_{args.ma_table}{'_romanisim' if args.romanisim_only else ''}.md"
     output.write_text(header + table)
     print(header + table)
     return 0

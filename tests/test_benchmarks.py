@@ -315,31 +315,97 @@ def test_star_peaks_is_the_brightest_finite_pixel_around_a_position():
     np.testing.assert_array_equal(peaks, [9.0, 0.0, 0.0])
 
 
-def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
-    """Two Gaussian stars of 100 and 300 on a sky of 2 (1 px per unit of a plain TAN WCS):
-    sky-subtracted aperture sums within 1 %; an image twice as bright is a ratio of 2."""
+def tan_wcs(pixel_arcsec=0.11, centre=32.0):
+    """A plain TAN gwcs of ``pixel_arcsec`` pixels whose tangent point is pixel (``centre``, ``centre``)."""
     from astropy import units as u
     from astropy.coordinates import ICRS
     from astropy.modeling.models import Pix2Sky_TAN, RotateNative2Celestial, Scale, Shift
     from gwcs import coordinate_frames as cf
     from gwcs import wcs as gwcs_wcs
 
-    scale = 0.11 / 3600
-    transform = ((Shift(-32) & Shift(-32)) | (Scale(-scale) & Scale(scale)) | Pix2Sky_TAN()
+    scale = pixel_arcsec / 3600
+    transform = ((Shift(-centre) & Shift(-centre)) | (Scale(-scale) & Scale(scale)) | Pix2Sky_TAN()
                  | RotateNative2Celestial(10.0, 20.0, 180.0))
-    wcs = gwcs_wcs.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), transform),
-                        (cf.CelestialFrame(reference_frame=ICRS(), name="world"), None)])
+    return gwcs_wcs.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), transform),
+                         (cf.CelestialFrame(reference_frame=ICRS(), name="world"), None)])
+
+
+def gaussian_stars(positions, totals, sky=2.0, sigma=1.0, size=64):
+    """A size x size image of Gaussian stars (``sigma`` pixels) of the given totals on a flat sky."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    image = np.full((size, size), sky)
+    for (x, y), total in zip(positions, totals, strict=True):
+        image += total * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    return image
+
+
+def test_star_fluxes_and_mosaic_ratio_on_a_known_image():
+    """Two Gaussian stars of 100 and 300 on a sky of 2 (1 px per unit of a plain TAN WCS):
+    sky-subtracted aperture sums within 1 %; an image twice as bright is a ratio of 2."""
+    wcs = tan_wcs()
     positions = [(20.3, 22.6), (44.8, 40.1)]
     ra, dec = wcs(np.array([p[0] for p in positions]), np.array([p[1] for p in positions]))
-    yy, xx = np.mgrid[0:64, 0:64]
-    image = np.full((64, 64), 2.0)
-    for (x, y), total in zip(positions, (100.0, 300.0), strict=True):
-        image += total * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.0**2)) / (2 * np.pi)
+    image = gaussian_stars(positions, (100.0, 300.0))
     truth = fidelity.Truth(np.asarray(ra), np.asarray(dec))
     fluxes = fidelity.star_fluxes(image, wcs, truth)
     np.testing.assert_allclose(fluxes, [100.0, 300.0], rtol=0.01)
     brighter = fidelity.star_fluxes(2 * image, wcs, truth)
     assert fidelity.median_ratio(brighter, fluxes) == (pytest.approx(2.0), 2)
+
+
+def test_mosaic_ratio_counts_only_the_stars_significant_in_a_single_exposure():
+    """Stars of 300, 20 and 300 (the last off the image) on a sky of 2 with an error of 1 per pixel:
+    a 3-pixel aperture holds ~28 pixels, so the 20 star is ~3.5 sigma, the 300 ~50 sigma. The
+    mosaic doubles the bright star and halves the faint one: the ratio over the significant
+    stars is the bright star's alone, 2."""
+    from types import SimpleNamespace
+
+    wcs = tan_wcs()
+    positions = [(20.3, 22.6), (44.8, 40.1), (80.0, 30.0)]
+    ra, dec = wcs(np.array([p[0] for p in positions]), np.array([p[1] for p in positions]))
+    truth = fidelity.Truth(np.asarray(ra), np.asarray(dec))
+    single = SimpleNamespace(data=gaussian_stars(positions, (300.0, 20.0, 300.0)), err=np.ones((64, 64)),
+                             meta=SimpleNamespace(wcs=wcs))
+    np.testing.assert_array_equal(fidelity.significant_stars(single, truth), [True, False, False])
+    mosaic = SimpleNamespace(data=gaussian_stars(positions, (600.0, 10.0, 600.0)), err=np.ones((64, 64)),
+                             meta=SimpleNamespace(wcs=wcs))
+    keep = fidelity.significant_stars(single, truth)
+    ratio, stars = fidelity.mosaic_over_single(mosaic, [single, single], truth, keep=keep)
+    assert stars == 1 and ratio == pytest.approx(2.0, rel=0.01)
+    # Without the cut the faint star's 0.5 enters the median.
+    assert fidelity.mosaic_over_single(mosaic, [single, single], truth)[0] == pytest.approx(1.25, rel=0.02)
+
+
+def test_mosaic_ratio_on_a_finer_grid_measures_the_same_angle_on_the_sky():
+    """A star of sigma 2 pixels on 0.11" pixels and the same star on a mosaic of 0.055" pixels (a
+    sky cell's): the same surface brightness, four times the pixel sum. The mosaic's aperture is
+    12 of its pixels, the single exposure's 6: ratio 1 (a 6-pixel aperture on the mosaic would
+    measure 0.62 of it)."""
+    from types import SimpleNamespace
+
+    single_wcs, mosaic_wcs = tan_wcs(), tan_wcs(0.055, 64.0)
+    ra, dec = single_wcs(np.array([31.3]), np.array([33.6]))
+    truth = fidelity.Truth(np.asarray(ra), np.asarray(dec))
+    (mosaic_x,), (mosaic_y,) = mosaic_wcs.invert(ra, dec)
+    single = SimpleNamespace(data=gaussian_stars([(31.3, 33.6)], [500.0], sigma=2.0), err=np.ones((64, 64)),
+                             meta=SimpleNamespace(wcs=single_wcs))
+    mosaic = SimpleNamespace(data=gaussian_stars([(mosaic_x, mosaic_y)], [2000.0], sigma=4.0, size=128),
+                             meta=SimpleNamespace(wcs=mosaic_wcs))
+    ratio, stars = fidelity.mosaic_over_single(mosaic, [single], truth)
+    assert stars == 1 and ratio == pytest.approx(1.0, abs=0.01)
+
+
+def test_romanisim_dither_moves_the_pointing_by_its_offset_on_the_sky():
+    """The second exposure's pointing: the offset's length on the sky, east and north of the first."""
+    import parity
+    from astropy.coordinates import SkyCoord
+
+    east, north = parity.ROMANISIM_DITHERS_ARCSEC[1]
+    start = SkyCoord(*parity.ROMANISIM_POINTING_DEG, unit="deg")
+    moved = SkyCoord(*parity.dithered_pointing((east, north)), unit="deg")
+    assert start.separation(moved).arcsec == pytest.approx(np.hypot(east, north), rel=1e-6)
+    assert moved.ra.deg > start.ra.deg and moved.dec.deg > start.dec.deg
+    assert parity.dithered_pointing((0.0, 0.0)) == pytest.approx(parity.ROMANISIM_POINTING_DEG)
 
 
 def test_catalog_bench_input_holds_its_stars_and_the_pools_references(tmp_path):
