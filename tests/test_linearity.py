@@ -503,15 +503,9 @@ def test_read_level_integral_nonlinearity_is_interpolated_per_channel():
 
 def numpy_read_level(data, saturated, linearize, unlinearize, read_pattern, grid, tables):
     """The read-level correction written array at a time with numpy (np.interp for the INL):
-    the independent version the compiled kernel must match bit for bit."""
-    def polynomial(coeffs, values):
-        result = np.empty(np.broadcast_shapes(coeffs.shape[1:], values.shape))
-        result[...] = coeffs[-1]
-        for coefficient in coeffs[-2::-1]:
-            result *= values
-            result += coefficient
-        return result
-
+    the independent version the compiled kernel must match bit for bit (the polynomials by
+    linearity.evaluate_polynomial, numpy's Horner scheme)."""
+    polynomial = evaluate_polynomial
     observed = data.astype(np.float64)
     mean_read = np.array([np.mean(reads) for reads in read_pattern])
     linear = np.where(saturated, observed, polynomial(linearize, observed))
