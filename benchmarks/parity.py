@@ -355,15 +355,27 @@ def likely_ramp_fit(comparison: Comparison, folder: Path, work: Path, label: str
 
 
 # romanisim's two exposures: the first at the pointing, the second dithered from it by a whole
-# number of pixels and a half in each axis (25.5 and 15.5 pixels of 0.11"), so that the mosaic
-# samples the stars at other sub-pixel phases; the same stars in both.
+# number of pixels and a half in each axis (25.5 and 15.5 of WFI01's 0.1103" x 0.1083" pixels at
+# its centre), so that the mosaic samples the stars at other sub-pixel phases; the same stars in
+# both. The pointing is where WFI01's SIAF reference point (its centre) looks, with its ideal +Y
+# axis (the detector's columns) to the north (romanisim's ROLL_REF = PA_APER - V3IdlYAngle,
+# PA_APER 0): the dither's east and north offsets run along its rows and columns.
+ROMANISIM_DETECTOR = "WFI01"
 ROMANISIM_POINTING_DEG = (270.0, 66.0)
-ROMANISIM_DITHERS_ARCSEC = ((0.0, 0.0), (2.805, 1.705))
+ROMANISIM_DITHERS_ARCSEC = ((0.0, 0.0), (2.814, 1.678))
 ROMANISIM_EXPOSURE_GAP_S = 300.0
 
 
+def romanisim_exposure_id(exposure: int):
+    """The observation identifiers of romanisim's ``exposure`` (program 1: given none, romanisim
+    writes -999999, which no association name takes)."""
+    from wfisim.level1 import ExposureId
+
+    return ExposureId(exposure=exposure)
+
+
 def romanisim_uncal_name(exposure: int) -> str:
-    return f"r0000101001001001001_01101_{exposure:04d}_WFI01_uncal.asdf"
+    return f"{romanisim_exposure_id(exposure).name(ROMANISIM_DETECTOR)}_uncal.asdf"
 
 
 def romanisim_stars(seed: int):
@@ -388,35 +400,90 @@ def dithered_pointing(offset_arcsec: tuple[float, float]) -> tuple[float, float]
     return float(moved.ra.deg), float(moved.dec.deg)
 
 
+def romanisim_metadata(ma_table: str, exposure: int) -> dict:
+    """romanisim's metadata for ``exposure`` (1, 2), no CRDS: our MA table's read pattern, the
+    exposure's start, and WFI01's reference point (SIAF V2Ref, V3Ref) at the pointing moved by
+    ROMANISIM_DITHERS_ARCSEC, ideal +Y to the north."""
+    from astropy.time import Time, TimeDelta
+    from romanisim import ris_make_utils
+
+    from wfisim.matables import ma_table as our_ma_table
+    from wfisim.pointing import aperture
+
+    table = our_ma_table(ma_table)
+    start = Time("2027-03-01T00:00:00") + TimeDelta((exposure - 1) * ROMANISIM_EXPOSURE_GAP_S, format="sec")
+    metadata = ris_make_utils.set_metadata(date=start.isot, bandpass="F158", sca=int(ROMANISIM_DETECTOR[3:]),
+                                           usecrds=False)
+    metadata["exposure"]["read_pattern"] = table.read_pattern_lists()
+    metadata["exposure"]["nresultants"] = len(metadata["exposure"]["read_pattern"])
+    metadata["exposure"]["start_time"] = start
+    reference = aperture(ROMANISIM_DETECTOR)
+    ra, dec = dithered_pointing(ROMANISIM_DITHERS_ARCSEC[exposure - 1])
+    metadata["wcsinfo"].update(aperture_name=reference.name, v2_ref=reference.v2_ref, v3_ref=reference.v3_ref,
+                               ra_ref=ra, dec_ref=dec, roll_ref=-reference.v3_idl_yangle)
+    return metadata
+
+
+def romanisim_simulate(metadata: dict, stars, rng, level: int):
+    """``romanisim.image.simulate`` without CRDS, drawing through the WCS romanisim builds from a
+    DISTORTION reference (what it does with CRDS), ours: the WFI01 distortion our reference factory
+    writes and assign_wcs reads. romanisim then writes that WCS's keywords into ``meta.wcsinfo``
+    (WFI01's centre, its V2/V3 and roll), so that assign_wcs rebuilds the WCS it drew with.
+
+    Without a distortion romanisim draws with galsim.roman's WCS: (ra_ref, dec_ref) taken as the
+    centre of the focal plane, galsim's own roll and distortion, and ``meta.wcsinfo`` left as given
+    (v2_ref = v3_ref = 0, the boresight), which assign_wcs reads 0.5° away from where the stars were
+    drawn. romanisim 0.14's simulate passes no distortion on: its get_wcs gets ours for the call.
+    """
+    import functools
+    from unittest import mock
+
+    from romanisim import image
+    from romanisim.models import wcs as romanisim_wcs
+
+    from wfisim.pointing import distortion_model
+
+    distortion = distortion_model(ROMANISIM_DETECTOR, (peer.FULL_READOUT_COLUMNS,) * 2).copy()
+    drawing_wcs = functools.partial(romanisim_wcs.get_wcs, distortion=distortion)
+    with mock.patch.object(romanisim_wcs, "get_wcs", drawing_wcs):
+        return image.simulate(metadata, stars, usecrds=False, psftype="galsim", level=level, crparam={},
+                              rng=rng)
+
+
+def label_romanisim_level1(level1, exposure: int) -> None:
+    """Name romanisim's Level 1 ``exposure`` and give it the observation its name says."""
+    level1["meta"]["filename"] = romanisim_uncal_name(exposure)
+    level1["meta"]["observation"].update(romanisim_exposure_id(exposure).observation_metadata())
+
+
+def romanisim_level1_is_current(path: Path) -> bool:
+    """Whether ``path`` was made by :func:`romanisim_level1` as it is now: drawn through WFI01's
+    distortion (romanisim then names the aperture WFI01_FULL) and given its observation."""
+    import roman_datamodels as rdm
+
+    with rdm.open(path) as model:
+        return (model.meta.wcsinfo.aperture_name == f"{ROMANISIM_DETECTOR}_FULL"
+                and int(model.meta.observation.program) > 0)
+
+
 def romanisim_level1(path: Path, ma_table: str, seed: int = 7, exposure: int = 1) -> Path:
     """A full-detector Level 1 file from romanisim, offline (cached: made once): ``exposure`` (1, 2)
     at its ROMANISIM_DITHERS_ARCSEC offset, the stars of :func:`romanisim_stars` (``seed``), its
     own noise and cosmic rays (``seed + exposure``).
 
-    No CRDS (romanisim's built-in detector parameters), galsim's Roman PSF, no stpsf,
-    a star catalog made here (no Gaia query); our MA table's read pattern.
+    No CRDS (romanisim's built-in detector parameters), WFI01's distortion from our reference
+    factory (:func:`romanisim_simulate`), galsim's Roman PSF, no stpsf, a star catalog made here
+    (no Gaia query); our MA table's read pattern; the observation its name says.
     """
-    if path.is_file() and romanisim_catalog(path).is_file():
+    if path.is_file() and romanisim_catalog(path).is_file() and romanisim_level1_is_current(path):
         return path
     import asdf
     import galsim
-    from astropy.time import Time, TimeDelta
-    from romanisim import image, ris_make_utils
 
-    from wfisim.matables import ma_table as our_ma_table
-
-    table = our_ma_table(ma_table)
-    start = Time("2027-03-01T00:00:00") + TimeDelta((exposure - 1) * ROMANISIM_EXPOSURE_GAP_S, format="sec")
-    metadata = ris_make_utils.set_metadata(date=start.isot, bandpass="F158", sca=1, usecrds=False)
-    metadata["exposure"]["read_pattern"] = table.read_pattern_lists()
-    metadata["exposure"]["nresultants"] = len(metadata["exposure"]["read_pattern"])
-    metadata["wcsinfo"]["ra_ref"], metadata["wcsinfo"]["dec_ref"] = dithered_pointing(
-        ROMANISIM_DITHERS_ARCSEC[exposure - 1])
-    metadata["exposure"]["start_time"] = start
     stars = romanisim_stars(seed)
-    level1, extras = image.simulate(metadata, stars, usecrds=False, psftype="galsim", level=1,
-                                    crparam={}, rng=galsim.UniformDeviate(seed + exposure))
-    level1["meta"]["filename"] = path.name
+    level1, extras = romanisim_simulate(romanisim_metadata(ma_table, exposure), stars,
+                                        galsim.UniformDeviate(seed + exposure), level=1)
+    label_romanisim_level1(level1, exposure)
     path.parent.mkdir(parents=True, exist_ok=True)
     romanisim_catalog(path).parent.mkdir(parents=True, exist_ok=True)
     # The stars' RA, Dec: the fidelity figures' truth and tweakreg's reference catalog.
@@ -669,8 +736,8 @@ def workflow_mosaic_rows(label: str, folder: Path, truth) -> list:
 
 def workflow_astrometry_rows(label: str, folder: Path, truth) -> list:
     """Each exposure's _cal WCS after the workflow's own source_detection and tweakreg, against
-    the truth: the stars' true pixels are where the _photom WCS (assign_wcs, right to 0.01 mas on
-    romanisim, issue 21) puts them."""
+    the truth: the stars' true pixels are where the _photom WCS (assign_wcs) puts them (on romanisim,
+    within 0.1 mas of where it drew them: :func:`romanisim_simulate`)."""
     import roman_datamodels as rdm
     import yaml
 
@@ -716,7 +783,7 @@ def guarded(rows: list, label: str, compute) -> None:
 
 def romanisim_exposure_fidelity_rows(photom: Path, catalog_path: Path, truth, work: Path) -> list:
     """:func:`exposure_fidelity_rows` on romanisim's ``photom``: the stars' true pixels are where
-    its assign_wcs WCS puts them (right to 0.01 mas on romanisim, issue 21)."""
+    its assign_wcs WCS puts them (within 0.1 mas of where romanisim drew them: :func:`romanisim_simulate`)."""
     import roman_datamodels as rdm
 
     with rdm.open(photom) as image:
