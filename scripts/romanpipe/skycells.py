@@ -55,20 +55,23 @@ def cell_name(ra_tangent: float, dec_tangent: float, column: int, row: int) -> s
     return f"{round(ra_tangent) % 360:03d}{sign}{abs(round(dec_tangent)):02d}x{column:02d}y{row:02d}"
 
 
-def cell_place(name: str) -> tuple[int, int]:
-    """(column, row) of a cell in its projection region, from its name; ValueError for another name."""
+def _cell_name_match(name: str) -> re.Match:
     match = CELL_NAME_RE.match(name)
     if not match:
         raise ValueError(f"{name!r} is not a sky-cell name like 270p65x48y69")
+    return match
+
+
+def cell_place(name: str) -> tuple[int, int]:
+    """(column, row) of a cell in its projection region, from its name; ValueError for another name."""
+    match = _cell_name_match(name)
     return int(match["column"]), int(match["row"])
 
 
 def cell_region(name: str) -> str:
-    """The projection region part of a cell's name (``270p65`` of ``270p65x48y69``)."""
-    match = CELL_NAME_RE.match(name)
-    if not match:
-        raise ValueError(f"{name!r} is not a sky-cell name like 270p65x48y69")
-    return name[: match.end("dec")]
+    """The projection region part of a cell's name (``270p65`` of ``270p65x48y69``); ValueError
+    for another name."""
+    return name[: _cell_name_match(name).end("dec")]
 
 
 def product_cell(product: str) -> str | None:
