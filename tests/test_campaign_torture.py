@@ -362,7 +362,8 @@ def run_printed_commands_harmlessly(folder, configs) -> list[str]:
     ("results_dir: ../elsewhere\n", "results_dir: '../elsewhere' leaves the working directory"),
     ("a0: &a0 [1, 1]\na1: &a1 [*a0, *a0]\n", "the workflow config: a mapping or list used twice"),
     # (the tortured campaign groups by overlap: this setting asks for sky cells, as a group's does)
-    ("level3: {cells: [270p65x48y69]}\nassociations: {grouping: skycell}\n", "level3.cells needs level3.group"),
+    ("level3: {cells: [270p65x48y69]}\nassociations: {grouping: skycell}\n",
+     "level3.cells needs level3.group"),
     ("level3: {cells: ['*'], group: g}\nassociations: {grouping: overlap}\n",
      "level3.cells selects sky cells: it needs associations.grouping: skycell"),
 ])
