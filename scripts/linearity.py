@@ -287,7 +287,9 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
     step = rows_per_block(data.shape)
     for start in range(0, data.shape[1], step):
         rows = slice(start, start + step)
-        block = np.empty((data.shape[0], min(rows.stop, data.shape[1]) - start, data.shape[2]), np.float32)
+        # Straight into the output, also when it is ``data``: the kernel reads all of a pixel's
+        # resultants before it writes any.
+        block = corrected[:, rows]
         correct_pixels_by_reads(np.asarray(data[:, rows]), (groupdq[:, rows] & saturated_flag) != 0,
                                 coeffs[:, rows], uncorrectable[rows], inverse_coeffs[:, rows],
                                 uninvertible[rows], reads, read_start, mean_read,
@@ -296,7 +298,6 @@ def correct_linearity_by_reads(data, groupdq, pixeldq, coeffs, lin_dq, inverse_c
         if implausible.any():
             np.clip(block, -IMPLAUSIBLE_DN, IMPLAUSIBLE_DN, out=block)
             new_groupdq[:, rows][implausible] |= np.uint8(group_flags["DO_NOT_USE"])
-        corrected[:, rows] = block
     no_lin_corr = np.where(uncorrectable | uninvertible, np.uint32(flags["NO_LIN_CORR"]), np.uint32(0))
     new_pixeldq = pixeldq.astype(np.uint32) | lin_dq.astype(np.uint32) | no_lin_corr
     return corrected, new_pixeldq, new_groupdq

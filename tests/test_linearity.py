@@ -568,6 +568,29 @@ def test_read_level_kernel_is_the_numpy_correction_bit_for_bit():
     np.testing.assert_array_equal(out.view(np.int32), expected.view(np.int32))
 
 
+def test_read_level_result_can_overwrite_the_input(monkeypatch):
+    """Written into ``data`` itself (the step's buffer when it is writeable), block by block, the
+    read-level correction is the one it writes into a new array."""
+    monkeypatch.setattr(blocks, "BLOCK_VALUES", 12)  # one row per block
+    rng = np.random.default_rng(3)
+    shape = (4, 3, 3)
+    data = (100.0 + 50.0 * np.arange(4)[:, None, None] + rng.normal(0, 5, shape)).astype(np.float32)
+    original = data.copy()
+    coeffs = np.broadcast_to(planes([0, 1, 1e-3]), (3, *shape[1:])).copy()
+    inverse = np.broadcast_to(planes([0, 1, -1e-3]), (3, *shape[1:])).copy()
+
+    def corrected(out):
+        return linearity.correct_linearity_by_reads(
+            data, np.zeros(shape, np.uint8), np.zeros(shape[1:], np.uint32), coeffs,
+            np.zeros(shape[1:], np.uint32), inverse, [[1], [2], [3, 4], [5]], flags=FLAGS,
+            group_flags={"DO_NOT_USE": 1}, out=out)[0]
+
+    expected = corrected(None)
+    assert not np.array_equal(expected, original)
+    assert corrected(data) is data
+    np.testing.assert_array_equal(data, expected)
+
+
 def test_integral_nonlinearity_refuses_a_table_it_cannot_interpolate():
     with pytest.raises(ValueError, match="rise strictly"):
         linearity.integral_nonlinearity(np.array([0.0, 10.0, 10.0]), [np.zeros(3)])
